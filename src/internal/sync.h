@@ -73,8 +73,8 @@ typedef struct rt__thread {
  */
 int rt__thread_create(rt__thread_t *thread, void *(*fn)(void *), void *arg,
                       const char *name);
-/** Waits for the thread to end. */
-void rt__thread_join(rt__thread_t *thread);
+/** Waits for the thread to end. @return what its function returned. */
+void *rt__thread_join(rt__thread_t *thread);
 
 /* ---- deadlines ----------------------------------------------------------------- */
 /** The monotonic deadline @a timeout_ms from now; UINT64_MAX for RT_INDEFINITE_WAIT. */

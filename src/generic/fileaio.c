@@ -1,0 +1,599 @@
+/*
+ * The asynchronous file I/O front end: every rule of the contract that is not about
+ * moving bytes lives here, once, for all backends (see internal/aio.h for the split).
+ *
+ * Request states and who moves them
+ * ---------------------------------
+ *   FRESH ──prepare──► PREPARED ──submit: claim──► SUBMITTING ──checks pass──► SUBMITTED
+ *                        ▲  ▲                         │ checks fail                │
+ *                        │  └─────────────────────────┘                            │
+ *                        └──prepare── COMPLETED ◄──wait collects / cancel succeeds─┘
+ *
+ * Submit claims each request with a compare-and-swap PREPARED→SUBMITTING, which also
+ * catches a request named twice in one array (the second claim fails) and two threads
+ * submitting the same request.  If any check fails, the claimed ones go back to
+ * PREPARED and nothing else changed.  Only the waiter (or a successful cancel) stores
+ * COMPLETED, with release order, after the result fields are written and after the
+ * outstanding count has dropped; a getter that sees COMPLETED (acquire) sees the result,
+ * and the library never touches the request after that store.
+ */
+#include <config.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <rt/err.h>
+#include <rt/fileaio.h>
+
+#include "internal/aio.h"
+#include "internal/file.h"
+#include "internal/handle_pool.h"
+#include "internal/magic.h"
+#include "internal/posix_sys.h"
+
+static struct rt__handle_pool req_pool = RT__HANDLE_POOL_INIT(struct rt_aio_req, next_free);
+static struct rt__handle_pool ctx_pool = RT__HANDLE_POOL_INIT(struct rt_aio_ctx, next_free);
+
+_Static_assert(offsetof(struct rt_aio_req, slot) == 0,
+               "the kernel slot must be the first member of a request");
+_Static_assert(sizeof(rt_iovec_t) == 2 * sizeof(void *), "rt_iovec_t is {base, len}");
+
+#define CTX_FLAG_BACKENDS                                                                  \
+    (RT_AIO_CTX_F_BACKEND_LINUX_AIO | RT_AIO_CTX_F_BACKEND_IO_URING |                      \
+     RT_AIO_CTX_F_BACKEND_THREADS)
+#define CTX_KNOWN_FLAGS (RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | CTX_FLAG_BACKENDS)
+
+static bool req_is_live(const struct rt_aio_req *req)
+{
+    return req != NULL && req->magic == RT__MAGIC_AIO_REQ;
+}
+
+static bool ctx_is_live(const struct rt_aio_ctx *ctx)
+{
+    return ctx != NULL && ctx->magic == RT__MAGIC_AIO_CTX;
+}
+
+static uint32_t req_state(const struct rt_aio_req *req)
+{
+    return atomic_load_explicit(&((struct rt_aio_req *)req)->state, memory_order_acquire);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Requests
+ */
+
+int rt_aio_req_create(rt_aio_req_t *req)
+{
+    struct rt_aio_req *handle;
+
+    if (req == NULL)
+        return RT_ERR_INVALID_POINTER;
+    *req = RT_AIO_REQ_NIL;
+    handle = rt__handle_alloc(&req_pool);
+    if (handle == NULL)
+        return RT_ERR_NO_MEMORY;
+    handle->fd = -1;
+    atomic_init(&handle->state, RT__AIO_FRESH);
+    handle->magic = RT__MAGIC_AIO_REQ;
+    *req = handle;
+    return RT_OK;
+}
+
+int rt_aio_req_destroy(rt_aio_req_t req)
+{
+    uint32_t state;
+
+    if (req == RT_AIO_REQ_NIL)
+        return RT_OK;
+    if (!req_is_live(req))
+        return RT_ERR_INVALID_HANDLE;
+    state = req_state(req);
+    if (state == RT__AIO_SUBMITTED || state == RT__AIO_SUBMITTING)
+        return RT_ERR_AIO_IN_PROGRESS;
+    free(req->iov_heap);
+    req->iov_heap = NULL;
+    req->magic = RT__MAGIC_DEAD;
+    rt__handle_free(&req_pool, req);
+    return RT_OK;
+}
+
+/* The checks every prepare shares.  On success the request may be written. */
+static int prepare_check(struct rt_aio_req *req, rt_file_t file)
+{
+    uint32_t state;
+
+    if (!req_is_live(req) || !rt__file_is_live(file))
+        return RT_ERR_INVALID_HANDLE;
+    state = req_state(req);
+    if (state == RT__AIO_SUBMITTED || state == RT__AIO_SUBMITTING)
+        return RT_ERR_AIO_IN_PROGRESS;
+    return RT_OK;
+}
+
+static bool range_ok(uint64_t off, uint64_t len)
+{
+    return off <= (uint64_t)INT64_MAX && len <= (uint64_t)INT64_MAX - off;
+}
+
+/* Fills the fields every kind of request has and moves it to PREPARED. */
+static void prepare_commit(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op,
+                           uint64_t off, void *user)
+{
+    req->op = (uint8_t)op;
+    req->fd = file->fd;
+    req->file_flags = file->flags;
+    req->off = off;
+    req->user = user;
+    req->rc = RT_OK;
+    req->transferred = 0;
+    atomic_store_explicit(&req->state, RT__AIO_PREPARED, memory_order_release);
+}
+
+static int prepare_buffer(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op,
+                          uint64_t off, void *buf, size_t len, void *user)
+{
+    int rc = prepare_check(req, file);
+
+    if (rc != RT_OK)
+        return rc;
+    if (buf == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (len == 0)
+        return RT_ERR_INVALID_PARAMETER;
+    if (!range_ok(off, len))
+        return RT_ERR_OUT_OF_RANGE;
+    req->buf = buf;
+    req->len = len;
+    req->iov = NULL;
+    req->iovcnt = 0;
+    prepare_commit(req, file, op, off, user);
+    return RT_OK;
+}
+
+int rt_aio_req_prepare_read(rt_aio_req_t req, rt_file_t file, uint64_t off, void *buf,
+                            size_t len, void *user)
+{
+    return prepare_buffer(req, file, RT__AIO_OP_READ, off, buf, len, user);
+}
+
+int rt_aio_req_prepare_write(rt_aio_req_t req, rt_file_t file, uint64_t off,
+                             const void *buf, size_t len, void *user)
+{
+    /* The library never writes through a write request's buffer; the cast only lets one
+     * field serve both directions. */
+    return prepare_buffer(req, file, RT__AIO_OP_WRITE, off, (void *)buf, len, user);
+}
+
+/* Room for @a count iovec entries in the request.  Fails before touching anything, so
+ * a failed prepare leaves the request as it was; once it succeeds, prepare commits. */
+static rt_iovec_t *iov_room(struct rt_aio_req *req, unsigned count)
+{
+    rt_iovec_t *bigger;
+
+    if (count <= RT__AIO_INLINE_IOV)
+        return req->iov_inline;
+    if (count <= req->iov_heap_capacity)
+        return req->iov_heap;
+    bigger = rt__posix_sys.malloc(count * sizeof *bigger);
+    if (bigger == NULL)
+        return NULL;
+    free(req->iov_heap);
+    req->iov_heap = bigger;
+    req->iov_heap_capacity = count;
+    return bigger;
+}
+
+static int prepare_vector(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op,
+                          uint64_t off, const rt_iovec_t *iov, unsigned iovcnt, void *user)
+{
+    uint64_t total = 0;
+    rt_iovec_t *room;
+    unsigned i;
+    int rc = prepare_check(req, file);
+
+    if (rc != RT_OK)
+        return rc;
+    if (iov == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (iovcnt == 0 || iovcnt > RT__AIO_MAX_IOV)
+        return RT_ERR_INVALID_PARAMETER;
+    for (i = 0; i < iovcnt; i++) {
+        if (iov[i].base == NULL && iov[i].len > 0)
+            return RT_ERR_INVALID_POINTER;
+        if (iov[i].len > (uint64_t)INT64_MAX - total)
+            return RT_ERR_OUT_OF_RANGE;
+        total += iov[i].len;
+    }
+    if (total == 0)
+        return RT_ERR_INVALID_PARAMETER;
+    if (!range_ok(off, total))
+        return RT_ERR_OUT_OF_RANGE;
+    room = iov_room(req, iovcnt);
+    if (room == NULL)
+        return RT_ERR_NO_MEMORY;
+    memcpy(room, iov, iovcnt * sizeof *iov);
+    req->iov = room;
+    req->iovcnt = iovcnt;
+    req->buf = NULL;
+    req->len = (size_t)total;
+    prepare_commit(req, file, op, off, user);
+    return RT_OK;
+}
+
+int rt_aio_req_prepare_readv(rt_aio_req_t req, rt_file_t file, uint64_t off,
+                             const rt_iovec_t *iov, unsigned iovcnt, void *user)
+{
+    return prepare_vector(req, file, RT__AIO_OP_READV, off, iov, iovcnt, user);
+}
+
+int rt_aio_req_prepare_writev(rt_aio_req_t req, rt_file_t file, uint64_t off,
+                              const rt_iovec_t *iov, unsigned iovcnt, void *user)
+{
+    return prepare_vector(req, file, RT__AIO_OP_WRITEV, off, iov, iovcnt, user);
+}
+
+int rt_aio_req_prepare_flush(rt_aio_req_t req, rt_file_t file, void *user)
+{
+    int rc = prepare_check(req, file);
+
+    if (rc != RT_OK)
+        return rc;
+    req->buf = NULL;
+    req->len = 0;
+    req->iov = NULL;
+    req->iovcnt = 0;
+    prepare_commit(req, file, RT__AIO_OP_FLUSH, 0, user);
+    return RT_OK;
+}
+
+void *rt_aio_req_get_user(rt_aio_req_t req)
+{
+    if (!req_is_live(req) || req_state(req) == RT__AIO_FRESH)
+        return NULL;
+    return req->user;
+}
+
+int rt_aio_req_get_rc(rt_aio_req_t req, size_t *transferred)
+{
+    if (!req_is_live(req))
+        return RT_ERR_INVALID_HANDLE;
+    switch (req_state(req)) {
+    case RT__AIO_SUBMITTED:
+        return RT_ERR_AIO_IN_PROGRESS;
+    case RT__AIO_COMPLETED:
+        if (req->rc == RT_OK && transferred != NULL)
+            *transferred = req->transferred;
+        return req->rc;
+    default: /* fresh, prepared, or claimed by a submit that has not finished */
+        return RT_ERR_AIO_NOT_SUBMITTED;
+    }
+}
+
+/* Completes a request that left every backend queue: the one place a request becomes
+ * COMPLETED.  Nothing may touch @a req after this. */
+static void complete(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+{
+    req->next = req->prev = NULL;
+    atomic_fetch_sub_explicit(&ctx->outstanding, 1, memory_order_acq_rel);
+    atomic_store_explicit(&req->state, RT__AIO_COMPLETED, memory_order_release);
+}
+
+int rt_aio_req_cancel(rt_aio_req_t req)
+{
+    struct rt_aio_ctx *ctx;
+    int rc;
+
+    if (!req_is_live(req))
+        return RT_ERR_INVALID_HANDLE;
+    if (req_state(req) != RT__AIO_SUBMITTED)
+        return RT_ERR_AIO_NOT_SUBMITTED;
+    ctx = atomic_load_explicit(&req->ctx, memory_order_relaxed);
+    if (!ctx_is_live(ctx))
+        return RT_ERR_AIO_IN_PROGRESS; /* it completed and moved on meanwhile */
+    rc = ctx->backend->cancel(ctx, req);
+    if (rc != RT_OK)
+        return RT_ERR_AIO_IN_PROGRESS;
+    req->rc = RT_ERR_AIO_CANCELED;
+    req->transferred = 0;
+    complete(ctx, req);
+    return RT_OK;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Contexts
+ */
+
+/* Which backend a new context gets: its flag, else RT_AIO_BACKEND, else the default. */
+static int choose_backend(uint32_t flags, const struct rt__aio_backend **chosen)
+{
+    const struct rt__aio_backend *backend;
+    uint32_t backend_flag = flags & CTX_FLAG_BACKENDS;
+    const char *name;
+
+    if (backend_flag != 0) {
+        backend = rt__aio_backend_by_flag(backend_flag);
+    } else if ((name = getenv("RT_AIO_BACKEND")) != NULL && name[0] != '\0') {
+        if (strcmp(name, "linux-aio") != 0 && strcmp(name, "io_uring") != 0 &&
+            strcmp(name, "threads") != 0)
+            return RT_ERR_INVALID_PARAMETER;
+        backend = rt__aio_backend_by_name(name);
+    } else {
+        *chosen = rt__aio_backend_default();
+        return RT_OK;
+    }
+    if (backend == NULL || rt__aio_backend_probe(backend) != RT_OK)
+        return RT_ERR_NOT_SUPPORTED;
+    *chosen = backend;
+    return RT_OK;
+}
+
+int rt_aio_ctx_create(rt_aio_ctx_t *ctx, uint32_t max_reqs, uint32_t flags)
+{
+    const struct rt__aio_backend *backend = NULL;
+    struct rt_aio_ctx *handle;
+    uint32_t backend_flag = flags & CTX_FLAG_BACKENDS;
+    int rc;
+
+    if (ctx == NULL)
+        return RT_ERR_INVALID_POINTER;
+    *ctx = RT_AIO_CTX_NIL;
+    if (max_reqs == 0 || (flags & ~CTX_KNOWN_FLAGS) != 0 ||
+        (backend_flag & (backend_flag - 1)) != 0)
+        return RT_ERR_INVALID_PARAMETER;
+    rc = choose_backend(flags, &backend);
+    if (rc != RT_OK)
+        return rc;
+
+    handle = rt__handle_alloc(&ctx_pool);
+    if (handle == NULL)
+        return RT_ERR_NO_MEMORY;
+    handle->flags = flags;
+    handle->capacity = max_reqs;
+    handle->backend = backend;
+    atomic_init(&handle->outstanding, 0);
+    atomic_init(&handle->waiting, false);
+    atomic_init(&handle->wakeup_pending, false);
+    atomic_init(&handle->done_count, 0);
+    rt__mutex_init(&handle->done_lock);
+    rc = rt__doorbell_init(&handle->doorbell);
+    if (rc != RT_OK)
+        goto fail_doorbell;
+    rc = backend->init(handle, max_reqs);
+    if (rc != RT_OK)
+        goto fail_backend;
+    handle->magic = RT__MAGIC_AIO_CTX;
+    *ctx = handle;
+    return RT_OK;
+
+fail_backend:
+    rt__doorbell_fini(&handle->doorbell);
+fail_doorbell:
+    rt__mutex_destroy(&handle->done_lock);
+    handle->magic = RT__MAGIC_DEAD;
+    rt__handle_free(&ctx_pool, handle);
+    return rc;
+}
+
+int rt_aio_ctx_destroy(rt_aio_ctx_t ctx)
+{
+    if (ctx == RT_AIO_CTX_NIL)
+        return RT_OK;
+    if (!ctx_is_live(ctx))
+        return RT_ERR_INVALID_HANDLE;
+    if (atomic_load(&ctx->outstanding) != 0 || atomic_load(&ctx->waiting))
+        return RT_ERR_AIO_BUSY;
+    ctx->magic = RT__MAGIC_DEAD;
+    ctx->backend->fini(ctx);
+    rt__doorbell_fini(&ctx->doorbell);
+    rt__mutex_destroy(&ctx->done_lock);
+    rt__handle_free(&ctx_pool, ctx);
+    return RT_OK;
+}
+
+uint32_t rt_aio_ctx_get_max_req_count(rt_aio_ctx_t ctx)
+{
+    return ctx_is_live(ctx) ? ctx->capacity : 0;
+}
+
+const char *rt_aio_ctx_get_backend(rt_aio_ctx_t ctx)
+{
+    return ctx_is_live(ctx) ? ctx->backend->name : NULL;
+}
+
+int rt_aio_ctx_associate_with_file(rt_aio_ctx_t ctx, rt_file_t file)
+{
+    if (!ctx_is_live(ctx) || !rt__file_is_live(file))
+        return RT_ERR_INVALID_HANDLE;
+    return RT_OK;
+}
+
+/* Puts the first @a claimed requests back to PREPARED after a failed submit check. */
+static void unclaim(struct rt_aio_req **reqs, size_t claimed)
+{
+    for (size_t i = 0; i < claimed; i++)
+        atomic_store_explicit(&reqs[i]->state, RT__AIO_PREPARED, memory_order_release);
+}
+
+/* Reserves @a n slots of the context's capacity, or fails without reserving any. */
+static bool reserve(struct rt_aio_ctx *ctx, size_t n)
+{
+    size_t before = atomic_fetch_add_explicit(&ctx->outstanding, n, memory_order_acq_rel);
+
+    if (ctx->capacity == RT_AIO_UNLIMITED_REQS || before + n <= ctx->capacity)
+        return true;
+    atomic_fetch_sub_explicit(&ctx->outstanding, n, memory_order_acq_rel);
+    return false;
+}
+
+int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
+{
+    size_t claimed;
+    int rc = RT_OK;
+
+    if (!ctx_is_live(ctx))
+        return RT_ERR_INVALID_HANDLE;
+    if (reqs == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (n == 0)
+        return RT_ERR_INVALID_PARAMETER;
+
+    for (claimed = 0; claimed < n; claimed++) {
+        struct rt_aio_req *req = reqs[claimed];
+        uint32_t expected = RT__AIO_PREPARED;
+
+        if (!req_is_live(req)) {
+            rc = RT_ERR_INVALID_HANDLE;
+            break;
+        }
+        if (!atomic_compare_exchange_strong_explicit(&req->state, &expected,
+                                                     RT__AIO_SUBMITTING,
+                                                     memory_order_acq_rel,
+                                                     memory_order_acquire)) {
+            rc = (expected == RT__AIO_SUBMITTED || expected == RT__AIO_SUBMITTING)
+                     ? RT_ERR_AIO_IN_PROGRESS
+                     : RT_ERR_AIO_NOT_SUBMITTED;
+            break;
+        }
+    }
+    if (rc == RT_OK && !reserve(ctx, n))
+        rc = RT_ERR_AIO_INSUFFICIENT_RESOURCES;
+    if (rc != RT_OK) {
+        unclaim(reqs, claimed);
+        return rc;
+    }
+
+    /* SUBMITTED before the backend sees them: a completion may be collected by the
+     * waiter before backend->submit() even returns. */
+    for (size_t i = 0; i < n; i++) {
+        atomic_store_explicit(&reqs[i]->ctx, ctx, memory_order_relaxed);
+        reqs[i]->rc = RT_OK;
+        reqs[i]->transferred = 0;
+        atomic_store_explicit(&reqs[i]->state, RT__AIO_SUBMITTED, memory_order_release);
+    }
+    ctx->backend->submit(ctx, reqs, n);
+    return RT_OK;
+}
+
+void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+{
+    req->next = NULL;
+    rt__mutex_lock(&ctx->done_lock);
+    if (ctx->done_tail != NULL)
+        ctx->done_tail->next = req;
+    else
+        ctx->done_head = req;
+    ctx->done_tail = req;
+    atomic_fetch_add_explicit(&ctx->done_count, 1, memory_order_release);
+    rt__mutex_unlock(&ctx->done_lock);
+    rt__doorbell_ring(&ctx->doorbell);
+}
+
+/* Takes up to @a max requests off the done list. */
+static size_t take_done(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t max)
+{
+    size_t count = 0;
+
+    rt__mutex_lock(&ctx->done_lock);
+    while (count < max && ctx->done_head != NULL) {
+        out[count++] = ctx->done_head;
+        ctx->done_head = ctx->done_head->next;
+    }
+    if (ctx->done_head == NULL)
+        ctx->done_tail = NULL;
+    atomic_fetch_sub_explicit(&ctx->done_count, count, memory_order_relaxed);
+    rt__mutex_unlock(&ctx->done_lock);
+    return count;
+}
+
+/* Collects finished requests into @a out and completes them.  The waiter only. */
+static size_t collect(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t max)
+{
+    size_t count = 0;
+
+    if (ctx->backend->reap != NULL)
+        count = ctx->backend->reap(ctx, out, max);
+    if (count < max && atomic_load_explicit(&ctx->done_count, memory_order_acquire) != 0)
+        count += take_done(ctx, out + count, max - count);
+    for (size_t i = 0; i < count; i++)
+        complete(ctx, out[i]);
+    return count;
+}
+
+static bool take_wakeup(struct rt_aio_ctx *ctx)
+{
+    return atomic_load_explicit(&ctx->wakeup_pending, memory_order_relaxed) &&
+           atomic_exchange_explicit(&ctx->wakeup_pending, false, memory_order_acq_rel);
+}
+
+/* The wait proper, once the arguments are known good and this thread is the waiter. */
+static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
+                     struct rt_aio_req **reqs, size_t n, size_t *count)
+{
+    uint64_t deadline = rt__deadline_from_ms(timeout_ms);
+
+    if (take_wakeup(ctx))
+        return RT_ERR_INTERRUPTED;
+    if (atomic_load(&ctx->outstanding) == 0 &&
+        !(ctx->flags & RT_AIO_CTX_F_WAIT_WITHOUT_PENDING))
+        return RT_ERR_AIO_NO_REQUEST;
+
+    for (;;) {
+        *count += collect(ctx, reqs + *count, n - *count);
+        if (*count >= want)
+            return RT_OK;
+        if (take_wakeup(ctx))
+            return RT_ERR_INTERRUPTED;
+        if (timeout_ms == 0)
+            return RT_ERR_TIMEOUT;
+
+        /* Clear, look once more, then sleep: whatever arrives after the clear rings
+         * the bell again, so the sleep cannot miss it. */
+        rt__doorbell_clear(&ctx->doorbell);
+        *count += collect(ctx, reqs + *count, n - *count);
+        if (*count >= want)
+            return RT_OK;
+        if (take_wakeup(ctx))
+            return RT_ERR_INTERRUPTED;
+        if (rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
+            *count += collect(ctx, reqs + *count, n - *count);
+            return *count >= want ? RT_OK : RT_ERR_TIMEOUT;
+        }
+    }
+}
+
+int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_req_t *reqs,
+                    size_t n, uint32_t *got)
+{
+    size_t count = 0;
+    int rc;
+
+    if (got != NULL)
+        *got = 0;
+    if (!ctx_is_live(ctx))
+        return RT_ERR_INVALID_HANDLE;
+    if (reqs == NULL || got == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (n == 0)
+        return RT_ERR_INVALID_PARAMETER;
+    if (min > n)
+        return RT_ERR_OUT_OF_RANGE;
+    if (n > UINT32_MAX)
+        n = UINT32_MAX; /* *got is 32 bits wide */
+    if (atomic_exchange_explicit(&ctx->waiting, true, memory_order_acq_rel))
+        return RT_ERR_AIO_BUSY;
+
+    rc = wait_loop(ctx, min > 0 ? min : 1, timeout_ms, reqs, n, &count);
+
+    atomic_store_explicit(&ctx->waiting, false, memory_order_release);
+    *got = (uint32_t)count;
+    return rc;
+}
+
+int rt_aio_ctx_wakeup(rt_aio_ctx_t ctx)
+{
+    if (!ctx_is_live(ctx))
+        return RT_ERR_INVALID_HANDLE;
+    atomic_store_explicit(&ctx->wakeup_pending, true, memory_order_release);
+    rt__doorbell_ring(&ctx->doorbell);
+    return RT_OK;
+}

@@ -1,0 +1,239 @@
+/*
+ * The worker pool behind the "threads" backend (see internal/tpool.h).
+ *
+ * One FIFO of requests under one mutex, workers sleeping on one condition variable.
+ * Any number of requests of the same file may run at once: there is no per-file
+ * serialization, unlike glibc's POSIX AIO.  A queued request is linked through its
+ * next/prev fields and marked with queue_owner, so cancel can unlink it in O(1) under
+ * the same lock a worker takes it with: whoever holds the lock first decides.
+ *
+ * Worker threads live in fixed slots.  A worker that idles out marks its slot exited;
+ * the next start in that slot joins it first, and destroy joins every slot, so no
+ * thread is ever left running on freed memory.
+ */
+#include <config.h>
+
+#include <stdbool.h>
+#include <stdlib.h>
+
+#include <rt/err.h>
+#include <rt/time.h>
+
+#include "internal/aio.h"
+#include "internal/posix_sys.h"
+#include "internal/sync.h"
+#include "internal/tpool.h"
+
+struct worker {
+    struct rt__tpool *pool;
+    rt__thread_t thread;
+    bool started; /* a thread was created in this slot and not yet joined */
+    bool exited;  /* ...and it has left its loop */
+};
+
+struct rt__tpool {
+    rt__mutex_t lock;
+    rt__cond_t work_ready;
+    struct rt_aio_req *head;
+    struct rt_aio_req *tail;
+    unsigned max_workers;
+    unsigned live_workers;
+    unsigned idle_workers;
+    uint32_t idle_ms;
+    bool stopping;
+    struct worker workers[];
+};
+
+static void unlink_request(struct rt__tpool *pool, struct rt_aio_req *req)
+{
+    if (req->prev != NULL)
+        req->prev->next = req->next;
+    else
+        pool->head = req->next;
+    if (req->next != NULL)
+        req->next->prev = req->prev;
+    else
+        pool->tail = req->prev;
+    req->next = req->prev = NULL;
+    atomic_store_explicit(&req->queue_owner, NULL, memory_order_relaxed);
+}
+
+/* Leaves the worker's loop: the slot is marked so the next start joins it. */
+static void *worker_exit(struct worker *self)
+{
+    self->exited = true;
+    self->pool->live_workers--;
+    rt__mutex_unlock(&self->pool->lock);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *self = arg;
+    struct rt__tpool *pool = self->pool;
+
+    rt__mutex_lock(&pool->lock);
+    for (;;) {
+        struct rt_aio_req *req;
+
+        while (pool->head == NULL && !pool->stopping) {
+            uint64_t deadline = rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u;
+            int rc;
+            pool->idle_workers++;
+            rc = rt__cond_wait_until(&pool->work_ready, &pool->lock, deadline);
+            pool->idle_workers--;
+            if (rc == RT_ERR_TIMEOUT && pool->head == NULL)
+                return worker_exit(self);
+        }
+        if (pool->head == NULL) /* stopping, and nothing left */
+            return worker_exit(self);
+
+        req = pool->head;
+        unlink_request(pool, req);
+        rt__mutex_unlock(&pool->lock);
+
+        rt__aio_execute(req);
+        rt__aio_ctx_post_done(atomic_load_explicit(&req->ctx, memory_order_relaxed), req);
+
+        rt__mutex_lock(&pool->lock);
+    }
+}
+
+/* Starts one more worker if a slot is free.  Called with the lock held. */
+static int start_worker(struct rt__tpool *pool)
+{
+    for (unsigned i = 0; i < pool->max_workers; i++) {
+        struct worker *slot = &pool->workers[i];
+        int rc;
+
+        if (slot->started && !slot->exited)
+            continue;
+        if (slot->started) {
+            /* Its thread has left the loop and only needs to return: the join is
+             * short, and the lock it still wants was released in worker_exit. */
+            rt__thread_join(&slot->thread);
+            slot->started = false;
+        }
+        slot->exited = false;
+        rc = rt__thread_create(&slot->thread, worker_main, slot, "vrt-aio");
+        if (rc != RT_OK)
+            return rc;
+        slot->started = true;
+        pool->live_workers++;
+        return RT_OK;
+    }
+    return RT_ERR_TRY_AGAIN;
+}
+
+int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t idle_ms)
+{
+    struct rt__tpool *created;
+    int rc;
+
+    if (max_workers == 0)
+        max_workers = 1;
+    created = rt__posix_sys.calloc(1, sizeof *created + max_workers * sizeof(struct worker));
+    if (created == NULL)
+        return RT_ERR_NO_MEMORY;
+    rc = rt__cond_init(&created->work_ready);
+    if (rc != RT_OK) {
+        free(created);
+        return rc;
+    }
+    rt__mutex_init(&created->lock);
+    created->max_workers = max_workers;
+    created->idle_ms = idle_ms;
+    for (unsigned i = 0; i < max_workers; i++)
+        created->workers[i].pool = created;
+    *pool = created;
+    return RT_OK;
+}
+
+void rt__tpool_destroy(struct rt__tpool *pool)
+{
+    if (pool == NULL)
+        return;
+    rt__mutex_lock(&pool->lock);
+    pool->stopping = true;
+    rt__cond_broadcast(&pool->work_ready);
+    rt__mutex_unlock(&pool->lock);
+    for (unsigned i = 0; i < pool->max_workers; i++) {
+        if (pool->workers[i].started)
+            rt__thread_join(&pool->workers[i].thread);
+    }
+    rt__cond_destroy(&pool->work_ready);
+    rt__mutex_destroy(&pool->lock);
+    free(pool);
+}
+
+/* Fails every queued request when no worker exists to run them. */
+static void fail_all_locked(struct rt__tpool *pool, struct rt_aio_req **failed)
+{
+    while (pool->head != NULL) {
+        struct rt_aio_req *req = pool->head;
+        unlink_request(pool, req);
+        req->rc = RT_ERR_TRY_AGAIN;
+        req->transferred = 0;
+        req->next = *failed;
+        *failed = req;
+    }
+}
+
+void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n)
+{
+    struct rt_aio_req *failed = NULL;
+
+    rt__mutex_lock(&pool->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct rt_aio_req *req = reqs[i];
+        req->next = NULL;
+        req->prev = pool->tail;
+        if (pool->tail != NULL)
+            pool->tail->next = req;
+        else
+            pool->head = req;
+        pool->tail = req;
+        atomic_store_explicit(&req->queue_owner, pool, memory_order_relaxed);
+    }
+    /* Wake idle workers first; start new ones for what they cannot cover. */
+    for (size_t wanted = n; wanted > pool->idle_workers && pool->live_workers < pool->max_workers;
+         wanted--) {
+        if (start_worker(pool) != RT_OK)
+            break;
+    }
+    if (pool->live_workers == 0)
+        fail_all_locked(pool, &failed);
+    else if (n == 1)
+        rt__cond_signal(&pool->work_ready);
+    else
+        rt__cond_broadcast(&pool->work_ready);
+    rt__mutex_unlock(&pool->lock);
+
+    while (failed != NULL) {
+        struct rt_aio_req *req = failed;
+        failed = req->next;
+        rt__aio_ctx_post_done(atomic_load_explicit(&req->ctx, memory_order_relaxed), req);
+    }
+}
+
+int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req)
+{
+    int rc = RT_ERR_AIO_IN_PROGRESS;
+
+    rt__mutex_lock(&pool->lock);
+    if (atomic_load_explicit(&req->queue_owner, memory_order_relaxed) == pool) {
+        unlink_request(pool, req);
+        rc = RT_OK;
+    }
+    rt__mutex_unlock(&pool->lock);
+    return rc;
+}
+
+unsigned rt__tpool_live_workers(struct rt__tpool *pool)
+{
+    unsigned live;
+    rt__mutex_lock(&pool->lock);
+    live = pool->live_workers;
+    rt__mutex_unlock(&pool->lock);
+    return live;
+}

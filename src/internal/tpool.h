@@ -1,0 +1,45 @@
+/*
+ * A pool of worker threads that carry out AIO requests with plain positioned I/O
+ * (rt__aio_execute) and post each finished request to its context's done list.
+ *
+ * The "threads" backend is this pool and nothing else; the kernel AIO backend uses one
+ * for the work the kernel cannot do asynchronously.  Workers start when work arrives
+ * and there is no idle one, up to max_workers, and leave after idle_ms without work.
+ */
+#ifndef RT_INTERNAL_TPOOL_H
+#define RT_INTERNAL_TPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct rt_aio_req;
+struct rt__tpool;
+
+/**
+ * @param max_workers  at most this many threads at once (at least 1).
+ * @param idle_ms      how long a worker waits for work before it exits.
+ * @retval RT_OK, RT_ERR_NO_MEMORY
+ */
+int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t idle_ms);
+
+/** Stops and joins every worker.  Nothing may be queued or running. */
+void rt__tpool_destroy(struct rt__tpool *pool);
+
+/**
+ * Queues submitted requests; each is later posted to its own context's done list.  Any
+ * thread.  If no worker can be started at all, the requests complete with
+ * RT_ERR_TRY_AGAIN instead of waiting forever.
+ */
+void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n);
+
+/**
+ * Takes @a req out of the queue if no worker has picked it up yet.
+ * @retval RT_OK                   removed; nothing will touch it again.
+ * @retval RT_ERR_AIO_IN_PROGRESS  a worker has it, or it is not in this pool.
+ */
+int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req);
+
+/** How many workers are alive now (for tests). */
+unsigned rt__tpool_live_workers(struct rt__tpool *pool);
+
+#endif /* RT_INTERNAL_TPOOL_H */

@@ -1,0 +1,519 @@
+/*
+ * The "linux-aio" backend: the kernel's io_submit interface, driven by raw system
+ * calls.
+ *
+ * How a request travels
+ * ---------------------
+ * A request embeds its iocb as its first member, so the caller's array of request
+ * handles is passed to io_submit() as it is: no copy, no allocation.  Every iocb
+ * carries IOCB_FLAG_RESFD with the context's doorbell eventfd, so a kernel completion
+ * rings the same bell the front end's waiter sleeps on and that wakeups and software
+ * completions ring.  The waiter reaps events straight from the completion ring the
+ * kernel maps into our address space (one reader, so no lock), falling back to
+ * io_getevents() where the ring's header is not the layout we know.
+ *
+ *   submit ──► io_submit(run of iocbs) ──► kernel ──► ring + eventfd ──► reap()
+ *                │ EAGAIN / no free slot            │
+ *                ▼                                  │
+ *             deferred list ◄── pump() after each reap┘
+ *                │ first iocb refused (EBADF, EINVAL, ...)
+ *                ▼
+ *             that request alone completes with the error (done list)
+ *
+ * io_submit() stops at the first iocb it cannot take and reports the error only if it
+ * is the first of the batch; so a run is looped: count what went in, complete the
+ * refused one with its error, go on with the rest.
+ *
+ * Slots: the kernel gives a context a fixed number of event slots.  A bounded context
+ * asks for exactly its capacity, and the front end never lets more be outstanding, so
+ * the slots cannot run out.  An unlimited context asks for UNLIMITED_SLOTS (less if the
+ * host refuses) and parks what does not fit on the deferred list; the waiter submits
+ * it as completions free slots.  The deferred list is also where a batch goes when the
+ * kernel says EAGAIN.
+ *
+ * Flushes: IOCB_CMD_FSYNC where the kernel takes it.  A kernel or file system that
+ * refuses it (EINVAL on submit) makes that flush, and every later one on this context,
+ * run as fsync() on a helper thread: a flush is never reported done without the data
+ * being durable.
+ *
+ * Cancel: the kernel cannot cancel file I/O (io_cancel answers EINVAL for it, and
+ * even a successful io_cancel still posts the event), so only requests still on the
+ * deferred list or queued for the helper can be cancelled.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rt/err.h>
+
+#include "internal/aio.h"
+#include "internal/doorbell.h"
+#include "internal/sync.h"
+#include "internal/tpool.h"
+#include "r3/linux/laio_sys.h"
+
+_Static_assert(sizeof(struct laio_iocb) <= sizeof(union rt__aio_slot),
+               "an iocb must fit in the request's kernel slot");
+
+/* Event slots an unlimited context asks for; halved until the kernel agrees. */
+#define UNLIMITED_SLOTS 1024u
+/* Requests moved from the deferred list per io_submit() call. */
+#define PUMP_BATCH 64u
+/* Events reaped per io_getevents() call when the ring cannot be read directly. */
+#define GETEVENTS_BATCH 64u
+/* Helper threads for flushes the kernel refuses. */
+#define HELPER_THREADS 4u
+#define HELPER_IDLE_MS 2000u
+
+struct laio {
+    laio_context_t kernel_ctx;
+    struct laio_ring *ring; /* NULL: reap with io_getevents() */
+    uint32_t slots;         /* event slots the kernel granted */
+    _Atomic uint32_t in_kernel;
+    int resfd;
+
+    rt__mutex_t deferred_lock;
+    struct rt_aio_req *deferred_head;
+    struct rt_aio_req *deferred_tail;
+    _Atomic size_t deferred_count;
+
+    atomic_bool fsync_refused;
+    rt__mutex_t helper_lock;
+    struct rt__tpool *helper;
+};
+
+static struct laio *laio_of(struct rt_aio_ctx *ctx)
+{
+    return ctx->backend_data;
+}
+
+static struct laio_iocb *iocb_of(struct rt_aio_req *req)
+{
+    return (struct laio_iocb *)req;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Setup
+ */
+
+static int laio_probe(void)
+{
+    laio_context_t kernel_ctx = 0;
+    long ret = rt__laio_sys.io_setup(1, &kernel_ctx);
+    if (ret < 0)
+        return RT_ERR_NOT_SUPPORTED;
+    rt__laio_sys.io_destroy(kernel_ctx);
+    return RT_OK;
+}
+
+static int setup_status(long ret)
+{
+    switch (-ret) {
+    case EAGAIN:
+    case EINVAL: /* more events than the kernel will ever give one context */
+        return RT_ERR_AIO_INSUFFICIENT_EVENTS;
+    case ENOSYS:
+    case EPERM:
+        return RT_ERR_NOT_SUPPORTED;
+    default:
+        return rt_err_from_errno((int)-ret);
+    }
+}
+
+/* Asks the kernel for event slots: exactly @a capacity for a bounded context; for an
+ * unlimited one as many as it grants, starting from UNLIMITED_SLOTS. */
+static int setup_kernel_ctx(struct laio *laio, uint32_t capacity)
+{
+    uint32_t wanted = capacity == RT_AIO_UNLIMITED_REQS ? UNLIMITED_SLOTS : capacity;
+    long ret;
+
+    for (;;) {
+        laio->kernel_ctx = 0;
+        ret = rt__laio_sys.io_setup(wanted, &laio->kernel_ctx);
+        if (ret >= 0)
+            break;
+        if (capacity != RT_AIO_UNLIMITED_REQS || wanted == 1 || (ret != -EAGAIN && ret != -EINVAL))
+            return setup_status(ret);
+        wanted /= 2;
+    }
+    laio->slots = wanted;
+    return RT_OK;
+}
+
+/* The completion ring, if it has the layout we know and reaps are not being faked. */
+static struct laio_ring *usable_ring(laio_context_t kernel_ctx)
+{
+    struct laio_ring *ring = (struct laio_ring *)kernel_ctx;
+
+    if (!rt__laio_sys_getevents_is_real() || ring == NULL)
+        return NULL;
+    if (ring->magic != LAIO_RING_MAGIC || ring->incompat_features != 0 ||
+        ring->header_length != sizeof *ring)
+        return NULL;
+    return ring;
+}
+
+static int laio_init(struct rt_aio_ctx *ctx, uint32_t capacity)
+{
+    struct laio *laio = calloc(1, sizeof *laio);
+    int rc;
+
+    if (laio == NULL)
+        return RT_ERR_NO_MEMORY;
+    rc = setup_kernel_ctx(laio, capacity);
+    if (rc != RT_OK) {
+        free(laio);
+        return rc;
+    }
+    laio->ring = usable_ring(laio->kernel_ctx);
+    laio->resfd = ctx->doorbell.write_fd;
+    atomic_init(&laio->in_kernel, 0);
+    atomic_init(&laio->deferred_count, 0);
+    atomic_init(&laio->fsync_refused, false);
+    rt__mutex_init(&laio->deferred_lock);
+    rt__mutex_init(&laio->helper_lock);
+    ctx->backend_data = laio;
+    return RT_OK;
+}
+
+static void laio_fini(struct rt_aio_ctx *ctx)
+{
+    struct laio *laio = laio_of(ctx);
+
+    rt__laio_sys.io_destroy(laio->kernel_ctx);
+    rt__tpool_destroy(laio->helper);
+    rt__mutex_destroy(&laio->helper_lock);
+    rt__mutex_destroy(&laio->deferred_lock);
+    free(laio);
+    ctx->backend_data = NULL;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Submission
+ */
+
+static void fill_iocb(struct laio *laio, struct rt_aio_req *req)
+{
+    static const uint16_t opcodes[] = {
+        [RT__AIO_OP_READ] = LAIO_CMD_PREAD,   [RT__AIO_OP_WRITE] = LAIO_CMD_PWRITE,
+        [RT__AIO_OP_READV] = LAIO_CMD_PREADV, [RT__AIO_OP_WRITEV] = LAIO_CMD_PWRITEV,
+        [RT__AIO_OP_FLUSH] = LAIO_CMD_FSYNC,
+    };
+    struct laio_iocb *iocb = iocb_of(req);
+
+    memset(iocb, 0, sizeof *iocb);
+    iocb->aio_data = (uintptr_t)req;
+    iocb->aio_lio_opcode = opcodes[req->op];
+    iocb->aio_fildes = (uint32_t)req->fd;
+    iocb->aio_flags = LAIO_FLAG_RESFD;
+    iocb->aio_resfd = (uint32_t)laio->resfd;
+    switch (req->op) {
+    case RT__AIO_OP_READ:
+    case RT__AIO_OP_WRITE:
+        iocb->aio_buf = (uintptr_t)req->buf;
+        iocb->aio_nbytes = req->len;
+        iocb->aio_offset = (int64_t)req->off;
+        break;
+    case RT__AIO_OP_READV:
+    case RT__AIO_OP_WRITEV:
+        iocb->aio_buf = (uintptr_t)req->iov;
+        iocb->aio_nbytes = req->iovcnt;
+        iocb->aio_offset = (int64_t)req->off;
+        break;
+    default: /* flush: no buffer, no offset */
+        break;
+    }
+}
+
+/* Takes up to @a wanted free kernel slots; returns how many it took. */
+static uint32_t take_slots(struct laio *laio, size_t wanted)
+{
+    uint32_t used = atomic_load_explicit(&laio->in_kernel, memory_order_relaxed);
+    uint32_t taking;
+
+    do {
+        uint32_t free_slots = used < laio->slots ? laio->slots - used : 0;
+        taking = wanted < free_slots ? (uint32_t)wanted : free_slots;
+        if (taking == 0)
+            return 0;
+    } while (!atomic_compare_exchange_weak_explicit(&laio->in_kernel, &used, used + taking,
+                                                    memory_order_acq_rel,
+                                                    memory_order_relaxed));
+    return taking;
+}
+
+static void give_back_slots(struct laio *laio, uint32_t count)
+{
+    if (count > 0)
+        atomic_fetch_sub_explicit(&laio->in_kernel, count, memory_order_acq_rel);
+}
+
+static void defer(struct laio *laio, struct rt_aio_req **reqs, size_t n)
+{
+    rt__mutex_lock(&laio->deferred_lock);
+    for (size_t i = 0; i < n; i++) {
+        struct rt_aio_req *req = reqs[i];
+        req->next = NULL;
+        req->prev = laio->deferred_tail;
+        if (laio->deferred_tail != NULL)
+            laio->deferred_tail->next = req;
+        else
+            laio->deferred_head = req;
+        laio->deferred_tail = req;
+        atomic_store_explicit(&req->queue_owner, &laio->deferred_head, memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&laio->deferred_count, n, memory_order_release);
+    rt__mutex_unlock(&laio->deferred_lock);
+}
+
+static void unlink_deferred(struct laio *laio, struct rt_aio_req *req)
+{
+    if (req->prev != NULL)
+        req->prev->next = req->next;
+    else
+        laio->deferred_head = req->next;
+    if (req->next != NULL)
+        req->next->prev = req->prev;
+    else
+        laio->deferred_tail = req->prev;
+    req->next = req->prev = NULL;
+    atomic_store_explicit(&req->queue_owner, NULL, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&laio->deferred_count, 1, memory_order_relaxed);
+}
+
+static void fail_request(struct rt_aio_ctx *ctx, struct rt_aio_req *req, int rc)
+{
+    req->rc = rc;
+    req->transferred = 0;
+    rt__aio_ctx_post_done(ctx, req);
+}
+
+/* Runs @a req on a helper thread (a flush the kernel refused). */
+static void send_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+{
+    struct laio *laio = laio_of(ctx);
+    int rc = RT_OK;
+
+    rt__mutex_lock(&laio->helper_lock);
+    if (laio->helper == NULL)
+        rc = rt__tpool_create(&laio->helper, HELPER_THREADS, HELPER_IDLE_MS);
+    rt__mutex_unlock(&laio->helper_lock);
+    if (rc != RT_OK)
+        fail_request(ctx, req, rc);
+    else
+        rt__tpool_queue(laio->helper, &req, 1);
+}
+
+enum run_outcome { RUN_ALL_IN, RUN_STALLED };
+
+/*
+ * Gives the kernel a run of requests whose iocbs are filled, looping over partial
+ * submits.  A refused first iocb completes alone with its error.  What the kernel
+ * cannot take now (no free slot, EAGAIN) goes to the deferred list.  @a pumping says
+ * the caller is the waiter emptying that list: then an EAGAIN with nothing in flight
+ * (so no completion will come to retry it) fails the request with RT_ERR_TRY_AGAIN
+ * rather than parking it forever.
+ */
+static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n,
+                                   bool pumping)
+{
+    struct laio *laio = laio_of(ctx);
+    size_t done = 0;
+
+    while (done < n) {
+        uint32_t taken = take_slots(laio, n - done);
+        long ret;
+
+        if (taken == 0) {
+            defer(laio, reqs + done, n - done);
+            return RUN_STALLED;
+        }
+        ret = rt__laio_sys.io_submit(laio->kernel_ctx, taken,
+                                     (struct laio_iocb **)(reqs + done));
+        if (ret > 0) {
+            give_back_slots(laio, taken - (uint32_t)ret);
+            done += (size_t)ret;
+            continue;
+        }
+        give_back_slots(laio, taken);
+        if (ret == -EINTR)
+            continue;
+        if (ret == -EAGAIN || ret == 0) {
+            if (pumping && atomic_load(&laio->in_kernel) == 0) {
+                fail_request(ctx, reqs[done++], RT_ERR_TRY_AGAIN);
+                continue;
+            }
+            defer(laio, reqs + done, n - done);
+            /* Nothing may be in flight to ring the bell later: ring it now so the
+             * waiter comes round to pump. */
+            rt__doorbell_ring(&ctx->doorbell);
+            return RUN_STALLED;
+        }
+        if (ret == -EINVAL && reqs[done]->op == RT__AIO_OP_FLUSH) {
+            atomic_store(&laio->fsync_refused, true);
+            send_to_helper(ctx, reqs[done++]);
+            continue;
+        }
+        fail_request(ctx, reqs[done++], rt_err_from_errno((int)-ret));
+    }
+    return RUN_ALL_IN;
+}
+
+static bool for_kernel(struct laio *laio, const struct rt_aio_req *req)
+{
+    return req->op != RT__AIO_OP_FLUSH ||
+           !atomic_load_explicit(&laio->fsync_refused, memory_order_relaxed);
+}
+
+static void laio_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n)
+{
+    struct laio *laio = laio_of(ctx);
+    size_t i = 0;
+
+    while (i < n) {
+        size_t end = i;
+
+        if (!for_kernel(laio, reqs[i])) {
+            send_to_helper(ctx, reqs[i++]);
+            continue;
+        }
+        while (end < n && for_kernel(laio, reqs[end]))
+            fill_iocb(laio, reqs[end++]);
+        /* Once requests are parked, newer ones queue behind them. */
+        if (atomic_load_explicit(&laio->deferred_count, memory_order_acquire) != 0) {
+            defer(laio, reqs + i, end - i);
+            rt__doorbell_ring(&ctx->doorbell); /* so the waiter comes round to pump */
+        } else
+            submit_run(ctx, reqs + i, end - i, false);
+        i = end;
+    }
+}
+
+/* Moves deferred requests into free kernel slots.  The waiter only. */
+static void pump(struct rt_aio_ctx *ctx)
+{
+    struct laio *laio = laio_of(ctx);
+    struct rt_aio_req *batch[PUMP_BATCH];
+
+    while (atomic_load_explicit(&laio->deferred_count, memory_order_acquire) != 0) {
+        size_t count = 0;
+        uint32_t in_kernel = atomic_load(&laio->in_kernel);
+        size_t room = in_kernel < laio->slots ? laio->slots - in_kernel : 0;
+
+        if (room == 0)
+            return;
+        rt__mutex_lock(&laio->deferred_lock);
+        while (count < PUMP_BATCH && count < room && laio->deferred_head != NULL) {
+            batch[count] = laio->deferred_head;
+            unlink_deferred(laio, batch[count]);
+            count++;
+        }
+        rt__mutex_unlock(&laio->deferred_lock);
+        if (count == 0 || submit_run(ctx, batch, count, true) == RUN_STALLED)
+            return;
+    }
+}
+
+/* ------------------------------------------------------------------------------------
+ * Completion
+ */
+
+static struct rt_aio_req *finish(const struct laio_event *event)
+{
+    struct rt_aio_req *req = (struct rt_aio_req *)(uintptr_t)event->data;
+
+    if (event->res >= 0) {
+        req->rc = RT_OK;
+        req->transferred = (size_t)event->res;
+    } else {
+        req->rc = rt_err_from_errno((int)-event->res);
+        req->transferred = 0;
+    }
+    return req;
+}
+
+/* Reads completions straight from the kernel's ring.  Only one thread reaps (the
+ * waiter), so head needs no lock; the acquire on tail pairs with the kernel's barrier
+ * before it publishes an event. */
+static size_t reap_ring(struct laio *laio, struct rt_aio_req **out, size_t max)
+{
+    struct laio_ring *ring = laio->ring;
+    uint32_t head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED);
+    uint32_t tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+    uint32_t nr = ring->nr;
+    size_t count = 0;
+
+    while (head != tail && count < max) {
+        out[count++] = finish(&ring->events[head]);
+        head = head + 1 == nr ? 0 : head + 1;
+    }
+    if (count > 0)
+        __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
+    return count;
+}
+
+static size_t reap_syscall(struct laio *laio, struct rt_aio_req **out, size_t max)
+{
+    struct laio_event events[GETEVENTS_BATCH];
+    size_t count = 0;
+
+    while (count < max) {
+        struct laio_timespec no_wait = { 0, 0 };
+        long want = (long)(max - count < GETEVENTS_BATCH ? max - count : GETEVENTS_BATCH);
+        long got = rt__laio_sys.io_getevents(laio->kernel_ctx, 0, want, events, &no_wait);
+
+        if (got == -EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        for (long i = 0; i < got; i++)
+            out[count++] = finish(&events[i]);
+        if (got < want)
+            break;
+    }
+    return count;
+}
+
+static size_t laio_reap(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t max)
+{
+    struct laio *laio = laio_of(ctx);
+    size_t count = laio->ring != NULL ? reap_ring(laio, out, max) : reap_syscall(laio, out, max);
+
+    give_back_slots(laio, (uint32_t)count);
+    pump(ctx);
+    return count;
+}
+
+static int laio_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+{
+    struct laio *laio = laio_of(ctx);
+    int rc = RT_ERR_AIO_IN_PROGRESS;
+
+    rt__mutex_lock(&laio->deferred_lock);
+    if (atomic_load_explicit(&req->queue_owner, memory_order_relaxed) == &laio->deferred_head) {
+        unlink_deferred(laio, req);
+        rc = RT_OK;
+    }
+    rt__mutex_unlock(&laio->deferred_lock);
+
+    if (rc != RT_OK) {
+        rt__mutex_lock(&laio->helper_lock);
+        if (laio->helper != NULL)
+            rc = rt__tpool_cancel(laio->helper, req);
+        rt__mutex_unlock(&laio->helper_lock);
+    }
+    return rc;
+}
+
+const struct rt__aio_backend rt__laio_backend = {
+    .name = "linux-aio",
+    .flag = RT_AIO_CTX_F_BACKEND_LINUX_AIO,
+    .probe = laio_probe,
+    .init = laio_init,
+    .fini = laio_fini,
+    .submit = laio_submit,
+    .reap = laio_reap,
+    .cancel = laio_cancel,
+};

@@ -1,0 +1,233 @@
+/*
+ * Files on POSIX hosts: open with dispositions and hints, positioned I/O that loops
+ * over EINTR and short transfers, flush, size.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <rt/err.h>
+#include <rt/file.h>
+
+#include "internal/file.h"
+#include "internal/handle_pool.h"
+#include "internal/posix_sys.h"
+
+static struct rt__handle_pool file_pool = RT__HANDLE_POOL_INIT(struct rt_file, next_free);
+
+#define KNOWN_FLAGS                                                                        \
+    (RT_FILE_ACCESS_MASK | RT_FILE_DISPOSITION_MASK | RT_FILE_NO_CACHE |                   \
+     RT_FILE_WRITE_THROUGH | RT_FILE_ASYNC_IO)
+
+/* Translates RT_FILE_* flags into open(2) flags; -1 when they do not make one valid
+ * combination. */
+static int open_flags(uint32_t flags)
+{
+    int oflags = O_CLOEXEC;
+
+    if (flags & ~KNOWN_FLAGS)
+        return -1;
+    switch (flags & RT_FILE_ACCESS_MASK) {
+    case RT_FILE_READ: oflags |= O_RDONLY; break;
+    case RT_FILE_WRITE: oflags |= O_WRONLY; break;
+    case RT_FILE_READWRITE: oflags |= O_RDWR; break;
+    default: return -1;
+    }
+    switch (flags & RT_FILE_DISPOSITION_MASK) {
+    case RT_FILE_OPEN: break;
+    case RT_FILE_CREATE: oflags |= O_CREAT | O_EXCL; break;
+    case RT_FILE_OPEN_CREATE: oflags |= O_CREAT; break;
+    case RT_FILE_CREATE_REPLACE: oflags |= O_CREAT | O_TRUNC; break;
+    default: return -1;
+    }
+    /* Truncating needs write access; O_TRUNC on a read-only open is unspecified. */
+    if ((flags & RT_FILE_DISPOSITION_MASK) == RT_FILE_CREATE_REPLACE &&
+        !(flags & RT_FILE_WRITE))
+        return -1;
+    if (flags & RT_FILE_NO_CACHE) {
+#ifdef O_DIRECT
+        oflags |= O_DIRECT;
+#else
+        return -2; /* the host has no O_DIRECT at all */
+#endif
+    }
+    if (flags & RT_FILE_WRITE_THROUGH)
+        oflags |= O_DSYNC;
+    return oflags;
+}
+
+int rt_file_open(rt_file_t *file, const char *path, uint32_t flags, uint32_t mode)
+{
+    struct rt_file *handle;
+    int oflags;
+    int fd;
+    int rc;
+
+    if (file == NULL)
+        return RT_ERR_INVALID_POINTER;
+    *file = RT_FILE_NIL;
+    if (path == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (path[0] == '\0' || mode > 07777)
+        return RT_ERR_INVALID_PARAMETER;
+    oflags = open_flags(flags);
+    if (oflags == -2)
+        return RT_ERR_NOT_SUPPORTED;
+    if (oflags < 0)
+        return RT_ERR_INVALID_PARAMETER;
+
+    handle = rt__handle_alloc(&file_pool);
+    if (handle == NULL)
+        return RT_ERR_NO_MEMORY;
+
+    do
+        fd = rt__posix_sys.open(path, oflags, mode != 0 ? (mode_t)mode : 0644);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        /* Linux reports a file system that refuses O_DIRECT as EINVAL at open. */
+        rc = (errno == EINVAL && (flags & RT_FILE_NO_CACHE)) ? RT_ERR_NOT_SUPPORTED
+                                                             : rt_err_from_errno(errno);
+        goto fail;
+    }
+
+    handle->fd = fd;
+    handle->flags = flags;
+    handle->magic = RT__MAGIC_FILE;
+    *file = handle;
+    return RT_OK;
+
+fail:
+    handle->magic = RT__MAGIC_DEAD;
+    rt__handle_free(&file_pool, handle);
+    return rc;
+}
+
+int rt_file_close(rt_file_t file)
+{
+    int fd;
+
+    if (file == RT_FILE_NIL)
+        return RT_OK;
+    if (!rt__file_is_live(file))
+        return RT_ERR_INVALID_HANDLE;
+    fd = file->fd;
+    file->magic = RT__MAGIC_DEAD;
+    file->fd = -1;
+    rt__handle_free(&file_pool, file);
+    /* close() is not retried on EINTR: on Linux the descriptor is gone either way, and
+     * retrying could close a descriptor another thread just opened. */
+    if (rt__posix_sys.close(fd) != 0 && errno != EINTR)
+        return errno == EIO ? RT_ERR_IO : rt_err_from_errno(errno);
+    return RT_OK;
+}
+
+/* Common checks of read_at/write_at. */
+static int check_transfer(rt_file_t file, uint64_t off, const void *buf, size_t len)
+{
+    if (!rt__file_is_live(file))
+        return RT_ERR_INVALID_HANDLE;
+    if (buf == NULL && len > 0)
+        return RT_ERR_INVALID_POINTER;
+    if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
+        return RT_ERR_OUT_OF_RANGE;
+    return RT_OK;
+}
+
+int rt_file_read_at(rt_file_t file, uint64_t off, void *buf, size_t len, size_t *done)
+{
+    size_t total = 0;
+    int rc = check_transfer(file, off, buf, len);
+
+    if (rc == RT_OK && !(file->flags & RT_FILE_READ))
+        rc = RT_ERR_BAD_FILE;
+    while (rc == RT_OK && total < len) {
+        ssize_t n = rt__posix_sys.pread(file->fd, (char *)buf + total, len - total,
+                                        (off_t)(off + total));
+        if (n > 0)
+            total += (size_t)n;
+        else if (n == 0)
+            break; /* end of file */
+        else if (errno != EINTR)
+            rc = rt_err_from_errno(errno);
+    }
+    if (done != NULL)
+        *done = total;
+    if (rc == RT_OK && total < len && done == NULL)
+        rc = RT_ERR_EOF;
+    return rc;
+}
+
+int rt_file_write_at(rt_file_t file, uint64_t off, const void *buf, size_t len,
+                     size_t *done)
+{
+    size_t total = 0;
+    int rc = check_transfer(file, off, buf, len);
+
+    if (rc == RT_OK && !(file->flags & RT_FILE_WRITE))
+        rc = RT_ERR_BAD_FILE;
+    while (rc == RT_OK && total < len) {
+        ssize_t n = rt__posix_sys.pwrite(file->fd, (const char *)buf + total, len - total,
+                                         (off_t)(off + total));
+        if (n > 0)
+            total += (size_t)n;
+        else if (n == 0)
+            rc = RT_ERR_DISK_FULL; /* no progress and no error: the device is full */
+        else if (errno != EINTR)
+            rc = rt_err_from_errno(errno);
+    }
+    if (done != NULL)
+        *done = total;
+    return rc;
+}
+
+int rt_file_flush(rt_file_t file)
+{
+    if (!rt__file_is_live(file))
+        return RT_ERR_INVALID_HANDLE;
+    while (rt__posix_sys.fsync(file->fd) != 0) {
+        if (errno != EINTR)
+            return rt_err_from_errno(errno);
+    }
+    return RT_OK;
+}
+
+int rt_file_get_size(rt_file_t file, uint64_t *size)
+{
+    struct stat st;
+
+    if (!rt__file_is_live(file))
+        return RT_ERR_INVALID_HANDLE;
+    if (size == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (rt__posix_sys.fstat(file->fd, &st) != 0)
+        return rt_err_from_errno(errno);
+    *size = (uint64_t)st.st_size;
+    return RT_OK;
+}
+
+int rt_file_set_size(rt_file_t file, uint64_t size)
+{
+    if (!rt__file_is_live(file))
+        return RT_ERR_INVALID_HANDLE;
+    if (size > (uint64_t)INT64_MAX)
+        return RT_ERR_OUT_OF_RANGE;
+    if (!(file->flags & RT_FILE_WRITE))
+        return RT_ERR_BAD_FILE;
+    while (rt__posix_sys.ftruncate(file->fd, (off_t)size) != 0) {
+        if (errno != EINTR)
+            return rt_err_from_errno(errno);
+    }
+    return RT_OK;
+}
+
+intptr_t rt_file_to_native(rt_file_t file)
+{
+    if (!rt__file_is_live(file))
+        return -1;
+    return file->fd;
+}
