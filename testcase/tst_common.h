@@ -76,7 +76,11 @@ static inline const char *tst_dir(void)
  * path.  The buffer is the caller's. */
 static inline char *tst_path(char *buf, size_t size, const char *name)
 {
-    snprintf(buf, size, "%s/%s", tst_dir(), name);
+    int len = snprintf(buf, size, "%s/%s", tst_dir(), name);
+    if (len < 0 || (size_t)len >= size) {
+        fprintf(stderr, "scratch path for '%s' does not fit in %zu bytes\n", name, size);
+        exit(1);
+    }
     return buf;
 }
 
