@@ -26,7 +26,7 @@ extern "C" {
       "not supported by this platform, backend or file system "                                  \
       "(e.g. the file system refuses O_DIRECT for RT_FILE_NO_CACHE)")                            \
     X(RT_ERR_TIMEOUT, -8, "timed out")                                                           \
-    X(RT_ERR_INTERRUPTED, -9, "wait interrupted by rt_aio_ctx_wakeup")                           \
+    X(RT_ERR_INTERRUPTED, -9, "interrupted (a wait ended by rt_aio_ctx_wakeup, or an interrupted call)")                           \
     X(RT_ERR_TRY_AGAIN, -10, "resource temporarily unavailable, try again")                      \
     X(RT_ERR_FILE_NOT_FOUND, -11, "file or directory not found")                                 \
     X(RT_ERR_ALREADY_EXISTS, -12, "file already exists")                                         \

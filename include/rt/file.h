@@ -50,9 +50,12 @@ extern "C" {
  * @retval RT_OK
  * @retval RT_ERR_INVALID_POINTER    @a file or @a path is NULL.
  * @retval RT_ERR_INVALID_PARAMETER  no or several access modes or dispositions, an
- *                                   unknown flag bit, @a mode above 07777, empty path.
+ *                                   unknown flag bit, @a mode above 07777, empty path,
+ *                                   RT_FILE_CREATE_REPLACE without write access.
  * @retval RT_ERR_NOT_SUPPORTED      RT_FILE_NO_CACHE on a file system that refuses
- *                                   O_DIRECT (the file is not opened cached instead).
+ *                                   O_DIRECT, or on a host without it: the file is not
+ *                                   opened cached instead, and a file this call created
+ *                                   is removed again.
  * @retval RT_ERR_FILE_NOT_FOUND, RT_ERR_ALREADY_EXISTS, RT_ERR_ACCESS_DENIED,
  *         RT_ERR_IS_A_DIRECTORY, RT_ERR_NOT_A_DIRECTORY, RT_ERR_TOO_MANY_OPEN_FILES,
  *         RT_ERR_NAME_TOO_LONG, RT_ERR_READ_ONLY_FS, RT_ERR_NO_MEMORY, ...

@@ -479,7 +479,14 @@ static size_t reap_syscall(struct laio *laio, struct rt_aio_req **out, size_t ma
 static size_t laio_reap(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t max)
 {
     struct laio *laio = laio_of(ctx);
-    size_t count = laio->ring != NULL ? reap_ring(laio, out, max) : reap_syscall(laio, out, max);
+    size_t count;
+
+    /* Pairs with the release in take_slots(), which every submitter passes after
+     * writing its requests and before io_submit().  The kernel already orders those
+     * writes before the event we read, but only this pair is visible to the memory
+     * model (and to ThreadSanitizer), which cannot see through a system call. */
+    (void)atomic_load_explicit(&laio->in_kernel, memory_order_acquire);
+    count = laio->ring != NULL ? reap_ring(laio, out, max) : reap_syscall(laio, out, max);
 
     give_back_slots(laio, (uint32_t)count);
     pump(ctx);

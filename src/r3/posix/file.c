@@ -18,6 +18,10 @@
 #include "internal/handle_pool.h"
 #include "internal/posix_sys.h"
 
+#ifndef O_DIRECT
+#define O_DIRECT 0 /* hosts without it refuse RT_FILE_NO_CACHE in open_flags() */
+#endif
+
 static struct rt__handle_pool file_pool = RT__HANDLE_POOL_INIT(struct rt_file, next_free);
 
 #define KNOWN_FLAGS                                                                        \
@@ -50,15 +54,62 @@ static int open_flags(uint32_t flags)
         !(flags & RT_FILE_WRITE))
         return -1;
     if (flags & RT_FILE_NO_CACHE) {
-#ifdef O_DIRECT
+        if (O_DIRECT == 0)
+            return -2; /* the host has no O_DIRECT at all */
         oflags |= O_DIRECT;
-#else
-        return -2; /* the host has no O_DIRECT at all */
-#endif
     }
     if (flags & RT_FILE_WRITE_THROUGH)
         oflags |= O_DSYNC;
     return oflags;
+}
+
+static int open_retrying(const char *path, int oflags, mode_t mode)
+{
+    int fd;
+    do
+        fd = rt__posix_sys.open(path, oflags, mode);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+/*
+ * open() that leaves nothing behind when it fails.  Linux creates the file before it
+ * finds that the file system refuses O_DIRECT, so a plain O_CREAT|O_DIRECT open can fail
+ * and still leave a new empty file.  With O_DIRECT and O_CREAT we therefore first try the
+ * file as an existing one, and create it only with O_EXCL, so we know it is ours to
+ * remove if the open then fails.  A file system that refuses O_DIRECT is reported as
+ * RT_ERR_NOT_SUPPORTED (Linux says EINVAL).
+ */
+static int open_no_leftovers(const char *path, int oflags, mode_t mode, int *rc)
+{
+    int fd;
+
+    if (!(oflags & O_DIRECT) || !(oflags & O_CREAT)) {
+        fd = open_retrying(path, oflags, mode);
+    } else {
+        for (;;) {
+            if (!(oflags & O_EXCL)) {
+                fd = open_retrying(path, oflags & ~O_CREAT, mode);
+                if (fd >= 0 || errno != ENOENT)
+                    break;
+            }
+            fd = open_retrying(path, oflags | O_EXCL, mode);
+            if (fd >= 0)
+                break;
+            if (errno == EINVAL) {
+                unlink(path); /* created by us a moment ago, then refused */
+                errno = EINVAL;
+                break;
+            }
+            if (errno != EEXIST || (oflags & O_EXCL))
+                break;
+            /* Someone created it between the two opens: open it as existing. */
+        }
+    }
+    if (fd < 0)
+        *rc = (errno == EINVAL && (oflags & O_DIRECT)) ? RT_ERR_NOT_SUPPORTED
+                                                      : rt_err_from_errno(errno);
+    return fd;
 }
 
 int rt_file_open(rt_file_t *file, const char *path, uint32_t flags, uint32_t mode)
@@ -85,15 +136,9 @@ int rt_file_open(rt_file_t *file, const char *path, uint32_t flags, uint32_t mod
     if (handle == NULL)
         return RT_ERR_NO_MEMORY;
 
-    do
-        fd = rt__posix_sys.open(path, oflags, mode != 0 ? (mode_t)mode : 0644);
-    while (fd < 0 && errno == EINTR);
-    if (fd < 0) {
-        /* Linux reports a file system that refuses O_DIRECT as EINVAL at open. */
-        rc = (errno == EINVAL && (flags & RT_FILE_NO_CACHE)) ? RT_ERR_NOT_SUPPORTED
-                                                             : rt_err_from_errno(errno);
+    fd = open_no_leftovers(path, oflags, mode != 0 ? (mode_t)mode : 0644, &rc);
+    if (fd < 0)
         goto fail;
-    }
 
     handle->fd = fd;
     handle->flags = flags;
