@@ -8,6 +8,8 @@
  *  - io_submit: EAGAIN, partial submission, a refused first iocb (EBADF), a refused
  *    IOCB_CMD_FSYNC (the flush then runs on a helper), EAGAIN with nothing in flight.
  *  - io_getevents: EINTR; completions carrying EIO, ENOSPC and short counts.
+ *  - buffered files never reach io_submit() for reads and writes (they would run
+ *    synchronously there), only for flushes.
  *
  * Each fault function counts its calls so a test can prove the fault was hit.
  */
@@ -49,7 +51,10 @@ static int suite_setup(void)
     if (buffer == NULL)
         return -1;
     tst_path(path, sizeof path, "faults.bin");
-    if (rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0) != RT_OK)
+    /* O_DIRECT: only those reads and writes go to io_submit(); buffered ones go to the
+     * helper pool (test_buffered_io_skips_the_kernel). */
+    if (rt_file_open(&file, path,
+                     RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE | RT_FILE_NO_CACHE, 0) != RT_OK)
         return -1;
     memset(buffer, 0x5a, NREQS * BLOCK);
     if (rt_file_write_at(file, 0, buffer, NREQS * BLOCK, NULL) != RT_OK)
@@ -450,11 +455,84 @@ static void test_cancel_deferred_request(void)
     restore();
 }
 
+/* ---- buffered files ------------------------------------------------------------------ */
+
+static int kernel_rw_submits;
+static int kernel_fsync_submits;
+
+static long submit_counting(laio_context_t ctx, long n, struct laio_iocb **iocbs)
+{
+    for (long i = 0; i < n; i++) {
+        if (iocbs[i]->aio_lio_opcode == LAIO_CMD_FSYNC)
+            kernel_fsync_submits++;
+        else
+            kernel_rw_submits++;
+    }
+    return real.io_submit(ctx, n, iocbs);
+}
+
+static void test_buffered_io_skips_the_kernel(void)
+{
+    rt_aio_ctx_t ctx;
+    rt_aio_req_t reqs[4];
+    rt_file_t buffered;
+    char buffered_path[512];
+    static char data[4][100];
+
+    kernel_rw_submits = kernel_fsync_submits = 0;
+    tst_path(buffered_path, sizeof buffered_path, "buffered.bin");
+    TST_RC_FATAL(rt_file_open(&buffered, buffered_path,
+                              RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0),
+                 RT_OK);
+    rt__laio_sys.io_submit = submit_counting;
+    TST_RC_FATAL(rt_aio_ctx_create(&ctx, 4, RT_AIO_CTX_F_BACKEND_LINUX_AIO), RT_OK);
+    for (unsigned i = 0; i < 3; i++) {
+        memset(data[i], 'a' + (int)i, sizeof data[i]);
+        TST_RC_FATAL(rt_aio_req_create(&reqs[i]), RT_OK);
+        TST_RC(rt_aio_req_prepare_write(reqs[i], buffered, i * sizeof data[i], data[i],
+                                        sizeof data[i], NULL),
+               RT_OK);
+    }
+    TST_RC_FATAL(rt_aio_req_create(&reqs[3]), RT_OK);
+    TST_RC(rt_aio_req_prepare_flush(reqs[3], buffered, NULL), RT_OK);
+    TST_RC(rt_aio_ctx_submit(ctx, reqs, 3), RT_OK);
+    CU_ASSERT_EQUAL(reap_all(ctx, 3), 3);
+    TST_RC(rt_aio_ctx_submit(ctx, &reqs[3], 1), RT_OK);
+    CU_ASSERT_EQUAL(reap_all(ctx, 1), 1);
+    for (unsigned i = 0; i < 4; i++) {
+        size_t bytes = 1;
+        TST_RC(rt_aio_req_get_rc(reqs[i], &bytes), RT_OK);
+        CU_ASSERT_EQUAL(bytes, i < 3 ? sizeof data[i] : 0);
+    }
+    CU_ASSERT_EQUAL(kernel_rw_submits, 0);   /* the writes ran on the pool */
+    CU_ASSERT_EQUAL(kernel_fsync_submits, 1); /* the flush went to the kernel */
+    rt__laio_sys.io_submit = real.io_submit;
+    for (unsigned i = 0; i < 3; i++) {
+        char back[100];
+        TST_RC(rt_file_read_at(buffered, i * sizeof back, back, sizeof back, NULL), RT_OK);
+        CU_ASSERT_EQUAL(memcmp(back, data[i], sizeof back), 0);
+    }
+    destroy_all(ctx, reqs, 4);
+    TST_RC(rt_file_close(buffered), RT_OK);
+    restore();
+}
+
 int main(void)
 {
     CU_pSuite suite;
 
     tst_require_backend("linux-aio");
+    {
+        rt_file_t probe;
+        char probe_path[512];
+        int rc = rt_file_open(&probe, tst_path(probe_path, sizeof probe_path, "direct.probe"),
+                              RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE | RT_FILE_NO_CACHE, 0);
+        if (rc == RT_ERR_NOT_SUPPORTED) {
+            printf("SKIP: %s refuses O_DIRECT, which these tests need (set TMPDIR)\n", tst_dir());
+            return TST_SKIP;
+        }
+        rt_file_close(probe);
+    }
     suite = tst_suite("laio_faults");
     CU_set_suite_initfunc(suite, suite_setup);
     CU_set_suite_cleanupfunc(suite, suite_teardown);
@@ -472,5 +550,6 @@ int main(void)
     TST_ADD(suite, test_completion_enospc);
     TST_ADD(suite, test_completion_short_read);
     TST_ADD(suite, test_cancel_deferred_request);
+    TST_ADD(suite, test_buffered_io_skips_the_kernel);
     return tst_run();
 }

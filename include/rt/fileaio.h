@@ -27,10 +27,12 @@
  * variable RT_AIO_BACKEND names one; see doc/design.md for the order.
  *
  * linux-aio and buffered files: the kernel only runs O_DIRECT reads and writes
- * asynchronously.  For a file opened without RT_FILE_NO_CACHE, io_submit() does the
- * whole transfer synchronously inside rt_aio_ctx_submit(), in the caller's thread.  The
- * result is still correct and still arrives through rt_aio_ctx_wait(), but the submit
- * call takes as long as the I/O.
+ * asynchronously; for a file opened without RT_FILE_NO_CACHE, io_submit() would do the
+ * whole transfer inside the submitting thread.  So the linux-aio backend hands reads and
+ * writes of buffered files to a pool of worker threads (as the threads backend does) and
+ * submit returns at once; their completions arrive through rt_aio_ctx_wait() like the
+ * kernel's.  Flushes go to the kernel (IOCB_CMD_FSYNC) either way, or to the pool where
+ * the kernel refuses that command.
  *
  * Alignment: on a RT_FILE_NO_CACHE file, buffers, offsets and lengths must be multiples
  * of rt_aio_limits_t.buffer_alignment.  A misaligned request is not refused by prepare

@@ -3,32 +3,16 @@
  * POSIX I/O.  Runs on any POSIX host, for any file (buffered or O_DIRECT).
  *
  * Pool size: RT_AIO_THREADS in the environment if set (1..1024), else the context's
- * capacity capped at DEFAULT_MAX_WORKERS.  Workers start only when work needs them and
- * leave after IDLE_MS without work, so a large cap costs nothing while idle.
+ * capacity capped at RT__TPOOL_DEFAULT_MAX (16).  Workers start only when work needs
+ * them and leave after RT__TPOOL_IDLE_MS without work, so a large cap costs nothing
+ * while idle.
  */
 #include <config.h>
-
-#include <stdlib.h>
 
 #include <rt/err.h>
 
 #include "internal/aio.h"
 #include "internal/tpool.h"
-
-#define DEFAULT_MAX_WORKERS 16u
-#define IDLE_MS 2000u
-
-static unsigned worker_count(uint32_t capacity)
-{
-    const char *env = getenv("RT_AIO_THREADS");
-    if (env != NULL && env[0] != '\0') {
-        char *end;
-        unsigned long wanted = strtoul(env, &end, 10);
-        if (*end == '\0' && wanted >= 1 && wanted <= 1024)
-            return (unsigned)wanted;
-    }
-    return capacity < DEFAULT_MAX_WORKERS ? capacity : DEFAULT_MAX_WORKERS;
-}
 
 static int threads_probe(void)
 {
@@ -38,7 +22,7 @@ static int threads_probe(void)
 static int threads_init(struct rt_aio_ctx *ctx, uint32_t capacity)
 {
     struct rt__tpool *pool;
-    int rc = rt__tpool_create(&pool, worker_count(capacity), IDLE_MS);
+    int rc = rt__tpool_create(&pool, rt__tpool_default_workers(capacity), RT__TPOOL_IDLE_MS);
     if (rc == RT_OK)
         ctx->backend_data = pool;
     return rc;

@@ -229,6 +229,18 @@ int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req)
     return rc;
 }
 
+unsigned rt__tpool_default_workers(uint32_t capacity)
+{
+    const char *env = getenv("RT_AIO_THREADS");
+    if (env != NULL && env[0] != '\0') {
+        char *end;
+        unsigned long wanted = strtoul(env, &end, 10);
+        if (*end == '\0' && wanted >= 1 && wanted <= 1024)
+            return (unsigned)wanted;
+    }
+    return capacity < RT__TPOOL_DEFAULT_MAX ? capacity : RT__TPOOL_DEFAULT_MAX;
+}
+
 unsigned rt__tpool_live_workers(struct rt__tpool *pool)
 {
     unsigned live;

@@ -39,6 +39,15 @@ void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n)
  */
 int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req);
 
+/**
+ * The worker cap for a context of @a capacity requests: RT_AIO_THREADS from the
+ * environment if set (1..1024), else the capacity, at most RT__TPOOL_DEFAULT_MAX.
+ */
+unsigned rt__tpool_default_workers(uint32_t capacity);
+
+#define RT__TPOOL_DEFAULT_MAX 16u
+#define RT__TPOOL_IDLE_MS 2000u
+
 /** How many workers are alive now (for tests). */
 unsigned rt__tpool_live_workers(struct rt__tpool *pool);
 

@@ -36,6 +36,11 @@
  * run as fsync() on a helper thread: a flush is never reported done without the data
  * being durable.
  *
+ * Buffered files: the kernel runs reads and writes of a file opened without O_DIRECT
+ * synchronously inside io_submit(), which would make every submit as slow as the I/O.
+ * Those requests go to the same helper pool (sized like the threads backend) and their
+ * completions arrive through the same wait as the kernel's.
+ *
  * Cancel: the kernel cannot cancel file I/O (io_cancel answers EINVAL for it, and
  * even a successful io_cancel still posts the event), so only requests still on the
  * deferred list or queued for the helper can be cancelled.
@@ -47,6 +52,7 @@
 #include <string.h>
 
 #include <rt/err.h>
+#include <rt/file.h>
 
 #include "internal/aio.h"
 #include "internal/doorbell.h"
@@ -63,9 +69,6 @@ _Static_assert(sizeof(struct laio_iocb) <= sizeof(union rt__aio_slot),
 #define PUMP_BATCH 64u
 /* Events reaped per io_getevents() call when the ring cannot be read directly. */
 #define GETEVENTS_BATCH 64u
-/* Helper threads for flushes the kernel refuses. */
-#define HELPER_THREADS 4u
-#define HELPER_IDLE_MS 2000u
 
 struct laio {
     laio_context_t kernel_ctx;
@@ -80,6 +83,7 @@ struct laio {
     _Atomic size_t deferred_count;
 
     atomic_bool fsync_refused;
+    uint32_t capacity;          /* sizes the helper pool */
     rt__mutex_t helper_lock;
     struct rt__tpool *helper;
 };
@@ -169,6 +173,7 @@ static int laio_init(struct rt_aio_ctx *ctx, uint32_t capacity)
     }
     laio->ring = usable_ring(laio->kernel_ctx);
     laio->resfd = ctx->doorbell.write_fd;
+    laio->capacity = capacity;
     atomic_init(&laio->in_kernel, 0);
     atomic_init(&laio->deferred_count, 0);
     atomic_init(&laio->fsync_refused, false);
@@ -290,20 +295,29 @@ static void fail_request(struct rt_aio_ctx *ctx, struct rt_aio_req *req, int rc)
     rt__aio_ctx_post_done(ctx, req);
 }
 
-/* Runs @a req on a helper thread (a flush the kernel refused). */
-static void send_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+/* Runs @a req on the helper pool: a buffered read or write, or a flush the kernel
+ * refused.  The pool starts on first need. */
+static void send_run_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n)
 {
     struct laio *laio = laio_of(ctx);
     int rc = RT_OK;
 
     rt__mutex_lock(&laio->helper_lock);
     if (laio->helper == NULL)
-        rc = rt__tpool_create(&laio->helper, HELPER_THREADS, HELPER_IDLE_MS);
+        rc = rt__tpool_create(&laio->helper, rt__tpool_default_workers(laio->capacity),
+                              RT__TPOOL_IDLE_MS);
     rt__mutex_unlock(&laio->helper_lock);
-    if (rc != RT_OK)
-        fail_request(ctx, req, rc);
-    else
-        rt__tpool_queue(laio->helper, &req, 1);
+    if (rc == RT_OK) {
+        rt__tpool_queue(laio->helper, reqs, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        fail_request(ctx, reqs[i], rc);
+}
+
+static void send_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+{
+    send_run_to_helper(ctx, &req, 1);
 }
 
 enum run_outcome { RUN_ALL_IN, RUN_STALLED };
@@ -361,10 +375,15 @@ static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **r
     return RUN_ALL_IN;
 }
 
+/* Whether the kernel runs @a req asynchronously.  Reads and writes only on O_DIRECT
+ * files: on a buffered file io_submit() would do the whole transfer inside the
+ * submitter's call.  Flushes whenever the kernel takes IOCB_CMD_FSYNC (it runs them on
+ * its own workqueue, buffered file or not). */
 static bool for_kernel(struct laio *laio, const struct rt_aio_req *req)
 {
-    return req->op != RT__AIO_OP_FLUSH ||
-           !atomic_load_explicit(&laio->fsync_refused, memory_order_relaxed);
+    if (req->op == RT__AIO_OP_FLUSH)
+        return !atomic_load_explicit(&laio->fsync_refused, memory_order_relaxed);
+    return (req->file_flags & RT_FILE_NO_CACHE) != 0;
 }
 
 static void laio_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n)
@@ -376,7 +395,10 @@ static void laio_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t
         size_t end = i;
 
         if (!for_kernel(laio, reqs[i])) {
-            send_to_helper(ctx, reqs[i++]);
+            while (end < n && !for_kernel(laio, reqs[end]))
+                end++;
+            send_run_to_helper(ctx, reqs + i, end - i);
+            i = end;
             continue;
         }
         while (end < n && for_kernel(laio, reqs[end]))
