@@ -52,5 +52,6 @@ const struct rt__aio_backend rt__tpool_backend = {
     .fini = threads_fini,
     .submit = threads_submit,
     .reap = NULL,
+    .has_completions = NULL,
     .cancel = threads_cancel,
 };

@@ -24,8 +24,10 @@
 
 #include <rt/err.h>
 #include <rt/fileaio.h>
+#include <rt/time.h>
 
 #include "internal/aio.h"
+#include "internal/cpu.h"
 #include "internal/file.h"
 #include "internal/handle_pool.h"
 #include "internal/magic.h"
@@ -353,8 +355,9 @@ int rt_aio_ctx_create(rt_aio_ctx_t *ctx, uint32_t max_reqs, uint32_t flags)
     atomic_init(&handle->outstanding, 0);
     atomic_init(&handle->waiting, false);
     atomic_init(&handle->wakeup_pending, false);
-    atomic_init(&handle->done_count, 0);
-    rt__mutex_init(&handle->done_lock);
+    atomic_init(&handle->done_stack, NULL);
+    atomic_init(&handle->waiter_sleeping, false);
+    handle->done_spill = NULL;
     rc = rt__doorbell_init(&handle->doorbell);
     if (rc != RT_OK)
         goto fail_doorbell;
@@ -368,7 +371,6 @@ int rt_aio_ctx_create(rt_aio_ctx_t *ctx, uint32_t max_reqs, uint32_t flags)
 fail_backend:
     rt__doorbell_fini(&handle->doorbell);
 fail_doorbell:
-    rt__mutex_destroy(&handle->done_lock);
     handle->magic = RT__MAGIC_DEAD;
     rt__handle_free(&ctx_pool, handle);
     return rc;
@@ -385,7 +387,6 @@ int rt_aio_ctx_destroy(rt_aio_ctx_t ctx)
     ctx->magic = RT__MAGIC_DEAD;
     ctx->backend->fini(ctx);
     rt__doorbell_fini(&ctx->doorbell);
-    rt__mutex_destroy(&ctx->done_lock);
     rt__handle_free(&ctx_pool, ctx);
     return RT_OK;
 }
@@ -476,32 +477,38 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
 
 void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
 {
-    req->next = NULL;
-    rt__mutex_lock(&ctx->done_lock);
-    if (ctx->done_tail != NULL)
-        ctx->done_tail->next = req;
-    else
-        ctx->done_head = req;
-    ctx->done_tail = req;
-    atomic_fetch_add_explicit(&ctx->done_count, 1, memory_order_release);
-    rt__mutex_unlock(&ctx->done_lock);
-    rt__doorbell_ring(&ctx->doorbell);
+    struct rt_aio_req *top = atomic_load_explicit(&ctx->done_stack, memory_order_relaxed);
+
+    do
+        req->next = top;
+    while (!atomic_compare_exchange_weak_explicit(&ctx->done_stack, &top, req,
+                                                  memory_order_seq_cst, memory_order_relaxed));
+    /* seq_cst push, then seq_cst look at waiter_sleeping: see wait_loop. */
+    if (atomic_load_explicit(&ctx->waiter_sleeping, memory_order_seq_cst))
+        rt__doorbell_ring(&ctx->doorbell);
 }
 
-/* Takes up to @a max requests off the done list. */
+/* Takes up to @a max requests off the done list, oldest first.  The waiter only. */
 static size_t take_done(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t max)
 {
     size_t count = 0;
 
-    rt__mutex_lock(&ctx->done_lock);
-    while (count < max && ctx->done_head != NULL) {
-        out[count++] = ctx->done_head;
-        ctx->done_head = ctx->done_head->next;
+    if (ctx->done_spill == NULL &&
+        atomic_load_explicit(&ctx->done_stack, memory_order_seq_cst) != NULL) {
+        /* Take the whole stack and reverse it: posting order becomes FIFO order. */
+        struct rt_aio_req *stack =
+            atomic_exchange_explicit(&ctx->done_stack, NULL, memory_order_acquire);
+        while (stack != NULL) {
+            struct rt_aio_req *next = stack->next;
+            stack->next = ctx->done_spill;
+            ctx->done_spill = stack;
+            stack = next;
+        }
     }
-    if (ctx->done_head == NULL)
-        ctx->done_tail = NULL;
-    atomic_fetch_sub_explicit(&ctx->done_count, count, memory_order_relaxed);
-    rt__mutex_unlock(&ctx->done_lock);
+    while (count < max && ctx->done_spill != NULL) {
+        out[count++] = ctx->done_spill;
+        ctx->done_spill = ctx->done_spill->next;
+    }
     return count;
 }
 
@@ -512,11 +519,40 @@ static size_t collect(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t ma
 
     if (ctx->backend->reap != NULL)
         count = ctx->backend->reap(ctx, out, max);
-    if (count < max && atomic_load_explicit(&ctx->done_count, memory_order_acquire) != 0)
+    if (count < max)
         count += take_done(ctx, out + count, max - count);
     for (size_t i = 0; i < count; i++)
         complete(ctx, out[i]);
     return count;
+}
+
+/* Whether collect() would find something now. */
+static bool has_news(struct rt_aio_ctx *ctx)
+{
+    return ctx->done_spill != NULL ||
+           atomic_load_explicit(&ctx->done_stack, memory_order_relaxed) != NULL ||
+           atomic_load_explicit(&ctx->wakeup_pending, memory_order_relaxed) ||
+           (ctx->backend->has_completions != NULL && ctx->backend->has_completions(ctx));
+}
+
+/* Spins for up to SPIN_NS waiting for news before the waiter pays for a sleep and a
+ * wake-up: a completion that is microseconds away costs no system call this way. */
+#ifndef SPIN_NS
+#define SPIN_NS 20000u
+#endif
+
+static void spin_for_news(struct rt_aio_ctx *ctx, uint64_t deadline)
+{
+    uint64_t until = rt_time_nano_ts() + SPIN_NS;
+
+    if (deadline < until)
+        until = deadline;
+    while (!has_news(ctx)) {
+        for (int i = 0; i < 32; i++)
+            rt__cpu_relax();
+        if (rt_time_nano_ts() >= until)
+            return;
+    }
 }
 
 static bool take_wakeup(struct rt_aio_ctx *ctx)
@@ -545,19 +581,23 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
             return RT_ERR_INTERRUPTED;
         if (timeout_ms == 0)
             return RT_ERR_TIMEOUT;
+        spin_for_news(ctx, deadline);
+        if (has_news(ctx))
+            continue;
 
-        /* Clear, look once more, then sleep: whatever arrives after the clear rings
-         * the bell again, so the sleep cannot miss it. */
+        /* Going to sleep.  Announce it (seq_cst), clear the bell, and look once more
+         * (seq_cst): a poster pushes (seq_cst) and then reads waiter_sleeping
+         * (seq_cst), so either it sees the flag and rings, or this look sees its
+         * request.  Kernel completions and wakeups ring unconditionally. */
+        atomic_store_explicit(&ctx->waiter_sleeping, true, memory_order_seq_cst);
         rt__doorbell_clear(&ctx->doorbell);
-        *count += collect(ctx, reqs + *count, n - *count);
-        if (*count >= want)
-            return RT_OK;
-        if (take_wakeup(ctx))
-            return RT_ERR_INTERRUPTED;
-        if (rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
+        if (!has_news(ctx) &&
+            rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
+            atomic_store_explicit(&ctx->waiter_sleeping, false, memory_order_relaxed);
             *count += collect(ctx, reqs + *count, n - *count);
             return *count >= want ? RT_OK : RT_ERR_TIMEOUT;
         }
+        atomic_store_explicit(&ctx->waiter_sleeping, false, memory_order_relaxed);
     }
 }
 

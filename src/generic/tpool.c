@@ -201,12 +201,15 @@ void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n)
         if (start_worker(pool) != RT_OK)
             break;
     }
-    if (pool->live_workers == 0)
+    if (pool->live_workers == 0) {
         fail_all_locked(pool, &failed);
-    else if (n == 1)
-        rt__cond_signal(&pool->work_ready);
-    else
-        rt__cond_broadcast(&pool->work_ready);
+    } else {
+        /* One wake per new request an idle worker must take; busy workers come back
+         * for the rest on their own.  A broadcast would wake them all for one request. */
+        unsigned wakes = n < pool->idle_workers ? (unsigned)n : pool->idle_workers;
+        while (wakes-- > 0)
+            rt__cond_signal(&pool->work_ready);
+    }
     rt__mutex_unlock(&pool->lock);
 
     while (failed != NULL) {

@@ -133,6 +133,12 @@ struct rt__aio_backend {
     size_t (*reap)(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t max);
 
     /**
+     * Whether reap() would return something now, without side effects.  The waiter
+     * polls it while spinning before it sleeps.  NULL when there is no reap().
+     */
+    bool (*has_completions)(struct rt_aio_ctx *ctx);
+
+    /**
      * Takes @a req back if it has not started, so that nothing will touch it again.
      * @retval RT_OK                   taken back; the front end completes it as
      *                                 cancelled.
@@ -155,11 +161,14 @@ struct rt_aio_ctx {
 
     struct rt__doorbell doorbell;
 
-    /* Requests finished by other threads, waiting for the waiter to collect them. */
-    rt__mutex_t done_lock;
-    struct rt_aio_req *done_head;
-    struct rt_aio_req *done_tail;
-    _Atomic size_t done_count;   /* lets the waiter skip the lock when it is empty */
+    /* Requests finished by other threads, waiting for the waiter to collect them: a
+     * lock-free stack that posters push onto and the waiter takes whole (one exchange,
+     * so no ABA), then reverses into done_spill, its private FIFO. */
+    _Atomic(struct rt_aio_req *) done_stack;
+    struct rt_aio_req *done_spill; /* the waiter's only */
+    /* Set while the waiter is about to sleep or sleeping: only then must a poster ring
+     * the doorbell (see wait_loop for the ordering argument). */
+    atomic_bool waiter_sleeping;
 
     struct rt_aio_ctx *next_free; /* handle-pool link */
 };

@@ -515,6 +515,19 @@ static size_t laio_reap(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t 
     return count;
 }
 
+static bool laio_has_completions(struct rt_aio_ctx *ctx)
+{
+    struct laio *laio = laio_of(ctx);
+
+    if (atomic_load_explicit(&laio->deferred_count, memory_order_relaxed) != 0 &&
+        atomic_load_explicit(&laio->in_kernel, memory_order_relaxed) < laio->slots)
+        return true; /* a pump would make progress */
+    if (laio->ring == NULL)
+        return false; /* only io_getevents() could tell; the doorbell will */
+    return __atomic_load_n(&laio->ring->head, __ATOMIC_RELAXED) !=
+           __atomic_load_n(&laio->ring->tail, __ATOMIC_RELAXED);
+}
+
 static int laio_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
 {
     struct laio *laio = laio_of(ctx);
@@ -544,5 +557,6 @@ const struct rt__aio_backend rt__laio_backend = {
     .fini = laio_fini,
     .submit = laio_submit,
     .reap = laio_reap,
+    .has_completions = laio_has_completions,
     .cancel = laio_cancel,
 };
