@@ -467,8 +467,6 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
      * waiter before backend->submit() even returns. */
     for (size_t i = 0; i < n; i++) {
         atomic_store_explicit(&reqs[i]->ctx, ctx, memory_order_relaxed);
-        reqs[i]->rc = RT_OK;
-        reqs[i]->transferred = 0;
         atomic_store_explicit(&reqs[i]->state, RT__AIO_SUBMITTED, memory_order_release);
     }
     ctx->backend->submit(ctx, reqs, n);
