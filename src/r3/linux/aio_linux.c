@@ -456,6 +456,19 @@ static struct rt_aio_req *finish(const struct laio_event *event)
     return req;
 }
 
+/*
+ * Called after seeing events and before touching their requests.  Pairs with the
+ * release in take_slots(), which every submitter passes after writing its request and
+ * before io_submit().  The kernel already orders those writes before the event, but
+ * only this pair is visible to the C memory model (and to ThreadSanitizer), which
+ * cannot see through a system call.  It must come after the event is seen: an acquire
+ * taken earlier could precede the submitter's release.
+ */
+static void sync_with_submitters(struct laio *laio)
+{
+    (void)atomic_load_explicit(&laio->in_kernel, memory_order_acquire);
+}
+
 /* Reads completions straight from the kernel's ring.  Only one thread reaps (the
  * waiter), so head needs no lock; the acquire on tail pairs with the kernel's barrier
  * before it publishes an event. */
@@ -467,6 +480,8 @@ static size_t reap_ring(struct laio *laio, struct rt_aio_req **out, size_t max)
     uint32_t nr = ring->nr;
     size_t count = 0;
 
+    if (head != tail)
+        sync_with_submitters(laio);
     while (head != tail && count < max) {
         out[count++] = finish(&ring->events[head]);
         head = head + 1 == nr ? 0 : head + 1;
@@ -490,6 +505,7 @@ static size_t reap_syscall(struct laio *laio, struct rt_aio_req **out, size_t ma
             continue;
         if (got <= 0)
             break;
+        sync_with_submitters(laio);
         for (long i = 0; i < got; i++)
             out[count++] = finish(&events[i]);
         if (got < want)
@@ -503,11 +519,6 @@ static size_t laio_reap(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t 
     struct laio *laio = laio_of(ctx);
     size_t count;
 
-    /* Pairs with the release in take_slots(), which every submitter passes after
-     * writing its requests and before io_submit().  The kernel already orders those
-     * writes before the event we read, but only this pair is visible to the memory
-     * model (and to ThreadSanitizer), which cannot see through a system call. */
-    (void)atomic_load_explicit(&laio->in_kernel, memory_order_acquire);
     count = laio->ring != NULL ? reap_ring(laio, out, max) : reap_syscall(laio, out, max);
 
     give_back_slots(laio, (uint32_t)count);
