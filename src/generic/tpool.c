@@ -1,11 +1,10 @@
 /*
  * The worker pool behind the "threads" backend (see internal/tpool.h).
  *
- * One FIFO of requests under one mutex, workers sleeping on one condition variable.
- * Any number of requests of the same file may run at once: there is no per-file
- * serialization, unlike glibc's POSIX AIO.  A queued request is linked through its
- * next/prev fields and marked with queue_owner, so cancel can unlink it in O(1) under
- * the same lock a worker takes it with: whoever holds the lock first decides.
+ * One FIFO of requests (internal/req_queue.h) under one mutex, workers sleeping on one
+ * condition variable.  Any number of requests of the same file may run at once: there
+ * is no per-file serialization, unlike glibc's POSIX AIO.  Cancel unlinks a queued
+ * request under the same lock a worker takes it with: whoever holds it first decides.
  *
  * Worker threads live in fixed slots.  A worker that idles out marks its slot exited;
  * the next start in that slot joins it first, and destroy joins every slot, so no
@@ -21,6 +20,7 @@
 
 #include "internal/aio.h"
 #include "internal/posix_sys.h"
+#include "internal/req_queue.h"
 #include "internal/sync.h"
 #include "internal/tpool.h"
 
@@ -34,8 +34,7 @@ struct worker {
 struct rt__tpool {
     rt__mutex_t lock;
     rt__cond_t work_ready;
-    struct rt_aio_req *head;
-    struct rt_aio_req *tail;
+    struct rt__req_queue queue;
     unsigned max_workers;
     unsigned live_workers;
     unsigned idle_workers;
@@ -43,20 +42,6 @@ struct rt__tpool {
     bool stopping;
     struct worker workers[];
 };
-
-static void unlink_request(struct rt__tpool *pool, struct rt_aio_req *req)
-{
-    if (req->prev != NULL)
-        req->prev->next = req->next;
-    else
-        pool->head = req->next;
-    if (req->next != NULL)
-        req->next->prev = req->prev;
-    else
-        pool->tail = req->prev;
-    req->next = req->prev = NULL;
-    atomic_store_explicit(&req->queue_owner, NULL, memory_order_relaxed);
-}
 
 /* Leaves the worker's loop: the slot is marked so the next start joins it. */
 static void *worker_exit(struct worker *self)
@@ -76,20 +61,18 @@ static void *worker_main(void *arg)
     for (;;) {
         struct rt_aio_req *req;
 
-        while (pool->head == NULL && !pool->stopping) {
+        while (rt__req_queue_count(&pool->queue) == 0 && !pool->stopping) {
             uint64_t deadline = rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u;
             int rc;
             pool->idle_workers++;
             rc = rt__cond_wait_until(&pool->work_ready, &pool->lock, deadline);
             pool->idle_workers--;
-            if (rc == RT_ERR_TIMEOUT && pool->head == NULL)
+            if (rc == RT_ERR_TIMEOUT && rt__req_queue_count(&pool->queue) == 0)
                 return worker_exit(self);
         }
-        if (pool->head == NULL) /* stopping, and nothing left */
+        req = rt__req_queue_pop(&pool->queue);
+        if (req == NULL) /* stopping, and nothing left */
             return worker_exit(self);
-
-        req = pool->head;
-        unlink_request(pool, req);
         rt__mutex_unlock(&pool->lock);
 
         rt__aio_execute(req);
@@ -141,6 +124,7 @@ int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t idl
         return rc;
     }
     rt__mutex_init(&created->lock);
+    rt__req_queue_init(&created->queue);
     created->max_workers = max_workers;
     created->idle_ms = idle_ms;
     for (unsigned i = 0; i < max_workers; i++)
@@ -169,9 +153,9 @@ void rt__tpool_destroy(struct rt__tpool *pool)
 /* Fails every queued request when no worker exists to run them. */
 static void fail_all_locked(struct rt__tpool *pool, struct rt_aio_req **failed)
 {
-    while (pool->head != NULL) {
-        struct rt_aio_req *req = pool->head;
-        unlink_request(pool, req);
+    struct rt_aio_req *req;
+
+    while ((req = rt__req_queue_pop(&pool->queue)) != NULL) {
         req->rc = RT_ERR_TRY_AGAIN;
         req->transferred = 0;
         req->next = *failed;
@@ -184,17 +168,7 @@ void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n)
     struct rt_aio_req *failed = NULL;
 
     rt__mutex_lock(&pool->lock);
-    for (size_t i = 0; i < n; i++) {
-        struct rt_aio_req *req = reqs[i];
-        req->next = NULL;
-        req->prev = pool->tail;
-        if (pool->tail != NULL)
-            pool->tail->next = req;
-        else
-            pool->head = req;
-        pool->tail = req;
-        atomic_store_explicit(&req->queue_owner, pool, memory_order_relaxed);
-    }
+    rt__req_queue_push(&pool->queue, reqs, n);
     /* Wake idle workers first; start new ones for what they cannot cover. */
     for (size_t wanted = n; wanted > pool->idle_workers && pool->live_workers < pool->max_workers;
          wanted--) {
@@ -224,10 +198,8 @@ int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req)
     int rc = RT_ERR_AIO_IN_PROGRESS;
 
     rt__mutex_lock(&pool->lock);
-    if (atomic_load_explicit(&req->queue_owner, memory_order_relaxed) == pool) {
-        unlink_request(pool, req);
+    if (rt__req_queue_remove(&pool->queue, req))
         rc = RT_OK;
-    }
     rt__mutex_unlock(&pool->lock);
     return rc;
 }

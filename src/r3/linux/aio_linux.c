@@ -56,6 +56,7 @@
 
 #include "internal/aio.h"
 #include "internal/doorbell.h"
+#include "internal/req_queue.h"
 #include "internal/sync.h"
 #include "internal/tpool.h"
 #include "r3/linux/laio_sys.h"
@@ -78,9 +79,7 @@ struct laio {
     int resfd;
 
     rt__mutex_t deferred_lock;
-    struct rt_aio_req *deferred_head;
-    struct rt_aio_req *deferred_tail;
-    _Atomic size_t deferred_count;
+    struct rt__req_queue deferred;
 
     atomic_bool fsync_refused;
     uint32_t capacity;          /* sizes the helper pool */
@@ -175,7 +174,7 @@ static int laio_init(struct rt_aio_ctx *ctx, uint32_t capacity)
     laio->resfd = ctx->doorbell.write_fd;
     laio->capacity = capacity;
     atomic_init(&laio->in_kernel, 0);
-    atomic_init(&laio->deferred_count, 0);
+    rt__req_queue_init(&laio->deferred);
     atomic_init(&laio->fsync_refused, false);
     rt__mutex_init(&laio->deferred_lock);
     rt__mutex_init(&laio->helper_lock);
@@ -258,34 +257,8 @@ static void give_back_slots(struct laio *laio, uint32_t count)
 static void defer(struct laio *laio, struct rt_aio_req **reqs, size_t n)
 {
     rt__mutex_lock(&laio->deferred_lock);
-    for (size_t i = 0; i < n; i++) {
-        struct rt_aio_req *req = reqs[i];
-        req->next = NULL;
-        req->prev = laio->deferred_tail;
-        if (laio->deferred_tail != NULL)
-            laio->deferred_tail->next = req;
-        else
-            laio->deferred_head = req;
-        laio->deferred_tail = req;
-        atomic_store_explicit(&req->queue_owner, &laio->deferred_head, memory_order_relaxed);
-    }
-    atomic_fetch_add_explicit(&laio->deferred_count, n, memory_order_release);
+    rt__req_queue_push(&laio->deferred, reqs, n);
     rt__mutex_unlock(&laio->deferred_lock);
-}
-
-static void unlink_deferred(struct laio *laio, struct rt_aio_req *req)
-{
-    if (req->prev != NULL)
-        req->prev->next = req->next;
-    else
-        laio->deferred_head = req->next;
-    if (req->next != NULL)
-        req->next->prev = req->prev;
-    else
-        laio->deferred_tail = req->prev;
-    req->next = req->prev = NULL;
-    atomic_store_explicit(&req->queue_owner, NULL, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&laio->deferred_count, 1, memory_order_relaxed);
 }
 
 static void fail_request(struct rt_aio_ctx *ctx, struct rt_aio_req *req, int rc)
@@ -404,7 +377,7 @@ static void laio_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t
         while (end < n && for_kernel(laio, reqs[end]))
             fill_iocb(laio, reqs[end++]);
         /* Once requests are parked, newer ones queue behind them. */
-        if (atomic_load_explicit(&laio->deferred_count, memory_order_acquire) != 0) {
+        if (rt__req_queue_count(&laio->deferred) != 0) {
             defer(laio, reqs + i, end - i);
             rt__doorbell_ring(&ctx->doorbell); /* so the waiter comes round to pump */
         } else
@@ -419,7 +392,7 @@ static void pump(struct rt_aio_ctx *ctx)
     struct laio *laio = laio_of(ctx);
     struct rt_aio_req *batch[PUMP_BATCH];
 
-    while (atomic_load_explicit(&laio->deferred_count, memory_order_acquire) != 0) {
+    while (rt__req_queue_count(&laio->deferred) != 0) {
         size_t count = 0;
         uint32_t in_kernel = atomic_load(&laio->in_kernel);
         size_t room = in_kernel < laio->slots ? laio->slots - in_kernel : 0;
@@ -427,11 +400,9 @@ static void pump(struct rt_aio_ctx *ctx)
         if (room == 0)
             return;
         rt__mutex_lock(&laio->deferred_lock);
-        while (count < PUMP_BATCH && count < room && laio->deferred_head != NULL) {
-            batch[count] = laio->deferred_head;
-            unlink_deferred(laio, batch[count]);
+        while (count < PUMP_BATCH && count < room &&
+               (batch[count] = rt__req_queue_pop(&laio->deferred)) != NULL)
             count++;
-        }
         rt__mutex_unlock(&laio->deferred_lock);
         if (count == 0 || submit_run(ctx, batch, count, true) == RUN_STALLED)
             return;
@@ -530,7 +501,7 @@ static bool laio_has_completions(struct rt_aio_ctx *ctx)
 {
     struct laio *laio = laio_of(ctx);
 
-    if (atomic_load_explicit(&laio->deferred_count, memory_order_relaxed) != 0 &&
+    if (rt__req_queue_count(&laio->deferred) != 0 &&
         atomic_load_explicit(&laio->in_kernel, memory_order_relaxed) < laio->slots)
         return true; /* a pump would make progress */
     if (laio->ring == NULL)
@@ -545,10 +516,8 @@ static int laio_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
     int rc = RT_ERR_AIO_IN_PROGRESS;
 
     rt__mutex_lock(&laio->deferred_lock);
-    if (atomic_load_explicit(&req->queue_owner, memory_order_relaxed) == &laio->deferred_head) {
-        unlink_deferred(laio, req);
+    if (rt__req_queue_remove(&laio->deferred, req))
         rc = RT_OK;
-    }
     rt__mutex_unlock(&laio->deferred_lock);
 
     if (rc != RT_OK) {
