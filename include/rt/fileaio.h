@@ -34,6 +34,10 @@
  * kernel's.  Flushes go to the kernel (IOCB_CMD_FSYNC) either way, or to the pool where
  * the kernel refuses that command.
  *
+ * io_uring: cancel reaches into the kernel (IORING_REGISTER_SYNC_CANCEL), so a request
+ * still waiting there (a read of an empty pipe, say) can be cancelled; one the device
+ * already has completes normally.
+ *
  * Alignment: on a RT_FILE_NO_CACHE file, buffers, offsets and lengths must be multiples
  * of rt_aio_limits_t.buffer_alignment.  A misaligned request is not refused by prepare
  * or submit (they cannot know the file system's rule); it completes with the kernel's

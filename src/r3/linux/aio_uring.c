@@ -1,0 +1,456 @@
+/*
+ * The "io_uring" backend, on liburing.
+ *
+ * One ring per context.  Submitters may be any thread, and liburing's submission queue
+ * has a single producer, so SQE preparation and io_uring_submit() run under sq_lock:
+ * one io_uring_enter() per rt_aio_ctx_submit() call (more only if the SQ fills).  Every
+ * CQE posting rings the context's doorbell, an eventfd registered with the ring, which
+ * is what the front end's waiter sleeps on, so wakeups and pool completions share it.
+ * The waiter reaps the CQ in user space (io_uring_peek_batch_cqe): no system call when
+ * completions are already there.
+ *
+ *   submit ──sq_lock──► SQEs ──io_uring_enter──► kernel ──CQE + eventfd──► reap()
+ *            │ no free slot                                                   │
+ *            ▼                                                                ▼
+ *         deferred list ◄──────────────── pump() after each reap ◄── short transfer:
+ *                                                                    resubmit the rest
+ *
+ * Slots: at most cq_entries requests are in the ring at once, so the CQ can never
+ * overflow; what does not fit waits on the deferred list (an unlimited context asks for
+ * UNLIMITED_ENTRIES and relies on it).
+ *
+ * Short transfers: a buffered read can return less than asked short of end of file (a
+ * page-cache boundary, a signal).  The caller expects a full transfer, so the rest is
+ * resubmitted from the reap path and the request completes only when it is all done, an
+ * error occurs, or a read returns 0 (end of file).
+ *
+ * Cancel: io_uring_register_sync_cancel() asks the kernel to cancel the request and
+ * waits for the verdict.  Success means the request will never touch its buffer again,
+ * but its CQE (-ECANCELED) is still on its way, and rule 17 forbids the waiter from
+ * finding it after the caller has reused the request.  So the canceller takes cq_lock
+ * (the waiter reaps under it too) and reaps until it has swallowed that CQE; the other
+ * CQEs it meets are finished and posted to the done list for the waiter.
+ *
+ * Flags left out on purpose: SINGLE_ISSUER and DEFER_TASKRUN require every submission
+ * (and the reaping) to come from one thread, but any thread may submit here.
+ * COOP_TASKRUN lets completion work wait until the submitting thread next enters the
+ * kernel; in a hypervisor that thread may be running guest code for a long time, so a
+ * completion could stall while the waiter sleeps.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rt/err.h>
+
+#include "internal/aio.h"
+#include "internal/doorbell.h"
+#include "internal/req_queue.h"
+#include "internal/sync.h"
+
+/* SQ entries an unlimited context asks for (the CQ gets twice as many). */
+#define UNLIMITED_ENTRIES 1024u
+/* The largest SQ a bounded context asks for; more requests wait on the deferred list. */
+#define MAX_ENTRIES 4096u
+/* CQEs taken per peek. */
+#define REAP_BATCH 64u
+
+struct uring {
+    struct io_uring ring;
+    rt__mutex_t sq_lock;      /* SQE preparation and io_uring_submit() */
+    rt__mutex_t cq_lock;      /* reaping: the waiter, and a canceller swallowing a CQE */
+    uint32_t slots;           /* requests the ring may hold: the CQ size */
+    _Atomic uint32_t in_ring; /* under sq_lock to grow, any lock to shrink */
+    atomic_bool sq_left;      /* a failed io_uring_submit() left SQEs for the pump */
+    bool sync_cancel;         /* the kernel has IORING_REGISTER_SYNC_CANCEL */
+
+    rt__mutex_t deferred_lock;
+    struct rt__req_queue deferred;
+};
+
+static struct uring *uring_of(struct rt_aio_ctx *ctx)
+{
+    return ctx->backend_data;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Setup
+ */
+
+static int uring_probe(void)
+{
+    static const int needed[] = {IORING_OP_READ, IORING_OP_WRITE, IORING_OP_READV,
+                                 IORING_OP_WRITEV, IORING_OP_FSYNC};
+    struct io_uring ring;
+    struct io_uring_probe *probe;
+    int rc = RT_OK;
+
+    if (io_uring_queue_init(2, &ring, 0) < 0)
+        return RT_ERR_NOT_SUPPORTED; /* ENOSYS, EPERM (io_uring_disabled, seccomp), ... */
+    probe = io_uring_get_probe_ring(&ring);
+    if (probe == NULL) {
+        rc = RT_ERR_NOT_SUPPORTED;
+    } else {
+        for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++) {
+            if (!io_uring_opcode_supported(probe, needed[i]))
+                rc = RT_ERR_NOT_SUPPORTED;
+        }
+        io_uring_free_probe(probe);
+    }
+    io_uring_queue_exit(&ring);
+    return rc;
+}
+
+static uint32_t round_up_pow2(uint32_t value)
+{
+    uint32_t pow2 = 1;
+    while (pow2 < value)
+        pow2 <<= 1;
+    return pow2;
+}
+
+/* Does the kernel take a synchronous cancel?  Asking for a request that does not exist
+ * answers ENOENT where it does, EINVAL where the opcode is unknown. */
+static bool has_sync_cancel(struct io_uring *ring)
+{
+    struct io_uring_sync_cancel_reg reg;
+
+    memset(&reg, 0, sizeof reg);
+    reg.addr = 0;
+    reg.fd = -1;
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    return io_uring_register_sync_cancel(ring, &reg) == -ENOENT;
+}
+
+static int uring_init(struct rt_aio_ctx *ctx, uint32_t capacity)
+{
+    struct uring *uring = calloc(1, sizeof *uring);
+    struct io_uring_params params;
+    uint32_t entries = capacity == RT_AIO_UNLIMITED_REQS ? UNLIMITED_ENTRIES
+                       : capacity > MAX_ENTRIES         ? MAX_ENTRIES
+                                                        : round_up_pow2(capacity);
+    int ret;
+
+    if (uring == NULL)
+        return RT_ERR_NO_MEMORY;
+    memset(&params, 0, sizeof params);
+    /* SUBMIT_ALL: one bad SQE does not stop the rest of the batch (it gets its own
+     * failed CQE either way).  Dropped where the kernel does not know it. */
+    params.flags = IORING_SETUP_SUBMIT_ALL;
+    ret = io_uring_queue_init_params(entries, &uring->ring, &params);
+    if (ret == -EINVAL) {
+        memset(&params, 0, sizeof params);
+        ret = io_uring_queue_init_params(entries, &uring->ring, &params);
+    }
+    if (ret < 0) {
+        free(uring);
+        return ret == -ENOMEM ? RT_ERR_NO_MEMORY : rt_err_from_errno(-ret);
+    }
+    ret = io_uring_register_eventfd(&uring->ring, ctx->doorbell.write_fd);
+    if (ret < 0) {
+        io_uring_queue_exit(&uring->ring);
+        free(uring);
+        return rt_err_from_errno(-ret);
+    }
+    uring->slots = params.cq_entries;
+    uring->sync_cancel = has_sync_cancel(&uring->ring);
+    atomic_init(&uring->in_ring, 0);
+    atomic_init(&uring->sq_left, false);
+    rt__mutex_init(&uring->sq_lock);
+    rt__mutex_init(&uring->cq_lock);
+    rt__mutex_init(&uring->deferred_lock);
+    rt__req_queue_init(&uring->deferred);
+    ctx->backend_data = uring;
+    return RT_OK;
+}
+
+static void uring_fini(struct rt_aio_ctx *ctx)
+{
+    struct uring *uring = uring_of(ctx);
+
+    io_uring_queue_exit(&uring->ring);
+    rt__mutex_destroy(&uring->deferred_lock);
+    rt__mutex_destroy(&uring->cq_lock);
+    rt__mutex_destroy(&uring->sq_lock);
+    free(uring);
+    ctx->backend_data = NULL;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Submission
+ */
+
+/* Fills @a sqe for what is left of @a req (req->transferred bytes are done). */
+static void prep(struct io_uring_sqe *sqe, struct rt_aio_req *req)
+{
+    size_t done = req->transferred;
+    uint64_t off = req->off + done;
+
+    switch (req->op) {
+    case RT__AIO_OP_READ:
+        io_uring_prep_read(sqe, req->fd, (char *)req->buf + done, (unsigned)(req->len - done),
+                           off);
+        break;
+    case RT__AIO_OP_WRITE:
+        io_uring_prep_write(sqe, req->fd, (const char *)req->buf + done,
+                            (unsigned)(req->len - done), off);
+        break;
+    case RT__AIO_OP_READV:
+        io_uring_prep_readv(sqe, req->fd, (const struct iovec *)req->iov, req->iovcnt, off);
+        break;
+    case RT__AIO_OP_WRITEV:
+        io_uring_prep_writev(sqe, req->fd, (const struct iovec *)req->iov, req->iovcnt, off);
+        break;
+    default:
+        io_uring_prep_fsync(sqe, req->fd, 0);
+        break;
+    }
+    io_uring_sqe_set_data(sqe, req);
+}
+
+/* Hands prepared SQEs to the kernel.  EBUSY/EAGAIN leave them in the SQ: sq_left tells
+ * the waiter's pump to try again.  sq_lock held. */
+static void flush_sq(struct uring *uring)
+{
+    if (io_uring_sq_ready(&uring->ring) > 0)
+        io_uring_submit(&uring->ring);
+    atomic_store_explicit(&uring->sq_left, io_uring_sq_ready(&uring->ring) > 0,
+                          memory_order_relaxed);
+}
+
+/*
+ * Puts requests into the ring while it has room; returns how many went in.  sq_lock
+ * held.  Submits what it prepared (one io_uring_enter, more only if the SQ fills).
+ */
+static size_t fill_ring(struct uring *uring, struct rt_aio_req **reqs, size_t n)
+{
+    size_t done = 0;
+
+    while (done < n && atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&uring->ring);
+        if (sqe == NULL) {
+            /* SQ full: hand what is there to the kernel and go on. */
+            if (io_uring_submit(&uring->ring) <= 0)
+                break;
+            continue;
+        }
+        prep(sqe, reqs[done++]);
+        atomic_fetch_add_explicit(&uring->in_ring, 1, memory_order_release);
+    }
+    flush_sq(uring);
+    return done;
+}
+
+static void uring_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n)
+{
+    struct uring *uring = uring_of(ctx);
+    size_t in = 0;
+
+    rt__mutex_lock(&uring->sq_lock);
+    /* Behind requests already parked, newer ones park too (keeps order, and the pump
+     * only runs in the waiter). */
+    if (rt__req_queue_count(&uring->deferred) == 0)
+        in = fill_ring(uring, reqs, n);
+    rt__mutex_unlock(&uring->sq_lock);
+    if (in < n) {
+        rt__mutex_lock(&uring->deferred_lock);
+        rt__req_queue_push(&uring->deferred, reqs + in, n - in);
+        rt__mutex_unlock(&uring->deferred_lock);
+        rt__doorbell_ring(&ctx->doorbell); /* so the waiter comes round to pump */
+    }
+}
+
+/* Moves parked requests into the ring, and flushes SQEs a failed submit left behind.
+ * The waiter only. */
+static void pump(struct uring *uring)
+{
+    if (rt__req_queue_count(&uring->deferred) == 0 &&
+        !atomic_load_explicit(&uring->sq_left, memory_order_relaxed))
+        return;
+    rt__mutex_lock(&uring->sq_lock);
+    rt__mutex_lock(&uring->deferred_lock);
+    while (atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots) {
+        struct rt_aio_req *req = rt__req_queue_pop(&uring->deferred);
+        if (req == NULL)
+            break;
+        if (fill_ring(uring, &req, 1) == 0) {
+            rt__req_queue_push(&uring->deferred, &req, 1); /* the kernel refused; later */
+            break;
+        }
+    }
+    rt__mutex_unlock(&uring->deferred_lock);
+    flush_sq(uring);
+    rt__mutex_unlock(&uring->sq_lock);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Completion
+ */
+
+/* Whether @a req needs another round for the rest of its transfer. */
+static bool wants_more(struct rt_aio_req *req, int32_t res)
+{
+    if (req->op != RT__AIO_OP_READ && req->op != RT__AIO_OP_WRITE)
+        return false; /* vectored: the kernel loops them; a flush has no length */
+    return res > 0 && req->transferred < req->len;
+}
+
+/*
+ * Applies one CQE to its request.  Returns the request when it is finished (its ring
+ * slot is then the caller's to give back), NULL when the rest of a short transfer went
+ * back into the ring, or onto the deferred list when the ring had no room.
+ */
+static struct rt_aio_req *finish(struct uring *uring, const struct io_uring_cqe *cqe)
+{
+    struct rt_aio_req *req = io_uring_cqe_get_data(cqe);
+    size_t in;
+
+    if (cqe->res < 0) {
+        req->rc = rt_err_from_errno(-cqe->res);
+        req->transferred = 0;
+        return req;
+    }
+    req->transferred += (size_t)cqe->res;
+    if (!wants_more(req, cqe->res)) {
+        req->rc = RT_OK;
+        return req;
+    }
+    atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_relaxed);
+    rt__mutex_lock(&uring->sq_lock);
+    in = fill_ring(uring, &req, 1);
+    rt__mutex_unlock(&uring->sq_lock);
+    if (in == 0) {
+        rt__mutex_lock(&uring->deferred_lock);
+        rt__req_queue_push(&uring->deferred, &req, 1);
+        rt__mutex_unlock(&uring->deferred_lock);
+    }
+    return NULL;
+}
+
+/* Takes up to @a max finished requests off the CQ.  cq_lock held. */
+static size_t reap_locked(struct uring *uring, struct rt_aio_req **out, size_t max)
+{
+    struct io_uring_cqe *cqes[REAP_BATCH];
+    size_t count = 0;
+
+    while (count < max) {
+        unsigned want = max - count < REAP_BATCH ? (unsigned)(max - count) : REAP_BATCH;
+        unsigned got = io_uring_peek_batch_cqe(&uring->ring, cqes, want);
+
+        if (got == 0)
+            break;
+        /* Pairs with the release in fill_ring(): the submitter's writes to its requests
+         * reach us through the kernel, which the memory model (and TSan) cannot see. */
+        (void)atomic_load_explicit(&uring->in_ring, memory_order_acquire);
+        for (unsigned i = 0; i < got; i++) {
+            struct rt_aio_req *req = finish(uring, cqes[i]);
+            if (req != NULL) {
+                out[count++] = req;
+                atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
+            }
+        }
+        io_uring_cq_advance(&uring->ring, got);
+    }
+    return count;
+}
+
+static size_t uring_reap(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t max)
+{
+    struct uring *uring = uring_of(ctx);
+    size_t count;
+
+    rt__mutex_lock(&uring->cq_lock);
+    count = reap_locked(uring, out, max);
+    rt__mutex_unlock(&uring->cq_lock);
+    pump(uring);
+    return count;
+}
+
+static bool uring_has_completions(struct rt_aio_ctx *ctx)
+{
+    struct uring *uring = uring_of(ctx);
+    bool ready;
+
+    rt__mutex_lock(&uring->cq_lock);
+    ready = io_uring_cq_ready(&uring->ring) > 0;
+    rt__mutex_unlock(&uring->cq_lock);
+    return ready ||
+           (rt__req_queue_count(&uring->deferred) != 0 &&
+            atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Cancel
+ */
+
+/* After a successful kernel cancel: reaps until @a target's CQE is found and dropped.
+ * Other finished requests go to the done list.  cq_lock held. */
+static void swallow(struct rt_aio_ctx *ctx, struct uring *uring, struct rt_aio_req *target)
+{
+    for (;;) {
+        struct io_uring_cqe *cqe = NULL;
+        struct rt_aio_req *req;
+
+        /* A successful cancel guarantees the CQE; if it is not posted yet, wait for it
+         * in the kernel (no SQE needed, unlike liburing's timeout variant). */
+        if (io_uring_wait_cqe(&uring->ring, &cqe) < 0 || cqe == NULL)
+            continue;
+        (void)atomic_load_explicit(&uring->in_ring, memory_order_acquire);
+        if (io_uring_cqe_get_data(cqe) == target) {
+            io_uring_cqe_seen(&uring->ring, cqe);
+            atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
+            return;
+        }
+        req = finish(uring, cqe);
+        io_uring_cqe_seen(&uring->ring, cqe);
+        if (req != NULL) {
+            atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
+            rt__aio_ctx_post_done(ctx, req);
+        }
+    }
+}
+
+static int uring_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+{
+    struct uring *uring = uring_of(ctx);
+    struct io_uring_sync_cancel_reg reg;
+    int ret;
+
+    rt__mutex_lock(&uring->deferred_lock);
+    ret = rt__req_queue_remove(&uring->deferred, req);
+    rt__mutex_unlock(&uring->deferred_lock);
+    if (ret)
+        return RT_OK;
+    if (!uring->sync_cancel)
+        return RT_ERR_AIO_IN_PROGRESS;
+
+    memset(&reg, 0, sizeof reg);
+    reg.addr = (uint64_t)(uintptr_t)req;
+    reg.fd = -1;
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    /* Under cq_lock, so the waiter cannot reap (and complete) the request between the
+     * kernel's verdict and the swallow. */
+    rt__mutex_lock(&uring->cq_lock);
+    ret = io_uring_register_sync_cancel(&uring->ring, &reg);
+    if (ret == 0)
+        swallow(ctx, uring, req);
+    rt__mutex_unlock(&uring->cq_lock);
+    return ret == 0 ? RT_OK : RT_ERR_AIO_IN_PROGRESS;
+}
+
+const struct rt__aio_backend rt__uring_backend = {
+    .name = "io_uring",
+    .flag = RT_AIO_CTX_F_BACKEND_IO_URING,
+    .probe = uring_probe,
+    .init = uring_init,
+    .fini = uring_fini,
+    .submit = uring_submit,
+    .reap = uring_reap,
+    .has_completions = uring_has_completions,
+    .cancel = uring_cancel,
+};
