@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The two commands of the README:
 #   ./dev.sh run    install what is missing, build, run vrt-bench with its defaults
-#   ./dev.sh test   install what is missing, build and run every test program in three
-#                   configurations (plain -Werror, ASan+UBSan, TSan), check the 32-bit
-#                   kernel ABI layout, run 'make distcheck', and print one line
+#   ./dev.sh test   install what is missing, build and run every test program in four
+#                   configurations (plain -Werror, ASan+UBSan, TSan, and portable: no
+#                   Linux backends, pipe doorbell), check the 32-bit kernel ABI layout,
+#                   run 'make distcheck', and print one line
 #                   "N passed, N failed, N skipped" totalled over every test program.
-# Build trees go to build/, build-asan/, build-tsan/ (ignored by git).  Extra arguments
+# Build trees go to build/, build-asan/, build-tsan/, build-portable/ (ignored by git).  Extra arguments
 # after 'run' go to vrt-bench (./dev.sh run --backend threads --runtime 5).
 set -euo pipefail
 
@@ -120,13 +121,17 @@ cmd_test() {
         make -C build-tsan -s -j"$jobs" check >build-tsan/check.out 2>&1 || true
     echo "==> make check (build-tsan)"
     grep -E '^(PASS|FAIL|SKIP|XFAIL|XPASS|ERROR):' build-tsan/check.out || true
+    # The portable configuration: no kernel AIO, no io_uring, the pipe doorbell: what a
+    # non-Linux POSIX host builds.
+    build build-portable --enable-werror --disable-linux-aio --disable-io-uring --disable-eventfd
+    check build-portable
     echo "==> make distcheck"
     local distcheck=ok
     make -C build -s distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >build/distcheck.out 2>&1 ||
         distcheck=failed
     echo "distcheck: $distcheck"
     local status=0
-    totals build build-asan build-tsan || status=1
+    totals build build-asan build-tsan build-portable || status=1
     if [ "$distcheck" != ok ]; then
         tail -n 30 build/distcheck.out
         status=1
