@@ -8,7 +8,7 @@
 # the spread of the per-round ratios, and CPU time per I/O for the whole system (all
 # processes and kernel threads: /proc/stat, not just the benchmark process).
 #
-#   scripts/bench.sh [--reps N] [--runtime S] [--size SIZE] [--dir DIR] [--out DIR]
+#   scripts/bench.sh [--reps N] [--runtime S] [--ramp S] [--size SIZE] [--dir DIR] [--out DIR]
 #                    [--backends "linux-aio threads"] [--workloads "qd1 qd32 ..."] [--quick]
 #
 # Writes OUT/results.md (table, machine, versions), OUT/raw.tsv (every run) and
@@ -17,8 +17,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 reps=5
-runtime=2
-ramp=1
+runtime=1.5
+ramp=0.5
 size=1g
 dir=${TMPDIR:-/var/tmp}
 out="$here/doc/bench"
@@ -36,6 +36,7 @@ while [ $# -gt 0 ]; do
     --backends) backends=$2; shift 2 ;;
     --workloads) workloads=$2; shift 2 ;;
     --quick) reps=3; runtime=1; shift ;;
+    --ramp) ramp=$2; shift 2 ;;
     -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -106,6 +107,8 @@ peers() {
     esac
 }
 
+ms() { awk -v s="$1" 'BEGIN { printf "%d", s * 1000 }'; }
+
 pool_size() { local d=$1; [ "$d" -lt 16 ] && echo "$d" || echo 16; }
 
 # Non-idle jiffies of the whole machine.
@@ -118,7 +121,7 @@ run_peer() {
     local peer=$1 rw=$2 bs=$3 depth=$4 direct=$5 batch
     batch=$((depth < 32 ? depth : 32))
     local args=(--name=peer --filename="$file" --size="$size" --rw="$rw" --bs="$bs"
-        --direct="$direct" --runtime="$runtime" --ramp_time="$ramp" --time_based
+        --direct="$direct" --runtime="$(ms "$runtime")ms" --ramp_time="$(ms "$ramp")ms" --time_based
         --norandommap --randrepeat=0 --lat_percentiles=1 --output-format=json)
     case "$peer" in
     libaio) args+=(--ioengine=libaio --iodepth="$depth") ;;
@@ -155,7 +158,7 @@ measure() {
     after=$(busy_jiffies)
     # CPU of the whole run (ramp included) over the I/Os of the whole run, estimated as
     # iops x (ramp + runtime): both tools ramp alike, so the comparison is fair.
-    awk -v l="$line" -v b="$before" -v a="$after" -v hz="$hz" -v t="$((ramp))" -v r="$runtime" 'BEGIN {
+    awk -v l="$line" -v b="$before" -v a="$after" -v hz="$hz" -v t="$ramp" -v r="$runtime" 'BEGIN {
         split(l, f, " "); ios = f[1] * (t + r);
         printf "%s %s %.3f\n", f[1], f[2], (ios > 0 ? (a - b) / hz * 1e6 / ios : 0) }'
 }

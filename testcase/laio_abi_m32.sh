@@ -2,11 +2,14 @@
 # Proves the hand-written kernel AIO layouts (src/r3/linux/laio_abi.h) on a 32-bit
 # host ABI as well as the native one: compiles a unit that includes our header and the
 # kernel's <linux/aio_abi.h>, and asserts that every field sits at the same offset in
-# both, with -m32 and natively.  Exits 77 when no 32-bit toolchain is installed
-# (Debian: gcc-multilib).
+# both, with -m32 and natively.  Then compiles the backend itself (aio_linux.c,
+# laio_sys.c) with -m32, so its pointer-to-u64 conversions are proven warning-free on a
+# 32-bit host too.  Exits 77 when no 32-bit toolchain is installed (Debian:
+# gcc-multilib).
 set -u
 : "${CC:=cc}"
 : "${top_srcdir:=.}"
+: "${top_builddir:=.}"
 unit=$(mktemp "${TMPDIR:-/tmp}/laio_abi.XXXXXX.c") || exit 1
 trap 'rm -f "$unit"' EXIT
 
@@ -74,4 +77,16 @@ if ! compile -m32; then
     exit 1
 fi
 echo "-m32: laio_abi.h matches <linux/aio_abi.h>"
+
+for unit in "$top_srcdir/src/r3/linux/aio_linux.c" "$top_srcdir/src/r3/linux/laio_sys.c"; do
+    out=$($CC -m32 -std=gnu11 -Wall -Wextra -Werror -fsyntax-only -I"$top_srcdir/include" \
+        -I"$top_srcdir/src" -I"$top_builddir" -I"$top_builddir/src" \
+        -include "$top_builddir/config.h" "$unit" 2>&1)
+    if [ $? -ne 0 ]; then
+        printf '%s\n' "$out" | head -n 20
+        echo "FAIL: $(basename "$unit") does not compile cleanly with -m32"
+        exit 1
+    fi
+    echo "-m32: $(basename "$unit") compiles warning-free"
+done
 exit 0
