@@ -91,7 +91,9 @@ if command -v gnuplot >/dev/null; then
         printf '"%s %s vs %s"\t%s\n' "$w" "$b" "$p" "$ratio"
     done <<<"$rows" >"$data"
     gnuplot <<GP
-set terminal pngcairo size 1200,700 noenhanced
+set terminal pngcairo size 1400,850 noenhanced
+set bmargin 14
+set rmargin 6
 set output "$out/ratios.png"
 set title "vrt / fio IOPS (median of $reps rounds; 1.0 = parity)"
 set style data histogram

@@ -11,7 +11,9 @@ set -u
 : "${top_srcdir:=.}"
 : "${top_builddir:=.}"
 unit=$(mktemp "${TMPDIR:-/tmp}/laio_abi.XXXXXX.c") || exit 1
-trap 'rm -f "$unit"' EXIT
+# The trap names the file itself, not the variable, so no later use of $unit can
+# turn it into a removal of something else.
+trap "rm -f '$unit'" EXIT
 
 cat >"$unit" <<'C'
 #include <linux/aio_abi.h>
@@ -78,15 +80,15 @@ if ! compile -m32; then
 fi
 echo "-m32: laio_abi.h matches <linux/aio_abi.h>"
 
-for unit in "$top_srcdir/src/r3/linux/aio_linux.c" "$top_srcdir/src/r3/linux/laio_sys.c"; do
+for source in "$top_srcdir/src/r3/linux/aio_linux.c" "$top_srcdir/src/r3/linux/laio_sys.c"; do
     out=$($CC -m32 -std=gnu11 -Wall -Wextra -Werror -fsyntax-only -I"$top_srcdir/include" \
         -I"$top_srcdir/src" -I"$top_builddir" -I"$top_builddir/src" \
-        -include "$top_builddir/config.h" "$unit" 2>&1)
+        -include "$top_builddir/config.h" "$source" 2>&1)
     if [ $? -ne 0 ]; then
         printf '%s\n' "$out" | head -n 20
-        echo "FAIL: $(basename "$unit") does not compile cleanly with -m32"
+        echo "FAIL: $(basename "$source") does not compile cleanly with -m32"
         exit 1
     fi
-    echo "-m32: $(basename "$unit") compiles warning-free"
+    echo "-m32: $(basename "$source") compiles warning-free"
 done
 exit 0

@@ -60,6 +60,13 @@ static uint32_t req_state(const struct rt_aio_req *req)
     return atomic_load_explicit(&((struct rt_aio_req *)req)->state, memory_order_acquire);
 }
 
+/* Submitted, or claimed by a submit call in progress: not the caller's to change. */
+static bool in_flight(const struct rt_aio_req *req)
+{
+    uint32_t state = req_state(req);
+    return state == RT__AIO_SUBMITTED || state == RT__AIO_SUBMITTING;
+}
+
 /* ------------------------------------------------------------------------------------
  * Requests
  */
@@ -83,14 +90,11 @@ int rt_aio_req_create(rt_aio_req_t *req)
 
 int rt_aio_req_destroy(rt_aio_req_t req)
 {
-    uint32_t state;
-
     if (req == RT_AIO_REQ_NIL)
         return RT_OK;
     if (!req_is_live(req))
         return RT_ERR_INVALID_HANDLE;
-    state = req_state(req);
-    if (state == RT__AIO_SUBMITTED || state == RT__AIO_SUBMITTING)
+    if (in_flight(req))
         return RT_ERR_AIO_IN_PROGRESS;
     free(req->iov_heap);
     req->iov_heap = NULL;
@@ -102,12 +106,9 @@ int rt_aio_req_destroy(rt_aio_req_t req)
 /* The checks every prepare shares.  On success the request may be written. */
 static int prepare_check(struct rt_aio_req *req, rt_file_t file)
 {
-    uint32_t state;
-
     if (!req_is_live(req) || !rt__file_is_live(file))
         return RT_ERR_INVALID_HANDLE;
-    state = req_state(req);
-    if (state == RT__AIO_SUBMITTED || state == RT__AIO_SUBMITTING)
+    if (in_flight(req))
         return RT_ERR_AIO_IN_PROGRESS;
     return RT_OK;
 }

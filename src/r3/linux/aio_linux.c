@@ -68,6 +68,8 @@ _Static_assert(sizeof(struct laio_iocb) <= sizeof(union rt__aio_slot),
 #define UNLIMITED_SLOTS 1024u
 /* Requests moved from the deferred list per io_submit() call. */
 #define PUMP_BATCH 64u
+/* The largest read or write given to the kernel in one iocb (see for_kernel). */
+#define MAX_KERNEL_BYTES (1u << 30)
 /* Events reaped per io_getevents() call when the ring cannot be read directly. */
 #define GETEVENTS_BATCH 64u
 
@@ -356,7 +358,9 @@ static bool for_kernel(struct laio *laio, const struct rt_aio_req *req)
 {
     if (req->op == RT__AIO_OP_FLUSH)
         return !atomic_load_explicit(&laio->fsync_refused, memory_order_relaxed);
-    return (req->file_flags & RT_FILE_NO_CACHE) != 0;
+    /* The kernel stops one transfer near 2 GiB (MAX_RW_COUNT) and would report a short
+     * count with no end of file; the pool loops a larger request to the end. */
+    return (req->file_flags & RT_FILE_NO_CACHE) != 0 && req->len <= MAX_KERNEL_BYTES;
 }
 
 static void laio_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n)

@@ -20,9 +20,10 @@
  * UNLIMITED_ENTRIES and relies on it).
  *
  * Short transfers: a buffered read can return less than asked short of end of file (a
- * page-cache boundary, a signal).  The caller expects a full transfer, so the rest is
- * resubmitted from the reap path and the request completes only when it is all done, an
- * error occurs, or a read returns 0 (end of file).
+ * page-cache boundary, a signal), and one SQE moves at most MAX_CHUNK.  The caller
+ * expects a full transfer, so the rest is resubmitted from the reap path (vectored
+ * requests advance their own copy of the iovec) and the request completes only when it
+ * is all done, an error occurs, or a read returns 0 (end of file).
  *
  * Cancel: io_uring_register_sync_cancel() asks the kernel to cancel the request and
  * waits for the verdict.  Success means the request will never touch its buffer again,
@@ -184,20 +185,25 @@ static void uring_fini(struct rt_aio_ctx *ctx)
  * Submission
  */
 
-/* Fills @a sqe for what is left of @a req (req->transferred bytes are done). */
+/* The most one SQE moves: io_uring lengths are 32 bits and the kernel stops a single
+ * transfer near 2 GiB anyway; a larger request goes round again for the rest. */
+#define MAX_CHUNK (1u << 30)
+
+/* Fills @a sqe for what is left of @a req (req->transferred bytes are done; for
+ * vectored requests, req->iov has been advanced past them). */
 static void prep(struct io_uring_sqe *sqe, struct rt_aio_req *req)
 {
     size_t done = req->transferred;
+    size_t left = req->len - done;
+    unsigned chunk = left > MAX_CHUNK ? MAX_CHUNK : (unsigned)left;
     uint64_t off = req->off + done;
 
     switch (req->op) {
     case RT__AIO_OP_READ:
-        io_uring_prep_read(sqe, req->fd, (char *)req->buf + done, (unsigned)(req->len - done),
-                           off);
+        io_uring_prep_read(sqe, req->fd, (char *)req->buf + done, chunk, off);
         break;
     case RT__AIO_OP_WRITE:
-        io_uring_prep_write(sqe, req->fd, (const char *)req->buf + done,
-                            (unsigned)(req->len - done), off);
+        io_uring_prep_write(sqe, req->fd, (const char *)req->buf + done, chunk, off);
         break;
     case RT__AIO_OP_READV:
         io_uring_prep_readv(sqe, req->fd, (const struct iovec *)req->iov, req->iovcnt, off);
@@ -291,12 +297,27 @@ static void pump(struct uring *uring)
  * Completion
  */
 
-/* Whether @a req needs another round for the rest of its transfer. */
+/* Whether @a req needs another round for the rest of its transfer (a flush has no
+ * length; a zero-byte read is end of file). */
 static bool wants_more(struct rt_aio_req *req, int32_t res)
 {
-    if (req->op != RT__AIO_OP_READ && req->op != RT__AIO_OP_WRITE)
-        return false; /* vectored: the kernel loops them; a flush has no length */
-    return res > 0 && req->transferred < req->len;
+    return req->op != RT__AIO_OP_FLUSH && res > 0 && req->transferred < req->len;
+}
+
+/* Moves a vectored request's iovec past @a bytes just transferred.  The array is the
+ * request's own copy (prepare copied it), and the next prepare starts it afresh. */
+static void advance_iov(struct rt_aio_req *req, size_t bytes)
+{
+    while (bytes > 0 && req->iovcnt > 0) {
+        if (bytes < req->iov->len) {
+            req->iov->base = (char *)req->iov->base + bytes;
+            req->iov->len -= bytes;
+            return;
+        }
+        bytes -= req->iov->len;
+        req->iov++;
+        req->iovcnt--;
+    }
 }
 
 /*
@@ -319,6 +340,8 @@ static struct rt_aio_req *finish(struct uring *uring, const struct io_uring_cqe 
         req->rc = RT_OK;
         return req;
     }
+    if (req->op == RT__AIO_OP_READV || req->op == RT__AIO_OP_WRITEV)
+        advance_iov(req, (size_t)cqe->res);
     atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_relaxed);
     rt__mutex_lock(&uring->sq_lock);
     in = fill_ring(uring, &req, 1);
