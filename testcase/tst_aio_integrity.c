@@ -85,8 +85,8 @@ static void failures_init(struct failures *f)
     pthread_mutex_init(&f->lock, NULL);
 }
 
-__attribute__((format(printf, 2, 3))) static void fail_note(struct failures *f,
-                                                             const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void fail_note(struct failures *f, const char *fmt,
+                                                            ...)
 {
     va_list ap;
     pthread_mutex_lock(&f->lock);
@@ -144,8 +144,7 @@ static rt_file_t open_data_file(const char *name, uint64_t size)
 }
 
 /* A context on @a backend, or NIL (with the reason printed) when the host lacks it. */
-static int backend_ctx(rt_aio_ctx_t *ctx, const char *backend, uint32_t max_reqs,
-                       uint32_t flags)
+static int backend_ctx(rt_aio_ctx_t *ctx, const char *backend, uint32_t max_reqs, uint32_t flags)
 {
     *ctx = RT_AIO_CTX_NIL;
     return rt_aio_ctx_create(ctx, max_reqs, tst_backend_flag(backend) | flags);
@@ -302,8 +301,8 @@ static void *writer_main(void *arg)
                 s->index = mine[pos + i];
                 s->gen = gen;
                 stamp_block(s->buf, s->index, gen, w->id);
-                rc = rt_aio_req_prepare_write(s->req, run->file, s->index * BLOCK, s->buf,
-                                              BLOCK, s);
+                rc =
+                    rt_aio_req_prepare_write(s->req, run->file, s->index * BLOCK, s->buf, BLOCK, s);
                 if (rc != RT_OK) {
                     fail_note(&run->fails, "writer %u: prepare_write -> %s", w->id,
                               rt_status_name(rc));
@@ -386,8 +385,8 @@ static void *reaper_main(void *arg)
             break;
         }
         if (rt_time_milli_ts() > deadline) {
-            fail_note(&run->fails, "reaper: only %zu of %zu writes came back in %u ms",
-                      run->reaped, run->expected, LONG_MS);
+            fail_note(&run->fails, "reaper: only %zu of %zu writes came back in %u ms", run->reaped,
+                      run->expected, LONG_MS);
             atomic_store(&run->abort, true);
             break;
         }
@@ -434,8 +433,7 @@ static void integrity(const char *backend)
     int rc;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(run);
-    rc = backend_ctx(&run->ctx, backend, WRITERS * WRITER_SLOTS,
-                     RT_AIO_CTX_F_WAIT_WITHOUT_PENDING);
+    rc = backend_ctx(&run->ctx, backend, WRITERS * WRITER_SLOTS, RT_AIO_CTX_F_WAIT_WITHOUT_PENDING);
     TST_RC_FATAL(rc, RT_OK);
     run->file = open_data_file("integrity", (uint64_t)BLOCKS * BLOCK);
     run->expected = (size_t)BLOCKS * GENERATIONS;
@@ -462,8 +460,8 @@ static void integrity(const char *backend)
 
     CU_ASSERT_FATAL(pthread_create(&reaper, NULL, reaper_main, run) == 0);
     for (unsigned t = 0; t < WRITERS; t++)
-        CU_ASSERT_FATAL(pthread_create(&run->writers[t].thread, NULL, writer_main,
-                                       &run->writers[t]) == 0);
+        CU_ASSERT_FATAL(
+            pthread_create(&run->writers[t].thread, NULL, writer_main, &run->writers[t]) == 0);
     for (unsigned t = 0; t < WRITERS; t++)
         pthread_join(run->writers[t].thread, NULL);
     pthread_join(reaper, NULL);
@@ -494,15 +492,15 @@ static void integrity(const char *backend)
                 uint8_t *a = mem + (size_t)(2 * p) * BLOCK, *b = a + BLOCK;
                 if (p % 2 == 0) {
                     rt_iovec_t iov[2] = {{a, BLOCK}, {b, BLOCK}};
-                    TST_RC(rt_aio_req_prepare_readv(reqs[used++], run->file, idx * BLOCK, iov,
-                                                    2, NULL),
+                    TST_RC(rt_aio_req_prepare_readv(reqs[used++], run->file, idx * BLOCK, iov, 2,
+                                                    NULL),
                            RT_OK);
                 } else {
-                    TST_RC(rt_aio_req_prepare_read(reqs[used++], run->file, idx * BLOCK, a,
-                                                   BLOCK, NULL),
+                    TST_RC(rt_aio_req_prepare_read(reqs[used++], run->file, idx * BLOCK, a, BLOCK,
+                                                   NULL),
                            RT_OK);
-                    TST_RC(rt_aio_req_prepare_read(reqs[used++], run->file, (idx + 1) * BLOCK,
-                                                   b, BLOCK, NULL),
+                    TST_RC(rt_aio_req_prepare_read(reqs[used++], run->file, (idx + 1) * BLOCK, b,
+                                                   BLOCK, NULL),
                            RT_OK);
                 }
             }
@@ -517,8 +515,7 @@ static void integrity(const char *backend)
                 const char *why = check_block(mem + (size_t)i * BLOCK, first + i, GENERATIONS);
                 if (why != NULL) {
                     if (bad < 5)
-                        fprintf(stderr, "  block %llu: %s\n",
-                                (unsigned long long)(first + i), why);
+                        fprintf(stderr, "  block %llu: %s\n", (unsigned long long)(first + i), why);
                     bad++;
                 }
             }
@@ -621,8 +618,8 @@ static void end_submission(struct srun *run, rt_aio_req_t req, bool cancelled)
         fail_note(&run->fails, "slot %u: %s a stale submission", index,
                   cancelled ? "cancelled" : "wait returned");
     if (!atomic_compare_exchange_strong(&s->state, &expect, SLOT_FREE)) {
-        fail_note(&run->fails, "slot %u: submission ended twice (%s after it had ended)",
-                  index, cancelled ? "cancel RT_OK" : "returned by wait");
+        fail_note(&run->fails, "slot %u: submission ended twice (%s after it had ended)", index,
+                  cancelled ? "cancel RT_OK" : "returned by wait");
         return;
     }
 
@@ -637,8 +634,7 @@ static void end_submission(struct srun *run, rt_aio_req_t req, bool cancelled)
             sched_yield();
             for (unsigned i = 0; i < BLOCK; i++) {
                 if (s->buf[i] != 0xA5) {
-                    fail_note(&run->fails, "slot %u: buffer written after cancel RT_OK",
-                              index);
+                    fail_note(&run->fails, "slot %u: buffer written after cancel RT_OK", index);
                     break;
                 }
             }
@@ -822,11 +818,8 @@ static void *stress_waiter(void *arg)
             end_submission(run, out[i], false);
         switch (rc) {
         case RT_OK:
-        case RT_ERR_TIMEOUT:
-            break;
-        case RT_ERR_INTERRUPTED:
-            atomic_fetch_add(&run->interrupted, 1);
-            break;
+        case RT_ERR_TIMEOUT: break;
+        case RT_ERR_INTERRUPTED: atomic_fetch_add(&run->interrupted, 1); break;
         case RT_ERR_AIO_NO_REQUEST:
             atomic_fetch_add(&run->no_request, 1);
             if (got != 0)
@@ -836,16 +829,13 @@ static void *stress_waiter(void *arg)
         case RT_ERR_AIO_BUSY: /* the waker's intruding wait was inside */
             atomic_fetch_add(&run->busy, 1);
             break;
-        default:
-            fail_note(&run->fails, "wait -> %s", rt_status_name(rc));
-            return NULL;
+        default: fail_note(&run->fails, "wait -> %s", rt_status_name(rc)); return NULL;
         }
         if (atomic_load(&run->drain)) {
             unsigned long long ended = atomic_load(&run->reaped) + atomic_load(&run->cancelled);
             if (drain_deadline == 0)
                 drain_deadline = rt_time_milli_ts() + LONG_MS;
-            if (atomic_load(&run->submitters_running) == 0 &&
-                ended == atomic_load(&run->submitted))
+            if (atomic_load(&run->submitters_running) == 0 && ended == atomic_load(&run->submitted))
                 break;
             if (rt_time_milli_ts() > drain_deadline) {
                 fail_note(&run->fails, "%llu of %llu submissions never ended",
@@ -877,8 +867,7 @@ static void stress(const char *backend)
     CU_ASSERT_PTR_NOT_NULL_FATAL(init);
     for (size_t i = 0; i < (size_t)READ_BLOCKS * BLOCK; i++)
         init[i] = read_pat(i);
-    TST_RC_FATAL(rt_file_write_at(run->file, 0, init, (size_t)READ_BLOCKS * BLOCK, NULL),
-                 RT_OK);
+    TST_RC_FATAL(rt_file_write_at(run->file, 0, init, (size_t)READ_BLOCKS * BLOCK, NULL), RT_OK);
     rt_mem_page_free(init, (size_t)READ_BLOCKS * BLOCK);
 
     mem = rt_mem_page_alloc((size_t)N_SLOTS * BLOCK);
@@ -907,8 +896,8 @@ static void stress(const char *backend)
 
     CU_ASSERT_FATAL(pthread_create(&waiter, NULL, stress_waiter, run) == 0);
     for (unsigned t = 0; t < SUBMITTERS; t++)
-        CU_ASSERT_FATAL(pthread_create(&run->subs[t].thread, NULL, stress_submitter,
-                                       &run->subs[t]) == 0);
+        CU_ASSERT_FATAL(
+            pthread_create(&run->subs[t].thread, NULL, stress_submitter, &run->subs[t]) == 0);
     for (unsigned t = 0; t < CANCELLERS; t++)
         CU_ASSERT_FATAL(pthread_create(&cancellers[t], NULL, stress_canceller, run) == 0);
     CU_ASSERT_FATAL(pthread_create(&waker, NULL, stress_waker, run) == 0);
@@ -1004,8 +993,8 @@ int main(void)
 {
     static const CU_TestFunc integrity_tests[N_BACKENDS] = {
         test_integrity_linux_aio, test_integrity_threads, test_integrity_io_uring};
-    static const CU_TestFunc stress_tests[N_BACKENDS] = {
-        test_stress_linux_aio, test_stress_threads, test_stress_io_uring};
+    static const CU_TestFunc stress_tests[N_BACKENDS] = {test_stress_linux_aio, test_stress_threads,
+                                                         test_stress_io_uring};
     const char *soak = getenv("TST_SOAK_SECONDS");
     unsigned available = 0;
 
@@ -1029,8 +1018,7 @@ int main(void)
             continue;
         }
         if (rc != RT_OK) {
-            fprintf(stderr, "cannot create a %s context: %s\n", backend_names[b],
-                    rt_strerror(rc));
+            fprintf(stderr, "cannot create a %s context: %s\n", backend_names[b], rt_strerror(rc));
             return 1;
         }
         rt_aio_ctx_destroy(ctx);

@@ -22,23 +22,23 @@
 #define TST_SKIP 77
 
 /* Asserts a status code and shows both names on failure. */
-#define TST_RC(expr, want)                                                                 \
-    do {                                                                                   \
-        int tst_rc_ = (expr);                                                              \
-        if (tst_rc_ != (want))                                                             \
-            fprintf(stderr, "  %s:%d: %s -> %s, expected %s\n", __FILE__, __LINE__, #expr, \
-                    rt_status_name(tst_rc_), rt_status_name(want));                        \
-        CU_ASSERT_EQUAL(tst_rc_, (want));                                                  \
+#define TST_RC(expr, want)                                                                         \
+    do {                                                                                           \
+        int tst_rc_ = (expr);                                                                      \
+        if (tst_rc_ != (want))                                                                     \
+            fprintf(stderr, "  %s:%d: %s -> %s, expected %s\n", __FILE__, __LINE__, #expr,         \
+                    rt_status_name(tst_rc_), rt_status_name(want));                                \
+        CU_ASSERT_EQUAL(tst_rc_, (want));                                                          \
     } while (0)
 
 /* Same, but ends the test when it fails (use when later steps depend on it). */
-#define TST_RC_FATAL(expr, want)                                                           \
-    do {                                                                                   \
-        int tst_rc_ = (expr);                                                              \
-        if (tst_rc_ != (want))                                                             \
-            fprintf(stderr, "  %s:%d: %s -> %s, expected %s\n", __FILE__, __LINE__, #expr, \
-                    rt_status_name(tst_rc_), rt_status_name(want));                        \
-        CU_ASSERT_EQUAL_FATAL(tst_rc_, (want));                                            \
+#define TST_RC_FATAL(expr, want)                                                                   \
+    do {                                                                                           \
+        int tst_rc_ = (expr);                                                                      \
+        if (tst_rc_ != (want))                                                                     \
+            fprintf(stderr, "  %s:%d: %s -> %s, expected %s\n", __FILE__, __LINE__, #expr,         \
+                    rt_status_name(tst_rc_), rt_status_name(want));                                \
+        CU_ASSERT_EQUAL_FATAL(tst_rc_, (want));                                                    \
     } while (0)
 
 /* A scratch directory for this process, removed at exit.  Honours TMPDIR; the
@@ -151,12 +151,12 @@ static inline CU_pSuite tst_suite(const char *name)
     return suite;
 }
 
-#define TST_ADD(suite, fn)                                                                 \
-    do {                                                                                   \
-        if (CU_add_test((suite), #fn, (fn)) == NULL) {                                     \
-            fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());                            \
-            exit(1);                                                                       \
-        }                                                                                  \
+#define TST_ADD(suite, fn)                                                                         \
+    do {                                                                                           \
+        if (CU_add_test((suite), #fn, (fn)) == NULL) {                                             \
+            fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());                                    \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 #endif /* TST_COMMON_H */

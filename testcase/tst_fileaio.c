@@ -49,8 +49,8 @@ static union {
     max_align_t align;
     unsigned char bytes[65536];
 } zeroed;
-#define ZERO_REQ ((rt_aio_req_t)(void *)&zeroed)
-#define ZERO_CTX ((rt_aio_ctx_t)(void *)&zeroed)
+#define ZERO_REQ  ((rt_aio_req_t)(void *)&zeroed)
+#define ZERO_CTX  ((rt_aio_ctx_t)(void *)&zeroed)
 #define ZERO_FILE ((rt_file_t)(void *)&zeroed)
 
 /* Signal dispositions at start-up, to prove the library installs no handler (rule 9). */
@@ -206,8 +206,7 @@ static size_t reap(rt_aio_ctx_t ctx, rt_aio_req_t *out, size_t want, uint32_t ms
 
         if (now >= deadline)
             break;
-        rc = rt_aio_ctx_wait(ctx, 1, (uint32_t)(deadline - now), out + have, want - have,
-                             &got);
+        rc = rt_aio_ctx_wait(ctx, 1, (uint32_t)(deadline - now), out + have, want - have, &got);
         if (got > want - have) {
             fprintf(stderr, "  wait set *got to %u with room for %zu\n", got, want - have);
             CU_FAIL("wait returned more requests than it had room for");
@@ -336,11 +335,10 @@ static void test_limits(void)
 /* Rule 14: create's argument checks, capacity reporting, handle checks of the getters. */
 static void test_ctx_create(void)
 {
-    const uint32_t backends[3] = {RT_AIO_CTX_F_BACKEND_LINUX_AIO,
-                                  RT_AIO_CTX_F_BACKEND_IO_URING,
+    const uint32_t backends[3] = {RT_AIO_CTX_F_BACKEND_LINUX_AIO, RT_AIO_CTX_F_BACKEND_IO_URING,
                                   RT_AIO_CTX_F_BACKEND_THREADS};
-    const uint32_t known = RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | backends[0] | backends[1] |
-                           backends[2];
+    const uint32_t known =
+        RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | backends[0] | backends[1] | backends[2];
     rt_aio_ctx_t ctx;
     int rc;
 
@@ -585,8 +583,8 @@ static void test_req_create(void)
 /* What a failed prepare must not change. */
 struct kept {
     rt_aio_req_t req;
-    void *user;  /* the user value of the last successful prepare */
-    int state;   /* what get_rc reports: NOT_SUBMITTED when prepared, RT_OK when completed */
+    void *user; /* the user value of the last successful prepare */
+    int state;  /* what get_rc reports: NOT_SUBMITTED when prepared, RT_OK when completed */
     size_t transferred;
 };
 
@@ -605,8 +603,8 @@ static void expect_kept(int rc, int want, const char *what, const struct kept *k
     }
     state = rt_aio_req_get_rc(k->req, &n);
     if (state != k->state) {
-        fprintf(stderr, "  after %s: get_rc -> %s, expected %s\n", what,
-                rt_status_name(state), rt_status_name(k->state));
+        fprintf(stderr, "  after %s: get_rc -> %s, expected %s\n", what, rt_status_name(state),
+                rt_status_name(k->state));
         CU_FAIL("failed prepare changed the request's state");
     }
     if (state == RT_OK && n != k->transferred)
@@ -636,30 +634,30 @@ static void bad_prepares(const struct kept *k, rt_file_t file)
     }
 
     /* Bad request handles. */
-    expect_kept(rt_aio_req_prepare_read(RT_AIO_REQ_NIL, file, 0, buf, 10, u),
-                RT_ERR_INVALID_HANDLE, "read on NIL req", k);
+    expect_kept(rt_aio_req_prepare_read(RT_AIO_REQ_NIL, file, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
+                "read on NIL req", k);
     expect_kept(rt_aio_req_prepare_read(ZERO_REQ, file, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
                 "read on zeroed req", k);
-    expect_kept(rt_aio_req_prepare_read(dead_req(), file, 0, buf, 10, u),
-                RT_ERR_INVALID_HANDLE, "read on dead req", k);
+    expect_kept(rt_aio_req_prepare_read(dead_req(), file, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
+                "read on dead req", k);
     expect_kept(rt_aio_req_prepare_write(RT_AIO_REQ_NIL, file, 0, buf, 10, u),
                 RT_ERR_INVALID_HANDLE, "write on NIL req", k);
-    expect_kept(rt_aio_req_prepare_write(ZERO_REQ, file, 0, buf, 10, u),
-                RT_ERR_INVALID_HANDLE, "write on zeroed req", k);
-    expect_kept(rt_aio_req_prepare_write(dead_req(), file, 0, buf, 10, u),
-                RT_ERR_INVALID_HANDLE, "write on dead req", k);
-    expect_kept(rt_aio_req_prepare_readv(RT_AIO_REQ_NIL, file, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "readv on NIL req", k);
-    expect_kept(rt_aio_req_prepare_readv(ZERO_REQ, file, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "readv on zeroed req", k);
-    expect_kept(rt_aio_req_prepare_readv(dead_req(), file, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "readv on dead req", k);
+    expect_kept(rt_aio_req_prepare_write(ZERO_REQ, file, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
+                "write on zeroed req", k);
+    expect_kept(rt_aio_req_prepare_write(dead_req(), file, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
+                "write on dead req", k);
+    expect_kept(rt_aio_req_prepare_readv(RT_AIO_REQ_NIL, file, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "readv on NIL req", k);
+    expect_kept(rt_aio_req_prepare_readv(ZERO_REQ, file, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "readv on zeroed req", k);
+    expect_kept(rt_aio_req_prepare_readv(dead_req(), file, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "readv on dead req", k);
     expect_kept(rt_aio_req_prepare_writev(RT_AIO_REQ_NIL, file, 0, iov, 2, u),
                 RT_ERR_INVALID_HANDLE, "writev on NIL req", k);
-    expect_kept(rt_aio_req_prepare_writev(ZERO_REQ, file, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "writev on zeroed req", k);
-    expect_kept(rt_aio_req_prepare_writev(dead_req(), file, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "writev on dead req", k);
+    expect_kept(rt_aio_req_prepare_writev(ZERO_REQ, file, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "writev on zeroed req", k);
+    expect_kept(rt_aio_req_prepare_writev(dead_req(), file, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "writev on dead req", k);
     expect_kept(rt_aio_req_prepare_flush(RT_AIO_REQ_NIL, file, u), RT_ERR_INVALID_HANDLE,
                 "flush on NIL req", k);
     expect_kept(rt_aio_req_prepare_flush(ZERO_REQ, file, u), RT_ERR_INVALID_HANDLE,
@@ -669,36 +667,36 @@ static void bad_prepares(const struct kept *k, rt_file_t file)
 
     /* Bad file handles.  The dead file is made last so no allocation can recycle it. */
     dead = dead_file();
-    expect_kept(rt_aio_req_prepare_read(req, RT_FILE_NIL, 0, buf, 10, u),
-                RT_ERR_INVALID_HANDLE, "read NIL file", k);
+    expect_kept(rt_aio_req_prepare_read(req, RT_FILE_NIL, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
+                "read NIL file", k);
     expect_kept(rt_aio_req_prepare_read(req, ZERO_FILE, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
                 "read zeroed file", k);
     expect_kept(rt_aio_req_prepare_read(req, dead, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
                 "read closed file", k);
-    expect_kept(rt_aio_req_prepare_write(req, RT_FILE_NIL, 0, buf, 10, u),
-                RT_ERR_INVALID_HANDLE, "write NIL file", k);
-    expect_kept(rt_aio_req_prepare_write(req, ZERO_FILE, 0, buf, 10, u),
-                RT_ERR_INVALID_HANDLE, "write zeroed file", k);
+    expect_kept(rt_aio_req_prepare_write(req, RT_FILE_NIL, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
+                "write NIL file", k);
+    expect_kept(rt_aio_req_prepare_write(req, ZERO_FILE, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
+                "write zeroed file", k);
     expect_kept(rt_aio_req_prepare_write(req, dead, 0, buf, 10, u), RT_ERR_INVALID_HANDLE,
                 "write closed file", k);
-    expect_kept(rt_aio_req_prepare_readv(req, RT_FILE_NIL, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "readv NIL file", k);
+    expect_kept(rt_aio_req_prepare_readv(req, RT_FILE_NIL, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "readv NIL file", k);
     expect_kept(rt_aio_req_prepare_readv(req, ZERO_FILE, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
                 "readv zeroed file", k);
     expect_kept(rt_aio_req_prepare_readv(req, dead, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
                 "readv closed file", k);
-    expect_kept(rt_aio_req_prepare_writev(req, RT_FILE_NIL, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "writev NIL file", k);
-    expect_kept(rt_aio_req_prepare_writev(req, ZERO_FILE, 0, iov, 2, u),
-                RT_ERR_INVALID_HANDLE, "writev zeroed file", k);
+    expect_kept(rt_aio_req_prepare_writev(req, RT_FILE_NIL, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "writev NIL file", k);
+    expect_kept(rt_aio_req_prepare_writev(req, ZERO_FILE, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
+                "writev zeroed file", k);
     expect_kept(rt_aio_req_prepare_writev(req, dead, 0, iov, 2, u), RT_ERR_INVALID_HANDLE,
                 "writev closed file", k);
     expect_kept(rt_aio_req_prepare_flush(req, RT_FILE_NIL, u), RT_ERR_INVALID_HANDLE,
                 "flush NIL file", k);
     expect_kept(rt_aio_req_prepare_flush(req, ZERO_FILE, u), RT_ERR_INVALID_HANDLE,
                 "flush zeroed file", k);
-    expect_kept(rt_aio_req_prepare_flush(req, dead, u), RT_ERR_INVALID_HANDLE,
-                "flush closed file", k);
+    expect_kept(rt_aio_req_prepare_flush(req, dead, u), RT_ERR_INVALID_HANDLE, "flush closed file",
+                k);
 
     /* NULL buffers and empty transfers. */
     expect_kept(rt_aio_req_prepare_read(req, file, 0, NULL, 10, u), RT_ERR_INVALID_POINTER,
@@ -709,10 +707,10 @@ static void bad_prepares(const struct kept *k, rt_file_t file)
                 "readv NULL iov", k);
     expect_kept(rt_aio_req_prepare_writev(req, file, 0, NULL, 2, u), RT_ERR_INVALID_POINTER,
                 "writev NULL iov", k);
-    expect_kept(rt_aio_req_prepare_readv(req, file, 0, null_base, 2, u),
-                RT_ERR_INVALID_POINTER, "readv NULL base with a length", k);
-    expect_kept(rt_aio_req_prepare_writev(req, file, 0, null_base, 2, u),
-                RT_ERR_INVALID_POINTER, "writev NULL base with a length", k);
+    expect_kept(rt_aio_req_prepare_readv(req, file, 0, null_base, 2, u), RT_ERR_INVALID_POINTER,
+                "readv NULL base with a length", k);
+    expect_kept(rt_aio_req_prepare_writev(req, file, 0, null_base, 2, u), RT_ERR_INVALID_POINTER,
+                "writev NULL base with a length", k);
     expect_kept(rt_aio_req_prepare_read(req, file, 0, buf, 0, u), RT_ERR_INVALID_PARAMETER,
                 "read len 0", k);
     expect_kept(rt_aio_req_prepare_write(req, file, 0, buf, 0, u), RT_ERR_INVALID_PARAMETER,
@@ -723,12 +721,12 @@ static void bad_prepares(const struct kept *k, rt_file_t file)
                 "writev iovcnt 0", k);
     expect_kept(rt_aio_req_prepare_readv(req, file, 0, empty, 2, u), RT_ERR_INVALID_PARAMETER,
                 "readv total length 0", k);
-    expect_kept(rt_aio_req_prepare_writev(req, file, 0, empty, 2, u),
-                RT_ERR_INVALID_PARAMETER, "writev total length 0", k);
-    expect_kept(rt_aio_req_prepare_readv(req, file, 0, many, 1025, u),
-                RT_ERR_INVALID_PARAMETER, "readv 1025 entries", k);
-    expect_kept(rt_aio_req_prepare_writev(req, file, 0, many, 1025, u),
-                RT_ERR_INVALID_PARAMETER, "writev 1025 entries", k);
+    expect_kept(rt_aio_req_prepare_writev(req, file, 0, empty, 2, u), RT_ERR_INVALID_PARAMETER,
+                "writev total length 0", k);
+    expect_kept(rt_aio_req_prepare_readv(req, file, 0, many, 1025, u), RT_ERR_INVALID_PARAMETER,
+                "readv 1025 entries", k);
+    expect_kept(rt_aio_req_prepare_writev(req, file, 0, many, 1025, u), RT_ERR_INVALID_PARAMETER,
+                "writev 1025 entries", k);
 
     /* Ranges past INT64_MAX, including ones whose end wraps around 2^64. */
     expect_kept(rt_aio_req_prepare_read(req, file, max, buf, 1, u), RT_ERR_OUT_OF_RANGE,
@@ -737,21 +735,21 @@ static void bad_prepares(const struct kept *k, rt_file_t file)
                 "read across INT64_MAX", k);
     expect_kept(rt_aio_req_prepare_read(req, file, UINT64_MAX, buf, 2, u), RT_ERR_OUT_OF_RANGE,
                 "read wrapping 2^64", k);
-    expect_kept(rt_aio_req_prepare_write(req, file, max - 50, buf, 100, u),
-                RT_ERR_OUT_OF_RANGE, "write across INT64_MAX", k);
+    expect_kept(rt_aio_req_prepare_write(req, file, max - 50, buf, 100, u), RT_ERR_OUT_OF_RANGE,
+                "write across INT64_MAX", k);
     expect_kept(rt_aio_req_prepare_write(req, file, UINT64_MAX - 1, buf, 10, u),
                 RT_ERR_OUT_OF_RANGE, "write wrapping 2^64", k);
     expect_kept(rt_aio_req_prepare_readv(req, file, max - 150, iov, 2, u), RT_ERR_OUT_OF_RANGE,
                 "readv across INT64_MAX", k);
-    expect_kept(rt_aio_req_prepare_writev(req, file, max - 150, iov, 2, u),
-                RT_ERR_OUT_OF_RANGE, "writev across INT64_MAX", k);
+    expect_kept(rt_aio_req_prepare_writev(req, file, max - 150, iov, 2, u), RT_ERR_OUT_OF_RANGE,
+                "writev across INT64_MAX", k);
     expect_kept(rt_aio_req_prepare_readv(req, file, 0, huge, 2, u), RT_ERR_OUT_OF_RANGE,
                 "readv total length overflowing", k);
     expect_kept(rt_aio_req_prepare_writev(req, file, 0, huge, 2, u), RT_ERR_OUT_OF_RANGE,
                 "writev total length overflowing", k);
     if (SIZE_MAX > (uint64_t)INT64_MAX)
-        expect_kept(rt_aio_req_prepare_read(req, file, 0, buf, SIZE_MAX, u),
-                    RT_ERR_OUT_OF_RANGE, "read SIZE_MAX bytes", k);
+        expect_kept(rt_aio_req_prepare_read(req, file, 0, buf, SIZE_MAX, u), RT_ERR_OUT_OF_RANGE,
+                    "read SIZE_MAX bytes", k);
     free(many);
 }
 
@@ -793,8 +791,7 @@ static void test_prepare_args(void)
 
     /* The edges the contract accepts: off + len == INT64_MAX, a zero-length entry with a
      * NULL base, and exactly 1024 entries.  Prepare only; nothing is submitted. */
-    TST_RC(rt_aio_req_prepare_read(req, file, (uint64_t)INT64_MAX - 300, buf, 300, NULL),
-           RT_OK);
+    TST_RC(rt_aio_req_prepare_read(req, file, (uint64_t)INT64_MAX - 300, buf, 300, NULL), RT_OK);
     TST_RC(rt_aio_req_prepare_write(req, file, (uint64_t)INT64_MAX - 1, buf, 1, NULL), RT_OK);
     TST_RC(rt_aio_req_get_rc(req, NULL), RT_ERR_AIO_NOT_SUBMITTED);
 
@@ -1103,9 +1100,9 @@ static void test_capacity(void)
         CU_ASSERT(pat_check(buf + i * 512, i * 512, 512, 0));
     }
     for (size_t i = 0; i < 4; i++)
-        TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, 4096 + i * 512, buf + i * 512, 512,
-                                             NULL),
-                     RT_OK);
+        TST_RC_FATAL(
+            rt_aio_req_prepare_read(reqs[i], file, 4096 + i * 512, buf + i * 512, 512, NULL),
+            RT_OK);
     TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs, 4), RT_OK);
     CU_ASSERT_EQUAL_FATAL(reap(ctx, out, 4, LONG_MS), 4);
     for (size_t i = 0; i < 4; i++)
@@ -1155,8 +1152,7 @@ static void test_unlimited(void)
     /* Again, in batches of 64, without reaping in between. */
     memset(buf, 0, COUNT * SIZE);
     for (size_t i = 0; i < COUNT; i++)
-        TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, i * SIZE, buf + i * SIZE, SIZE,
-                                             NULL),
+        TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, i * SIZE, buf + i * SIZE, SIZE, NULL),
                      RT_OK);
     for (size_t i = 0; i < COUNT; i += 64)
         TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs + i, 64), RT_OK);
@@ -1202,7 +1198,7 @@ static void test_per_request_failure(void)
     TST_RC_FATAL(rt_aio_req_prepare_write(reqs[1], ro, 0, data, 512, NULL), RT_OK); /* bad */
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[2], ro, 512, buf + 512, 512, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[3], wo, 0, buf + 1024, 512, NULL), RT_OK); /* bad */
-    TST_RC_FATAL(rt_aio_req_prepare_writev(reqs[4], ro, 1024, iov, 2, NULL), RT_OK); /* bad */
+    TST_RC_FATAL(rt_aio_req_prepare_writev(reqs[4], ro, 1024, iov, 2, NULL), RT_OK);     /* bad */
     TST_RC_FATAL(rt_aio_req_prepare_write(reqs[5], rw, 4096, data, 512, NULL), RT_OK);
 
     TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs, 6), RT_OK);
@@ -1290,8 +1286,7 @@ static void test_no_cache_bad_direction(void)
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[2], ro, page, mem + page, page, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[3], wo, 0, mem + 2 * page, page, NULL),
                  RT_OK); /* bad */
-    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[4], rw, 2 * page, mem + 3 * page, page, NULL),
-                 RT_OK);
+    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[4], rw, 2 * page, mem + 3 * page, page, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_write(reqs[5], rw, 4 * page, mem + 5 * page, page, NULL),
                  RT_OK);
     TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs, 6), RT_OK);
@@ -1370,12 +1365,10 @@ static void test_no_cache_misaligned(void)
     for (size_t i = 0; i < 5; i++)
         reqs[i] = req_new();
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[0], file, 0, mem, page, NULL), RT_OK);
-    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[1], file, 0, mem + 2 * page + 1, page, NULL),
-                 RT_OK);
+    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[1], file, 0, mem + 2 * page + 1, page, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[2], file, 0, mem + 4 * page, 100, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[3], file, 1, mem + 5 * page, page, NULL), RT_OK);
-    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[4], file, 3 * page, mem + page, page, NULL),
-                 RT_OK);
+    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[4], file, 3 * page, mem + page, page, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs, 5), RT_OK);
     CU_ASSERT_EQUAL_FATAL(reap(ctx, out, 5, LONG_MS), 5);
     expect_same_set(out, 5, reqs, 5);
@@ -1821,10 +1814,8 @@ static void test_get_rc_transferred(void)
     iov[1].len = 5000;
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[0], file, 0, buf, 4096, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_read(reqs[1], file, 8192, buf + 8192, 4096, NULL), RT_OK);
-    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[2], file, SIZE, buf + 2 * 8192, 100, NULL),
-                 RT_OK);
-    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[3], file, 50000, buf + 3 * 8192, 100, NULL),
-                 RT_OK);
+    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[2], file, SIZE, buf + 2 * 8192, 100, NULL), RT_OK);
+    TST_RC_FATAL(rt_aio_req_prepare_read(reqs[3], file, 50000, buf + 3 * 8192, 100, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_flush(reqs[4], file, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_req_prepare_readv(reqs[5], file, 6000, iov, 2, NULL), RT_OK);
     TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs, 6), RT_OK);
@@ -2066,8 +2057,8 @@ static void test_reuse(void)
  * over right after prepare: prepare must have copied them. */
 static void test_vectored_integrity(void)
 {
-    static const size_t wsizes[] = {1, 3, 7, 4093, 13, 300, 1, 8191, 77, 511,
-                                    2,  5, 4096, 999, 17, 1, 6000, 33, 123, 64};
+    static const size_t wsizes[] = {1, 3, 7,    4093, 13, 300, 1,    8191, 77,  511,
+                                    2, 5, 4096, 999,  17, 1,   6000, 33,   123, 64};
     static const size_t rsizes[] = {5, 4000, 409, 1, 14000, 2048, 4001, 777, 3};
     enum { NW = sizeof wsizes / sizeof wsizes[0], NR = sizeof rsizes / sizeof rsizes[0] };
     const uint64_t base = 12345;
@@ -2208,9 +2199,9 @@ static void test_no_cache_integrity(void)
      * are swapped in memory. */
     pat_fill(wmem, 2 * page, 6 * page, 5);
     for (size_t i = 0; i < 6; i++)
-        TST_RC_FATAL(rt_aio_req_prepare_write(reqs[i], file, (2 + i) * page, wmem + i * page,
-                                              page, NULL),
-                     RT_OK);
+        TST_RC_FATAL(
+            rt_aio_req_prepare_write(reqs[i], file, (2 + i) * page, wmem + i * page, page, NULL),
+            RT_OK);
     pat_fill(rmem + page, 8 * page, page, 5);
     pat_fill(rmem, 9 * page, page, 5);
     iov[0].base = rmem + page;
@@ -2329,8 +2320,8 @@ static void test_huge_transfer(void)
 struct poll_state {
     rt_aio_req_t *reqs;
     size_t count;
-    rt_aio_req_t *fresh;   /* made by the poller after each destroy */
-    int bad_rc;            /* first unexpected get_rc or destroy status, or RT_OK */
+    rt_aio_req_t *fresh; /* made by the poller after each destroy */
+    int bad_rc;          /* first unexpected get_rc or destroy status, or RT_OK */
     size_t done;
 };
 

@@ -53,8 +53,8 @@ static int suite_setup(void)
     tst_path(path, sizeof path, "faults.bin");
     /* O_DIRECT: only those reads and writes go to io_submit(); buffered ones go to the
      * helper pool (test_buffered_io_skips_the_kernel). */
-    if (rt_file_open(&file, path,
-                     RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE | RT_FILE_NO_CACHE, 0) != RT_OK)
+    if (rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE | RT_FILE_NO_CACHE,
+                     0) != RT_OK)
         return -1;
     memset(buffer, 0x5a, NREQS * BLOCK);
     if (rt_file_write_at(file, 0, buffer, NREQS * BLOCK, NULL) != RT_OK)
@@ -79,8 +79,8 @@ static void prepare_reads(rt_aio_req_t *reqs, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
         TST_RC_FATAL(rt_aio_req_create(&reqs[i]), RT_OK);
-        TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, (uint64_t)i * BLOCK,
-                                             buffer + i * BLOCK, BLOCK, NULL),
+        TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, (uint64_t)i * BLOCK, buffer + i * BLOCK,
+                                             BLOCK, NULL),
                      RT_OK);
     }
 }
@@ -359,8 +359,8 @@ static void test_getevents_eintr_is_retried(void)
 /* Rewrites the result of every completion for block 5. */
 static int64_t forced_result;
 
-static long getevents_rewrite(laio_context_t ctx, long min_nr, long nr,
-                              struct laio_event *events, struct laio_timespec *timeout)
+static long getevents_rewrite(laio_context_t ctx, long min_nr, long nr, struct laio_event *events,
+                              struct laio_timespec *timeout)
 {
     long got = real.io_getevents(ctx, min_nr, nr, events, timeout);
     for (long i = 0; i < got; i++) {
@@ -481,9 +481,9 @@ static void test_buffered_io_skips_the_kernel(void)
 
     kernel_rw_submits = kernel_fsync_submits = 0;
     tst_path(buffered_path, sizeof buffered_path, "buffered.bin");
-    TST_RC_FATAL(rt_file_open(&buffered, buffered_path,
-                              RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0),
-                 RT_OK);
+    TST_RC_FATAL(
+        rt_file_open(&buffered, buffered_path, RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0),
+        RT_OK);
     rt__laio_sys.io_submit = submit_counting;
     TST_RC_FATAL(rt_aio_ctx_create(&ctx, 4, RT_AIO_CTX_F_BACKEND_LINUX_AIO), RT_OK);
     for (unsigned i = 0; i < 3; i++) {
@@ -504,7 +504,7 @@ static void test_buffered_io_skips_the_kernel(void)
         TST_RC(rt_aio_req_get_rc(reqs[i], &bytes), RT_OK);
         CU_ASSERT_EQUAL(bytes, i < 3 ? sizeof data[i] : 0);
     }
-    CU_ASSERT_EQUAL(kernel_rw_submits, 0);   /* the writes ran on the pool */
+    CU_ASSERT_EQUAL(kernel_rw_submits, 0);    /* the writes ran on the pool */
     CU_ASSERT_EQUAL(kernel_fsync_submits, 1); /* the flush went to the kernel */
     rt__laio_sys.io_submit = real.io_submit;
     for (unsigned i = 0; i < 3; i++) {

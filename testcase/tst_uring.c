@@ -42,8 +42,7 @@ static rt_file_t regular_file(const char *name, const char *content)
     rt_file_t file = RT_FILE_NIL;
 
     tst_path(path, sizeof path, name);
-    TST_RC_FATAL(rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0),
-                 RT_OK);
+    TST_RC_FATAL(rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0), RT_OK);
     TST_RC_FATAL(rt_file_write_at(file, 0, content, strlen(content), NULL), RT_OK);
     return file;
 }
@@ -164,8 +163,7 @@ static void run_many(uint32_t capacity, unsigned count)
 
     CU_ASSERT_FATAL(reqs != NULL && done != NULL && bytes != NULL);
     tst_path(path, sizeof path, "many.bin");
-    TST_RC_FATAL(rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0),
-                 RT_OK);
+    TST_RC_FATAL(rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE, 0), RT_OK);
     for (unsigned i = 0; i < count; i++) {
         unsigned char value = (unsigned char)(i * 7);
         TST_RC_FATAL(rt_file_write_at(file, i, &value, 1, NULL), RT_OK);

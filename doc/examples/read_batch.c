@@ -9,7 +9,7 @@
 #include <rt/fileaio.h>
 #include <rt/mem.h>
 
-#define N 16
+#define N     16
 #define BLOCK 4096
 
 int main(int argc, char **argv)
@@ -28,13 +28,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %s\n", argv[1], rt_strerror(rc));
         return 1;
     }
-    rt_aio_ctx_create(&ctx, N, 0);                     /* best backend on this host */
+    rt_aio_ctx_create(&ctx, N, 0); /* best backend on this host */
     for (int i = 0; i < N; i++) {
         rt_aio_req_create(&reqs[i]);
-        rt_aio_req_prepare_read(reqs[i], file, (uint64_t)i * BLOCK, buf + i * BLOCK, BLOCK,
-                                NULL);
+        rt_aio_req_prepare_read(reqs[i], file, (uint64_t)i * BLOCK, buf + i * BLOCK, BLOCK, NULL);
     }
-    rc = rt_aio_ctx_submit(ctx, reqs, N);              /* all or nothing */
+    rc = rt_aio_ctx_submit(ctx, reqs, N); /* all or nothing */
     while (rc == RT_OK && reaped < N) {
         uint32_t got;
         rc = rt_aio_ctx_wait(ctx, 1, RT_INDEFINITE_WAIT, done, N, &got);

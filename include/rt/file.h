@@ -16,16 +16,16 @@ extern "C" {
 #endif
 
 /* Access mode: exactly one. */
-#define RT_FILE_READ 0x00000001u
-#define RT_FILE_WRITE 0x00000002u
-#define RT_FILE_READWRITE 0x00000003u
+#define RT_FILE_READ        0x00000001u
+#define RT_FILE_WRITE       0x00000002u
+#define RT_FILE_READWRITE   0x00000003u
 #define RT_FILE_ACCESS_MASK 0x00000003u
 
 /* Disposition: exactly one. */
-#define RT_FILE_OPEN 0x00000010u           /**< the file must exist */
-#define RT_FILE_CREATE 0x00000020u         /**< the file must not exist */
-#define RT_FILE_OPEN_CREATE 0x00000030u    /**< open it, creating it if missing */
-#define RT_FILE_CREATE_REPLACE 0x00000040u /**< create it, truncating an existing one */
+#define RT_FILE_OPEN             0x00000010u /**< the file must exist */
+#define RT_FILE_CREATE           0x00000020u /**< the file must not exist */
+#define RT_FILE_OPEN_CREATE      0x00000030u /**< open it, creating it if missing */
+#define RT_FILE_CREATE_REPLACE   0x00000040u /**< create it, truncating an existing one */
 #define RT_FILE_DISPOSITION_MASK 0x00000070u
 
 /* Hints: any combination. */
@@ -106,8 +106,7 @@ int rt_file_read_at(rt_file_t file, uint64_t off, void *buf, size_t len, size_t 
  *         RT_ERR_IO, RT_ERR_INVALID_PARAMETER (misaligned O_DIRECT transfer).
  * Thread-safe.
  */
-int rt_file_write_at(rt_file_t file, uint64_t off, const void *buf, size_t len,
-                     size_t *done);
+int rt_file_write_at(rt_file_t file, uint64_t off, const void *buf, size_t len, size_t *done);
 
 /**
  * Makes every completed write to the file durable (fsync).

@@ -114,12 +114,12 @@ int rt_aio_req_destroy(rt_aio_req_t req);
  * @retval RT_ERR_AIO_IN_PROGRESS    @a req is submitted; nothing changed.
  * A failed prepare leaves the request as it was.
  */
-int rt_aio_req_prepare_read(rt_aio_req_t req, rt_file_t file, uint64_t off, void *buf,
-                            size_t len, void *user);
+int rt_aio_req_prepare_read(rt_aio_req_t req, rt_file_t file, uint64_t off, void *buf, size_t len,
+                            void *user);
 
 /** Prepares a write of @a len bytes from @a buf at @a off.  As rt_aio_req_prepare_read(). */
-int rt_aio_req_prepare_write(rt_aio_req_t req, rt_file_t file, uint64_t off,
-                             const void *buf, size_t len, void *user);
+int rt_aio_req_prepare_write(rt_aio_req_t req, rt_file_t file, uint64_t off, const void *buf,
+                             size_t len, void *user);
 
 /**
  * Prepares a scatter read into @a iovcnt buffers, filled in order from @a off.
@@ -137,12 +137,12 @@ int rt_aio_req_prepare_write(rt_aio_req_t req, rt_file_t file, uint64_t off,
  *                                   past INT64_MAX.
  * @retval RT_ERR_NO_MEMORY          more than 8 entries and no memory to copy them.
  */
-int rt_aio_req_prepare_readv(rt_aio_req_t req, rt_file_t file, uint64_t off,
-                             const rt_iovec_t *iov, unsigned iovcnt, void *user);
+int rt_aio_req_prepare_readv(rt_aio_req_t req, rt_file_t file, uint64_t off, const rt_iovec_t *iov,
+                             unsigned iovcnt, void *user);
 
 /** Prepares a gather write.  As rt_aio_req_prepare_readv(). */
-int rt_aio_req_prepare_writev(rt_aio_req_t req, rt_file_t file, uint64_t off,
-                              const rt_iovec_t *iov, unsigned iovcnt, void *user);
+int rt_aio_req_prepare_writev(rt_aio_req_t req, rt_file_t file, uint64_t off, const rt_iovec_t *iov,
+                              unsigned iovcnt, void *user);
 
 /**
  * Prepares a flush: when it completes with RT_OK, every write that completed before it
@@ -298,8 +298,8 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n);
  *         RT_ERR_INVALID_PARAMETER (@a n is 0), RT_ERR_OUT_OF_RANGE (@a min > @a n).
  * One thread at a time.
  */
-int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_req_t *reqs,
-                    size_t n, uint32_t *got);
+int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_req_t *reqs, size_t n,
+                    uint32_t *got);
 
 /**
  * Makes the thread blocked in rt_aio_ctx_wait() return RT_ERR_INTERRUPTED.  With no

@@ -18,7 +18,7 @@ typedef struct rt_aio_ctx *rt_aio_ctx_t;
 /** One asynchronous I/O request, reusable any number of times. */
 typedef struct rt_aio_req *rt_aio_req_t;
 
-#define RT_FILE_NIL ((rt_file_t)NULL)
+#define RT_FILE_NIL    ((rt_file_t)NULL)
 #define RT_AIO_CTX_NIL ((rt_aio_ctx_t)NULL)
 #define RT_AIO_REQ_NIL ((rt_aio_req_t)NULL)
 

@@ -21,9 +21,7 @@ RT_AIO_BACKEND_LIST(DECLARE_BACKEND)
 #undef DECLARE_BACKEND
 
 #define BACKEND_ADDRESS(name) &name,
-static const struct rt__aio_backend *const backends[] = {
-    RT_AIO_BACKEND_LIST(BACKEND_ADDRESS)
-};
+static const struct rt__aio_backend *const backends[] = {RT_AIO_BACKEND_LIST(BACKEND_ADDRESS)};
 #undef BACKEND_ADDRESS
 
 #define BACKEND_COUNT (sizeof backends / sizeof backends[0])

@@ -40,9 +40,8 @@ _Static_assert(offsetof(struct rt_aio_req, slot) == 0,
                "the kernel slot must be the first member of a request");
 _Static_assert(sizeof(rt_iovec_t) == 2 * sizeof(void *), "rt_iovec_t is {base, len}");
 
-#define CTX_FLAG_BACKENDS                                                                  \
-    (RT_AIO_CTX_F_BACKEND_LINUX_AIO | RT_AIO_CTX_F_BACKEND_IO_URING |                      \
-     RT_AIO_CTX_F_BACKEND_THREADS)
+#define CTX_FLAG_BACKENDS                                                                          \
+    (RT_AIO_CTX_F_BACKEND_LINUX_AIO | RT_AIO_CTX_F_BACKEND_IO_URING | RT_AIO_CTX_F_BACKEND_THREADS)
 #define CTX_KNOWN_FLAGS (RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | CTX_FLAG_BACKENDS)
 
 static bool req_is_live(const struct rt_aio_req *req)
@@ -119,8 +118,8 @@ static bool range_ok(uint64_t off, uint64_t len)
 }
 
 /* Fills the fields every kind of request has and moves it to PREPARED. */
-static void prepare_commit(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op,
-                           uint64_t off, void *user)
+static void prepare_commit(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op, uint64_t off,
+                           void *user)
 {
     req->op = (uint8_t)op;
     req->fd = file->fd;
@@ -132,8 +131,8 @@ static void prepare_commit(struct rt_aio_req *req, rt_file_t file, enum rt__aio_
     atomic_store_explicit(&req->state, RT__AIO_PREPARED, memory_order_release);
 }
 
-static int prepare_buffer(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op,
-                          uint64_t off, void *buf, size_t len, void *user)
+static int prepare_buffer(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op, uint64_t off,
+                          void *buf, size_t len, void *user)
 {
     int rc = prepare_check(req, file);
 
@@ -153,14 +152,14 @@ static int prepare_buffer(struct rt_aio_req *req, rt_file_t file, enum rt__aio_o
     return RT_OK;
 }
 
-int rt_aio_req_prepare_read(rt_aio_req_t req, rt_file_t file, uint64_t off, void *buf,
-                            size_t len, void *user)
+int rt_aio_req_prepare_read(rt_aio_req_t req, rt_file_t file, uint64_t off, void *buf, size_t len,
+                            void *user)
 {
     return prepare_buffer(req, file, RT__AIO_OP_READ, off, buf, len, user);
 }
 
-int rt_aio_req_prepare_write(rt_aio_req_t req, rt_file_t file, uint64_t off,
-                             const void *buf, size_t len, void *user)
+int rt_aio_req_prepare_write(rt_aio_req_t req, rt_file_t file, uint64_t off, const void *buf,
+                             size_t len, void *user)
 {
     /* The library never writes through a write request's buffer; the cast only lets one
      * field serve both directions. */
@@ -186,8 +185,8 @@ static rt_iovec_t *iov_room(struct rt_aio_req *req, unsigned count)
     return bigger;
 }
 
-static int prepare_vector(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op,
-                          uint64_t off, const rt_iovec_t *iov, unsigned iovcnt, void *user)
+static int prepare_vector(struct rt_aio_req *req, rt_file_t file, enum rt__aio_op op, uint64_t off,
+                          const rt_iovec_t *iov, unsigned iovcnt, void *user)
 {
     uint64_t total = 0;
     rt_iovec_t *room;
@@ -223,14 +222,14 @@ static int prepare_vector(struct rt_aio_req *req, rt_file_t file, enum rt__aio_o
     return RT_OK;
 }
 
-int rt_aio_req_prepare_readv(rt_aio_req_t req, rt_file_t file, uint64_t off,
-                             const rt_iovec_t *iov, unsigned iovcnt, void *user)
+int rt_aio_req_prepare_readv(rt_aio_req_t req, rt_file_t file, uint64_t off, const rt_iovec_t *iov,
+                             unsigned iovcnt, void *user)
 {
     return prepare_vector(req, file, RT__AIO_OP_READV, off, iov, iovcnt, user);
 }
 
-int rt_aio_req_prepare_writev(rt_aio_req_t req, rt_file_t file, uint64_t off,
-                              const rt_iovec_t *iov, unsigned iovcnt, void *user)
+int rt_aio_req_prepare_writev(rt_aio_req_t req, rt_file_t file, uint64_t off, const rt_iovec_t *iov,
+                              unsigned iovcnt, void *user)
 {
     return prepare_vector(req, file, RT__AIO_OP_WRITEV, off, iov, iovcnt, user);
 }
@@ -261,8 +260,7 @@ int rt_aio_req_get_rc(rt_aio_req_t req, size_t *transferred)
     if (!req_is_live(req))
         return RT_ERR_INVALID_HANDLE;
     switch (req_state(req)) {
-    case RT__AIO_SUBMITTED:
-        return RT_ERR_AIO_IN_PROGRESS;
+    case RT__AIO_SUBMITTED: return RT_ERR_AIO_IN_PROGRESS;
     case RT__AIO_COMPLETED:
         if (req->rc == RT_OK && transferred != NULL)
             *transferred = req->transferred;
@@ -447,10 +445,8 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
             rc = RT_ERR_INVALID_HANDLE;
             break;
         }
-        if (!atomic_compare_exchange_strong_explicit(&req->state, &expected,
-                                                     RT__AIO_SUBMITTING,
-                                                     memory_order_acq_rel,
-                                                     memory_order_acquire)) {
+        if (!atomic_compare_exchange_strong_explicit(&req->state, &expected, RT__AIO_SUBMITTING,
+                                                     memory_order_acq_rel, memory_order_acquire)) {
             rc = (expected == RT__AIO_SUBMITTED || expected == RT__AIO_SUBMITTING)
                      ? RT_ERR_AIO_IN_PROGRESS
                      : RT_ERR_AIO_NOT_SUBMITTED;
@@ -480,8 +476,8 @@ void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
 
     do
         req->next = top;
-    while (!atomic_compare_exchange_weak_explicit(&ctx->done_stack, &top, req,
-                                                  memory_order_seq_cst, memory_order_relaxed));
+    while (!atomic_compare_exchange_weak_explicit(&ctx->done_stack, &top, req, memory_order_seq_cst,
+                                                  memory_order_relaxed));
     /* seq_cst push, then seq_cst look at waiter_sleeping: see wait_loop. */
     if (atomic_load_explicit(&ctx->waiter_sleeping, memory_order_seq_cst))
         rt__doorbell_ring(&ctx->doorbell);
@@ -568,8 +564,7 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
 
     if (take_wakeup(ctx))
         return RT_ERR_INTERRUPTED;
-    if (atomic_load(&ctx->outstanding) == 0 &&
-        !(ctx->flags & RT_AIO_CTX_F_WAIT_WITHOUT_PENDING))
+    if (atomic_load(&ctx->outstanding) == 0 && !(ctx->flags & RT_AIO_CTX_F_WAIT_WITHOUT_PENDING))
         return RT_ERR_AIO_NO_REQUEST;
 
     for (;;) {
@@ -590,8 +585,7 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
          * request.  Kernel completions and wakeups ring unconditionally. */
         atomic_store_explicit(&ctx->waiter_sleeping, true, memory_order_seq_cst);
         rt__doorbell_clear(&ctx->doorbell);
-        if (!has_news(ctx) &&
-            rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
+        if (!has_news(ctx) && rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
             atomic_store_explicit(&ctx->waiter_sleeping, false, memory_order_relaxed);
             *count += collect(ctx, reqs + *count, n - *count);
             return *count >= want ? RT_OK : RT_ERR_TIMEOUT;
@@ -600,8 +594,8 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
     }
 }
 
-int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_req_t *reqs,
-                    size_t n, uint32_t *got)
+int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_req_t *reqs, size_t n,
+                    uint32_t *got)
 {
     size_t count = 0;
     int rc;

@@ -63,20 +63,20 @@ struct rt_aio_req {
      * handles can be passed to io_submit() as it is (linux-aio). */
     union rt__aio_slot slot;
 
-    uint32_t magic;              /* RT__MAGIC_AIO_REQ while live */
-    _Atomic uint32_t state;      /* enum rt__aio_state */
+    uint32_t magic;         /* RT__MAGIC_AIO_REQ while live */
+    _Atomic uint32_t state; /* enum rt__aio_state */
 
     /* What to do: set by prepare, read by the backend while submitted. */
-    uint8_t op;                  /* enum rt__aio_op */
-    uint32_t file_flags;         /* RT_FILE_* flags of the file */
+    uint8_t op;          /* enum rt__aio_op */
+    uint32_t file_flags; /* RT_FILE_* flags of the file */
     int fd;
     uint64_t off;
-    void *buf;                   /* read/write */
-    size_t len;                  /* bytes (total over the iovec for readv/writev) */
-    rt_iovec_t *iov;             /* readv/writev: iov_inline or iov_heap */
+    void *buf;       /* read/write */
+    size_t len;      /* bytes (total over the iovec for readv/writev) */
+    rt_iovec_t *iov; /* readv/writev: iov_inline or iov_heap */
     unsigned iovcnt;
     rt_iovec_t iov_inline[RT__AIO_INLINE_IOV];
-    rt_iovec_t *iov_heap;        /* kept across prepares, freed on destroy */
+    rt_iovec_t *iov_heap; /* kept across prepares, freed on destroy */
     unsigned iov_heap_capacity;
     void *user;
 
@@ -87,7 +87,7 @@ struct rt_aio_req {
     /* While submitted.  ctx is atomic because cancel may read it while the request
      * completes and is resubmitted elsewhere. */
     _Atomic(struct rt_aio_ctx *) ctx;
-    struct rt_aio_req *next;     /* queue links: done list, backend queues */
+    struct rt_aio_req *next; /* queue links: done list, backend queues */
     struct rt_aio_req *prev;
     /* The backend queue holding the request, which cancel may take it from; written
      * only under that queue's lock, NULL when in none. */
@@ -102,8 +102,8 @@ struct rt_aio_ctx;
  * A backend: one file, one table, filled with designated initializers.
  */
 struct rt__aio_backend {
-    const char *name;      /* "linux-aio", "io_uring", "threads" */
-    uint32_t flag;         /* its RT_AIO_CTX_F_BACKEND_* flag */
+    const char *name; /* "linux-aio", "io_uring", "threads" */
+    uint32_t flag;    /* its RT_AIO_CTX_F_BACKEND_* flag */
 
     /** RT_OK when this host can run the backend.  Called once, result cached. */
     int (*probe)(void);
@@ -149,14 +149,14 @@ struct rt__aio_backend {
 };
 
 struct rt_aio_ctx {
-    uint32_t magic;              /* RT__MAGIC_AIO_CTX while live */
-    uint32_t flags;              /* RT_AIO_CTX_F_* */
-    uint32_t capacity;           /* granted: max_reqs or RT_AIO_UNLIMITED_REQS */
+    uint32_t magic;    /* RT__MAGIC_AIO_CTX while live */
+    uint32_t flags;    /* RT_AIO_CTX_F_* */
+    uint32_t capacity; /* granted: max_reqs or RT_AIO_UNLIMITED_REQS */
     const struct rt__aio_backend *backend;
     void *backend_data;
 
-    _Atomic size_t outstanding;  /* submitted and not yet completed */
-    atomic_bool waiting;         /* a thread is inside rt_aio_ctx_wait() */
+    _Atomic size_t outstanding; /* submitted and not yet completed */
+    atomic_bool waiting;        /* a thread is inside rt_aio_ctx_wait() */
     atomic_bool wakeup_pending;
 
     struct rt__doorbell doorbell;

@@ -12,8 +12,8 @@
 #include "internal/magic.h"
 
 struct rt_file {
-    uint32_t magic;   /* RT__MAGIC_FILE while open */
-    uint32_t flags;   /* the RT_FILE_* flags it was opened with */
+    uint32_t magic; /* RT__MAGIC_FILE while open */
+    uint32_t flags; /* the RT_FILE_* flags it was opened with */
     int fd;
     struct rt_file *next_free; /* handle-pool link */
 };

@@ -22,10 +22,11 @@ struct rt__handle_pool {
     void *free_list;
 };
 
-#define RT__HANDLE_POOL_INIT(type, link_member)                                            \
-    { .size = sizeof(type), .align = _Alignof(type),                                       \
-      .link_offset = offsetof(type, link_member), .lock = { PTHREAD_MUTEX_INITIALIZER },   \
-      .free_list = NULL }
+#define RT__HANDLE_POOL_INIT(type, link_member)                                                    \
+    {                                                                                              \
+        .size = sizeof(type), .align = _Alignof(type), .link_offset = offsetof(type, link_member), \
+        .lock = {PTHREAD_MUTEX_INITIALIZER}, .free_list = NULL                                     \
+    }
 
 /**
  * A zero-filled handle from the pool.  The caller sets its magic.

@@ -8,9 +8,9 @@
 #ifndef RT_INTERNAL_MAGIC_H
 #define RT_INTERNAL_MAGIC_H
 
-#define RT__MAGIC_FILE 0x19690720u    /* Apollo 11 lands */
+#define RT__MAGIC_FILE    0x19690720u /* Apollo 11 lands */
 #define RT__MAGIC_AIO_CTX 0x19571004u /* Sputnik 1 */
 #define RT__MAGIC_AIO_REQ 0x19610412u /* Vostok 1 */
-#define RT__MAGIC_DEAD 0xdeadbeefu
+#define RT__MAGIC_DEAD    0xdeadbeefu
 
 #endif /* RT_INTERNAL_MAGIC_H */

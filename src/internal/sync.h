@@ -71,8 +71,7 @@ typedef struct rt__thread {
  * the library's threads never run a host's signal handlers.
  * @retval RT_OK, RT_ERR_TRY_AGAIN (thread limit), RT_ERR_NO_MEMORY
  */
-int rt__thread_create(rt__thread_t *thread, void *(*fn)(void *), void *arg,
-                      const char *name);
+int rt__thread_create(rt__thread_t *thread, void *(*fn)(void *), void *arg, const char *name);
 /** Waits for the thread to end. @return what its function returned. */
 void *rt__thread_join(rt__thread_t *thread);
 

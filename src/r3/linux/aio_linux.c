@@ -84,7 +84,7 @@ struct laio {
     struct rt__req_queue deferred;
 
     atomic_bool fsync_refused;
-    uint32_t capacity;          /* sizes the helper pool */
+    uint32_t capacity; /* sizes the helper pool */
     rt__mutex_t helper_lock;
     struct rt__tpool *helper;
 };
@@ -120,10 +120,8 @@ static int setup_status(long ret)
     case EINVAL: /* more events than the kernel will ever give one context */
         return RT_ERR_AIO_INSUFFICIENT_EVENTS;
     case ENOSYS:
-    case EPERM:
-        return RT_ERR_NOT_SUPPORTED;
-    default:
-        return rt_err_from_errno((int)-ret);
+    case EPERM: return RT_ERR_NOT_SUPPORTED;
+    default: return rt_err_from_errno((int)-ret);
     }
 }
 
@@ -228,8 +226,7 @@ static void fill_iocb(struct laio *laio, struct rt_aio_req *req)
         iocb->aio_nbytes = req->iovcnt;
         iocb->aio_offset = (int64_t)req->off;
         break;
-    default: /* flush: no buffer, no offset */
-        break;
+    default: /* flush: no buffer, no offset */ break;
     }
 }
 
@@ -245,8 +242,7 @@ static uint32_t take_slots(struct laio *laio, size_t wanted)
         if (taking == 0)
             return 0;
     } while (!atomic_compare_exchange_weak_explicit(&laio->in_kernel, &used, used + taking,
-                                                    memory_order_acq_rel,
-                                                    memory_order_relaxed));
+                                                    memory_order_acq_rel, memory_order_relaxed));
     return taking;
 }
 
@@ -319,8 +315,7 @@ static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **r
             defer(laio, reqs + done, n - done);
             return RUN_STALLED;
         }
-        ret = rt__laio_sys.io_submit(laio->kernel_ctx, taken,
-                                     (struct laio_iocb **)(reqs + done));
+        ret = rt__laio_sys.io_submit(laio->kernel_ctx, taken, (struct laio_iocb **)(reqs + done));
         if (ret > 0) {
             give_back_slots(laio, taken - (uint32_t)ret);
             done += (size_t)ret;
@@ -472,7 +467,7 @@ static size_t reap_syscall(struct laio *laio, struct rt_aio_req **out, size_t ma
     size_t count = 0;
 
     while (count < max) {
-        struct laio_timespec no_wait = { 0, 0 };
+        struct laio_timespec no_wait = {0, 0};
         long want = (long)(max - count < GETEVENTS_BATCH ? max - count : GETEVENTS_BATCH);
         long got = rt__laio_sys.io_getevents(laio->kernel_ctx, 0, want, events, &no_wait);
 

@@ -83,8 +83,8 @@ static struct uring *uring_of(struct rt_aio_ctx *ctx)
 
 static int uring_probe(void)
 {
-    static const int needed[] = {IORING_OP_READ, IORING_OP_WRITE, IORING_OP_READV,
-                                 IORING_OP_WRITEV, IORING_OP_FSYNC};
+    static const int needed[] = {IORING_OP_READ, IORING_OP_WRITE, IORING_OP_READV, IORING_OP_WRITEV,
+                                 IORING_OP_FSYNC};
     struct io_uring ring;
     struct io_uring_probe *probe;
     int rc = RT_OK;
@@ -132,8 +132,8 @@ static int uring_init(struct rt_aio_ctx *ctx, uint32_t capacity)
     struct uring *uring = calloc(1, sizeof *uring);
     struct io_uring_params params;
     uint32_t entries = capacity == RT_AIO_UNLIMITED_REQS ? UNLIMITED_ENTRIES
-                       : capacity > MAX_ENTRIES         ? MAX_ENTRIES
-                                                        : round_up_pow2(capacity);
+                       : capacity > MAX_ENTRIES          ? MAX_ENTRIES
+                                                         : round_up_pow2(capacity);
     int ret;
 
     if (uring == NULL)
@@ -211,9 +211,7 @@ static void prep(struct io_uring_sqe *sqe, struct rt_aio_req *req)
     case RT__AIO_OP_WRITEV:
         io_uring_prep_writev(sqe, req->fd, (const struct iovec *)req->iov, req->iovcnt, off);
         break;
-    default:
-        io_uring_prep_fsync(sqe, req->fd, 0);
-        break;
+    default: io_uring_prep_fsync(sqe, req->fd, 0); break;
     }
     io_uring_sqe_set_data(sqe, req);
 }
@@ -401,9 +399,8 @@ static bool uring_has_completions(struct rt_aio_ctx *ctx)
     rt__mutex_lock(&uring->cq_lock);
     ready = io_uring_cq_ready(&uring->ring) > 0;
     rt__mutex_unlock(&uring->cq_lock);
-    return ready ||
-           (rt__req_queue_count(&uring->deferred) != 0 &&
-            atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots);
+    return ready || (rt__req_queue_count(&uring->deferred) != 0 &&
+                     atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots);
 }
 
 /* ------------------------------------------------------------------------------------

@@ -39,25 +39,25 @@ enum laio_opcode {
 #define LAIO_FLAG_RESFD (1u << 0)
 
 struct laio_iocb {
-    uint64_t aio_data;      /*  0: returned in io_event.data (our request pointer) */
+    uint64_t aio_data; /*  0: returned in io_event.data (our request pointer) */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    int32_t aio_rw_flags;   /*  8: RWF_* flags */
-    uint32_t aio_key;       /* 12: set by the kernel; must be 0 on submit */
+    int32_t aio_rw_flags; /*  8: RWF_* flags */
+    uint32_t aio_key;     /* 12: set by the kernel; must be 0 on submit */
 #else
-    uint32_t aio_key;       /*  8: set by the kernel; must be 0 on submit */
-    int32_t aio_rw_flags;   /* 12: RWF_* flags */
+    uint32_t aio_key;     /*  8: set by the kernel; must be 0 on submit */
+    int32_t aio_rw_flags; /* 12: RWF_* flags */
 #endif
     uint16_t aio_lio_opcode; /* 16: enum laio_opcode */
-    int16_t aio_reqprio;    /* 18 */
-    uint32_t aio_fildes;    /* 20 */
-    uint64_t aio_buf;       /* 24: buffer, or struct iovec array for PREADV/PWRITEV;
-                             *     upper 32 bits are zero padding on 32-bit hosts */
-    uint64_t aio_nbytes;    /* 32: bytes, or iovec count */
-    int64_t aio_offset;     /* 40 */
-    uint64_t aio_reserved2; /* 48: must be 0 */
-    uint32_t aio_flags;     /* 56: LAIO_FLAG_* */
-    uint32_t aio_resfd;     /* 60: eventfd for LAIO_FLAG_RESFD */
-};                          /* 64 */
+    int16_t aio_reqprio;     /* 18 */
+    uint32_t aio_fildes;     /* 20 */
+    uint64_t aio_buf;        /* 24: buffer, or struct iovec array for PREADV/PWRITEV;
+                              *     upper 32 bits are zero padding on 32-bit hosts */
+    uint64_t aio_nbytes;     /* 32: bytes, or iovec count */
+    int64_t aio_offset;      /* 40 */
+    uint64_t aio_reserved2;  /* 48: must be 0 */
+    uint32_t aio_flags;      /* 56: LAIO_FLAG_* */
+    uint32_t aio_resfd;      /* 60: eventfd for LAIO_FLAG_RESFD */
+};                           /* 64 */
 
 struct laio_event {
     uint64_t data; /*  0: the iocb's aio_data */
@@ -70,9 +70,9 @@ struct laio_event {
  * id.  Reading it lets the single reaper collect events without io_getevents(). */
 struct laio_ring {
     uint32_t id;
-    uint32_t nr;        /* number of event slots */
-    uint32_t head;      /* written by the reaper */
-    uint32_t tail;      /* written by the kernel */
+    uint32_t nr;   /* number of event slots */
+    uint32_t head; /* written by the reaper */
+    uint32_t tail; /* written by the kernel */
     uint32_t magic;
     uint32_t compat_features;
     uint32_t incompat_features;
@@ -89,7 +89,7 @@ struct laio_timespec {
     long tv_nsec;
 };
 
-#define LAIO_ASSERT_OFFSET(type, field, off)                                               \
+#define LAIO_ASSERT_OFFSET(type, field, off)                                                       \
     _Static_assert(offsetof(struct type, field) == (off), #type "." #field " offset")
 
 LAIO_ASSERT_OFFSET(laio_iocb, aio_data, 0);

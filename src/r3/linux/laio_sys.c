@@ -34,16 +34,16 @@ static long sys_io_cancel(laio_context_t ctx, struct laio_iocb *iocb, struct lai
     return result(syscall(__NR_io_cancel, ctx, iocb, res));
 }
 
-static long sys_io_getevents(laio_context_t ctx, long min_nr, long nr,
-                             struct laio_event *events, struct laio_timespec *timeout)
+static long sys_io_getevents(laio_context_t ctx, long min_nr, long nr, struct laio_event *events,
+                             struct laio_timespec *timeout)
 {
     return result(syscall(__NR_io_getevents, ctx, min_nr, nr, events, timeout));
 }
 
-#define RT_LAIO_SYS_REAL                                                                   \
-    {                                                                                      \
-        .io_setup = sys_io_setup, .io_destroy = sys_io_destroy, .io_submit = sys_io_submit, \
-        .io_cancel = sys_io_cancel, .io_getevents = sys_io_getevents,                      \
+#define RT_LAIO_SYS_REAL                                                                           \
+    {                                                                                              \
+        .io_setup = sys_io_setup, .io_destroy = sys_io_destroy, .io_submit = sys_io_submit,        \
+        .io_cancel = sys_io_cancel, .io_getevents = sys_io_getevents,                              \
     }
 
 struct rt__laio_sys rt__laio_sys = RT_LAIO_SYS_REAL;

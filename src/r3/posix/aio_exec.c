@@ -29,8 +29,7 @@ static ssize_t transfer_once(struct rt_aio_req *req, size_t done, struct iovec *
     case RT__AIO_OP_READ:
         return rt__posix_sys.pread(req->fd, (char *)req->buf + done, req->len - done, off);
     case RT__AIO_OP_WRITE:
-        return rt__posix_sys.pwrite(req->fd, (const char *)req->buf + done, req->len - done,
-                                    off);
+        return rt__posix_sys.pwrite(req->fd, (const char *)req->buf + done, req->len - done, off);
     default: {
         /* Vectored: skip the entries already done, trim the first partial one. */
         const struct iovec *iov = (const struct iovec *)req->iov;
@@ -51,9 +50,8 @@ static ssize_t transfer_once(struct rt_aio_req *req, size_t done, struct iovec *
         }
         if (count > IOV_MAX)
             count = IOV_MAX;
-        return req->op == RT__AIO_OP_READV
-                   ? rt__posix_sys.preadv(req->fd, iov, (int)count, off)
-                   : rt__posix_sys.pwritev(req->fd, iov, (int)count, off);
+        return req->op == RT__AIO_OP_READV ? rt__posix_sys.preadv(req->fd, iov, (int)count, off)
+                                           : rt__posix_sys.pwritev(req->fd, iov, (int)count, off);
     }
     }
 }

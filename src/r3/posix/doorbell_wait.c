@@ -15,7 +15,7 @@
 
 int rt__doorbell_wait(struct rt__doorbell *bell, uint64_t deadline_ns)
 {
-    struct pollfd pfd = { .fd = bell->read_fd, .events = POLLIN };
+    struct pollfd pfd = {.fd = bell->read_fd, .events = POLLIN};
     int timeout_ms = -1;
 
     if (deadline_ns != UINT64_MAX) {

@@ -24,9 +24,9 @@
 
 static struct rt__handle_pool file_pool = RT__HANDLE_POOL_INIT(struct rt_file, next_free);
 
-#define KNOWN_FLAGS                                                                        \
-    (RT_FILE_ACCESS_MASK | RT_FILE_DISPOSITION_MASK | RT_FILE_NO_CACHE |                   \
-     RT_FILE_WRITE_THROUGH | RT_FILE_ASYNC_IO)
+#define KNOWN_FLAGS                                                                                \
+    (RT_FILE_ACCESS_MASK | RT_FILE_DISPOSITION_MASK | RT_FILE_NO_CACHE | RT_FILE_WRITE_THROUGH |   \
+     RT_FILE_ASYNC_IO)
 
 /* Translates RT_FILE_* flags into open(2) flags; -1 when they do not make one valid
  * combination. */
@@ -50,8 +50,7 @@ static int open_flags(uint32_t flags)
     default: return -1;
     }
     /* Truncating needs write access; O_TRUNC on a read-only open is unspecified. */
-    if ((flags & RT_FILE_DISPOSITION_MASK) == RT_FILE_CREATE_REPLACE &&
-        !(flags & RT_FILE_WRITE))
+    if ((flags & RT_FILE_DISPOSITION_MASK) == RT_FILE_CREATE_REPLACE && !(flags & RT_FILE_WRITE))
         return -1;
     if (flags & RT_FILE_NO_CACHE) {
         if (O_DIRECT == 0)
@@ -108,7 +107,7 @@ static int open_no_leftovers(const char *path, int oflags, mode_t mode, int *rc)
     }
     if (fd < 0)
         *rc = (errno == EINVAL && (oflags & O_DIRECT)) ? RT_ERR_NOT_SUPPORTED
-                                                      : rt_err_from_errno(errno);
+                                                       : rt_err_from_errno(errno);
     return fd;
 }
 
@@ -191,8 +190,8 @@ int rt_file_read_at(rt_file_t file, uint64_t off, void *buf, size_t len, size_t 
     if (rc == RT_OK && !(file->flags & RT_FILE_READ))
         rc = RT_ERR_BAD_FILE;
     while (rc == RT_OK && total < len) {
-        ssize_t n = rt__posix_sys.pread(file->fd, (char *)buf + total, len - total,
-                                        (off_t)(off + total));
+        ssize_t n =
+            rt__posix_sys.pread(file->fd, (char *)buf + total, len - total, (off_t)(off + total));
         if (n > 0)
             total += (size_t)n;
         else if (n == 0)
@@ -207,8 +206,7 @@ int rt_file_read_at(rt_file_t file, uint64_t off, void *buf, size_t len, size_t 
     return rc;
 }
 
-int rt_file_write_at(rt_file_t file, uint64_t off, const void *buf, size_t len,
-                     size_t *done)
+int rt_file_write_at(rt_file_t file, uint64_t off, const void *buf, size_t len, size_t *done)
 {
     size_t total = 0;
     int rc = check_transfer(file, off, buf, len);

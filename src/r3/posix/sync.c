@@ -141,8 +141,7 @@ int rt__event_wait(rt__event_t *event, uint32_t timeout_ms)
     return rc;
 }
 
-int rt__thread_create(rt__thread_t *thread, void *(*fn)(void *), void *arg,
-                      const char *name)
+int rt__thread_create(rt__thread_t *thread, void *(*fn)(void *), void *arg, const char *name)
 {
     sigset_t all, old;
     int err;

@@ -14,11 +14,11 @@ static int real_open(const char *path, int flags, mode_t mode)
     return open(path, flags, mode);
 }
 
-#define RT_POSIX_SYS_REAL                                                                  \
-    {                                                                                      \
-        .open = real_open, .close = close, .pread = pread, .pwrite = pwrite,               \
-        .preadv = preadv, .pwritev = pwritev, .fsync = fsync, .fstat = fstat,              \
-        .ftruncate = ftruncate, .malloc = malloc, .calloc = calloc,                        \
+#define RT_POSIX_SYS_REAL                                                                          \
+    {                                                                                              \
+        .open = real_open, .close = close, .pread = pread, .pwrite = pwrite, .preadv = preadv,     \
+        .pwritev = pwritev, .fsync = fsync, .fstat = fstat, .ftruncate = ftruncate,                \
+        .malloc = malloc, .calloc = calloc,                                                        \
     }
 
 struct rt__posix_sys rt__posix_sys = RT_POSIX_SYS_REAL;
