@@ -478,8 +478,12 @@ void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
         req->next = top;
     while (!atomic_compare_exchange_weak_explicit(&ctx->done_stack, &top, req, memory_order_seq_cst,
                                                   memory_order_relaxed));
-    /* seq_cst push, then seq_cst look at waiter_sleeping: see wait_loop. */
-    if (atomic_load_explicit(&ctx->waiter_sleeping, memory_order_seq_cst))
+    /* seq_cst push, then seq_cst look at waiter_sleeping: see wait_loop.  Exchanging
+     * the flag (not just reading it) makes only the first poster after the waiter fell
+     * asleep pay for the ring; the ones behind it find the flag down and know the
+     * waiter is already on its way. */
+    if (atomic_load_explicit(&ctx->waiter_sleeping, memory_order_seq_cst) &&
+        atomic_exchange_explicit(&ctx->waiter_sleeping, false, memory_order_seq_cst))
         rt__doorbell_ring(&ctx->doorbell);
 }
 
