@@ -19,6 +19,7 @@
 #include <rt/time.h>
 
 #include "internal/aio.h"
+#include "internal/cpu.h"
 #include "internal/posix_sys.h"
 #include "internal/req_queue.h"
 #include "internal/sync.h"
@@ -40,6 +41,7 @@ struct rt__tpool {
     unsigned idle_workers;
     uint32_t idle_ms;
     bool stopping;
+    atomic_bool spinning; /* a worker is in spin_for_work() */
     struct worker workers[];
 };
 
@@ -52,6 +54,31 @@ static void *worker_exit(struct worker *self)
     return NULL;
 }
 
+/* How long a worker that ran out of work looks for more before it sleeps: the request
+ * that follows a completion (the waiter resubmitting) then needs no futex wake. */
+#ifndef WORKER_SPIN_NS
+#define WORKER_SPIN_NS 30000u
+#endif
+
+/* Drops the lock and spins up to WORKER_SPIN_NS for the queue to fill; returns with the
+ * lock held again.  One worker spins at a time: that is enough to catch the next
+ * request, and more would only take CPU from the workers doing I/O. */
+static void spin_for_work(struct rt__tpool *pool)
+{
+    uint64_t until;
+
+    if (atomic_exchange_explicit(&pool->spinning, true, memory_order_relaxed))
+        return;
+    until = rt_time_nano_ts() + WORKER_SPIN_NS;
+    rt__mutex_unlock(&pool->lock);
+    while (rt__req_queue_count(&pool->queue) == 0 && rt_time_nano_ts() < until) {
+        for (int i = 0; i < 32; i++)
+            rt__cpu_relax();
+    }
+    rt__mutex_lock(&pool->lock);
+    atomic_store_explicit(&pool->spinning, false, memory_order_relaxed);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *self = arg;
@@ -61,6 +88,8 @@ static void *worker_main(void *arg)
     for (;;) {
         struct rt_aio_req *req;
 
+        if (rt__req_queue_count(&pool->queue) == 0 && !pool->stopping)
+            spin_for_work(pool);
         while (rt__req_queue_count(&pool->queue) == 0 && !pool->stopping) {
             uint64_t deadline = rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u;
             int rc;
@@ -125,6 +154,7 @@ int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t idl
     }
     rt__mutex_init(&created->lock);
     rt__req_queue_init(&created->queue);
+    atomic_init(&created->spinning, false);
     created->max_workers = max_workers;
     created->idle_ms = idle_ms;
     for (unsigned i = 0; i < max_workers; i++)
