@@ -525,12 +525,14 @@ static size_t collect(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t ma
     return count;
 }
 
-/* Whether collect() would find something now. */
-static bool has_news(struct rt_aio_ctx *ctx)
+/* Whether collect() would find something now.  @a order is relaxed while spinning;
+ * seq_cst for the last look before sleeping, where it is one half of the Dekker pair
+ * with rt__aio_ctx_post_done() (a relaxed load could pass the seq_cst store of
+ * waiter_sleeping on weakly ordered CPUs and miss a completion). */
+static bool has_news(struct rt_aio_ctx *ctx, memory_order order)
 {
-    return ctx->done_spill != NULL ||
-           atomic_load_explicit(&ctx->done_stack, memory_order_relaxed) != NULL ||
-           atomic_load_explicit(&ctx->wakeup_pending, memory_order_relaxed) ||
+    return ctx->done_spill != NULL || atomic_load_explicit(&ctx->done_stack, order) != NULL ||
+           atomic_load_explicit(&ctx->wakeup_pending, order) ||
            (ctx->backend->has_completions != NULL && ctx->backend->has_completions(ctx));
 }
 
@@ -546,7 +548,7 @@ static void spin_for_news(struct rt_aio_ctx *ctx, uint64_t deadline)
 
     if (deadline < until)
         until = deadline;
-    while (!has_news(ctx)) {
+    while (!has_news(ctx, memory_order_relaxed)) {
         for (int i = 0; i < 32; i++)
             rt__cpu_relax();
         if (rt_time_nano_ts() >= until)
@@ -580,7 +582,7 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
         if (timeout_ms == 0)
             return RT_ERR_TIMEOUT;
         spin_for_news(ctx, deadline);
-        if (has_news(ctx))
+        if (has_news(ctx, memory_order_relaxed))
             continue;
 
         /* Going to sleep.  Announce it (seq_cst), clear the bell, and look once more
@@ -589,7 +591,8 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
          * request.  Kernel completions and wakeups ring unconditionally. */
         atomic_store_explicit(&ctx->waiter_sleeping, true, memory_order_seq_cst);
         rt__doorbell_clear(&ctx->doorbell);
-        if (!has_news(ctx) && rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
+        if (!has_news(ctx, memory_order_seq_cst) &&
+            rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
             atomic_store_explicit(&ctx->waiter_sleeping, false, memory_order_relaxed);
             *count += collect(ctx, reqs + *count, n - *count);
             return *count >= want ? RT_OK : RT_ERR_TIMEOUT;
