@@ -214,11 +214,11 @@ int rt_aio_req_get_rc(rt_aio_req_t req, size_t *transferred);
  * @param flags     RT_AIO_CTX_F_*; at most one backend flag.
  * @retval RT_OK
  * @retval RT_ERR_INVALID_POINTER           @a ctx is NULL.
- * @retval RT_ERR_INVALID_PARAMETER         @a max_reqs is 0, an unknown flag bit, two
- *                                          backend flags, or RT_AIO_BACKEND names no
- *                                          backend.
+ * @retval RT_ERR_INVALID_PARAMETER         @a max_reqs is 0, an unknown flag bit, or two
+ *                                          backend flags.
  * @retval RT_ERR_NOT_SUPPORTED             the backend asked for (flag or RT_AIO_BACKEND)
- *                                          is not available on this host or build.
+ *                                          is not available on this host or build, or
+ *                                          RT_AIO_BACKEND names no backend at all.
  * @retval RT_ERR_AIO_INSUFFICIENT_EVENTS   linux-aio: the kernel refused the event slots
  *                                          (io_setup EAGAIN: /proc/sys/fs/aio-max-nr).
  * @retval RT_ERR_NO_MEMORY, RT_ERR_TOO_MANY_OPEN_FILES, RT_ERR_GENERAL_FAILURE
@@ -291,8 +291,10 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n);
  * @retval RT_ERR_INTERRUPTED       rt_aio_ctx_wakeup() was called (during or before this
  *                                  wait); what was collected is returned.
  * @retval RT_ERR_AIO_NO_REQUEST    nothing outstanding and the context was not created
- *                                  with RT_AIO_CTX_F_WAIT_WITHOUT_PENDING.  A pending
- *                                  wakeup takes precedence over this.
+ *                                  with RT_AIO_CTX_F_WAIT_WITHOUT_PENDING: at entry, or
+ *                                  later because every outstanding request was
+ *                                  cancelled before any came back.  A pending wakeup
+ *                                  takes precedence over this.
  * @retval RT_ERR_AIO_BUSY          another thread is already waiting on this context.
  * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a reqs or @a got NULL),
  *         RT_ERR_INVALID_PARAMETER (@a n is 0), RT_ERR_OUT_OF_RANGE (@a min > @a n).

@@ -54,6 +54,27 @@ static bool ctx_is_live(const struct rt_aio_ctx *ctx)
     return ctx != NULL && ctx->magic == RT__MAGIC_AIO_CTX;
 }
 
+/*
+ * Brackets every call that uses a context past its handle check, so destroy cannot
+ * pull the context (its doorbell descriptor, its backend's rings) from under a submit,
+ * wait, cancel or wakeup running in another thread.  Destroy sets dying and then looks
+ * at callers; a call adds itself to callers and then looks at dying; both seq_cst, so
+ * at least one of them sees the other and backs off.
+ */
+static bool enter(struct rt_aio_ctx *ctx)
+{
+    atomic_fetch_add_explicit(&ctx->callers, 1, memory_order_seq_cst);
+    if (!atomic_load_explicit(&ctx->dying, memory_order_seq_cst))
+        return true;
+    atomic_fetch_sub_explicit(&ctx->callers, 1, memory_order_release);
+    return false;
+}
+
+static void leave(struct rt_aio_ctx *ctx)
+{
+    atomic_fetch_sub_explicit(&ctx->callers, 1, memory_order_release);
+}
+
 static uint32_t req_state(const struct rt_aio_req *req)
 {
     return atomic_load_explicit(&((struct rt_aio_req *)req)->state, memory_order_acquire);
@@ -289,15 +310,19 @@ int rt_aio_req_cancel(rt_aio_req_t req)
     if (req_state(req) != RT__AIO_SUBMITTED)
         return RT_ERR_AIO_NOT_SUBMITTED;
     ctx = atomic_load_explicit(&req->ctx, memory_order_relaxed);
-    if (!ctx_is_live(ctx))
+    if (!ctx_is_live(ctx) || !enter(ctx))
         return RT_ERR_AIO_IN_PROGRESS; /* it completed and moved on meanwhile */
     rc = ctx->backend->cancel(ctx, req);
-    if (rc != RT_OK)
-        return RT_ERR_AIO_IN_PROGRESS;
-    req->rc = RT_ERR_AIO_CANCELED;
-    req->transferred = 0;
-    complete(ctx, req);
-    return RT_OK;
+    if (rc == RT_OK) {
+        req->rc = RT_ERR_AIO_CANCELED;
+        req->transferred = 0;
+        complete(ctx, req);
+        /* A waiter may be asleep for this very request: let it look again (it returns
+         * RT_ERR_AIO_NO_REQUEST if nothing is left to wait for). */
+        rt__doorbell_ring(&ctx->doorbell);
+    }
+    leave(ctx);
+    return rc == RT_OK ? RT_OK : RT_ERR_AIO_IN_PROGRESS;
 }
 
 /* ------------------------------------------------------------------------------------
@@ -314,10 +339,7 @@ static int choose_backend(uint32_t flags, const struct rt__aio_backend **chosen)
     if (backend_flag != 0) {
         backend = rt__aio_backend_by_flag(backend_flag);
     } else if ((name = getenv("RT_AIO_BACKEND")) != NULL && name[0] != '\0') {
-        if (strcmp(name, "linux-aio") != 0 && strcmp(name, "io_uring") != 0 &&
-            strcmp(name, "threads") != 0)
-            return RT_ERR_INVALID_PARAMETER;
-        backend = rt__aio_backend_by_name(name);
+        backend = rt__aio_backend_by_name(name); /* NULL for a name no build has */
     } else {
         *chosen = rt__aio_backend_default();
         return RT_OK;
@@ -352,6 +374,8 @@ int rt_aio_ctx_create(rt_aio_ctx_t *ctx, uint32_t max_reqs, uint32_t flags)
     handle->capacity = max_reqs;
     handle->backend = backend;
     atomic_init(&handle->outstanding, 0);
+    atomic_init(&handle->callers, 0);
+    atomic_init(&handle->dying, false);
     atomic_init(&handle->waiting, false);
     atomic_init(&handle->wakeup_pending, false);
     atomic_init(&handle->done_stack, NULL);
@@ -383,6 +407,12 @@ int rt_aio_ctx_destroy(rt_aio_ctx_t ctx)
         return RT_ERR_INVALID_HANDLE;
     if (atomic_load(&ctx->outstanding) != 0 || atomic_load(&ctx->waiting))
         return RT_ERR_AIO_BUSY;
+    atomic_store_explicit(&ctx->dying, true, memory_order_seq_cst);
+    if (atomic_load_explicit(&ctx->callers, memory_order_seq_cst) != 0 ||
+        atomic_load(&ctx->outstanding) != 0 || atomic_load(&ctx->waiting)) {
+        atomic_store_explicit(&ctx->dying, false, memory_order_seq_cst);
+        return RT_ERR_AIO_BUSY; /* a call is inside it right now */
+    }
     ctx->magic = RT__MAGIC_DEAD;
     ctx->backend->fini(ctx);
     rt__doorbell_fini(&ctx->doorbell);
@@ -417,12 +447,20 @@ static void unclaim(struct rt_aio_req **reqs, size_t claimed)
 /* Reserves @a n slots of the context's capacity, or fails without reserving any. */
 static bool reserve(struct rt_aio_ctx *ctx, size_t n)
 {
-    size_t before = atomic_fetch_add_explicit(&ctx->outstanding, n, memory_order_acq_rel);
+    size_t before = atomic_load_explicit(&ctx->outstanding, memory_order_relaxed);
 
-    if (ctx->capacity == RT_AIO_UNLIMITED_REQS || before + n <= ctx->capacity)
+    if (ctx->capacity == RT_AIO_UNLIMITED_REQS) {
+        atomic_fetch_add_explicit(&ctx->outstanding, n, memory_order_acq_rel);
         return true;
-    atomic_fetch_sub_explicit(&ctx->outstanding, n, memory_order_acq_rel);
-    return false;
+    }
+    /* A compare-and-swap, not add-then-undo: two racing submits must not both fail
+     * when one of them fits. */
+    do {
+        if (n > ctx->capacity || before > ctx->capacity - n)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&ctx->outstanding, &before, before + n,
+                                                    memory_order_acq_rel, memory_order_relaxed));
+    return true;
 }
 
 int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
@@ -436,6 +474,8 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
         return RT_ERR_INVALID_POINTER;
     if (n == 0)
         return RT_ERR_INVALID_PARAMETER;
+    if (!enter(ctx))
+        return RT_ERR_INVALID_HANDLE;
 
     for (claimed = 0; claimed < n; claimed++) {
         struct rt_aio_req *req = reqs[claimed];
@@ -457,6 +497,7 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
         rc = RT_ERR_AIO_INSUFFICIENT_RESOURCES;
     if (rc != RT_OK) {
         unclaim(reqs, claimed);
+        leave(ctx);
         return rc;
     }
 
@@ -467,6 +508,7 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
         atomic_store_explicit(&reqs[i]->state, RT__AIO_SUBMITTED, memory_order_release);
     }
     ctx->backend->submit(ctx, reqs, n);
+    leave(ctx);
     return RT_OK;
 }
 
@@ -579,6 +621,11 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
             return RT_OK;
         if (take_wakeup(ctx))
             return RT_ERR_INTERRUPTED;
+        /* Everything was cancelled under us before anything came back: nothing is
+         * left that could end this wait (rule 8). */
+        if (*count == 0 && atomic_load(&ctx->outstanding) == 0 &&
+            !(ctx->flags & RT_AIO_CTX_F_WAIT_WITHOUT_PENDING))
+            return RT_ERR_AIO_NO_REQUEST;
         if (timeout_ms == 0)
             return RT_ERR_TIMEOUT;
         spin_for_news(ctx, deadline);
@@ -619,21 +666,27 @@ int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_re
         return RT_ERR_OUT_OF_RANGE;
     if (n > UINT32_MAX)
         n = UINT32_MAX; /* *got is 32 bits wide */
-    if (atomic_exchange_explicit(&ctx->waiting, true, memory_order_acq_rel))
+    if (!enter(ctx))
+        return RT_ERR_INVALID_HANDLE;
+    if (atomic_exchange_explicit(&ctx->waiting, true, memory_order_acq_rel)) {
+        leave(ctx);
         return RT_ERR_AIO_BUSY;
+    }
 
     rc = wait_loop(ctx, min > 0 ? min : 1, timeout_ms, reqs, n, &count);
 
     atomic_store_explicit(&ctx->waiting, false, memory_order_release);
+    leave(ctx);
     *got = (uint32_t)count;
     return rc;
 }
 
 int rt_aio_ctx_wakeup(rt_aio_ctx_t ctx)
 {
-    if (!ctx_is_live(ctx))
+    if (!ctx_is_live(ctx) || !enter(ctx))
         return RT_ERR_INVALID_HANDLE;
     atomic_store_explicit(&ctx->wakeup_pending, true, memory_order_release);
     rt__doorbell_ring(&ctx->doorbell);
+    leave(ctx);
     return RT_OK;
 }
