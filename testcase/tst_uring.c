@@ -149,6 +149,40 @@ static void test_cancel_while_another_thread_waits(void)
     rt_file_close(file);
 }
 
+/* A wait blocked on the only outstanding request ends when that request is cancelled:
+ * nothing is left that could complete (rule 8), so it returns RT_ERR_AIO_NO_REQUEST
+ * instead of sleeping forever. */
+static void *wait_forever(void *arg)
+{
+    struct waiter *w = arg;
+    w->rc = rt_aio_ctx_wait(w->ctx, 1, RT_INDEFINITE_WAIT, w->done, 8, &w->got);
+    return NULL;
+}
+
+static void test_cancel_last_request_ends_wait(void)
+{
+    struct waiter w = {0};
+    rt_aio_req_t blocked;
+    rt_file_t fifo = open_fifo("last.fifo");
+    char buf[8];
+    pthread_t thread;
+
+    TST_RC_FATAL(rt_aio_ctx_create(&w.ctx, 4, FLAG), RT_OK);
+    TST_RC_FATAL(rt_aio_req_create(&blocked), RT_OK);
+    TST_RC(rt_aio_req_prepare_read(blocked, fifo, 0, buf, sizeof buf, NULL), RT_OK);
+    TST_RC(rt_aio_ctx_submit(w.ctx, &blocked, 1), RT_OK);
+    w.got = 99;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&thread, NULL, wait_forever, &w), 0);
+    usleep(50000); /* let it go to sleep */
+    TST_RC(rt_aio_req_cancel(blocked), RT_OK);
+    pthread_join(thread, NULL);
+    TST_RC(w.rc, RT_ERR_AIO_NO_REQUEST);
+    CU_ASSERT_EQUAL(w.got, 0);
+    TST_RC(rt_aio_req_destroy(blocked), RT_OK);
+    TST_RC(rt_aio_ctx_destroy(w.ctx), RT_OK);
+    rt_file_close(fifo);
+}
+
 /* 6000 reads in one submit: more than an unlimited context's 2048 completion slots
  * and a bounded context's 8192 (capacity 10000): the deferred list carries the rest. */
 static void run_many(uint32_t capacity, unsigned count)
@@ -212,6 +246,7 @@ int main(void)
     suite = tst_suite("io_uring");
     TST_ADD(suite, test_cancel_blocked_read_and_reuse);
     TST_ADD(suite, test_cancel_while_another_thread_waits);
+    TST_ADD(suite, test_cancel_last_request_ends_wait);
     TST_ADD(suite, test_unlimited_beyond_ring);
     TST_ADD(suite, test_bounded_beyond_ring);
     return tst_run();

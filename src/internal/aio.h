@@ -155,13 +155,13 @@ struct rt_aio_ctx {
     const struct rt__aio_backend *backend;
     void *backend_data;
 
-    _Atomic size_t outstanding;  /* submitted and not yet completed */
+    _Atomic size_t outstanding; /* submitted and not yet completed */
     /* Calls inside the context beyond their handle check (submit, wait, cancel,
      * wakeup), and destroy's intent: destroy refuses while any call is inside, and a
      * call that finds the context dying leaves (see enter() in fileaio.c). */
     _Atomic uint32_t callers;
     atomic_bool dying;
-    atomic_bool waiting;        /* a thread is inside rt_aio_ctx_wait() */
+    atomic_bool waiting; /* a thread is inside rt_aio_ctx_wait() */
     atomic_bool wakeup_pending;
 
     struct rt__doorbell doorbell;

@@ -313,6 +313,11 @@ static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **r
 
         if (taken == 0) {
             defer(laio, reqs + done, n - done);
+            /* The waiter may have reaped the last completion and gone to sleep before
+             * this push: ring, or nothing would ever pump these (a pumping waiter is
+             * awake already). */
+            if (!pumping)
+                rt__doorbell_ring(&ctx->doorbell);
             return RUN_STALLED;
         }
         ret = rt__laio_sys.io_submit(laio->kernel_ctx, taken, (struct laio_iocb **)(reqs + done));

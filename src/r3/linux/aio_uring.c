@@ -26,11 +26,13 @@
  * is all done, an error occurs, or a read returns 0 (end of file).
  *
  * Cancel: io_uring_register_sync_cancel() asks the kernel to cancel the request and
- * waits for the verdict.  Success means the request will never touch its buffer again,
- * but its CQE (-ECANCELED) is still on its way, and rule 17 forbids the waiter from
- * finding it after the caller has reused the request.  So the canceller takes cq_lock
- * (the waiter reaps under it too) and reaps until it has swallowed that CQE; the other
- * CQEs it meets are finished and posted to the done list for the waiter.
+ * waits (at most 1 ms) for the verdict.  Success means the request will never touch
+ * its buffer again, but its CQE (-ECANCELED) is still on its way, and rule 17 forbids
+ * the waiter from finding it after the caller has reused the request.  So the canceller
+ * takes cq_lock (the waiter reaps under it too) and reaps until it has that CQE; the
+ * other CQEs it meets are finished and posted to the done list for the waiter.  The
+ * kernel also reports success for a request that finished normally while it retried,
+ * so the CQE's own result decides whether the request was really cancelled.
  *
  * Flags left out on purpose: SINGLE_ISSUER and DEFER_TASKRUN require every submission
  * (and the reaping) to come from one thread, but any thread may submit here.
@@ -70,6 +72,8 @@ struct uring {
 
     rt__mutex_t deferred_lock;
     struct rt__req_queue deferred;
+
+    struct rt__doorbell *doorbell; /* the context's: rung when work is parked */
 };
 
 static struct uring *uring_of(struct rt_aio_ctx *ctx)
@@ -142,10 +146,19 @@ static int uring_init(struct rt_aio_ctx *ctx, uint32_t capacity)
     /* SUBMIT_ALL: one bad SQE does not stop the rest of the batch (it gets its own
      * failed CQE either way).  Dropped where the kernel does not know it. */
     params.flags = IORING_SETUP_SUBMIT_ALL;
-    ret = io_uring_queue_init_params(entries, &uring->ring, &params);
-    if (ret == -EINVAL) {
-        memset(&params, 0, sizeof params);
+    for (;;) {
         ret = io_uring_queue_init_params(entries, &uring->ring, &params);
+        if (ret == -EINVAL && params.flags != 0) {
+            memset(&params, 0, sizeof params); /* a kernel without SUBMIT_ALL */
+            continue;
+        }
+        /* Kernels before 5.12 charge rings to RLIMIT_MEMLOCK: an unlimited context
+         * settles for a smaller ring rather than failing (the rest is deferred). */
+        if (ret == -ENOMEM && capacity == RT_AIO_UNLIMITED_REQS && entries > 1) {
+            entries /= 2;
+            continue;
+        }
+        break;
     }
     if (ret < 0) {
         free(uring);
@@ -158,6 +171,7 @@ static int uring_init(struct rt_aio_ctx *ctx, uint32_t capacity)
         return rt_err_from_errno(-ret);
     }
     uring->slots = params.cq_entries;
+    uring->doorbell = &ctx->doorbell;
     uring->sync_cancel = has_sync_cancel(&uring->ring);
     atomic_init(&uring->in_ring, 0);
     atomic_init(&uring->sq_left, false);
@@ -220,10 +234,14 @@ static void prep(struct io_uring_sqe *sqe, struct rt_aio_req *req)
  * the waiter's pump to try again.  sq_lock held. */
 static void flush_sq(struct uring *uring)
 {
+    bool left;
+
     if (io_uring_sq_ready(&uring->ring) > 0)
         io_uring_submit(&uring->ring);
-    atomic_store_explicit(&uring->sq_left, io_uring_sq_ready(&uring->ring) > 0,
-                          memory_order_relaxed);
+    left = io_uring_sq_ready(&uring->ring) > 0;
+    atomic_store_explicit(&uring->sq_left, left, memory_order_relaxed);
+    if (left)
+        rt__doorbell_ring(uring->doorbell); /* nothing else may come to retry it */
 }
 
 /*
@@ -319,27 +337,28 @@ static void advance_iov(struct rt_aio_req *req, size_t bytes)
 }
 
 /*
- * Applies one CQE to its request.  Returns the request when it is finished (its ring
- * slot is then the caller's to give back), NULL when the rest of a short transfer went
- * back into the ring, or onto the deferred list when the ring had no room.
+ * Applies one completion (@a res) to its request.  Returns the request when it is
+ * finished (its ring slot is then the caller's to give back), NULL when the rest of a
+ * short transfer went back into the ring, or onto the deferred list when the ring had
+ * no room (and the doorbell rings, so the waiter pumps it even if the caller is a
+ * canceller).  The CQE must already be consumed: see reap_locked().
  */
-static struct rt_aio_req *finish(struct uring *uring, const struct io_uring_cqe *cqe)
+static struct rt_aio_req *finish(struct uring *uring, struct rt_aio_req *req, int32_t res)
 {
-    struct rt_aio_req *req = io_uring_cqe_get_data(cqe);
     size_t in;
 
-    if (cqe->res < 0) {
-        req->rc = rt_err_from_errno(-cqe->res);
+    if (res < 0) {
+        req->rc = rt_err_from_errno(-res);
         req->transferred = 0;
         return req;
     }
-    req->transferred += (size_t)cqe->res;
-    if (!wants_more(req, cqe->res)) {
+    req->transferred += (size_t)res;
+    if (!wants_more(req, res)) {
         req->rc = RT_OK;
         return req;
     }
     if (req->op == RT__AIO_OP_READV || req->op == RT__AIO_OP_WRITEV)
-        advance_iov(req, (size_t)cqe->res);
+        advance_iov(req, (size_t)res);
     atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_relaxed);
     rt__mutex_lock(&uring->sq_lock);
     in = fill_ring(uring, &req, 1);
@@ -348,14 +367,26 @@ static struct rt_aio_req *finish(struct uring *uring, const struct io_uring_cqe 
         rt__mutex_lock(&uring->deferred_lock);
         rt__req_queue_push(&uring->deferred, &req, 1);
         rt__mutex_unlock(&uring->deferred_lock);
+        rt__doorbell_ring(uring->doorbell);
     }
     return NULL;
 }
 
-/* Takes up to @a max finished requests off the CQ.  cq_lock held. */
+struct completion {
+    struct rt_aio_req *req;
+    int32_t res;
+};
+
+/*
+ * Takes up to @a max finished requests off the CQ.  cq_lock held.  The CQEs are copied
+ * and the CQ advanced before any request is finished and its slot given back: a slot
+ * freed first could let a submitter put one more request in the ring while its CQE
+ * still occupies the CQ, and the CQ could overflow.
+ */
 static size_t reap_locked(struct uring *uring, struct rt_aio_req **out, size_t max)
 {
     struct io_uring_cqe *cqes[REAP_BATCH];
+    struct completion done[REAP_BATCH];
     size_t count = 0;
 
     while (count < max) {
@@ -364,17 +395,21 @@ static size_t reap_locked(struct uring *uring, struct rt_aio_req **out, size_t m
 
         if (got == 0)
             break;
+        for (unsigned i = 0; i < got; i++) {
+            done[i].req = io_uring_cqe_get_data(cqes[i]);
+            done[i].res = cqes[i]->res;
+        }
+        io_uring_cq_advance(&uring->ring, got);
         /* Pairs with the release in fill_ring(): the submitter's writes to its requests
          * reach us through the kernel, which the memory model (and TSan) cannot see. */
         (void)atomic_load_explicit(&uring->in_ring, memory_order_acquire);
         for (unsigned i = 0; i < got; i++) {
-            struct rt_aio_req *req = finish(uring, cqes[i]);
+            struct rt_aio_req *req = finish(uring, done[i].req, done[i].res);
             if (req != NULL) {
                 out[count++] = req;
                 atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
             }
         }
-        io_uring_cq_advance(&uring->ring, got);
     }
     return count;
 }
@@ -399,45 +434,65 @@ static bool uring_has_completions(struct rt_aio_ctx *ctx)
     rt__mutex_lock(&uring->cq_lock);
     ready = io_uring_cq_ready(&uring->ring) > 0;
     rt__mutex_unlock(&uring->cq_lock);
-    return ready || (rt__req_queue_count(&uring->deferred) != 0 &&
-                     atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots);
+    return ready || atomic_load_explicit(&uring->sq_left, memory_order_relaxed) ||
+           (rt__req_queue_count(&uring->deferred) != 0 &&
+            atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots);
 }
 
 /* ------------------------------------------------------------------------------------
  * Cancel
  */
 
-/* After a successful kernel cancel: reaps until @a target's CQE is found and dropped.
- * Other finished requests go to the done list.  cq_lock held. */
-static void swallow(struct rt_aio_ctx *ctx, struct uring *uring, struct rt_aio_req *target)
+/*
+ * After the kernel's cancel said 0: reaps until @a target's CQE is found.  Other finished
+ * requests go to the done list.  cq_lock held.
+ *
+ * The kernel also says 0 when the request was already running and finished normally
+ * while it retried (io_sync_cancel() maps that to success), so the target's own result
+ * decides: -ECANCELED (or -EINTR) means cancelled, and the CQE is swallowed; anything
+ * else is a real outcome, which goes back to the waiter like any completion.
+ *
+ * @return whether the target was really cancelled.
+ */
+static bool swallow(struct rt_aio_ctx *ctx, struct uring *uring, struct rt_aio_req *target)
 {
     for (;;) {
         struct io_uring_cqe *cqe = NULL;
+        struct completion got;
         struct rt_aio_req *req;
 
-        /* A successful cancel guarantees the CQE; if it is not posted yet, wait for it
-         * in the kernel (no SQE needed, unlike liburing's timeout variant). */
+        /* The CQE is guaranteed; if it is not posted yet, wait for it in the kernel (no
+         * SQE needed, unlike liburing's timeout variant). */
         if (io_uring_wait_cqe(&uring->ring, &cqe) < 0 || cqe == NULL)
             continue;
-        (void)atomic_load_explicit(&uring->in_ring, memory_order_acquire);
-        if (io_uring_cqe_get_data(cqe) == target) {
-            io_uring_cqe_seen(&uring->ring, cqe);
-            atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
-            return;
-        }
-        req = finish(uring, cqe);
+        got.req = io_uring_cqe_get_data(cqe);
+        got.res = cqe->res;
         io_uring_cqe_seen(&uring->ring, cqe);
+        (void)atomic_load_explicit(&uring->in_ring, memory_order_acquire);
+        if (got.req == target && (got.res == -ECANCELED || got.res == -EINTR)) {
+            atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
+            return true;
+        }
+        req = finish(uring, got.req, got.res);
         if (req != NULL) {
             atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
             rt__aio_ctx_post_done(ctx, req);
         }
+        if (got.req == target)
+            return false; /* it ran to completion (or went round again) after all */
     }
 }
+
+/* How long a cancel waits for the kernel's verdict.  The waiter cannot reap meanwhile
+ * (cq_lock), so this bounds how much a cancel can delay a wait; a request the kernel
+ * cannot stop in that time completes normally (RT_ERR_AIO_IN_PROGRESS). */
+#define CANCEL_TIMEOUT_NS 1000000
 
 static int uring_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
 {
     struct uring *uring = uring_of(ctx);
     struct io_uring_sync_cancel_reg reg;
+    bool cancelled = false;
     int ret;
 
     rt__mutex_lock(&uring->deferred_lock);
@@ -451,16 +506,16 @@ static int uring_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
     memset(&reg, 0, sizeof reg);
     reg.addr = (uint64_t)(uintptr_t)req;
     reg.fd = -1;
-    reg.timeout.tv_sec = -1;
-    reg.timeout.tv_nsec = -1;
+    reg.timeout.tv_sec = 0;
+    reg.timeout.tv_nsec = CANCEL_TIMEOUT_NS;
     /* Under cq_lock, so the waiter cannot reap (and complete) the request between the
      * kernel's verdict and the swallow. */
     rt__mutex_lock(&uring->cq_lock);
     ret = io_uring_register_sync_cancel(&uring->ring, &reg);
     if (ret == 0)
-        swallow(ctx, uring, req);
+        cancelled = swallow(ctx, uring, req);
     rt__mutex_unlock(&uring->cq_lock);
-    return ret == 0 ? RT_OK : RT_ERR_AIO_IN_PROGRESS;
+    return cancelled ? RT_OK : RT_ERR_AIO_IN_PROGRESS;
 }
 
 const struct rt__aio_backend rt__uring_backend = {
