@@ -132,11 +132,12 @@ cmd_test() {
         distcheck=failed
     echo "distcheck: $distcheck"
     local status=0
-    totals build build-asan build-tsan build-portable || status=1
     if [ "$distcheck" != ok ]; then
         tail -n 30 build/distcheck.out
         status=1
     fi
+    # Last, so CI's closing line is always the totals.
+    totals build build-asan build-tsan build-portable || status=1
     return $status
 }
 
