@@ -245,12 +245,3 @@ unsigned rt__tpool_default_workers(uint32_t capacity)
     }
     return capacity < RT__TPOOL_DEFAULT_MAX ? capacity : RT__TPOOL_DEFAULT_MAX;
 }
-
-unsigned rt__tpool_live_workers(struct rt__tpool *pool)
-{
-    unsigned live;
-    rt__mutex_lock(&pool->lock);
-    live = pool->live_workers;
-    rt__mutex_unlock(&pool->lock);
-    return live;
-}

@@ -48,7 +48,4 @@ unsigned rt__tpool_default_workers(uint32_t capacity);
 #define RT__TPOOL_DEFAULT_MAX 16u
 #define RT__TPOOL_IDLE_MS     2000u
 
-/** How many workers are alive now (for tests). */
-unsigned rt__tpool_live_workers(struct rt__tpool *pool);
-
 #endif /* RT_INTERNAL_TPOOL_H */

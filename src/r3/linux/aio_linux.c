@@ -78,13 +78,11 @@ struct laio {
     struct laio_ring *ring; /* NULL: reap with io_getevents() */
     uint32_t slots;         /* event slots the kernel granted */
     _Atomic uint32_t in_kernel;
-    int resfd;
 
     rt__mutex_t deferred_lock;
     struct rt__req_queue deferred;
 
     atomic_bool fsync_refused;
-    uint32_t capacity; /* sizes the helper pool */
     rt__mutex_t helper_lock;
     struct rt__tpool *helper;
 };
@@ -171,8 +169,6 @@ static int laio_init(struct rt_aio_ctx *ctx, uint32_t capacity)
         return rc;
     }
     laio->ring = usable_ring(laio->kernel_ctx);
-    laio->resfd = ctx->doorbell.write_fd;
-    laio->capacity = capacity;
     atomic_init(&laio->in_kernel, 0);
     rt__req_queue_init(&laio->deferred);
     atomic_init(&laio->fsync_refused, false);
@@ -198,7 +194,7 @@ static void laio_fini(struct rt_aio_ctx *ctx)
  * Submission
  */
 
-static void fill_iocb(struct laio *laio, struct rt_aio_req *req)
+static void fill_iocb(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
 {
     static const uint16_t opcodes[] = {
         [RT__AIO_OP_READ] = LAIO_CMD_PREAD,   [RT__AIO_OP_WRITE] = LAIO_CMD_PWRITE,
@@ -212,7 +208,7 @@ static void fill_iocb(struct laio *laio, struct rt_aio_req *req)
     iocb->aio_lio_opcode = opcodes[req->op];
     iocb->aio_fildes = (uint32_t)req->fd;
     iocb->aio_flags = LAIO_FLAG_RESFD;
-    iocb->aio_resfd = (uint32_t)laio->resfd;
+    iocb->aio_resfd = (uint32_t)ctx->doorbell.write_fd;
     switch (req->op) {
     case RT__AIO_OP_READ:
     case RT__AIO_OP_WRITE:
@@ -252,11 +248,17 @@ static void give_back_slots(struct laio *laio, uint32_t count)
         atomic_fetch_sub_explicit(&laio->in_kernel, count, memory_order_acq_rel);
 }
 
-static void defer(struct laio *laio, struct rt_aio_req **reqs, size_t n)
+/* Parks requests on the deferred list and rings the doorbell: only the waiter pumps
+ * the list, and it may have gone to sleep after the last completion, so every park
+ * must tell it (from the waiter itself the ring costs one spurious look). */
+static void defer(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n)
 {
+    struct laio *laio = laio_of(ctx);
+
     rt__mutex_lock(&laio->deferred_lock);
     rt__req_queue_push(&laio->deferred, reqs, n);
     rt__mutex_unlock(&laio->deferred_lock);
+    rt__doorbell_ring(&ctx->doorbell);
 }
 
 static void fail_request(struct rt_aio_ctx *ctx, struct rt_aio_req *req, int rc)
@@ -275,7 +277,7 @@ static void send_run_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs,
 
     rt__mutex_lock(&laio->helper_lock);
     if (laio->helper == NULL)
-        rc = rt__tpool_create(&laio->helper, rt__tpool_default_workers(laio->capacity),
+        rc = rt__tpool_create(&laio->helper, rt__tpool_default_workers(ctx->capacity),
                               RT__TPOOL_IDLE_MS);
     rt__mutex_unlock(&laio->helper_lock);
     if (rc == RT_OK) {
@@ -284,11 +286,6 @@ static void send_run_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs,
     }
     for (size_t i = 0; i < n; i++)
         fail_request(ctx, reqs[i], rc);
-}
-
-static void send_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
-{
-    send_run_to_helper(ctx, &req, 1);
 }
 
 enum run_outcome { RUN_ALL_IN, RUN_STALLED };
@@ -312,12 +309,7 @@ static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **r
         long ret;
 
         if (taken == 0) {
-            defer(laio, reqs + done, n - done);
-            /* The waiter may have reaped the last completion and gone to sleep before
-             * this push: ring, or nothing would ever pump these (a pumping waiter is
-             * awake already). */
-            if (!pumping)
-                rt__doorbell_ring(&ctx->doorbell);
+            defer(ctx, reqs + done, n - done);
             return RUN_STALLED;
         }
         ret = rt__laio_sys.io_submit(laio->kernel_ctx, taken, (struct laio_iocb **)(reqs + done));
@@ -334,15 +326,12 @@ static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **r
                 fail_request(ctx, reqs[done++], RT_ERR_TRY_AGAIN);
                 continue;
             }
-            defer(laio, reqs + done, n - done);
-            /* Nothing may be in flight to ring the bell later: ring it now so the
-             * waiter comes round to pump. */
-            rt__doorbell_ring(&ctx->doorbell);
+            defer(ctx, reqs + done, n - done);
             return RUN_STALLED;
         }
         if (ret == -EINVAL && reqs[done]->op == RT__AIO_OP_FLUSH) {
             atomic_store(&laio->fsync_refused, true);
-            send_to_helper(ctx, reqs[done++]);
+            send_run_to_helper(ctx, &reqs[done++], 1);
             continue;
         }
         fail_request(ctx, reqs[done++], rt_err_from_errno((int)-ret));
@@ -379,12 +368,11 @@ static void laio_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t
             continue;
         }
         while (end < n && for_kernel(laio, reqs[end]))
-            fill_iocb(laio, reqs[end++]);
+            fill_iocb(ctx, reqs[end++]);
         /* Once requests are parked, newer ones queue behind them. */
-        if (rt__req_queue_count(&laio->deferred) != 0) {
-            defer(laio, reqs + i, end - i);
-            rt__doorbell_ring(&ctx->doorbell); /* so the waiter comes round to pump */
-        } else
+        if (rt__req_queue_count(&laio->deferred) != 0)
+            defer(ctx, reqs + i, end - i);
+        else
             submit_run(ctx, reqs + i, end - i, false);
         i = end;
     }

@@ -58,6 +58,8 @@
 #define UNLIMITED_ENTRIES 1024u
 /* The largest SQ a bounded context asks for; more requests wait on the deferred list. */
 #define MAX_ENTRIES 4096u
+/* Parked requests moved into the ring per io_uring_enter. */
+#define PUMP_BATCH 64u
 /* CQEs taken per peek. */
 #define REAP_BATCH 64u
 
@@ -267,6 +269,16 @@ static size_t fill_ring(struct uring *uring, struct rt_aio_req **reqs, size_t n)
     return done;
 }
 
+/* Parks requests on the deferred list and rings the doorbell, since only the waiter
+ * pumps the list and it may be asleep. */
+static void park(struct uring *uring, struct rt_aio_req **reqs, size_t n)
+{
+    rt__mutex_lock(&uring->deferred_lock);
+    rt__req_queue_push(&uring->deferred, reqs, n);
+    rt__mutex_unlock(&uring->deferred_lock);
+    rt__doorbell_ring(uring->doorbell);
+}
+
 static void uring_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_t n)
 {
     struct uring *uring = uring_of(ctx);
@@ -278,34 +290,45 @@ static void uring_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, size_
     if (rt__req_queue_count(&uring->deferred) == 0)
         in = fill_ring(uring, reqs, n);
     rt__mutex_unlock(&uring->sq_lock);
-    if (in < n) {
-        rt__mutex_lock(&uring->deferred_lock);
-        rt__req_queue_push(&uring->deferred, reqs + in, n - in);
-        rt__mutex_unlock(&uring->deferred_lock);
-        rt__doorbell_ring(&ctx->doorbell); /* so the waiter comes round to pump */
-    }
+    if (in < n)
+        park(uring, reqs + in, n - in);
 }
 
-/* Moves parked requests into the ring, and flushes SQEs a failed submit left behind.
- * The waiter only. */
+/*
+ * Moves parked requests into the ring, PUMP_BATCH at a time (one io_uring_enter per
+ * batch, from fill_ring), and flushes SQEs a failed submit left behind.  The waiter
+ * only.
+ */
 static void pump(struct uring *uring)
 {
+    struct rt_aio_req *batch[PUMP_BATCH];
+    bool filled = false;
+
     if (rt__req_queue_count(&uring->deferred) == 0 &&
         !atomic_load_explicit(&uring->sq_left, memory_order_relaxed))
         return;
     rt__mutex_lock(&uring->sq_lock);
     rt__mutex_lock(&uring->deferred_lock);
-    while (atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots) {
-        struct rt_aio_req *req = rt__req_queue_pop(&uring->deferred);
-        if (req == NULL)
+    for (;;) {
+        uint32_t in_ring = atomic_load_explicit(&uring->in_ring, memory_order_relaxed);
+        size_t room = in_ring < uring->slots ? uring->slots - in_ring : 0;
+        size_t count = 0, in;
+
+        while (count < PUMP_BATCH && count < room &&
+               (batch[count] = rt__req_queue_pop(&uring->deferred)) != NULL)
+            count++;
+        if (count == 0)
             break;
-        if (fill_ring(uring, &req, 1) == 0) {
-            rt__req_queue_push(&uring->deferred, &req, 1); /* the kernel refused; later */
+        in = fill_ring(uring, batch, count);
+        filled = true;
+        if (in < count) { /* the kernel refused: later */
+            rt__req_queue_push(&uring->deferred, batch + in, count - in);
             break;
         }
     }
     rt__mutex_unlock(&uring->deferred_lock);
-    flush_sq(uring);
+    if (!filled)
+        flush_sq(uring); /* fill_ring flushes after each batch */
     rt__mutex_unlock(&uring->sq_lock);
 }
 
@@ -363,12 +386,8 @@ static struct rt_aio_req *finish(struct uring *uring, struct rt_aio_req *req, in
     rt__mutex_lock(&uring->sq_lock);
     in = fill_ring(uring, &req, 1);
     rt__mutex_unlock(&uring->sq_lock);
-    if (in == 0) {
-        rt__mutex_lock(&uring->deferred_lock);
-        rt__req_queue_push(&uring->deferred, &req, 1);
-        rt__mutex_unlock(&uring->deferred_lock);
-        rt__doorbell_ring(uring->doorbell);
-    }
+    if (in == 0)
+        park(uring, &req, 1);
     return NULL;
 }
 
