@@ -11,6 +11,8 @@
 #define RT__MAGIC_FILE    0x19690720u /* Apollo 11 lands */
 #define RT__MAGIC_AIO_CTX 0x19571004u /* Sputnik 1 */
 #define RT__MAGIC_AIO_REQ 0x19610412u /* Vostok 1 */
+#define RT__MAGIC_VD       0x19760720u /* Viking 1 lands on Mars */
+#define RT__MAGIC_VD_QUEUE 0x19770905u /* Voyager 1 */
 #define RT__MAGIC_DEAD    0xdeadbeefu
 
 #endif /* RT_INTERNAL_MAGIC_H */

@@ -1,0 +1,309 @@
+/*
+ * Virtual disks: open, create, read, write, flush and inspect disk images (raw, VDI)
+ * through one interface, synchronously or asynchronously on the file AIO API.
+ *
+ * Offsets and lengths are in bytes of the guest-visible (virtual) disk and need no
+ * alignment: the layer rounds to the image's sectors, bounces through aligned memory
+ * when the image is open with RT_VD_OPEN_NO_CACHE, and serializes writes that share a
+ * sector or allocate a block, so a driver never sees an unaligned or racing request.
+ *
+ * Threading: an image handle, and every queue that carries its requests, is used by one
+ * thread at a time (a hypervisor's I/O thread).  Different images may be used from
+ * different threads at once.  rt_vd_queue_wakeup() is the one call any thread may make.
+ */
+#ifndef RT_VD_H
+#define RT_VD_H
+
+#include <rt/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** An open disk image. */
+typedef struct rt_vd *rt_vd_t;
+/** A queue of asynchronous image requests, running on its own rt_aio context. */
+typedef struct rt_vd_queue *rt_vd_queue_t;
+
+#define RT_VD_NIL       ((rt_vd_t)NULL)
+#define RT_VD_QUEUE_NIL ((rt_vd_queue_t)NULL)
+
+/** Why a call failed, in words that name the problem ("VDI block map entry 7 points
+ *  past the end of the file").  Empty when the status says it all. */
+typedef struct rt_vd_error {
+    char msg[256];
+} rt_vd_error_t;
+
+/* rt_vd_open() flags: any combination. */
+/** Open for reading only; writes fail with RT_ERR_VD_READ_ONLY. */
+#define RT_VD_OPEN_READ_ONLY 0x00000001u
+/** Bypass the host page cache (O_DIRECT).  Callers still pass any offset, length and
+ *  buffer: the layer bounces what is not aligned. */
+#define RT_VD_OPEN_NO_CACHE 0x00000002u
+/** Allow the image to open other files it names (a backing file).  Without it, an
+ *  image that references another file fails to open with RT_ERR_ACCESS_DENIED. */
+#define RT_VD_OPEN_ALLOW_BACKING 0x00000004u
+
+/**
+ * Opens an image.
+ *
+ * Probing (@a format NULL) is allowed only with RT_VD_OPEN_READ_ONLY: a guest can write
+ * anything into a raw image, including another format's header, so a writable open
+ * that trusted the probe could be turned into a different format by the guest.
+ *
+ * @param vd      receives the handle; RT_VD_NIL on failure.
+ * @param path    the image file.
+ * @param format  "raw", "vdi", or NULL to probe (read-only opens only).
+ * @param flags   RT_VD_OPEN_* bits.
+ * @param err     optional; receives a message naming the problem on failure.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_POINTER    @a vd or @a path is NULL.
+ * @retval RT_ERR_INVALID_PARAMETER  unknown flag bit; @a format NULL on a writable open.
+ * @retval RT_ERR_VD_UNKNOWN_FORMAT  @a format names no driver, or the probe found none.
+ * @retval RT_ERR_VD_CORRUPT         a header field, size or table entry is invalid.
+ * @retval RT_ERR_NOT_SUPPORTED      a valid image using a feature this library lacks
+ *                                   (a VDI differencing image), or NO_CACHE refused.
+ * @retval RT_ERR_ACCESS_DENIED      the image names another file and
+ *                                   RT_VD_OPEN_ALLOW_BACKING is not set; or the OS said so.
+ * @retval RT_ERR_NO_MEMORY, and the statuses of rt_file_open() and rt_file_read_at().
+ */
+int rt_vd_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+               rt_vd_error_t *err);
+
+/* rt_vd_create_opts_t.flags */
+/** Allocate every block at creation (VDI "static"; raw: reserve the space). */
+#define RT_VD_CREATE_STATIC 0x00000001u
+
+/** What to create.  Zero every field you do not set. */
+typedef struct rt_vd_create_opts {
+    /** Virtual size in bytes; a multiple of 512. */
+    uint64_t size;
+    /** RT_VD_CREATE_* bits. */
+    uint32_t flags;
+    /** Allocation unit (VDI block size); 0 means the format's default (VDI: 1 MiB). */
+    uint32_t block_size;
+} rt_vd_create_opts_t;
+
+/**
+ * Creates an image; it is not left open.  An existing file is not replaced.
+ *
+ * @param path    the file to create.
+ * @param format  "raw" or "vdi".
+ * @param opts    size and shape.
+ * @param err     optional message on failure.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_POINTER    @a path, @a format or @a opts NULL.
+ * @retval RT_ERR_INVALID_PARAMETER  size not a multiple of 512, zero or too large for
+ *                                   the format; block size not a supported power of
+ *                                   two; unknown flag bit.
+ * @retval RT_ERR_VD_UNKNOWN_FORMAT  no such driver.
+ * @retval RT_ERR_ALREADY_EXISTS, RT_ERR_DISK_FULL, and the statuses of rt_file_open().
+ *         On failure no file is left behind.
+ */
+int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t *opts,
+                 rt_vd_error_t *err);
+
+/**
+ * Commits pending metadata (as rt_vd_flush() does) and closes the image.
+ *
+ * @param vd  the image; RT_VD_NIL is accepted and does nothing.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE  not an open image.
+ * @retval RT_ERR_AIO_BUSY        asynchronous requests on the image are outstanding;
+ *                                the image stays open.
+ * @retval RT_ERR_IO and others   the final flush failed: the handle is freed anyway
+ *                                and the last writes may not be durable.
+ */
+int rt_vd_close(rt_vd_t vd);
+
+/**
+ * Reads or writes guest bytes, waiting for the result.  Any offset and length inside
+ * the virtual size; a length of 0 does nothing.
+ *
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a buf NULL with @a len > 0)
+ * @retval RT_ERR_OUT_OF_RANGE    the range ends past the virtual size.
+ * @retval RT_ERR_VD_READ_ONLY    a write to a read-only image.
+ * @retval RT_ERR_BUSY            the image has asynchronous requests outstanding.
+ * @retval RT_ERR_IO, RT_ERR_DISK_FULL, RT_ERR_NO_MEMORY, RT_ERR_VD_CORRUPT (a table
+ *         entry found invalid during the request).
+ */
+int rt_vd_read(rt_vd_t vd, uint64_t off, void *buf, size_t len);
+int rt_vd_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
+/** Scatter/gather forms of rt_vd_read()/rt_vd_write(); at most 1024 pieces
+ *  (RT_ERR_INVALID_PARAMETER beyond).  The same statuses. */
+int rt_vd_readv(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
+int rt_vd_writev(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
+
+/**
+ * Makes every completed write durable, together with the metadata that points at it.
+ *
+ * @retval RT_OK, RT_ERR_INVALID_HANDLE, RT_ERR_BUSY (see rt_vd_read()), RT_ERR_IO.
+ */
+int rt_vd_flush(rt_vd_t vd);
+
+/** What rt_vd_get_info() reports. */
+typedef struct rt_vd_info {
+    /** Driver name ("raw", "vdi"); static storage. */
+    const char *format;
+    /** Guest-visible size in bytes. */
+    uint64_t virtual_size;
+    /** Bytes the image file occupies on the host (allocated, not apparent size). */
+    uint64_t file_allocated;
+    /** Allocation unit in bytes (VDI block size); 0 for raw. */
+    uint32_t block_size;
+    /** Units with data in the image, and the total (0 and 0 for raw). */
+    uint64_t blocks_allocated, blocks_total;
+    /** Format variant ("dynamic", "static"), "" when the format has none. */
+    char variant[16];
+    /** True when open read-only. */
+    int read_only;
+} rt_vd_info_t;
+
+/**
+ * Describes an open image.
+ *
+ * @retval RT_OK, RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER, RT_ERR_IO.
+ */
+int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info);
+
+/* rt_vd_extent_t.flags */
+/** The range holds data stored in the image file. */
+#define RT_VD_EXTENT_DATA 0x1u
+/** The range reads as zeros. */
+#define RT_VD_EXTENT_ZERO 0x2u
+/** The image itself describes the range (allocated, or a zero block recorded in the
+ *  map); clear for ranges the image leaves unallocated. */
+#define RT_VD_EXTENT_ALLOCATED 0x4u
+
+/** A run of the virtual disk with one status. */
+typedef struct rt_vd_extent {
+    uint64_t offset, length;
+    uint32_t flags;
+    /** Where the data starts in the image file; UINT64_MAX when not DATA. */
+    uint64_t host_offset;
+} rt_vd_extent_t;
+
+/**
+ * The status of the longest run starting at @a off, at most @a len bytes long.
+ *
+ * @param vd   the image.
+ * @param off  inside the virtual size.
+ * @param len  the longest run wanted; clipped to the virtual size.
+ * @param ext  receives offset (= @a off), length (> 0), flags and host offset.
+ * @retval RT_OK, RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER, RT_ERR_OUT_OF_RANGE
+ *         (@a off at or past the virtual size, or @a len 0), RT_ERR_IO.
+ */
+int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext);
+
+/* rt_vd_check() flags */
+/** Reclaim leaked space (space the image holds that nothing references). */
+#define RT_VD_CHECK_REPAIR_LEAKS 0x1u
+
+/** What rt_vd_check() found. */
+typedef struct rt_vd_check_result {
+    /** Inconsistencies that can lose or expose data. */
+    uint64_t corruptions;
+    /** Space held but unreferenced (harmless; what a crash during allocation leaves). */
+    uint64_t leaks;
+    /** Leaks the repair reclaimed. */
+    uint64_t leaks_fixed;
+    /** Allocated and total units, as in rt_vd_info_t. */
+    uint64_t blocks_allocated, blocks_total;
+    /** The first problem found, in words; empty when clean. */
+    char first_problem[256];
+} rt_vd_check_result_t;
+
+/**
+ * Checks the image's metadata for consistency.  Repairing needs a writable image.
+ *
+ * @retval RT_OK  the check ran (read @a res for what it found).
+ * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER, RT_ERR_INVALID_PARAMETER (an
+ *         unknown flag), RT_ERR_VD_READ_ONLY (repair asked on a read-only image),
+ *         RT_ERR_BUSY (asynchronous requests outstanding), RT_ERR_IO.
+ */
+int rt_vd_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
+
+/* ------------------------------------------------------------------------------------
+ * Asynchronous requests.
+ *
+ * A queue owns an rt_aio context.  Requests are accepted without limit (beyond memory):
+ * those that do not fit the context wait inside the queue.  rt_vd_queue_run() waits for
+ * I/O, advances requests (a read of an unallocated block, an allocating write, a
+ * read-modify-write of a partial sector) and calls each completion callback, on the
+ * thread that runs the queue.  A hypervisor's I/O thread typically keeps hundreds of
+ * requests across several images on one queue and calls run in its loop.
+ * ----------------------------------------------------------------------------------*/
+
+/** Completion callback: @a status is what the synchronous call would have returned. */
+typedef void rt_vd_done_t(void *user, int status);
+
+/**
+ * Creates a queue.
+ *
+ * @param queue  receives the handle.
+ * @param depth  kernel requests in flight at most (1..4096); 0 means 128.
+ * @retval RT_OK, RT_ERR_INVALID_POINTER, RT_ERR_INVALID_PARAMETER, RT_ERR_NO_MEMORY,
+ *         and the statuses of rt_aio_ctx_create().
+ */
+int rt_vd_queue_create(rt_vd_queue_t *queue, uint32_t depth);
+
+/**
+ * Destroys an idle queue.
+ *
+ * @retval RT_OK, RT_ERR_INVALID_HANDLE (RT_VD_QUEUE_NIL is accepted and does nothing),
+ *         RT_ERR_AIO_BUSY (requests outstanding; the queue stays).
+ */
+int rt_vd_queue_destroy(rt_vd_queue_t queue);
+
+/**
+ * Starts a read, write or flush.  The buffers must stay valid until the callback; the
+ * @a iov array itself is copied.  The callback never runs inside these calls.
+ *
+ * @retval RT_OK  accepted; @a done will be called exactly once from rt_vd_queue_run().
+ * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a done NULL, @a iov NULL with
+ *         @a iovcnt > 0), RT_ERR_INVALID_PARAMETER (more than 1024 pieces),
+ *         RT_ERR_OUT_OF_RANGE, RT_ERR_VD_READ_ONLY, RT_ERR_NO_MEMORY,
+ *         RT_ERR_BUSY (the image has requests outstanding on another queue).
+ *         On failure nothing was started and @a done will not be called.
+ */
+int rt_vd_queue_read(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
+                     unsigned iovcnt, rt_vd_done_t *done, void *user);
+int rt_vd_queue_write(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
+                      unsigned iovcnt, rt_vd_done_t *done, void *user);
+/** A flush covers every write whose callback ran before the flush was started. */
+int rt_vd_queue_flush(rt_vd_queue_t queue, rt_vd_t vd, rt_vd_done_t *done, void *user);
+
+/**
+ * Runs the queue: waits until at least @a min requests have completed (their callbacks
+ * have run) or @a timeout_ms passes, whichever is first.
+ *
+ * @param queue       the queue.
+ * @param min         completions to wait for; 0 only runs what is ready.
+ * @param timeout_ms  milliseconds, or RT_INDEFINITE_WAIT.
+ * @param completed   optional; receives the number of callbacks that ran.
+ * @retval RT_OK              at least @a min callbacks ran.
+ * @retval RT_ERR_TIMEOUT     the time ran out first (some callbacks may have run).
+ * @retval RT_ERR_INTERRUPTED rt_vd_queue_wakeup() was called.
+ * @retval RT_ERR_AIO_NO_REQUEST  nothing is outstanding and @a min > 0.
+ * @retval RT_ERR_INVALID_HANDLE, and the statuses of rt_aio_ctx_wait().
+ */
+int rt_vd_queue_run(rt_vd_queue_t queue, uint32_t min, uint32_t timeout_ms, uint32_t *completed);
+
+/**
+ * Makes a running (or the next) rt_vd_queue_run() return RT_ERR_INTERRUPTED.  Any thread.
+ *
+ * @retval RT_OK, RT_ERR_INVALID_HANDLE.
+ */
+int rt_vd_queue_wakeup(rt_vd_queue_t queue);
+
+/**
+ * The names of the drivers, in probe order, NULL-terminated.  Static storage.
+ */
+const char *const *rt_vd_formats(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RT_VD_H */

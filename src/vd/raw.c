@@ -1,0 +1,105 @@
+/*
+ * raw: the guest disk is the file, byte for byte.  Any size; holes of a sparse file are
+ * reported as zero ranges (SEEK_DATA/SEEK_HOLE) so convert and map skip them.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "vd/vd_internal.h"
+
+static int raw_probe(const uint8_t *head, size_t len, uint64_t file_size)
+{
+    return 1; /* anything is a raw image; every other driver outbids this */
+}
+
+static int raw_open(rt_vd_t vd, rt_vd_error_t *err)
+{
+    uint64_t size = 0;
+    int rc = rt_file_get_size(vd->file, &size);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "cannot read the file size");
+    if (vd->align > 1 && size % vd->align != 0)
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "size %llu is not a multiple of %u, which uncached I/O needs; "
+                           "open it cached",
+                           (unsigned long long)size, vd->align);
+    vd->size = size;
+    vd->data_align = vd->align;
+    return RT_OK;
+}
+
+static void raw_close(rt_vd_t vd)
+{
+}
+
+static int raw_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err)
+{
+    if (opts->block_size != 0)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "raw images have no block size");
+    int rc = rt_file_set_size(file, opts->size);
+    if (rc != RT_OK || !(opts->flags & RT_VD_CREATE_STATIC))
+        return rc;
+    /* Static: reserve the blocks now, so later writes cannot run out of space. */
+    int fd = (int)rt_file_to_native(file);
+    int error = posix_fallocate(fd, 0, (off_t)opts->size);
+    if (error != 0 && error != EOPNOTSUPP && error != EINVAL)
+        return rt__vd_fail(err, rt_err_from_errno(error), "cannot reserve %llu bytes",
+                           (unsigned long long)opts->size);
+    return RT_OK;
+}
+
+static int raw_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
+{
+    map->kind = VD_MAP_DATA;
+    map->length = len;
+    map->host_off = off;
+    return RT_OK;
+}
+
+static void raw_info(rt_vd_t vd, rt_vd_info_t *info)
+{
+}
+
+/* Data or hole at @a off, from the file system; a file system that cannot tell says
+ * "data" for everything, which is never wrong, only slower to convert. */
+static int raw_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext)
+{
+    int fd = (int)rt_file_to_native(vd->file);
+    uint64_t end = off + len;
+    ext->offset = off;
+    off_t data = lseek(fd, (off_t)off, SEEK_DATA);
+    if (data < 0 && errno != ENXIO) {
+        ext->length = len;
+        ext->flags = RT_VD_EXTENT_DATA | RT_VD_EXTENT_ALLOCATED;
+        ext->host_offset = off;
+        return RT_OK;
+    }
+    if (data < 0 || (uint64_t)data > off) {
+        /* A hole up to the next data (or to the end of the file). */
+        uint64_t next = data < 0 ? end : (uint64_t)data;
+        ext->length = (next < end ? next : end) - off;
+        ext->flags = RT_VD_EXTENT_ZERO | RT_VD_EXTENT_ALLOCATED;
+        ext->host_offset = UINT64_MAX;
+        return RT_OK;
+    }
+    off_t hole = lseek(fd, (off_t)off, SEEK_HOLE);
+    uint64_t next = hole < 0 ? end : (uint64_t)hole;
+    ext->length = (next < end && next > off ? next : end) - off;
+    ext->flags = RT_VD_EXTENT_DATA | RT_VD_EXTENT_ALLOCATED;
+    ext->host_offset = off;
+    return RT_OK;
+}
+
+const struct vd_driver rt__vd_raw_driver = {
+    .name = "raw",
+    .probe = raw_probe,
+    .open = raw_open,
+    .close = raw_close,
+    .create = raw_create,
+    .map = raw_map,
+    .info = raw_info,
+    .block_status = raw_block_status,
+};

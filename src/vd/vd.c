@@ -1,0 +1,438 @@
+/*
+ * The image handle: open (with probing), create, close, and the synchronous calls,
+ * which run on a private queue so that there is one I/O path, not two.
+ */
+#include "config.h"
+
+#include <rt/mem.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal/handle_pool.h"
+#include "internal/magic.h"
+#include "vd/vd_internal.h"
+
+static struct rt__handle_pool vd_pool = RT__HANDLE_POOL_INIT(struct rt_vd, next_free);
+
+#define OPEN_FLAGS (RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_CACHE | RT_VD_OPEN_ALLOW_BACKING)
+#define PROBE_BYTES 4096u
+#define MAX_IOV 1024u
+
+/* raw accepts anything, so it probes last and only wins when nobody else claims. */
+const struct vd_driver *const rt__vd_drivers[] = {&rt__vd_vdi_driver, &rt__vd_raw_driver, NULL};
+
+static const char *const driver_names[] = {"vdi", "raw", NULL};
+
+const char *const *rt_vd_formats(void)
+{
+    return driver_names;
+}
+
+const struct vd_driver *rt__vd_driver_find(const char *name)
+{
+    for (const struct vd_driver *const *d = rt__vd_drivers; *d != NULL; d++)
+        if (strcmp((*d)->name, name) == 0)
+            return *d;
+    return NULL;
+}
+
+int rt__vd_fail(rt_vd_error_t *err, int rc, const char *fmt, ...)
+{
+    if (err != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static bool vd_live(rt_vd_t vd)
+{
+    return vd != NULL && vd->magic == RT__MAGIC_VD;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Metadata I/O. */
+
+/* Runs one aligned window [lo, hi) through a page-aligned bounce buffer: reads it
+ * (zeros past end of file), lets the caller patch it, and writes it back if asked. */
+static int meta_bounce(rt_vd_t vd, uint64_t off, void *rd, const void *wr, size_t len)
+{
+    uint64_t align = vd->align;
+    uint64_t lo = off - off % align;
+    uint64_t hi = off + len + (align - (off + len) % align) % align;
+    size_t span = (size_t)(hi - lo);
+    uint8_t *bounce = rt_mem_page_alloc(span);
+    if (bounce == NULL)
+        return RT_ERR_NO_MEMORY;
+    size_t got = 0;
+    int rc = RT_OK;
+    if (rd != NULL || lo != off || hi != off + len)
+        rc = rt_file_read_at(vd->file, lo, bounce, span, &got);
+    if (rc == RT_OK) {
+        memset(bounce + got, 0, span - got);
+        if (rd != NULL) {
+            memcpy(rd, bounce + (off - lo), len);
+        } else {
+            memcpy(bounce + (off - lo), wr, len);
+            rc = rt_file_write_at(vd->file, lo, bounce, span, NULL);
+        }
+    }
+    rt_mem_page_free(bounce, span);
+    return rc;
+}
+
+int rt__vd_meta_read(rt_vd_t vd, uint64_t off, void *buf, size_t len)
+{
+    if (vd->align > 1)
+        return meta_bounce(vd, off, buf, NULL, len);
+    return rt_file_read_at(vd->file, off, buf, len, NULL);
+}
+
+int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
+{
+    if (vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+    if (vd->align > 1)
+        return meta_bounce(vd, off, NULL, buf, len);
+    return rt_file_write_at(vd->file, off, buf, len, NULL);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Open, create, close. */
+
+static int probe(rt_file_t file, const char *path, const struct vd_driver **found,
+                 rt_vd_error_t *err)
+{
+    uint64_t size = 0;
+    int rc = rt_file_get_size(file, &size);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "%s: cannot read its size", path);
+    /* The file may be open with O_DIRECT: read through aligned memory. */
+    uint8_t *head = rt_mem_page_alloc(PROBE_BYTES);
+    if (head == NULL)
+        return RT_ERR_NO_MEMORY;
+    size_t got = 0;
+    rc = rt_file_read_at(file, 0, head, PROBE_BYTES, &got);
+    if (rc == RT_OK) {
+        int best = 0;
+        for (const struct vd_driver *const *d = rt__vd_drivers; *d != NULL; d++) {
+            int score = (*d)->probe(head, got, size);
+            if (score > best) {
+                best = score;
+                *found = *d;
+            }
+        }
+        if (best == 0)
+            rc = rt__vd_fail(err, RT_ERR_VD_UNKNOWN_FORMAT, "%s: format not recognized", path);
+    } else {
+        rt__vd_fail(err, rc, "%s: cannot read its first sector", path);
+    }
+    rt_mem_page_free(head, PROBE_BYTES);
+    return rc;
+}
+
+/* The smallest O_DIRECT transfer the file takes: 512 where the device has 512-byte
+ * logical sectors, else a page (safe for sectors up to 4 KiB).  Asked of the kernel by
+ * trying, since there is no portable query. */
+static uint32_t direct_granule(rt_file_t file)
+{
+    uint32_t page = (uint32_t)rt_mem_page_size();
+    void *buf = rt_mem_page_alloc(page);
+    if (buf == NULL)
+        return page;
+    size_t got = 0;
+    int rc = rt_file_read_at(file, 0, buf, 512, &got);
+    rt_mem_page_free(buf, page);
+    return rc == RT_OK ? 512u : page;
+}
+
+int rt_vd_open(rt_vd_t *vd_out, const char *path, const char *format, uint32_t flags,
+               rt_vd_error_t *err)
+{
+    if (err != NULL)
+        err->msg[0] = '\0';
+    if (vd_out == NULL || path == NULL)
+        return RT_ERR_INVALID_POINTER;
+    *vd_out = RT_VD_NIL;
+    if (flags & ~OPEN_FLAGS)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown open flag 0x%x",
+                           flags & ~OPEN_FLAGS);
+    bool read_only = flags & RT_VD_OPEN_READ_ONLY;
+    if (format == NULL && !read_only)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "%s: the format must be given to open an image for writing "
+                           "(a probe can be fooled by what a guest wrote)",
+                           path);
+    const struct vd_driver *driver = NULL;
+    if (format != NULL && (driver = rt__vd_driver_find(format)) == NULL)
+        return rt__vd_fail(err, RT_ERR_VD_UNKNOWN_FORMAT, "unknown image format '%s'", format);
+
+    uint32_t file_flags = (read_only ? RT_FILE_READ : RT_FILE_READWRITE) | RT_FILE_OPEN |
+                          RT_FILE_ASYNC_IO;
+    if (flags & RT_VD_OPEN_NO_CACHE)
+        file_flags |= RT_FILE_NO_CACHE;
+    rt_file_t file = RT_FILE_NIL;
+    int rc = rt_file_open(&file, path, file_flags, 0);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "%s: %s", path, rt_strerror(rc));
+    if (driver == NULL && (rc = probe(file, path, &driver, err)) != RT_OK)
+        goto fail_file;
+
+    rt_vd_t vd = rt__handle_alloc(&vd_pool);
+    if (vd == NULL) {
+        rc = RT_ERR_NO_MEMORY;
+        goto fail_file;
+    }
+    vd->driver = driver;
+    vd->file = file;
+    vd->read_only = read_only;
+    vd->no_cache = flags & RT_VD_OPEN_NO_CACHE;
+    vd->allow_backing = flags & RT_VD_OPEN_ALLOW_BACKING;
+    vd->align = vd->no_cache ? direct_granule(file) : 1;
+    rc = driver->open(vd, err);
+    if (rc == RT_OK && vd->data_align % vd->align != 0)
+        rc = rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                         "image data is aligned to %u bytes, but this file needs %u for "
+                         "uncached I/O; open it cached",
+                         vd->data_align, vd->align);
+    if (rc != RT_OK) {
+        vd->magic = RT__MAGIC_DEAD;
+        rt__handle_free(&vd_pool, vd);
+        goto fail_file;
+    }
+    vd->magic = RT__MAGIC_VD;
+    *vd_out = vd;
+    return RT_OK;
+
+fail_file:
+    rt_file_close(file);
+    return rc;
+}
+
+int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t *opts,
+                 rt_vd_error_t *err)
+{
+    if (err != NULL)
+        err->msg[0] = '\0';
+    if (path == NULL || format == NULL || opts == NULL)
+        return RT_ERR_INVALID_POINTER;
+    const struct vd_driver *driver = rt__vd_driver_find(format);
+    if (driver == NULL)
+        return rt__vd_fail(err, RT_ERR_VD_UNKNOWN_FORMAT, "unknown image format '%s'", format);
+    if (opts->flags & ~RT_VD_CREATE_STATIC)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown create flag 0x%x",
+                           opts->flags & ~RT_VD_CREATE_STATIC);
+    if (opts->size == 0 || opts->size % 512 != 0 || opts->size > INT64_MAX)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "size %llu is not a positive multiple of 512",
+                           (unsigned long long)opts->size);
+    rt_file_t file = RT_FILE_NIL;
+    int rc = rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE, 0644);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "%s: %s", path, rt_strerror(rc));
+    rc = driver->create(file, opts, err);
+    if (rc == RT_OK)
+        rc = rt_file_flush(file);
+    int close_rc = rt_file_close(file);
+    if (rc == RT_OK)
+        rc = close_rc;
+    if (rc != RT_OK) {
+        unlink(path);
+        if (err != NULL && err->msg[0] == '\0')
+            rt__vd_fail(err, rc, "%s: %s", path, rt_strerror(rc));
+    }
+    return rc;
+}
+
+int rt_vd_close(rt_vd_t vd)
+{
+    if (vd == NULL)
+        return RT_OK;
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    int rc = rt__vd_queue_ensure_idle(vd);
+    if (rc != RT_OK)
+        return RT_ERR_AIO_BUSY;
+    if (!vd->read_only)
+        rc = rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+    rt__vd_queue_release_sync(vd);
+    vd->driver->close(vd);
+    int close_rc = rt_file_close(vd->file);
+    if (rc == RT_OK)
+        rc = close_rc;
+    vd->magic = RT__MAGIC_DEAD;
+    rt__handle_free(&vd_pool, vd);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Synchronous I/O. */
+
+static int check_range(rt_vd_t vd, uint64_t off, uint64_t len)
+{
+    if (off > vd->size || len > vd->size - off)
+        return RT_ERR_OUT_OF_RANGE;
+    return RT_OK;
+}
+
+static int check_iov(const rt_iovec_t *iov, unsigned iovcnt, uint64_t *total)
+{
+    if (iovcnt > MAX_IOV)
+        return RT_ERR_INVALID_PARAMETER;
+    if (iov == NULL && iovcnt > 0)
+        return RT_ERR_INVALID_POINTER;
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < iovcnt; i++) {
+        if (iov[i].base == NULL && iov[i].len > 0)
+            return RT_ERR_INVALID_POINTER;
+        if (iov[i].len > INT64_MAX - sum)
+            return RT_ERR_OUT_OF_RANGE;
+        sum += iov[i].len;
+    }
+    *total = sum;
+    return RT_OK;
+}
+
+/* Shared by the synchronous and asynchronous entries: handle, direction, iov, range. */
+int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov,
+                         unsigned iovcnt, uint64_t *total)
+{
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    int rc = check_iov(iov, iovcnt, total);
+    if (rc != RT_OK)
+        return rc;
+    if (kind == VD_IO_WRITE && vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+    return check_range(vd, off, *total);
+}
+
+static int sync_rw(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
+{
+    uint64_t total = 0;
+    int rc = rt__vd_check_request(vd, kind, off, iov, iovcnt, &total);
+    if (rc != RT_OK || total == 0)
+        return rc;
+    return rt__vd_sync_io(vd, kind, off, iov, iovcnt);
+}
+
+int rt_vd_read(rt_vd_t vd, uint64_t off, void *buf, size_t len)
+{
+    rt_iovec_t iov = {buf, len};
+    return sync_rw(vd, VD_IO_READ, off, &iov, 1);
+}
+
+int rt_vd_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
+{
+    rt_iovec_t iov = {(void *)buf, len};
+    return sync_rw(vd, VD_IO_WRITE, off, &iov, 1);
+}
+
+int rt_vd_readv(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
+{
+    return sync_rw(vd, VD_IO_READ, off, iov, iovcnt);
+}
+
+int rt_vd_writev(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
+{
+    return sync_rw(vd, VD_IO_WRITE, off, iov, iovcnt);
+}
+
+int rt_vd_flush(rt_vd_t vd)
+{
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    if (vd->read_only)
+        return RT_OK;
+    return rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Inspection. */
+
+int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info)
+{
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    if (info == NULL)
+        return RT_ERR_INVALID_POINTER;
+    memset(info, 0, sizeof(*info));
+    info->format = vd->driver->name;
+    info->virtual_size = vd->size;
+    info->read_only = vd->read_only;
+    struct stat st;
+    if (fstat((int)rt_file_to_native(vd->file), &st) != 0)
+        return RT_ERR_IO;
+    info->file_allocated = (uint64_t)st.st_blocks * 512u;
+    vd->driver->info(vd, info);
+    return RT_OK;
+}
+
+int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext)
+{
+    struct vd_map map;
+    int rc = vd->driver->map(vd, off, len, &map);
+    if (rc != RT_OK)
+        return rc;
+    ext->offset = off;
+    ext->length = map.length < len ? map.length : len;
+    ext->host_offset = UINT64_MAX;
+    switch (map.kind) {
+    case VD_MAP_DATA:
+        ext->flags = RT_VD_EXTENT_DATA | RT_VD_EXTENT_ALLOCATED;
+        ext->host_offset = map.host_off;
+        break;
+    case VD_MAP_ZERO:
+        ext->flags = RT_VD_EXTENT_ZERO | RT_VD_EXTENT_ALLOCATED;
+        break;
+    case VD_MAP_UNALLOCATED:
+        ext->flags = RT_VD_EXTENT_ZERO;
+        break;
+    }
+    return RT_OK;
+}
+
+int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext)
+{
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    if (ext == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (off >= vd->size || len == 0)
+        return RT_ERR_OUT_OF_RANGE;
+    if (len > vd->size - off)
+        len = vd->size - off;
+    if (vd->driver->block_status != NULL)
+        return vd->driver->block_status(vd, off, len, ext);
+    return rt__vd_map_status(vd, off, len, ext);
+}
+
+int rt_vd_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
+{
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    if (res == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (flags & ~RT_VD_CHECK_REPAIR_LEAKS)
+        return RT_ERR_INVALID_PARAMETER;
+    if ((flags & RT_VD_CHECK_REPAIR_LEAKS) && vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+    if (rt__vd_queue_ensure_idle(vd) != RT_OK)
+        return RT_ERR_BUSY;
+    memset(res, 0, sizeof(*res));
+    /* Commit first, so the check sees what the image will look like after a close. */
+    if (!vd->read_only) {
+        int rc = rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+        if (rc != RT_OK)
+            return rc;
+    }
+    if (vd->driver->check == NULL)
+        return RT_OK;
+    return vd->driver->check(vd, flags, res);
+}

@@ -1,0 +1,160 @@
+/*
+ * The virtual disk layer's inside: the image handle, and the table of operations a
+ * format driver fills in.
+ *
+ * A driver only translates.  It says where a guest range lives in the image file
+ * (map), reserves a new allocation unit on demand (alloc), and writes its own metadata
+ * when the layer asks (commit).  Everything about I/O (alignment, bounce buffers,
+ * splitting, ordering against other requests, the AIO context) belongs to the layer in
+ * vd_queue.c, so a driver is small and every format gets the same guarantees.
+ */
+#ifndef RT_VD_INTERNAL_H
+#define RT_VD_INTERNAL_H
+
+#include <rt/err.h>
+#include <rt/file.h>
+#include <rt/vd.h>
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+/* Where a guest range lives, as map() answers it. */
+enum vd_map_kind {
+    VD_MAP_DATA,        /* stored at host_off in the image file */
+    VD_MAP_ZERO,        /* recorded as zeros by the image's metadata */
+    VD_MAP_UNALLOCATED, /* not described by the image: reads as zeros */
+};
+
+struct vd_map {
+    enum vd_map_kind kind;
+    uint64_t length;   /* bytes from the asked offset with this answer; > 0 */
+    uint64_t host_off; /* VD_MAP_DATA only */
+};
+
+/* A unit reserved by alloc(): the guest range [virt_off, virt_off + size) will live at
+ * host_off once the layer has written all of it. */
+struct vd_alloc {
+    uint64_t virt_off;
+    uint64_t host_off;
+    uint32_t size;
+    uint32_t index; /* the driver's own bookkeeping (VDI: block number) */
+};
+
+struct vd_driver {
+    const char *name;
+    /* How sure the driver is that @a head (the first @a len bytes of a file of
+     * @a file_size bytes) is its format: 0 not at all .. 100 certain. */
+    int (*probe)(const uint8_t *head, size_t len, uint64_t file_size);
+    /* Reads and validates the metadata of vd->file; sets vd->size, vd->alloc_unit and
+     * vd->priv.  Must not trust any field of the file before checking it. */
+    int (*open)(rt_vd_t vd, rt_vd_error_t *err);
+    /* Frees vd->priv.  The layer has committed already. */
+    void (*close)(rt_vd_t vd);
+    /* Writes a new image of opts->size into the empty @a file. */
+    int (*create)(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
+    /* Describes [off, off + len); answers for a prefix of it at least one byte long. */
+    int (*map)(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map);
+    /* Reserves the unit holding @a off (write path only; NULL for formats that never
+     * allocate).  The in-memory map points at it at once; the layer calls alloc_done()
+     * when the unit's data is written. */
+    int (*alloc)(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc);
+    /* The unit's data write ended with @a status; on failure the driver forgets the
+     * mapping (the space leaks, which check reports and repair reclaims). */
+    void (*alloc_done)(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq);
+    /* Makes durable the metadata of every allocation whose alloc_done() carried a
+     * sequence number <= @a upto.  The layer has made that data durable before the call
+     * and flushes the file after it.  NULL when there is never any. */
+    int (*commit)(rt_vd_t vd, uint64_t upto);
+    /* Consistency check (NULL: nothing to check). */
+    int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
+    /* Fills the format-specific fields of @a info (block size, counts, variant). */
+    void (*info)(rt_vd_t vd, rt_vd_info_t *info);
+    /* Block status where it differs from map() (raw's holes); NULL to use map(). */
+    int (*block_status)(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext);
+};
+
+struct rt_vd_queue;
+struct vd_io;
+
+struct rt_vd {
+    uint32_t magic; /* RT__MAGIC_VD while open */
+    void *next_free; /* handle pool link */
+    const struct vd_driver *driver;
+    rt_file_t file;
+    bool read_only;
+    bool no_cache;
+    bool allow_backing;
+    /* Guest-visible size. */
+    uint64_t size;
+    /* O_DIRECT transfers must be multiples of this, at offsets and addresses that are
+     * (1 when cached: any transfer goes). */
+    uint32_t align;
+    /* Every host offset map() returns is a multiple of this (checked against align). */
+    uint32_t data_align;
+    /* The driver's allocation unit, 0 when it never allocates. */
+    uint32_t alloc_unit;
+    void *priv;
+
+    /* Asynchronous state, owned by vd_queue.c. */
+    struct rt_vd_queue *busy_queue; /* the queue holding this image's requests, if any */
+    uint32_t outstanding;        /* requests accepted and not yet called back */
+    struct vd_io *active_head;   /* accepted requests in arrival order */
+    struct vd_io *active_tail;
+    uint64_t alloc_seq; /* bumped as each allocation's data is written */
+    struct rt_vd_queue *sync_queue;
+};
+
+/* The drivers, in probe order (raw last: it accepts anything). */
+extern const struct vd_driver rt__vd_raw_driver;
+extern const struct vd_driver rt__vd_vdi_driver;
+const struct vd_driver *rt__vd_driver_find(const char *name);
+extern const struct vd_driver *const rt__vd_drivers[];
+
+/* Fills @a err (if not NULL) with a printf-style message and returns @a rc. */
+int rt__vd_fail(rt_vd_error_t *err, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Metadata I/O for drivers: positioned and synchronous, any offset and length, through
+ * an aligned bounce buffer when the image is open with O_DIRECT. */
+int rt__vd_meta_read(rt_vd_t vd, uint64_t off, void *buf, size_t len);
+int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
+
+/* Validation shared by the synchronous and asynchronous entries (vd.c). */
+int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov,
+                         unsigned iovcnt, uint64_t *total);
+/* Block status straight from map(). */
+int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext);
+
+/* The queue engine (vd_queue.c). */
+int rt__vd_queue_ensure_idle(rt_vd_t vd);
+int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
+void rt__vd_queue_release_sync(rt_vd_t vd);
+
+enum vd_io_kind { VD_IO_READ, VD_IO_WRITE, VD_IO_FLUSH };
+
+/* Little-endian field access for on-disk structures. */
+static inline uint32_t vd_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t vd_le64(const uint8_t *p)
+{
+    return (uint64_t)vd_le32(p) | (uint64_t)vd_le32(p + 4) << 32;
+}
+
+static inline void vd_put_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static inline void vd_put_le64(uint8_t *p, uint64_t v)
+{
+    vd_put_le32(p, (uint32_t)v);
+    vd_put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+#endif /* RT_VD_INTERNAL_H */

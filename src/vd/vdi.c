@@ -1,0 +1,582 @@
+/*
+ * VDI, VirtualBox's native format (version 1.1), dynamic and static.
+ *
+ *   0x000  pre-header: 64 bytes of text, signature 0xbeda107f, version 0x00010001
+ *   0x048  header: size, type (1 dynamic, 2 static), offsets of the block map and of
+ *          the data, disk size, block size, blocks in image, blocks allocated, UUIDs
+ *   bmap   one little-endian u32 per guest block: the index of its data block in the
+ *          data area, 0xffffffff (unallocated) or 0xfffffffe (reads as zeros)
+ *   data   block i at offset_data + i * block_size
+ *
+ * Every field is checked before use, as strictly as VirtualBox does, and the whole
+ * block map is checked on open (indices below the allocated count, inside the file,
+ * none used twice), so no later read or write can go out of bounds.
+ *
+ * Allocation takes the next data block (the allocated count) and points the in-memory
+ * map at it.  The engine writes the whole block, and only at a flush does commit() write
+ * the new count into the header, flush, then write the map entries: a crash leaves at
+ * worst a count above the entries that use it (leaked blocks, which check reports and
+ * `check -r leaks` reclaims), never an entry pointing at unwritten data.
+ */
+#include "config.h"
+
+#include <rt/mem.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "vd/vd_internal.h"
+
+#define VDI_SIGNATURE   0xbeda107fu
+#define VDI_VERSION_1_1 0x00010001u
+#define VDI_DYNAMIC     1u
+#define VDI_STATIC      2u
+#define VDI_UNDO        3u
+#define VDI_DIFF        4u
+#define VDI_FREE        0xffffffffu
+#define VDI_ZERO        0xfffffffeu
+#define VDI_HEADER_LEN  512u
+#define VDI_SECTOR      512u
+
+/* Header field offsets (see the diagram above). */
+enum {
+    OFF_TEXT = 0x000,
+    OFF_SIGNATURE = 0x040,
+    OFF_VERSION = 0x044,
+    OFF_HEADER_SIZE = 0x048,
+    OFF_TYPE = 0x04c,
+    OFF_FLAGS = 0x050,
+    OFF_BMAP = 0x154,
+    OFF_DATA = 0x158,
+    OFF_SECTOR_SIZE = 0x168,
+    OFF_DISK_SIZE = 0x170,
+    OFF_BLOCK_SIZE = 0x178,
+    OFF_BLOCK_EXTRA = 0x17c,
+    OFF_BLOCKS = 0x180,
+    OFF_ALLOCATED = 0x184,
+    OFF_UUID_IMAGE = 0x188,
+    OFF_UUID_LAST_SNAP = 0x198,
+    OFF_UUID_LINK = 0x1a8,
+    OFF_UUID_PARENT = 0x1b8,
+};
+
+/* The header-size field counts from OFF_HEADER_SIZE; 0x180 is version 1.1's minimum
+ * (what QEMU writes), and the header must end inside the first sector. */
+#define HEADER_SIZE_MIN 0x180u
+#define HEADER_SIZE_MAX (VDI_HEADER_LEN - OFF_HEADER_SIZE)
+#define BLOCK_SIZE_MIN  512u
+#define BLOCK_SIZE_MAX  (64u << 20)
+#define DEFAULT_BLOCK   (1u << 20)
+
+/* An allocation whose map entry is not yet on disk. */
+struct pending {
+    uint32_t block;
+    uint32_t previous; /* the entry before allocation, restored if the data write fails */
+    uint64_t seq;      /* 0 while the data write is in flight */
+};
+
+struct vdi {
+    uint8_t header[VDI_HEADER_LEN];
+    uint32_t type;
+    uint32_t block_size;
+    uint32_t blocks;
+    uint32_t allocated;         /* data blocks handed out, in memory */
+    uint32_t allocated_on_disk; /* the count the header holds */
+    uint64_t offset_bmap;
+    uint64_t offset_data;
+    uint32_t *bmap; /* host order */
+    struct pending *pending;
+    size_t pending_len, pending_cap;
+};
+
+static struct vdi *vdi_of(rt_vd_t vd)
+{
+    return vd->priv;
+}
+
+static bool power_of_two(uint32_t v)
+{
+    return v != 0 && (v & (v - 1)) == 0;
+}
+
+static bool uuid_is_null(const uint8_t *uuid)
+{
+    for (int i = 0; i < 16; i++)
+        if (uuid[i] != 0)
+            return false;
+    return true;
+}
+
+static uint64_t block_host_off(const struct vdi *v, uint32_t index)
+{
+    return v->offset_data + (uint64_t)index * v->block_size;
+}
+
+static int vdi_probe(const uint8_t *head, size_t len, uint64_t file_size)
+{
+    if (len < OFF_VERSION + 4)
+        return 0;
+    return vd_le32(head + OFF_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Open: the header, then the block map, each field checked before it is used. */
+
+static int check_header(struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
+{
+    const uint8_t *h = v->header;
+    uint32_t signature = vd_le32(h + OFF_SIGNATURE);
+    if (signature != VDI_SIGNATURE)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "not a VDI image (signature 0x%08x, expected 0x%08x)", signature,
+                           VDI_SIGNATURE);
+    uint32_t version = vd_le32(h + OFF_VERSION);
+    if (version != VDI_VERSION_1_1)
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED, "VDI version %u.%u is not supported (1.1 is)",
+                           version >> 16, version & 0xffff);
+    uint32_t header_size = vd_le32(h + OFF_HEADER_SIZE);
+    if (header_size < HEADER_SIZE_MIN || header_size > HEADER_SIZE_MAX)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "VDI header size %u is outside %u..%u",
+                           header_size, HEADER_SIZE_MIN, HEADER_SIZE_MAX);
+    v->type = vd_le32(h + OFF_TYPE);
+    if (v->type == VDI_UNDO || v->type == VDI_DIFF)
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "VDI %s images are not supported (they need a parent image)",
+                           v->type == VDI_UNDO ? "undo" : "differencing");
+    if (v->type != VDI_DYNAMIC && v->type != VDI_STATIC)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "unknown VDI image type %u", v->type);
+    uint32_t sector_size = vd_le32(h + OFF_SECTOR_SIZE);
+    if (sector_size != VDI_SECTOR)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "VDI sector size %u is not %u", sector_size,
+                           VDI_SECTOR);
+    v->block_size = vd_le32(h + OFF_BLOCK_SIZE);
+    if (!power_of_two(v->block_size) || v->block_size < BLOCK_SIZE_MIN ||
+        v->block_size > BLOCK_SIZE_MAX)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "VDI block size %u is not a power of two in %u..%u", v->block_size,
+                           BLOCK_SIZE_MIN, BLOCK_SIZE_MAX);
+    uint32_t extra = vd_le32(h + OFF_BLOCK_EXTRA);
+    if (extra != 0)
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "VDI blocks with %u extra bytes are not supported", extra);
+    uint64_t disk_size = vd_le64(h + OFF_DISK_SIZE);
+    v->blocks = vd_le32(h + OFF_BLOCKS);
+    if (disk_size % VDI_SECTOR != 0)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "VDI disk size %llu is not a multiple of %u",
+                           (unsigned long long)disk_size, VDI_SECTOR);
+    if (disk_size > (uint64_t)v->blocks * v->block_size)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "VDI disk size %llu exceeds its %u blocks of %u bytes",
+                           (unsigned long long)disk_size, v->blocks, v->block_size);
+    v->allocated = v->allocated_on_disk = vd_le32(h + OFF_ALLOCATED);
+    if (v->allocated > v->blocks)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "VDI allocated block count %u exceeds the %u blocks in the image",
+                           v->allocated, v->blocks);
+    v->offset_bmap = vd_le32(h + OFF_BMAP);
+    v->offset_data = vd_le32(h + OFF_DATA);
+    if (v->offset_bmap % VDI_SECTOR != 0 || v->offset_bmap < OFF_HEADER_SIZE + header_size)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "VDI block map offset 0x%llx is unaligned or overlaps the header",
+                           (unsigned long long)v->offset_bmap);
+    uint64_t bmap_end = v->offset_bmap + (uint64_t)v->blocks * 4u;
+    if (bmap_end > file_size)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "VDI block map (%u entries at 0x%llx) extends past the end of the "
+                           "file (%llu bytes)",
+                           v->blocks, (unsigned long long)v->offset_bmap,
+                           (unsigned long long)file_size);
+    if (v->offset_data % VDI_SECTOR != 0 || v->offset_data < bmap_end)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "VDI data offset 0x%llx is unaligned or overlaps the block map "
+                           "(which ends at 0x%llx)",
+                           (unsigned long long)v->offset_data, (unsigned long long)bmap_end);
+    if (!uuid_is_null(h + OFF_UUID_LINK) || !uuid_is_null(h + OFF_UUID_PARENT))
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "VDI image links to a parent image, which is not supported");
+    return RT_OK;
+}
+
+static int load_bmap(rt_vd_t vd, struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
+{
+    size_t bytes = (size_t)v->blocks * 4u;
+    uint8_t *raw = malloc(bytes ? bytes : 1);
+    v->bmap = malloc(bytes ? bytes : 1);
+    uint8_t *used = calloc(v->allocated ? v->allocated : 1, 1);
+    uint32_t *owner = malloc((v->allocated ? v->allocated : 1) * sizeof(*owner));
+    int rc = RT_ERR_NO_MEMORY;
+    if (raw == NULL || v->bmap == NULL || used == NULL || owner == NULL)
+        goto out;
+    if (bytes > 0 && (rc = rt__vd_meta_read(vd, v->offset_bmap, raw, bytes)) != RT_OK) {
+        rt__vd_fail(err, rc, "cannot read the VDI block map");
+        goto out;
+    }
+    rc = RT_OK;
+    for (uint32_t i = 0; i < v->blocks; i++) {
+        uint32_t e = vd_le32(raw + 4u * i);
+        v->bmap[i] = e;
+        if (e == VDI_FREE || e == VDI_ZERO)
+            continue;
+        if (e >= v->allocated) {
+            rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                             "VDI block map entry %u points at data block %u, but only %u "
+                             "are allocated",
+                             i, e, v->allocated);
+            break;
+        }
+        if (block_host_off(v, e) + v->block_size > file_size) {
+            rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                             "VDI block map entry %u points at data block %u, past the end "
+                             "of the file",
+                             i, e);
+            break;
+        }
+        if (used[e]) {
+            rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                             "VDI block map entries %u and %u both point at data block %u",
+                             owner[e], i, e);
+            break;
+        }
+        used[e] = 1;
+        owner[e] = i;
+    }
+out:
+    free(raw);
+    free(used);
+    free(owner);
+    return rc;
+}
+
+static int vdi_open(rt_vd_t vd, rt_vd_error_t *err)
+{
+    uint64_t file_size = 0;
+    int rc = rt_file_get_size(vd->file, &file_size);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "cannot read the file size");
+    if (file_size < VDI_HEADER_LEN)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "file of %llu bytes is too small for a VDI header",
+                           (unsigned long long)file_size);
+    struct vdi *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return RT_ERR_NO_MEMORY;
+    if ((rc = rt__vd_meta_read(vd, 0, v->header, VDI_HEADER_LEN)) != RT_OK)
+        rt__vd_fail(err, rc, "cannot read the VDI header");
+    else if ((rc = check_header(v, file_size, err)) == RT_OK)
+        rc = load_bmap(vd, v, file_size, err);
+    if (rc != RT_OK) {
+        free(v->bmap);
+        free(v);
+        return rc;
+    }
+    vd->priv = v;
+    vd->size = vd_le64(v->header + OFF_DISK_SIZE);
+    vd->alloc_unit = v->block_size;
+    /* The largest power of two (up to a page) that every block's offset is a multiple of. */
+    uint64_t bits = v->offset_data | v->block_size | 4096u;
+    vd->data_align = (uint32_t)(bits & -bits);
+    return RT_OK;
+}
+
+static void vdi_close(rt_vd_t vd)
+{
+    struct vdi *v = vdi_of(vd);
+    free(v->bmap);
+    free(v->pending);
+    free(v);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Create. */
+
+static int vdi_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err)
+{
+    uint32_t block_size = opts->block_size ? opts->block_size : DEFAULT_BLOCK;
+    if (!power_of_two(block_size) || block_size < 4096u || block_size > BLOCK_SIZE_MAX)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "VDI block size %u is not a power of two in 4096..%u", block_size,
+                           BLOCK_SIZE_MAX);
+    uint64_t blocks = (opts->size + block_size - 1) / block_size;
+    if (blocks > 0x3fffffffu)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "size %llu needs %llu VDI blocks, more than the format allows",
+                           (unsigned long long)opts->size, (unsigned long long)blocks);
+    bool is_static = opts->flags & RT_VD_CREATE_STATIC;
+    uint64_t offset_bmap = VDI_HEADER_LEN;
+    /* Data starts on a page boundary, so uncached I/O works on 4 KiB-sector disks. */
+    uint64_t offset_data = (offset_bmap + blocks * 4u + 4095u) & ~(uint64_t)4095u;
+    if (offset_data > UINT32_MAX)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "VDI block map too large");
+
+    uint8_t h[VDI_HEADER_LEN] = {0};
+    static const char text[] = "<<< vrt Virtual Disk Image >>>\n";
+    memcpy(h + OFF_TEXT, text, sizeof(text) - 1);
+    vd_put_le32(h + OFF_SIGNATURE, VDI_SIGNATURE);
+    vd_put_le32(h + OFF_VERSION, VDI_VERSION_1_1);
+    vd_put_le32(h + OFF_HEADER_SIZE, HEADER_SIZE_MIN);
+    vd_put_le32(h + OFF_TYPE, is_static ? VDI_STATIC : VDI_DYNAMIC);
+    vd_put_le32(h + OFF_BMAP, (uint32_t)offset_bmap);
+    vd_put_le32(h + OFF_DATA, (uint32_t)offset_data);
+    vd_put_le32(h + OFF_SECTOR_SIZE, VDI_SECTOR);
+    vd_put_le64(h + OFF_DISK_SIZE, opts->size);
+    vd_put_le32(h + OFF_BLOCK_SIZE, block_size);
+    vd_put_le32(h + OFF_BLOCKS, (uint32_t)blocks);
+    vd_put_le32(h + OFF_ALLOCATED, is_static ? (uint32_t)blocks : 0u);
+    for (int off = OFF_UUID_IMAGE; off <= OFF_UUID_LAST_SNAP; off += 16) {
+        if (getrandom(h + off, 16, 0) != 16)
+            return rt__vd_fail(err, RT_ERR_GENERAL_FAILURE, "no random bytes for a UUID");
+        h[off + 7] = (uint8_t)((h[off + 7] & 0x0f) | 0x40); /* version 4, little-endian */
+        h[off + 8] = (uint8_t)((h[off + 8] & 0x3f) | 0x80);
+    }
+    int rc = rt_file_write_at(file, 0, h, sizeof(h), NULL);
+    if (rc != RT_OK)
+        return rc;
+
+    /* The block map, written a chunk at a time. */
+    enum { CHUNK = 16384 };
+    uint8_t chunk[CHUNK * 4];
+    for (uint64_t first = 0; first < blocks && rc == RT_OK; first += CHUNK) {
+        uint64_t n = blocks - first < CHUNK ? blocks - first : CHUNK;
+        for (uint64_t i = 0; i < n; i++)
+            vd_put_le32(chunk + 4 * i, is_static ? (uint32_t)(first + i) : VDI_FREE);
+        rc = rt_file_write_at(file, offset_bmap + first * 4u, chunk, (size_t)n * 4u, NULL);
+    }
+    if (rc != RT_OK)
+        return rc;
+    return rt_file_set_size(file, offset_data + (is_static ? blocks * block_size : 0));
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Map and allocation. */
+
+static enum vd_map_kind entry_kind(uint32_t e)
+{
+    return e == VDI_FREE ? VD_MAP_UNALLOCATED : e == VDI_ZERO ? VD_MAP_ZERO : VD_MAP_DATA;
+}
+
+static int vdi_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
+{
+    struct vdi *v = vdi_of(vd);
+    uint32_t block = (uint32_t)(off / v->block_size);
+    uint32_t e = v->bmap[block];
+    map->kind = entry_kind(e);
+    map->host_off = map->kind == VD_MAP_DATA ? block_host_off(v, e) + off % v->block_size : 0;
+    uint64_t length = v->block_size - off % v->block_size;
+    /* Runs of blocks answer together: same kind, and for data, contiguous in the file. */
+    while (length < len && ++block < v->blocks) {
+        uint32_t next = v->bmap[block];
+        if (entry_kind(next) != map->kind || (map->kind == VD_MAP_DATA && next != ++e))
+            break;
+        length += v->block_size;
+    }
+    map->length = length < len ? length : len;
+    return RT_OK;
+}
+
+static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
+{
+    struct vdi *v = vdi_of(vd);
+    uint32_t block = (uint32_t)(off / v->block_size);
+    if (v->allocated >= v->blocks)
+        return RT_ERR_VD_CORRUPT; /* every data block is used: the map would have said so */
+    if (v->pending_len == v->pending_cap) {
+        size_t cap = v->pending_cap ? v->pending_cap * 2 : 16;
+        struct pending *grown = realloc(v->pending, cap * sizeof(*grown));
+        if (grown == NULL)
+            return RT_ERR_NO_MEMORY;
+        v->pending = grown;
+        v->pending_cap = cap;
+    }
+    uint32_t index = v->allocated++;
+    v->pending[v->pending_len++] = (struct pending){block, v->bmap[block], 0};
+    v->bmap[block] = index;
+    alloc->virt_off = (uint64_t)block * v->block_size;
+    alloc->host_off = block_host_off(v, index);
+    alloc->size = v->block_size;
+    alloc->index = block;
+    return RT_OK;
+}
+
+static void vdi_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq)
+{
+    struct vdi *v = vdi_of(vd);
+    for (size_t i = v->pending_len; i-- > 0;) {
+        struct pending *p = &v->pending[i];
+        if (p->block != alloc->index || p->seq != 0)
+            continue;
+        if (status == RT_OK) {
+            p->seq = seq;
+        } else {
+            /* The data block stays counted but unused: a leak, never a bad pointer. */
+            v->bmap[p->block] = p->previous;
+            v->pending[i] = v->pending[--v->pending_len];
+        }
+        return;
+    }
+}
+
+static int write_header_count(rt_vd_t vd, struct vdi *v)
+{
+    if (v->allocated_on_disk == v->allocated)
+        return RT_OK;
+    vd_put_le32(v->header + OFF_ALLOCATED, v->allocated);
+    int rc = rt__vd_meta_write(vd, 0, v->header, VDI_HEADER_LEN);
+    if (rc == RT_OK)
+        rc = rt_file_flush(vd->file);
+    if (rc == RT_OK)
+        v->allocated_on_disk = v->allocated;
+    return rc;
+}
+
+static int write_entry(rt_vd_t vd, struct vdi *v, uint32_t block)
+{
+    uint8_t le[4];
+    vd_put_le32(le, v->bmap[block]);
+    return rt__vd_meta_write(vd, v->offset_bmap + 4u * (uint64_t)block, le, sizeof(le));
+}
+
+static int vdi_commit(rt_vd_t vd, uint64_t upto)
+{
+    struct vdi *v = vdi_of(vd);
+    bool any = false;
+    for (size_t i = 0; i < v->pending_len; i++)
+        if (v->pending[i].seq != 0 && v->pending[i].seq <= upto)
+            any = true;
+    if (!any)
+        return 0;
+    /* The count first: entries must never point past it. */
+    int rc = write_header_count(vd, v);
+    for (size_t i = 0; rc == RT_OK && i < v->pending_len;) {
+        struct pending *p = &v->pending[i];
+        if (p->seq == 0 || p->seq > upto) {
+            i++;
+            continue;
+        }
+        rc = write_entry(vd, v, p->block);
+        if (rc == RT_OK)
+            *p = v->pending[--v->pending_len];
+    }
+    return rc == RT_OK ? 1 : rc;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Check and leak repair. */
+
+/* Moves data block @a from to the unused block @a to and repoints @a owner's entry:
+ * copy, flush, repoint, flush.  A crash at any point leaves a leak, never a loss. */
+static int move_block(rt_vd_t vd, struct vdi *v, uint32_t owner, uint32_t from, uint32_t to)
+{
+    uint8_t *buf = rt_mem_page_alloc(v->block_size);
+    if (buf == NULL)
+        return RT_ERR_NO_MEMORY;
+    int rc = rt__vd_meta_read(vd, block_host_off(v, from), buf, v->block_size);
+    if (rc == RT_OK)
+        rc = rt__vd_meta_write(vd, block_host_off(v, to), buf, v->block_size);
+    rt_mem_page_free(buf, v->block_size);
+    if (rc == RT_OK)
+        rc = rt_file_flush(vd->file);
+    if (rc != RT_OK)
+        return rc;
+    v->bmap[owner] = to;
+    rc = write_entry(vd, v, owner);
+    return rc == RT_OK ? rt_file_flush(vd->file) : rc;
+}
+
+static int repair_leaks(rt_vd_t vd, struct vdi *v, uint32_t *owner, uint32_t referenced)
+{
+    /* Fill each hole below the referenced count with the highest block above it. */
+    uint32_t top = v->allocated;
+    for (uint32_t hole = 0; hole < referenced; hole++) {
+        if (owner[hole] != VDI_FREE)
+            continue;
+        while (owner[top - 1] == VDI_FREE)
+            top--;
+        uint32_t from = --top;
+        int rc = move_block(vd, v, owner[from], from, hole);
+        if (rc != RT_OK)
+            return rc;
+        owner[hole] = owner[from];
+        owner[from] = VDI_FREE;
+    }
+    v->allocated = referenced;
+    int rc = write_header_count(vd, v);
+    if (rc == RT_OK)
+        rc = rt_file_set_size(vd->file, block_host_off(v, referenced));
+    return rc == RT_OK ? rt_file_flush(vd->file) : rc;
+}
+
+static int vdi_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
+{
+    struct vdi *v = vdi_of(vd);
+    uint64_t file_size = 0;
+    int rc = rt_file_get_size(vd->file, &file_size);
+    if (rc != RT_OK)
+        return rc;
+    uint32_t *owner = malloc((v->allocated ? v->allocated : 1) * sizeof(*owner));
+    if (owner == NULL)
+        return RT_ERR_NO_MEMORY;
+    for (uint32_t i = 0; i < v->allocated; i++)
+        owner[i] = VDI_FREE;
+    uint32_t referenced = 0;
+    for (uint32_t i = 0; i < v->blocks; i++) {
+        uint32_t e = v->bmap[i];
+        if (e == VDI_FREE || e == VDI_ZERO)
+            continue;
+        if (e >= v->allocated || owner[e] != VDI_FREE) {
+            /* Open refuses both; seen here only if memory was overwritten. */
+            if (res->corruptions++ == 0)
+                snprintf(res->first_problem, sizeof(res->first_problem),
+                         "block map entry %u points at data block %u twice or out of range", i,
+                         e);
+            continue;
+        }
+        owner[e] = i;
+        referenced++;
+    }
+    res->blocks_allocated = referenced;
+    res->blocks_total = v->blocks;
+    res->leaks = v->allocated - referenced;
+    uint64_t end = block_host_off(v, v->allocated);
+    if (file_size > end)
+        res->leaks += (file_size - end + v->block_size - 1) / v->block_size;
+    if (res->leaks > 0 && res->first_problem[0] == '\0')
+        snprintf(res->first_problem, sizeof(res->first_problem),
+                 "%llu data blocks are allocated but unused", (unsigned long long)res->leaks);
+    if ((flags & RT_VD_CHECK_REPAIR_LEAKS) && res->leaks > 0 && res->corruptions == 0) {
+        rc = repair_leaks(vd, v, owner, referenced);
+        if (rc == RT_OK) {
+            res->leaks_fixed = res->leaks;
+            res->leaks = 0;
+        }
+    }
+    free(owner);
+    return rc;
+}
+
+static void vdi_info(rt_vd_t vd, rt_vd_info_t *info)
+{
+    struct vdi *v = vdi_of(vd);
+    info->block_size = v->block_size;
+    info->blocks_total = v->blocks;
+    for (uint32_t i = 0; i < v->blocks; i++)
+        if (entry_kind(v->bmap[i]) == VD_MAP_DATA)
+            info->blocks_allocated++;
+    snprintf(info->variant, sizeof(info->variant), "%s",
+             v->type == VDI_STATIC ? "static" : "dynamic");
+}
+
+const struct vd_driver rt__vd_vdi_driver = {
+    .name = "vdi",
+    .probe = vdi_probe,
+    .open = vdi_open,
+    .close = vdi_close,
+    .create = vdi_create,
+    .map = vdi_map,
+    .alloc = vdi_alloc,
+    .alloc_done = vdi_alloc_done,
+    .commit = vdi_commit,
+    .check = vdi_check,
+    .info = vdi_info,
+};
