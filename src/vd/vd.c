@@ -157,9 +157,10 @@ int rt_vd_open(rt_vd_t *vd_out, const char *path, const char *format, uint32_t f
 {
     if (err != NULL)
         err->msg[0] = '\0';
+    if (vd_out != NULL)
+        *vd_out = RT_VD_NIL;
     if (vd_out == NULL || path == NULL)
         return RT_ERR_INVALID_POINTER;
-    *vd_out = RT_VD_NIL;
     if (flags & ~OPEN_FLAGS)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown open flag 0x%x",
                            flags & ~OPEN_FLAGS);

@@ -1,0 +1,690 @@
+/*
+ * The virtual disk layer: API contract and error paths, data integrity of raw and VDI
+ * images against an in-memory model (cached and uncached, synchronous and queued),
+ * ordering of concurrent allocating and read-modify-write requests, the flush-time
+ * metadata commit, block status and info.
+ */
+#include "tst_common.h"
+
+#include <rt/file.h>
+#include <rt/vd.h>
+
+#include <stdbool.h>
+
+#define MIB (1024u * 1024u)
+#define DISK_SIZE (8u * MIB)
+
+static unsigned char model[DISK_SIZE];
+static unsigned char scratch[DISK_SIZE];
+static uint64_t prng_state = 0x9e3779b97f4a7c15u;
+
+static uint64_t prng(void)
+{
+    prng_state ^= prng_state << 13;
+    prng_state ^= prng_state >> 7;
+    prng_state ^= prng_state << 17;
+    return prng_state;
+}
+
+static void fill_random(unsigned char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (unsigned char)prng();
+}
+
+/* A fresh image of @a size in the scratch directory; returns its path in @a path. */
+static void make_image(char *path, size_t room, const char *name, const char *format,
+                       uint64_t size, uint32_t flags)
+{
+    tst_path(path, room, name);
+    unlink(path);
+    rt_vd_create_opts_t opts = {.size = size, .flags = flags};
+    rt_vd_error_t err;
+    int rc = rt_vd_create(path, format, &opts, &err);
+    if (rc != RT_OK)
+        fprintf(stderr, "  create %s: %s\n", path, err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, RT_OK);
+}
+
+static bool uncached_supported(void)
+{
+    char path[600];
+    tst_path(path, sizeof path, "direct-probe");
+    rt_file_t file;
+    int rc = rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_OPEN_CREATE | RT_FILE_NO_CACHE,
+                          0);
+    if (rc == RT_OK)
+        rt_file_close(file);
+    unlink(path);
+    return rc == RT_OK;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* API contract and error paths. */
+
+static void test_open_errors(void)
+{
+    char path[600];
+    rt_vd_t vd = (rt_vd_t)1;
+    rt_vd_error_t err;
+    make_image(path, sizeof path, "errors.vdi", "vdi", MIB, 0);
+
+    TST_RC(rt_vd_open(NULL, path, "vdi", 0, NULL), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_open(&vd, NULL, "vdi", 0, NULL), RT_ERR_INVALID_POINTER);
+    CU_ASSERT_PTR_NULL(vd);
+    TST_RC(rt_vd_open(&vd, path, "vdi", 0x100, &err), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_open(&vd, path, "qcow9", 0, &err), RT_ERR_VD_UNKNOWN_FORMAT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "qcow9"));
+    /* A writable open must not trust a probe. */
+    TST_RC(rt_vd_open(&vd, path, NULL, 0, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "format must be given"));
+    CU_ASSERT_PTR_NULL(vd);
+
+    char missing[600];
+    tst_path(missing, sizeof missing, "no-such-image");
+    TST_RC(rt_vd_open(&vd, missing, "raw", 0, &err), RT_ERR_FILE_NOT_FOUND);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "no-such-image"));
+
+    /* An explicitly named format that the file is not. */
+    char raw[600];
+    make_image(raw, sizeof raw, "plain.raw", "raw", MIB, 0);
+    TST_RC(rt_vd_open(&vd, raw, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_ERR_VD_CORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "signature"));
+
+    /* Probing a read-only open finds each format. */
+    TST_RC_FATAL(rt_vd_open(&vd, path, NULL, RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    rt_vd_info_t info;
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    CU_ASSERT_STRING_EQUAL(info.format, "vdi");
+    CU_ASSERT_TRUE(info.read_only);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, raw, NULL, RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    CU_ASSERT_STRING_EQUAL(info.format, "raw");
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+static void test_create_errors(void)
+{
+    char path[600];
+    rt_vd_error_t err;
+    tst_path(path, sizeof path, "create-errors.vdi");
+    unlink(path);
+    rt_vd_create_opts_t opts = {.size = MIB};
+    TST_RC(rt_vd_create(NULL, "vdi", &opts, &err), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_create(path, NULL, &opts, &err), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_create(path, "vdi", NULL, &err), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_create(path, "nope", &opts, &err), RT_ERR_VD_UNKNOWN_FORMAT);
+    opts.size = 1000;
+    TST_RC(rt_vd_create(path, "vdi", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "512"));
+    opts.size = 0;
+    TST_RC(rt_vd_create(path, "raw", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    opts.size = MIB;
+    opts.flags = 0x80;
+    TST_RC(rt_vd_create(path, "vdi", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    opts.flags = 0;
+    opts.block_size = 3000;
+    TST_RC(rt_vd_create(path, "vdi", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "block size"));
+    opts.block_size = 4096;
+    TST_RC(rt_vd_create(path, "raw", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    /* No failed create leaves a file behind. */
+    CU_ASSERT_EQUAL(access(path, F_OK), -1);
+
+    opts.block_size = 0;
+    TST_RC(rt_vd_create(path, "vdi", &opts, &err), RT_OK);
+    TST_RC(rt_vd_create(path, "vdi", &opts, &err), RT_ERR_ALREADY_EXISTS);
+    /* ...and a refused create does not remove the file that was there. */
+    CU_ASSERT_EQUAL(access(path, F_OK), 0);
+}
+
+static void test_io_errors(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    char buf[512] = {0};
+    make_image(path, sizeof path, "io-errors.vdi", "vdi", MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", 0, NULL), RT_OK);
+
+    TST_RC(rt_vd_read(vd, MIB - 100, buf, 200), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_write(vd, MIB, buf, 1), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_read(vd, UINT64_MAX, buf, 2), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_read(vd, 0, NULL, 10), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_read(vd, 0, buf, 0), RT_OK);
+    TST_RC(rt_vd_read(vd, MIB, buf, 0), RT_OK);
+    rt_iovec_t iov[2] = {{buf, 10}, {NULL, 10}};
+    TST_RC(rt_vd_readv(vd, 0, iov, 2), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_readv(vd, 0, NULL, 1), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_readv(vd, 0, iov, 1025), RT_ERR_INVALID_PARAMETER);
+    rt_vd_extent_t ext;
+    TST_RC(rt_vd_block_status(vd, MIB, 1, &ext), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_block_status(vd, 0, 0, &ext), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_block_status(vd, 0, 1, NULL), RT_ERR_INVALID_POINTER);
+    rt_vd_check_result_t res;
+    TST_RC(rt_vd_check(vd, 0x10, &res), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_check(vd, 0, NULL), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_get_info(vd, NULL), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    /* A closed handle is recognised, not trusted. */
+    TST_RC(rt_vd_read(vd, 0, buf, 1), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_close(vd), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_flush(vd), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_get_info(vd, &(rt_vd_info_t){0}), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_close(RT_VD_NIL), RT_OK);
+
+    /* Read-only images refuse writes and repairs, and flush trivially. */
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC(rt_vd_write(vd, 0, buf, 1), RT_ERR_VD_READ_ONLY);
+    TST_RC(rt_vd_check(vd, RT_VD_CHECK_REPAIR_LEAKS, &res), RT_ERR_VD_READ_ONLY);
+    TST_RC(rt_vd_flush(vd), RT_OK);
+    TST_RC(rt_vd_read(vd, 0, buf, sizeof buf), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+static void noop_done(void *user, int status)
+{
+    (*(int *)user)++;
+}
+
+static void test_queue_errors(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    rt_vd_queue_t q1, q2;
+    char buf[512] = {0};
+    rt_iovec_t iov = {buf, sizeof buf};
+    int calls = 0;
+    make_image(path, sizeof path, "queue-errors.vdi", "vdi", MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", 0, NULL), RT_OK);
+
+    TST_RC(rt_vd_queue_create(NULL, 8), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_queue_create(&q1, 5000), RT_ERR_INVALID_PARAMETER);
+    TST_RC_FATAL(rt_vd_queue_create(&q1, 8), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_create(&q2, 0), RT_OK);
+
+    TST_RC(rt_vd_queue_read(q1, vd, 0, &iov, 1, NULL, NULL), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_queue_read(RT_VD_QUEUE_NIL, vd, 0, &iov, 1, noop_done, &calls),
+           RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_queue_read(q1, RT_VD_NIL, 0, &iov, 1, noop_done, &calls), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_queue_read(q1, vd, MIB, &iov, 1, noop_done, &calls), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_queue_run(q1, 1, 0, NULL), RT_ERR_AIO_NO_REQUEST);
+    TST_RC(rt_vd_queue_run(q1, 0, 0, NULL), RT_OK);
+
+    /* An image with requests on one queue is busy for every other queue and for the
+     * synchronous calls, and cannot be closed; the queue cannot be destroyed. */
+    TST_RC_FATAL(rt_vd_queue_write(q1, vd, 0, &iov, 1, noop_done, &calls), RT_OK);
+    CU_ASSERT_EQUAL(calls, 0); /* never from inside the call */
+    TST_RC(rt_vd_queue_read(q2, vd, 0, &iov, 1, noop_done, &calls), RT_ERR_BUSY);
+    TST_RC(rt_vd_read(vd, 0, buf, 1), RT_ERR_BUSY);
+    TST_RC(rt_vd_flush(vd), RT_ERR_BUSY);
+    TST_RC(rt_vd_check(vd, 0, &(rt_vd_check_result_t){0}), RT_ERR_BUSY);
+    TST_RC(rt_vd_close(vd), RT_ERR_AIO_BUSY);
+    TST_RC(rt_vd_queue_destroy(q1), RT_ERR_AIO_BUSY);
+    uint32_t completed = 0;
+    TST_RC(rt_vd_queue_run(q1, 1, 5000, &completed), RT_OK);
+    CU_ASSERT_EQUAL(completed, 1);
+    CU_ASSERT_EQUAL(calls, 1);
+
+    /* Wakeup ends a run (and is remembered when nobody runs). */
+    TST_RC(rt_vd_queue_wakeup(q1), RT_OK);
+    TST_RC(rt_vd_queue_read(q1, vd, 0, &iov, 1, noop_done, &calls), RT_OK);
+    int rc = rt_vd_queue_run(q1, 2, 5000, &completed);
+    CU_ASSERT_TRUE(rc == RT_ERR_INTERRUPTED || rc == RT_ERR_AIO_NO_REQUEST);
+    while (calls < 2)
+        TST_RC_FATAL(rt_vd_queue_run(q1, 1, 5000, NULL), RT_OK);
+
+    /* Zero-length requests and read-only flushes complete through the queue too. */
+    TST_RC(rt_vd_queue_read(q1, vd, MIB, &iov, 0, noop_done, &calls), RT_OK);
+    TST_RC(rt_vd_queue_flush(q1, vd, noop_done, &calls), RT_OK);
+    TST_RC(rt_vd_queue_run(q1, 2, 5000, &completed), RT_OK);
+    CU_ASSERT_EQUAL(calls, 4);
+
+    TST_RC(rt_vd_queue_destroy(q1), RT_OK);
+    TST_RC(rt_vd_queue_destroy(q2), RT_OK);
+    TST_RC(rt_vd_queue_destroy(q1), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_queue_run(q1, 0, 0, NULL), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_queue_wakeup(q1), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_vd_queue_destroy(RT_VD_QUEUE_NIL), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+static void test_formats_list(void)
+{
+    const char *const *names = rt_vd_formats();
+    bool raw = false, vdi = false;
+    for (; *names != NULL; names++) {
+        raw |= strcmp(*names, "raw") == 0;
+        vdi |= strcmp(*names, "vdi") == 0;
+    }
+    CU_ASSERT_TRUE(raw && vdi);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Data integrity against a model. */
+
+/* Random synchronous reads and writes at any offset and length, flushes now and then,
+ * then a reopen that must read back exactly the model. */
+static void model_run(const char *format, uint32_t create_flags, uint32_t open_flags)
+{
+    char path[600];
+    char name[64];
+    snprintf(name, sizeof name, "model-%s-%x-%x", format, create_flags, open_flags);
+    make_image(path, sizeof path, name, format, DISK_SIZE, create_flags);
+    memset(model, 0, sizeof model);
+    rt_vd_t vd;
+    rt_vd_error_t err;
+    int rc = rt_vd_open(&vd, path, format, open_flags, &err);
+    if (rc == RT_ERR_NOT_SUPPORTED && (open_flags & RT_VD_OPEN_NO_CACHE)) {
+        printf("(uncached I/O refused here: %s) ", err.msg);
+        return;
+    }
+    TST_RC_FATAL(rc, RT_OK);
+    for (int i = 0; i < 600; i++) {
+        uint64_t off = prng() % DISK_SIZE;
+        size_t len = (size_t)(prng() % 70000);
+        if (prng() % 4 == 0)
+            off &= ~(uint64_t)4095; /* aligned ones too, the zero-copy path */
+        if (off + len > DISK_SIZE)
+            len = DISK_SIZE - off;
+        if (prng() & 1) {
+            fill_random(scratch, len);
+            TST_RC_FATAL(rt_vd_write(vd, off, scratch, len), RT_OK);
+            memcpy(model + off, scratch, len);
+        } else {
+            TST_RC_FATAL(rt_vd_read(vd, off, scratch, len), RT_OK);
+            CU_ASSERT_FATAL(memcmp(scratch, model + off, len) == 0);
+        }
+        if (i % 150 == 0)
+            TST_RC(rt_vd_flush(vd), RT_OK);
+    }
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, path, NULL, RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC(rt_vd_read(vd, 0, scratch, DISK_SIZE), RT_OK);
+    CU_ASSERT(memcmp(scratch, model, DISK_SIZE) == 0);
+    rt_vd_check_result_t res;
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions, 0);
+    CU_ASSERT_EQUAL(res.leaks, 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+static void test_model_raw_cached(void)
+{
+    model_run("raw", 0, 0);
+}
+
+static void test_model_raw_uncached(void)
+{
+    model_run("raw", 0, RT_VD_OPEN_NO_CACHE);
+}
+
+static void test_model_vdi_dynamic_cached(void)
+{
+    model_run("vdi", 0, 0);
+}
+
+static void test_model_vdi_dynamic_uncached(void)
+{
+    model_run("vdi", 0, RT_VD_OPEN_NO_CACHE);
+}
+
+static void test_model_vdi_static(void)
+{
+    model_run("vdi", RT_VD_CREATE_STATIC, 0);
+    model_run("vdi", RT_VD_CREATE_STATIC, RT_VD_OPEN_NO_CACHE);
+}
+
+/* Scatter/gather with odd pieces, including empty ones and unaligned addresses. */
+static void test_vectors(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    make_image(path, sizeof path, "vectors.vdi", "vdi", 4 * MIB, 0);
+    uint32_t flags = uncached_supported() ? RT_VD_OPEN_NO_CACHE : 0;
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", flags, NULL), RT_OK);
+    unsigned char *data = malloc(300000), *back = malloc(300000);
+    CU_ASSERT_FATAL(data != NULL && back != NULL);
+    fill_random(data, 300000);
+    size_t cuts[] = {1, 0, 4095, 513, 100000, 0, 7, 195384 - 1, 1};
+    rt_iovec_t iov[9], iov_back[9];
+    size_t at = 0;
+    for (int i = 0; i < 9; i++) {
+        iov[i] = (rt_iovec_t){data + at, cuts[i]};
+        iov_back[i] = (rt_iovec_t){back + at, cuts[i]};
+        at += cuts[i];
+    }
+    CU_ASSERT_EQUAL_FATAL(at, 300000);
+    TST_RC(rt_vd_writev(vd, MIB - 12345, iov, 9), RT_OK);
+    memset(back, 0, 300000);
+    TST_RC(rt_vd_readv(vd, MIB - 12345, iov_back, 9), RT_OK);
+    CU_ASSERT(memcmp(data, back, 300000) == 0);
+    /* Unallocated neighbours still read as zeros. */
+    TST_RC(rt_vd_read(vd, 3 * MIB, back, 4096), RT_OK);
+    CU_ASSERT(back[0] == 0 && back[4095] == 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    free(data);
+    free(back);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Queued requests: ordering, and flush-time metadata. */
+
+struct tracked {
+    int status;
+    bool done;
+};
+
+static void tracked_done(void *user, int status)
+{
+    struct tracked *t = user;
+    t->status = status;
+    t->done = true;
+}
+
+static void run_until_done(rt_vd_queue_t q, struct tracked *t, size_t n)
+{
+    for (;;) {
+        size_t left = 0;
+        for (size_t i = 0; i < n; i++)
+            left += !t[i].done;
+        if (left == 0)
+            return;
+        TST_RC_FATAL(rt_vd_queue_run(q, 1, 10000, NULL), RT_OK);
+    }
+}
+
+/* 64 small writes into one unallocated block, all in flight at once: each allocates or
+ * lands in the block another is allocating.  Without ordering, the whole-block write of
+ * the allocation would wipe its neighbours. */
+static void concurrent_into_one_block(uint32_t open_flags, size_t skew, size_t piece, size_t stride)
+{
+    char path[600];
+    rt_vd_t vd;
+    rt_vd_queue_t q;
+    enum { N = 64 };
+    make_image(path, sizeof path, "one-block.vdi", "vdi", 4 * MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", open_flags, NULL), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_create(&q, 16), RT_OK);
+    static unsigned char bufs[N][4096];
+    struct tracked t[N] = {{0}};
+    rt_iovec_t iov[N];
+    memset(model, 0, 2 * MIB);
+    for (int i = 0; i < N; i++) {
+        fill_random(bufs[i], piece);
+        iov[i] = (rt_iovec_t){bufs[i], piece};
+        uint64_t off = MIB + skew + (uint64_t)i * stride;
+        memcpy(model + off, bufs[i], piece);
+        TST_RC_FATAL(rt_vd_queue_write(q, vd, off, &iov[i], 1, tracked_done, &t[i]), RT_OK);
+    }
+    run_until_done(q, t, N);
+    for (int i = 0; i < N; i++)
+        TST_RC(t[i].status, RT_OK);
+    TST_RC(rt_vd_read(vd, 0, scratch, 2 * MIB), RT_OK);
+    CU_ASSERT(memcmp(scratch, model, 2 * MIB) == 0);
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+/* Each backend reorders differently (the thread pool most): run on every one. */
+static void on_every_backend(uint32_t open_flags, size_t skew, size_t piece, size_t stride)
+{
+    static const char *const names[] = {"threads", "linux-aio", "io_uring"};
+    for (int i = 0; i < 3; i++) {
+        rt_aio_ctx_t ctx;
+        if (rt_aio_ctx_create(&ctx, 4, tst_backend_flag(names[i])) != RT_OK)
+            continue;
+        rt_aio_ctx_destroy(ctx);
+        setenv("RT_AIO_BACKEND", names[i], 1);
+        for (int round = 0; round < 5; round++)
+            concurrent_into_one_block(open_flags, skew, piece, stride);
+    }
+    unsetenv("RT_AIO_BACKEND");
+}
+
+static void test_concurrent_allocating_writes(void)
+{
+    on_every_backend(0, 17, 1000, 1000);
+    /* Uncached and aligned: no read-modify-write, only the allocation to order, and
+     * the device slow enough for reordering to show. */
+    if (uncached_supported())
+        on_every_backend(RT_VD_OPEN_NO_CACHE, 0, 4096, 4096);
+}
+
+/* Unaligned neighbours sharing sectors, uncached: each is a read-modify-write of the
+ * sectors it touches, which must not run concurrently with its neighbours. */
+static void test_concurrent_rmw_writes(void)
+{
+    if (!uncached_supported()) {
+        printf("(no O_DIRECT here) ");
+        return;
+    }
+    on_every_backend(RT_VD_OPEN_NO_CACHE, 17, 300, 300);
+}
+
+/* Many queued requests across two images, in random non-overlapping ranges per batch,
+ * checked against a model for each image. */
+static void test_queue_two_images(void)
+{
+    char paths[2][600];
+    rt_vd_t vd[2];
+    rt_vd_queue_t q;
+    static unsigned char models[2][4 * MIB];
+    static unsigned char bufs[64][65536];
+    make_image(paths[0], sizeof paths[0], "q0.vdi", "vdi", 4 * MIB, 0);
+    make_image(paths[1], sizeof paths[1], "q1.raw", "raw", 4 * MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd[0], paths[0], "vdi", 0, NULL), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd[1], paths[1], "raw", 0, NULL), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_create(&q, 8), RT_OK); /* fewer ops than requests */
+    memset(models, 0, sizeof models);
+    for (int round = 0; round < 20; round++) {
+        struct tracked t[64] = {{0}};
+        rt_iovec_t iov[64];
+        bool reading[64];
+        uint64_t offs[64];
+        size_t lens[64];
+        /* 32 slots of 128 KiB per image: one request per slot, so none overlap. */
+        for (int i = 0; i < 64; i++) {
+            int img = i & 1;
+            uint64_t slot = (uint64_t)(i / 2) * (128 * 1024);
+            offs[i] = slot + prng() % 60000;
+            lens[i] = 1 + prng() % 65535;
+            reading[i] = prng() % 3 == 0;
+            iov[i] = (rt_iovec_t){bufs[i], lens[i]};
+            if (reading[i]) {
+                TST_RC_FATAL(
+                    rt_vd_queue_read(q, vd[img], offs[i], &iov[i], 1, tracked_done, &t[i]),
+                    RT_OK);
+            } else {
+                fill_random(bufs[i], lens[i]);
+                memcpy(models[img] + offs[i], bufs[i], lens[i]);
+                TST_RC_FATAL(
+                    rt_vd_queue_write(q, vd[img], offs[i], &iov[i], 1, tracked_done, &t[i]),
+                    RT_OK);
+            }
+        }
+        if (round % 5 == 4) {
+            struct tracked f[2] = {{0}};
+            run_until_done(q, t, 64);
+            TST_RC(rt_vd_queue_flush(q, vd[0], tracked_done, &f[0]), RT_OK);
+            TST_RC(rt_vd_queue_flush(q, vd[1], tracked_done, &f[1]), RT_OK);
+            run_until_done(q, f, 2);
+            TST_RC(f[0].status, RT_OK);
+            TST_RC(f[1].status, RT_OK);
+        }
+        run_until_done(q, t, 64);
+        for (int i = 0; i < 64; i++) {
+            TST_RC(t[i].status, RT_OK);
+            if (reading[i])
+                CU_ASSERT(memcmp(bufs[i], models[i & 1] + offs[i], lens[i]) == 0);
+        }
+    }
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    for (int img = 0; img < 2; img++) {
+        TST_RC(rt_vd_close(vd[img]), RT_OK);
+        TST_RC_FATAL(rt_vd_open(&vd[img], paths[img], NULL, RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+        TST_RC(rt_vd_read(vd[img], 0, scratch, 4 * MIB), RT_OK);
+        CU_ASSERT(memcmp(scratch, models[img], 4 * MIB) == 0);
+        TST_RC(rt_vd_close(vd[img]), RT_OK);
+    }
+}
+
+/* A newly allocated block is invisible to another reader of the file until a flush
+ * commits its map entry: the metadata never runs ahead of durable data. */
+static void test_metadata_waits_for_flush(void)
+{
+    char path[600];
+    rt_vd_t writer, reader;
+    unsigned char data[4096], back[4096];
+    make_image(path, sizeof path, "commit.vdi", "vdi", 4 * MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&writer, path, "vdi", 0, NULL), RT_OK);
+    fill_random(data, sizeof data);
+    TST_RC(rt_vd_write(writer, 2 * MIB + 512, data, sizeof data), RT_OK);
+
+    TST_RC_FATAL(rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC(rt_vd_read(reader, 2 * MIB + 512, back, sizeof back), RT_OK);
+    CU_ASSERT(back[0] == 0 && back[4095] == 0);
+    rt_vd_extent_t ext;
+    TST_RC(rt_vd_block_status(reader, 2 * MIB, MIB, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.flags & RT_VD_EXTENT_DATA, 0);
+    TST_RC(rt_vd_close(reader), RT_OK);
+
+    TST_RC(rt_vd_flush(writer), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC(rt_vd_read(reader, 2 * MIB + 512, back, sizeof back), RT_OK);
+    CU_ASSERT(memcmp(back, data, sizeof data) == 0);
+    TST_RC(rt_vd_close(reader), RT_OK);
+    TST_RC(rt_vd_close(writer), RT_OK);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Inspection. */
+
+static void test_vdi_block_status_and_info(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    unsigned char data[100];
+    make_image(path, sizeof path, "status.vdi", "vdi", 5 * MIB + 512, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", 0, NULL), RT_OK);
+    fill_random(data, sizeof data);
+    TST_RC(rt_vd_write(vd, MIB + 10, data, sizeof data), RT_OK);
+    TST_RC(rt_vd_write(vd, 2 * MIB + 10, data, sizeof data), RT_OK);
+
+    rt_vd_extent_t ext;
+    TST_RC(rt_vd_block_status(vd, 0, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.offset, 0);
+    CU_ASSERT_EQUAL(ext.length, MIB);
+    CU_ASSERT_EQUAL(ext.flags, RT_VD_EXTENT_ZERO);
+    CU_ASSERT_EQUAL(ext.host_offset, UINT64_MAX);
+    /* Two blocks allocated one after the other answer as one run. */
+    TST_RC(rt_vd_block_status(vd, MIB, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.length, 2 * MIB);
+    CU_ASSERT_EQUAL(ext.flags, RT_VD_EXTENT_DATA | RT_VD_EXTENT_ALLOCATED);
+    CU_ASSERT_NOT_EQUAL(ext.host_offset, UINT64_MAX);
+    TST_RC(rt_vd_block_status(vd, MIB + 5, 10, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.length, 10);
+    /* The tail, clipped to the virtual size. */
+    TST_RC(rt_vd_block_status(vd, 3 * MIB, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.offset + ext.length, 5 * MIB + 512);
+
+    rt_vd_info_t info;
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    CU_ASSERT_STRING_EQUAL(info.format, "vdi");
+    CU_ASSERT_EQUAL(info.virtual_size, 5 * MIB + 512);
+    CU_ASSERT_EQUAL(info.block_size, MIB);
+    CU_ASSERT_EQUAL(info.blocks_total, 6);
+    CU_ASSERT_EQUAL(info.blocks_allocated, 2);
+    CU_ASSERT_STRING_EQUAL(info.variant, "dynamic");
+    CU_ASSERT_FALSE(info.read_only);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+static void test_raw_block_status(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    unsigned char data[4096];
+    make_image(path, sizeof path, "holes.raw", "raw", 8 * MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "raw", 0, NULL), RT_OK);
+    fill_random(data, sizeof data);
+    TST_RC(rt_vd_write(vd, 4 * MIB, data, sizeof data), RT_OK);
+    TST_RC(rt_vd_flush(vd), RT_OK);
+    rt_vd_extent_t ext;
+    TST_RC(rt_vd_block_status(vd, 4 * MIB, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_TRUE(ext.flags & RT_VD_EXTENT_DATA);
+    CU_ASSERT_EQUAL(ext.host_offset, 4 * MIB);
+    TST_RC(rt_vd_block_status(vd, 0, UINT64_MAX, &ext), RT_OK);
+    if (ext.flags & RT_VD_EXTENT_DATA) {
+        /* The file system does not report holes: all data is the correct fallback. */
+        printf("(no SEEK_HOLE here) ");
+        CU_ASSERT_EQUAL(ext.host_offset, 0);
+    } else {
+        CU_ASSERT_EQUAL(ext.flags, RT_VD_EXTENT_ZERO | RT_VD_EXTENT_ALLOCATED);
+        CU_ASSERT_TRUE(ext.length > 0 && ext.length <= 4 * MIB);
+    }
+    rt_vd_info_t info;
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    CU_ASSERT_STRING_EQUAL(info.format, "raw");
+    CU_ASSERT_EQUAL(info.virtual_size, 8 * MIB);
+    CU_ASSERT_EQUAL(info.block_size, 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+/* A raw image of odd size opens cached (any size) but not uncached. */
+static void test_raw_odd_size(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    rt_vd_error_t err;
+    tst_path(path, sizeof path, "odd.raw");
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_FATAL(f != NULL);
+    for (int i = 0; i < 1000; i++)
+        fputc(i & 0xff, f);
+    fclose(f);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "raw", 0, NULL), RT_OK);
+    unsigned char back[1000];
+    TST_RC(rt_vd_read(vd, 0, back, 1000), RT_OK);
+    CU_ASSERT_EQUAL(back[999], 999 & 0xff);
+    TST_RC(rt_vd_write(vd, 990, "0123456789", 10), RT_OK);
+    TST_RC(rt_vd_write(vd, 995, "0123456789", 10), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    if (uncached_supported()) {
+        TST_RC(rt_vd_open(&vd, path, "raw", RT_VD_OPEN_NO_CACHE, &err), RT_ERR_NOT_SUPPORTED);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "multiple"));
+    }
+}
+
+int main(void)
+{
+    CU_pSuite api = tst_suite("contract and error paths");
+    CU_pSuite data = tst_suite("data against a model");
+    CU_pSuite queue = tst_suite("queued requests");
+    CU_pSuite inspect = tst_suite("inspection");
+
+    TST_ADD(api, test_open_errors);
+    TST_ADD(api, test_create_errors);
+    TST_ADD(api, test_io_errors);
+    TST_ADD(api, test_queue_errors);
+    TST_ADD(api, test_formats_list);
+
+    TST_ADD(data, test_model_raw_cached);
+    TST_ADD(data, test_model_raw_uncached);
+    TST_ADD(data, test_model_vdi_dynamic_cached);
+    TST_ADD(data, test_model_vdi_dynamic_uncached);
+    TST_ADD(data, test_model_vdi_static);
+    TST_ADD(data, test_vectors);
+
+    TST_ADD(queue, test_concurrent_allocating_writes);
+    TST_ADD(queue, test_concurrent_rmw_writes);
+    TST_ADD(queue, test_queue_two_images);
+    TST_ADD(queue, test_metadata_waits_for_flush);
+
+    TST_ADD(inspect, test_vdi_block_status_and_info);
+    TST_ADD(inspect, test_raw_block_status);
+    TST_ADD(inspect, test_raw_odd_size);
+
+    return tst_run();
+}
