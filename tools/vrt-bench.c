@@ -28,8 +28,8 @@
  * with rt_time_nano_ts.  So it includes the library's submit path, the device, the
  * completion path, and any time the completion sat ready while this thread handled
  * others: what an application using the API sees.  It goes into a log-linear histogram
- * (128 linear steps per power of two: under 0.8 % error, 58 KiB, nothing allocated per
- * I/O).
+ * (bench_report.c: 128 linear steps per power of two, under 0.8 % error, nothing
+ * allocated per I/O).
  *
  * CPU is that of the whole process, every thread (the library's workers for the threads
  * backend included): getrusage(RUSAGE_SELF) user + system time when the window opens
@@ -48,7 +48,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -56,10 +55,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <rt/err.h>
@@ -68,18 +64,14 @@
 #include <rt/mem.h>
 #include <rt/time.h>
 
-#ifndef PACKAGE_VERSION
-#define PACKAGE_VERSION "unknown"
-#endif
+#include "bench_report.h"
+#include "cli_common.h"
 
 #define PROG "vrt-bench"
 
 /* Exit statuses.  An interrupted run exits 128 + the signal number. */
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
-
-#define NS_PER_SEC 1000000000ull
-#define MIB        (1024.0 * 1024.0)
 
 /* How long one rt_aio_ctx_wait may block.  Short enough that a signal or a stuck device
  * is noticed promptly, long enough to cost nothing when I/O flows. */
@@ -256,81 +248,11 @@ static void usage_error(const char *option, const char *fmt, ...)
     exit(EXIT_USAGE);
 }
 
-/* A plain unsigned decimal number, all of the text, no sign. */
-static bool parse_u64(const char *text, uint64_t *value)
-{
-    char *end;
-    unsigned long long parsed;
-
-    if (!text[0] || text[0] == '-' || text[0] == '+' || text[0] == ' ')
-        return false;
-    errno = 0;
-    parsed = strtoull(text, &end, 10);
-    if (errno || *end)
-        return false;
-    *value = parsed;
-    return true;
-}
-
-/* A byte count with an optional binary suffix: 4096, 4k, 4K, 4kb, 4KiB, 1g, ... */
-static bool parse_size(const char *text, uint64_t *value)
-{
-    static const char units[] = "kmgt";
-    char *end;
-    const char *unit;
-    unsigned long long parsed;
-    unsigned shift = 0;
-
-    if (!text[0] || text[0] == '-' || text[0] == '+' || text[0] == ' ')
-        return false;
-    errno = 0;
-    parsed = strtoull(text, &end, 10);
-    if (errno || end == text)
-        return false;
-    if (*end) {
-        unit = strchr(units, end[0] | 0x20);
-        if (!unit || !end[0])
-            return false;
-        shift = 10 * (unsigned)(unit - units + 1);
-        end++;
-        if (strcasecmp(end, "") && strcasecmp(end, "b") && strcasecmp(end, "ib"))
-            return false;
-    }
-    if (parsed > (UINT64_MAX >> shift))
-        return false;
-    *value = (uint64_t)parsed << shift;
-    return true;
-}
-
-/* A duration in seconds, decimals allowed, optional s/m/h suffix. */
-static bool parse_seconds(const char *text, double *seconds)
-{
-    char *end;
-    double parsed;
-    double scale = 1.0;
-
-    if (!text[0] || text[0] == '-' || text[0] == '+' || text[0] == ' ')
-        return false;
-    errno = 0;
-    parsed = strtod(text, &end);
-    if (errno || end == text || !isfinite(parsed))
-        return false;
-    if (!strcmp(end, "m"))
-        scale = 60.0;
-    else if (!strcmp(end, "h"))
-        scale = 3600.0;
-    else if (strcmp(end, "") && strcmp(end, "s"))
-        return false;
-    *seconds = parsed * scale;
-    /* A year is plenty, and keeps seconds * 1e9 far inside uint64_t. */
-    return *seconds <= 366.0 * 24 * 3600;
-}
-
 static uint64_t option_u64(const char *option, const char *text, uint64_t min, uint64_t max)
 {
     uint64_t value;
 
-    if (!parse_u64(text, &value))
+    if (!cli_parse_u64(text, &value))
         usage_error(option, "'%s' is not a whole number", text);
     if (value < min || value > max)
         usage_error(option, "%s is out of range (%" PRIu64 "..%" PRIu64 ")", text, min, max);
@@ -341,7 +263,7 @@ static uint64_t option_size(const char *option, const char *text)
 {
     uint64_t value;
 
-    if (!parse_size(text, &value))
+    if (!cli_parse_size(text, &value))
         usage_error(option, "'%s' is not a size (a byte count, optionally with k, m, g or t)",
                     text);
     return value;
@@ -351,7 +273,7 @@ static double option_seconds(const char *option, const char *text)
 {
     double value;
 
-    if (!parse_seconds(text, &value))
+    if (!cli_parse_seconds(text, &value))
         usage_error(option, "'%s' is not a duration (seconds, optionally with s, m or h)", text);
     return value;
 }
@@ -477,74 +399,6 @@ static void parse_options(int argc, char **argv, struct options *opt)
 /* ------------------------------------------------------------------------------------
  * Small helpers: random numbers, formatting, notes.
  */
-
-/* splitmix64: one add and two multiplies per number, good enough to spread offsets. */
-static uint64_t prng_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Fills a buffer with random bytes none of which is zero, so neither a zero-detecting
- * device nor a deduplicating file system can skip the write. */
-static void fill_pattern(void *buf, size_t len, uint64_t *prng)
-{
-    uint64_t *words = buf;
-    unsigned char *tail = buf;
-
-    for (size_t i = 0; i < len / 8; i++)
-        words[i] = prng_next(prng) | 0x0101010101010101ull;
-    for (size_t i = len / 8 * 8; i < len; i++)
-        tail[i] = 0xa5;
-}
-
-/* "4 KiB", "256 MiB", "1.5 GiB", "4097 B": exact when it is a whole number of units. */
-static const char *format_size(char *buf, size_t room, uint64_t bytes)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-    unsigned unit = 0;
-    double scaled = (double)bytes;
-
-    while (scaled >= 1024.0 && unit + 1 < sizeof(units) / sizeof(units[0])) {
-        scaled /= 1024.0;
-        unit++;
-    }
-    if (scaled == floor(scaled))
-        snprintf(buf, room, "%.0f %s", scaled, units[unit]);
-    else
-        snprintf(buf, room, "%.1f %s", scaled, units[unit]);
-    return buf;
-}
-
-/* "123.4k", "1.2M", "980": for the progress line. */
-static const char *format_count(char *buf, size_t room, double value)
-{
-    if (value >= 1e6)
-        snprintf(buf, room, "%.1fM", value / 1e6);
-    else if (value >= 1e3)
-        snprintf(buf, room, "%.1fk", value / 1e3);
-    else
-        snprintf(buf, room, "%.0f", value);
-    return buf;
-}
-
-static double ns_to_s(uint64_t ns)
-{
-    return (double)ns / (double)NS_PER_SEC;
-}
-
-static uint64_t s_to_ns(double seconds)
-{
-    return (uint64_t)llround(seconds * (double)NS_PER_SEC);
-}
-
-static double timeval_s(struct timeval tv)
-{
-    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-}
 
 /* Status text with its name, for error messages: "input/output error (RT_ERR_IO)". */
 static void print_status(int rc)
@@ -685,9 +539,8 @@ static bool show_progress(const struct options *opt)
 /* Writes [from, size) with non-zero data, then makes it durable. */
 static int lay_out(const struct options *opt, const struct target *t, rt_file_t file, uint64_t from)
 {
-    bool progress = show_progress(opt);
+    struct cli_progress progress;
     uint64_t prng = opt->seed ^ 0x6c61796f7574ull; /* "layout" */
-    uint64_t next_report = 0;
     void *buf = rt_mem_page_alloc(LAYOUT_CHUNK);
     int rc = RT_OK;
 
@@ -695,21 +548,17 @@ static int lay_out(const struct options *opt, const struct target *t, rt_file_t 
         fprintf(stderr, "%s: out of memory\n", PROG);
         return EXIT_RUNTIME;
     }
+    cli_progress_start(&progress, show_progress(opt), "laying out");
     for (uint64_t off = from; off < opt->size && RT_SUCCESS(rc); off += LAYOUT_CHUNK) {
         size_t len = (size_t)(opt->size - off < LAYOUT_CHUNK ? opt->size - off : LAYOUT_CHUNK);
 
         if (stop_signal)
             break;
-        fill_pattern(buf, len, &prng);
+        cli_fill_pattern(buf, len, &prng);
         rc = rt_file_write_at(file, off, buf, len, NULL);
-        if (progress && rt_time_milli_ts() >= next_report) {
-            fprintf(stderr, "\r\033[Klaying out: %.0f%%",
-                    100.0 * (double)(off - from) / (double)(opt->size - from));
-            next_report = rt_time_milli_ts() + 500;
-        }
+        cli_progress_update(&progress, off - from, opt->size - from);
     }
-    if (progress)
-        fputs("\r\033[K", stderr);
+    cli_progress_end(&progress, false);
     rt_mem_page_free(buf, LAYOUT_CHUNK);
     if (RT_SUCCESS(rc) && !stop_signal)
         rc = rt_file_flush(file);
@@ -769,7 +618,8 @@ static int check_target_size(const struct options *opt, const struct target *t)
     }
     if (size < opt->size) {
         fprintf(stderr, "%s: %s holds %s, less than --size %s\n", PROG, t->path,
-                format_size(have, sizeof(have), size), format_size(want, sizeof(want), opt->size));
+                cli_format_size(have, sizeof(have), size),
+                cli_format_size(want, sizeof(want), opt->size));
         return t->is_device ? EXIT_USAGE : EXIT_RUNTIME;
     }
     return 0;
@@ -784,7 +634,7 @@ static void warn_before_overwrite(const struct options *opt, const struct target
     if (!t->is_device && t->size_before == 0)
         return;
     fprintf(stderr, "%s: warning: --rw=%s overwrites the data in the first %s of %s\n", PROG,
-            rw_descs[opt->rw].name, format_size(size, sizeof(size), opt->size), t->path);
+            rw_descs[opt->rw].name, cli_format_size(size, sizeof(size), opt->size), t->path);
 }
 
 /* Drops the file's clean cached pages, so that a --direct=0 run starts cold (fio's
@@ -831,7 +681,7 @@ static int prepare_target(const struct options *opt, struct target *t)
     if (from < opt->size) {
         if (!opt->quiet)
             fprintf(stderr, "%s: laying out %s of %s with non-zero data\n", PROG,
-                    format_size(size, sizeof(size), opt->size - from), t->path);
+                    cli_format_size(size, sizeof(size), opt->size - from), t->path);
         status = lay_out(opt, t, layout_file, from);
         if (status)
             goto out;
@@ -848,106 +698,8 @@ out:
 }
 
 /* ------------------------------------------------------------------------------------
- * Latency histogram.
- *
- * Log-linear, in the manner of HdrHistogram: values below 256 ns have a bucket each;
- * above, every power of two [2^k, 2^(k+1)) is cut into 128 equal buckets.  A bucket is
- * thus at most 1/128 of its lower bound wide, and a value read back as the bucket's
- * middle is within 0.4 % of the truth.  7424 buckets cover all of uint64_t.
- */
-
-#define HIST_SUB_BITS 7u
-#define HIST_SUB      (1u << HIST_SUB_BITS)
-#define HIST_BUCKETS  ((64u - HIST_SUB_BITS + 1u) * HIST_SUB)
-
-struct histogram {
-    uint64_t count;
-    uint64_t sum;
-    uint64_t min;
-    uint64_t max;
-    uint64_t buckets[HIST_BUCKETS];
-};
-
-static void hist_init(struct histogram *h)
-{
-    memset(h, 0, sizeof(*h));
-    h->min = UINT64_MAX;
-}
-
-static unsigned hist_index(uint64_t value)
-{
-    unsigned exponent;
-
-    if (value < 2 * HIST_SUB)
-        return (unsigned)value;
-    exponent = 63u - (unsigned)__builtin_clzll(value) - HIST_SUB_BITS;
-    return exponent * HIST_SUB + (unsigned)(value >> exponent);
-}
-
-/* The middle of a bucket: the value it stands for when read back. */
-static uint64_t hist_bucket_value(unsigned index)
-{
-    unsigned exponent;
-    uint64_t mantissa;
-
-    if (index < 2 * HIST_SUB)
-        return index;
-    exponent = index / HIST_SUB - 1;
-    mantissa = index - exponent * HIST_SUB;
-    return (mantissa << exponent) + ((1ull << exponent) - 1) / 2;
-}
-
-static void hist_record(struct histogram *h, uint64_t value)
-{
-    h->buckets[hist_index(value)]++;
-    h->count++;
-    h->sum += value;
-    if (value < h->min)
-        h->min = value;
-    if (value > h->max)
-        h->max = value;
-}
-
-static void hist_merge(struct histogram *into, const struct histogram *from)
-{
-    for (unsigned i = 0; i < HIST_BUCKETS; i++)
-        into->buckets[i] += from->buckets[i];
-    into->count += from->count;
-    into->sum += from->sum;
-    if (from->min < into->min)
-        into->min = from->min;
-    if (from->max > into->max)
-        into->max = from->max;
-}
-
-/* The smallest recorded value that at least pct percent of the values do not exceed. */
-static uint64_t hist_percentile(const struct histogram *h, double pct)
-{
-    uint64_t rank = (uint64_t)ceil(pct / 100.0 * (double)h->count);
-    uint64_t seen = 0;
-
-    if (h->count == 0)
-        return 0;
-    if (rank < 1)
-        rank = 1;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        seen += h->buckets[i];
-        if (seen >= rank) {
-            uint64_t value = hist_bucket_value(i);
-
-            /* The extremes are known exactly; never report past them. */
-            return value < h->min ? h->min : value > h->max ? h->max : value;
-        }
-    }
-    return h->max;
-}
-
-/* ------------------------------------------------------------------------------------
  * The engine.
  */
-
-enum dir { DIR_READ, DIR_WRITE, DIR_COUNT };
-static const char *const dir_names[DIR_COUNT] = {"read", "write"};
 
 enum phase { PHASE_RAMP, PHASE_MEASURE, PHASE_DRAIN };
 
@@ -958,12 +710,6 @@ struct slot {
     uint64_t off;
     uint64_t submit_ns;
     enum dir dir;
-};
-
-struct dir_stats {
-    uint64_t ios;
-    uint64_t bytes;
-    struct histogram lat;
 };
 
 struct bench {
@@ -986,14 +732,11 @@ struct bench {
 
     enum phase phase;
     uint64_t ramp_end_ns, run_end_ns; /* run_end_ns is set when the window opens */
-    uint64_t window_start_ns, window_end_ns;
-    struct rusage usage_start, usage_end;
-    bool measured;  /* the window opened */
-    bool failed;    /* a request or call failed; already reported */
-    int stopped_by; /* signal that ended the run early, or 0 */
+    bool measured;                    /* the window opened */
+    bool failed;                      /* a request or call failed; already reported */
+    int stopped_by;                   /* signal that ended the run early, or 0 */
 
-    struct dir_stats stats[DIR_COUNT];
-    uint64_t submit_calls, wait_calls; /* inside the window */
+    struct bench_measure m; /* the counts of the window */
 
     bool progress;
     uint64_t started_ns, next_progress_ns, progress_last_ns, progress_last_ios;
@@ -1007,12 +750,12 @@ static void choose_next_io(struct bench *b, struct slot *s)
     const struct rw_desc *rw = &rw_descs[opt->rw];
 
     if (rw->reads && rw->writes)
-        s->dir = prng_next(&b->prng) % 100 < opt->rwmixread ? DIR_READ : DIR_WRITE;
+        s->dir = cli_prng_next(&b->prng) % 100 < opt->rwmixread ? DIR_READ : DIR_WRITE;
     else
         s->dir = rw->writes ? DIR_WRITE : DIR_READ;
 
     if (rw->random) {
-        s->off = prng_next(&b->prng) % b->block_count * opt->bs;
+        s->off = cli_prng_next(&b->prng) % b->block_count * opt->bs;
     } else {
         s->off = b->next_seq_off;
         b->next_seq_off += opt->bs;
@@ -1098,7 +841,7 @@ static int allocate_buffers(struct bench *b)
     b->buffers = rt_mem_page_alloc(b->buffers_size);
     if (!b->buffers) {
         fprintf(stderr, "%s: cannot allocate %s of I/O buffers (--iodepth x --bs)\n", PROG,
-                format_size(size, sizeof(size), b->buffers_size));
+                cli_format_size(size, sizeof(size), b->buffers_size));
         return EXIT_RUNTIME;
     }
     for (uint32_t i = 0; i < opt->iodepth; i++)
@@ -1121,7 +864,7 @@ static int create_requests(struct bench *b)
         }
         /* Writes send whatever the buffer holds; give it non-zero data once. */
         if (rw_descs[opt->rw].writes)
-            fill_pattern(b->slots[i].buf, (size_t)opt->bs, &pattern);
+            cli_fill_pattern(b->slots[i].buf, (size_t)opt->bs, &pattern);
     }
     return 0;
 }
@@ -1134,8 +877,7 @@ static int engine_setup(struct bench *b, const struct options *opt, rt_file_t fi
     b->file = file;
     b->prng = opt->seed;
     b->block_count = opt->size / opt->bs;
-    for (int d = 0; d < DIR_COUNT; d++)
-        hist_init(&b->stats[d].lat);
+    bench_measure_init(&b->m);
     b->slots = calloc(opt->iodepth, sizeof(*b->slots));
     b->ready = calloc(opt->iodepth, sizeof(*b->ready));
     if (!b->slots || !b->ready) {
@@ -1180,9 +922,8 @@ static void engine_teardown(struct bench *b)
 
 static void open_window(struct bench *b, uint64_t now)
 {
-    b->window_start_ns = now;
-    b->run_end_ns = now + s_to_ns(b->opt->runtime_s);
-    getrusage(RUSAGE_SELF, &b->usage_start);
+    bench_window_open(&b->m, now);
+    b->run_end_ns = now + cli_s_to_ns(b->opt->runtime_s);
     b->measured = true;
     b->phase = PHASE_MEASURE;
     /* Progress ticks count whole seconds of the window. */
@@ -1194,10 +935,8 @@ static void open_window(struct bench *b, uint64_t now)
 /* Closes the window (if open) and stops resubmitting. */
 static void close_window(struct bench *b, uint64_t now)
 {
-    if (b->phase == PHASE_MEASURE) {
-        b->window_end_ns = now;
-        getrusage(RUSAGE_SELF, &b->usage_end);
-    }
+    if (b->phase == PHASE_MEASURE)
+        bench_window_close(&b->m, now);
     b->phase = PHASE_DRAIN;
 }
 
@@ -1222,7 +961,7 @@ static int submit_ready(struct bench *b)
         b->n_ready -= n;
         b->in_flight += n;
         if (b->phase == PHASE_MEASURE)
-            b->submit_calls++;
+            b->m.submit_calls++;
     }
     return RT_OK;
 }
@@ -1261,9 +1000,9 @@ static void complete_request(struct bench *b, rt_aio_req_t req, uint64_t now, bo
         return;
     }
     if (counted) {
-        b->stats[s->dir].ios++;
-        b->stats[s->dir].bytes += done;
-        hist_record(&b->stats[s->dir].lat, now - s->submit_ns);
+        b->m.stats[s->dir].ios++;
+        b->m.stats[s->dir].bytes += done;
+        hist_record(&b->m.stats[s->dir].lat, now - s->submit_ns);
     }
     if (b->phase != PHASE_DRAIN && RT_SUCCESS(prepare_slot(b, s)))
         b->ready[b->n_ready++] = req;
@@ -1299,15 +1038,16 @@ static bool advance_phase(struct bench *b, uint64_t now)
 static void print_progress(struct bench *b, uint64_t now)
 {
     const struct options *opt = b->opt;
-    double interval = ns_to_s(now - b->progress_last_ns);
+    double interval = cli_ns_to_s(now - b->progress_last_ns);
     double iops = interval > 0 ? (double)(b->completed - b->progress_last_ios) / interval : 0;
     char count[32];
 
     if (b->phase == PHASE_RAMP)
-        fprintf(stderr, "\r\033[K[ramp %4.1fs/%gs]", ns_to_s(now - b->started_ns), opt->ramp_s);
+        fprintf(stderr, "\r\033[K[ramp %4.1fs/%gs]", cli_ns_to_s(now - b->started_ns), opt->ramp_s);
     else
-        fprintf(stderr, "\r\033[K[%4.1fs/%gs]", ns_to_s(now - b->window_start_ns), opt->runtime_s);
-    fprintf(stderr, " %s IOPS  %.1f MiB/s", format_count(count, sizeof(count), iops),
+        fprintf(stderr, "\r\033[K[%4.1fs/%gs]", cli_ns_to_s(now - b->m.window_start_ns),
+                opt->runtime_s);
+    fprintf(stderr, " %s IOPS  %.1f MiB/s", cli_format_count(count, sizeof(count), iops),
             iops * (double)opt->bs / MIB);
     b->progress_last_ns = now;
     b->progress_last_ios = b->completed;
@@ -1330,7 +1070,7 @@ static bool reap(struct bench *b)
     }
     counted = advance_phase(b, now);
     if (counted && got)
-        b->wait_calls++;
+        b->m.wait_calls++;
     for (uint32_t i = 0; i < got; i++)
         complete_request(b, b->ready[i], now, counted);
     if (b->progress && now >= b->next_progress_ns && b->phase != PHASE_DRAIN)
@@ -1350,7 +1090,7 @@ static int run_workload(struct bench *b)
     b->progress = show_progress(opt);
     b->started_ns = b->progress_last_ns = now;
     b->next_progress_ns = now + NS_PER_SEC;
-    b->ramp_end_ns = now + s_to_ns(opt->ramp_s);
+    b->ramp_end_ns = now + cli_s_to_ns(opt->ramp_s);
     b->phase = PHASE_RAMP;
     if (opt->ramp_s <= 0)
         open_window(b, now);
@@ -1381,76 +1121,6 @@ static int run_workload(struct bench *b)
  * Results and reports.
  */
 
-struct lat_summary {
-    uint64_t min, p50, p90, p99, p999, p9999, max;
-    double mean;
-};
-
-struct dir_result {
-    uint64_t ios, bytes;
-    double iops, mib_s;
-    struct lat_summary lat;
-};
-
-struct results {
-    double elapsed_s;
-    struct dir_result dir[DIR_COUNT];
-    struct dir_result total;
-    double cpu_user_s, cpu_sys_s, cpu_util_pct, cpu_us_per_io;
-    uint64_t submit_calls, wait_calls;
-    double reqs_per_submit, reqs_per_wait;
-};
-
-static void summarize_latency(const struct histogram *h, struct lat_summary *lat)
-{
-    lat->min = h->count ? h->min : 0;
-    lat->max = h->max;
-    lat->mean = h->count ? (double)h->sum / (double)h->count : 0;
-    lat->p50 = hist_percentile(h, 50);
-    lat->p90 = hist_percentile(h, 90);
-    lat->p99 = hist_percentile(h, 99);
-    lat->p999 = hist_percentile(h, 99.9);
-    lat->p9999 = hist_percentile(h, 99.99);
-}
-
-static void summarize_dir(const struct histogram *h, uint64_t bytes, double elapsed,
-                          struct dir_result *r)
-{
-    r->ios = h->count;
-    r->bytes = bytes;
-    r->iops = elapsed > 0 ? (double)h->count / elapsed : 0;
-    r->mib_s = elapsed > 0 ? (double)bytes / MIB / elapsed : 0;
-    summarize_latency(h, &r->lat);
-}
-
-static void compute_results(const struct bench *b, struct results *r)
-{
-    /* Too big for the stack of a small tool; built once, after the run. */
-    static struct histogram all;
-    uint64_t all_bytes = 0;
-    double cpu_s;
-
-    memset(r, 0, sizeof(*r));
-    r->elapsed_s = ns_to_s(b->window_end_ns - b->window_start_ns);
-    hist_init(&all);
-    for (int d = 0; d < DIR_COUNT; d++) {
-        summarize_dir(&b->stats[d].lat, b->stats[d].bytes, r->elapsed_s, &r->dir[d]);
-        hist_merge(&all, &b->stats[d].lat);
-        all_bytes += b->stats[d].bytes;
-    }
-    summarize_dir(&all, all_bytes, r->elapsed_s, &r->total);
-
-    r->cpu_user_s = timeval_s(b->usage_end.ru_utime) - timeval_s(b->usage_start.ru_utime);
-    r->cpu_sys_s = timeval_s(b->usage_end.ru_stime) - timeval_s(b->usage_start.ru_stime);
-    cpu_s = r->cpu_user_s + r->cpu_sys_s;
-    r->cpu_util_pct = r->elapsed_s > 0 ? 100.0 * cpu_s / r->elapsed_s : 0;
-    r->cpu_us_per_io = r->total.ios ? cpu_s * 1e6 / (double)r->total.ios : 0;
-    r->submit_calls = b->submit_calls;
-    r->wait_calls = b->wait_calls;
-    r->reqs_per_submit = b->submit_calls ? (double)r->total.ios / (double)b->submit_calls : 0;
-    r->reqs_per_wait = b->wait_calls ? (double)r->total.ios / (double)b->wait_calls : 0;
-}
-
 /* Where the backend choice came from, for the header. */
 static const char *backend_origin(const struct options *opt)
 {
@@ -1474,99 +1144,25 @@ static void print_header(const struct bench *b, const struct target *t)
     if (opt->rw == RW_RANDRW)
         printf(" (%u%% reads)", opt->rwmixread);
     printf(", bs %s, iodepth %" PRIu32 ", batch %" PRIu32 ", direct=%d\n",
-           format_size(bs, sizeof(bs), opt->bs), opt->iodepth, opt->batch, opt->direct);
+           cli_format_size(bs, sizeof(bs), opt->bs), opt->iodepth, opt->batch, opt->direct);
     printf("  file      %s%s\n", t->path,
            t->temporary   ? " (temporary, removed at exit)"
            : t->is_device ? " (block device)"
                           : "");
-    printf("  size      %s", format_size(size, sizeof(size), opt->size));
+    printf("  size      %s", cli_format_size(size, sizeof(size), opt->size));
     if (t->laid_out)
-        printf(", %s laid out before the run", format_size(laid, sizeof(laid), t->laid_out));
+        printf(", %s laid out before the run", cli_format_size(laid, sizeof(laid), t->laid_out));
     printf("\n  runtime   %gs after %gs ramp, seed %" PRIu64 "\n\n", opt->runtime_s, opt->ramp_s,
            opt->seed);
     fflush(stdout);
 }
 
-static bool dir_in_workload(const struct options *opt, int d)
-{
-    return d == DIR_READ ? rw_descs[opt->rw].reads : rw_descs[opt->rw].writes;
-}
-
-static void print_throughput_row(const char *name, const struct dir_result *r)
-{
-    printf("  %-6s %12" PRIu64 " %12.1f %10.1f\n", name, r->ios, r->iops, r->mib_s);
-}
-
-static void print_latency_row(const char *name, const struct lat_summary *l)
-{
-    printf("  %-6s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n", name, (double)l->min / 1e3,
-           l->mean / 1e3, (double)l->p50 / 1e3, (double)l->p99 / 1e3, (double)l->p999 / 1e3,
-           (double)l->p9999 / 1e3, (double)l->max / 1e3);
-}
-
 static void print_human_report(const struct bench *b, const struct results *r)
 {
-    const struct options *opt = b->opt;
-    bool mixed = opt->rw == RW_RANDRW;
+    const struct rw_desc *rw = &rw_descs[b->opt->rw];
+    const bool in_workload[DIR_COUNT] = {[DIR_READ] = rw->reads, [DIR_WRITE] = rw->writes};
 
-    printf("results over %.2f s%s\n", r->elapsed_s,
-           b->stopped_by ? " (stopped early by a signal)" : "");
-    printf("  %-6s %12s %12s %10s\n", "", "ios", "IOPS", "MiB/s");
-    for (int d = 0; d < DIR_COUNT; d++)
-        if (dir_in_workload(opt, d))
-            print_throughput_row(dir_names[d], &r->dir[d]);
-    if (mixed)
-        print_throughput_row("total", &r->total);
-
-    printf("\nlatency, submit to reap, in microseconds\n");
-    printf("  %-6s %9s %9s %9s %9s %9s %9s %9s\n", "", "min", "mean", "p50", "p99", "p99.9",
-           "p99.99", "max");
-    for (int d = 0; d < DIR_COUNT; d++)
-        if (dir_in_workload(opt, d))
-            print_latency_row(dir_names[d], &r->dir[d].lat);
-    if (mixed)
-        print_latency_row("total", &r->total.lat);
-
-    printf("\ncpu       %.2f \xc2\xb5s/IO for the whole process (user %.2f s, system %.2f s, "
-           "%.1f%% of one CPU)\n",
-           r->cpu_us_per_io, r->cpu_user_s, r->cpu_sys_s, r->cpu_util_pct);
-    printf("calls     %" PRIu64 " submits (%.1f requests each), %" PRIu64
-           " waits (%.1f requests each)\n",
-           r->submit_calls, r->reqs_per_submit, r->wait_calls, r->reqs_per_wait);
-    printf("errors    0\n");
-}
-
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
-static void json_latency(const struct lat_summary *l)
-{
-    printf("{\"min\": %" PRIu64 ", \"mean\": %.1f, \"p50\": %" PRIu64 ", \"p90\": %" PRIu64
-           ", \"p99\": %" PRIu64 ", \"p99.9\": %" PRIu64 ", \"p99.99\": %" PRIu64
-           ", \"max\": %" PRIu64 "}",
-           l->min, l->mean, l->p50, l->p90, l->p99, l->p999, l->p9999, l->max);
-}
-
-static void json_dir(const char *name, const struct dir_result *r)
-{
-    printf("    \"%s\": {\"ios\": %" PRIu64 ", \"bytes\": %" PRIu64
-           ", \"iops\": %.3f, \"mib_per_s\": %.3f,\n      \"lat_ns\": ",
-           name, r->ios, r->bytes, r->iops, r->mib_s);
-    json_latency(&r->lat);
-    printf("},\n");
+    bench_print_human_results(r, in_workload, b->opt->rw == RW_RANDRW, b->stopped_by != 0);
 }
 
 static void print_json_report(const struct bench *b, const struct target *t,
@@ -1575,12 +1171,12 @@ static void print_json_report(const struct bench *b, const struct target *t,
     const struct options *opt = b->opt;
 
     printf("{\n  \"tool\": \"%s\",\n  \"version\": ", PROG);
-    json_string(PACKAGE_VERSION);
+    cli_json_string(PACKAGE_VERSION);
     printf(",\n  \"params\": {\n    \"backend\": ");
-    json_string(b->backend);
+    cli_json_string(b->backend);
     printf(",\n    \"backend_requested\": ");
     if (opt->backend)
-        json_string(opt->backend);
+        cli_json_string(opt->backend);
     else
         printf("null");
     printf(",\n    \"rw\": \"%s\", \"rwmixread\": %u, \"bs\": %" PRIu64 ", \"iodepth\": %" PRIu32
@@ -1590,28 +1186,14 @@ static void print_json_report(const struct bench *b, const struct target *t,
            : rw_descs[opt->rw].reads ? 100u
                                      : 0u,
            opt->bs, opt->iodepth, opt->batch, opt->direct ? "true" : "false");
-    json_string(t->path);
+    cli_json_string(t->path);
     printf(", \"temporary_file\": %s, \"block_device\": %s, \"size\": %" PRIu64
            ", \"laid_out_bytes\": %" PRIu64
            ",\n    \"runtime_s\": %g, \"ramp_s\": %g, \"seed\": %" PRIu64 "\n  },\n",
            t->temporary ? "true" : "false", t->is_device ? "true" : "false", opt->size, t->laid_out,
            opt->runtime_s, opt->ramp_s, opt->seed);
-    printf("  \"results\": {\n    \"elapsed_s\": %.6f, \"stopped_by_signal\": %d,\n"
-           "    \"ios\": %" PRIu64 ", \"bytes\": %" PRIu64
-           ", \"errors\": 0, \"iops\": %.3f, \"mib_per_s\": %.3f,\n"
-           "    \"lat_ns\": ",
-           r->elapsed_s, b->stopped_by, r->total.ios, r->total.bytes, r->total.iops,
-           r->total.mib_s);
-    json_latency(&r->total.lat);
-    printf(",\n");
-    for (int d = 0; d < DIR_COUNT; d++)
-        json_dir(dir_names[d], &r->dir[d]);
-    printf("    \"cpu\": {\"user_s\": %.6f, \"sys_s\": %.6f, \"util_pct\": %.2f, \"us_per_io\": "
-           "%.4f},\n",
-           r->cpu_user_s, r->cpu_sys_s, r->cpu_util_pct, r->cpu_us_per_io);
-    printf("    \"calls\": {\"submit\": %" PRIu64 ", \"wait\": %" PRIu64
-           ", \"reqs_per_submit\": %.3f, \"reqs_per_wait\": %.3f}\n  }\n}\n",
-           r->submit_calls, r->wait_calls, r->reqs_per_submit, r->reqs_per_wait);
+    bench_print_json_results(r, b->stopped_by);
+    printf("}\n");
 }
 
 /* ------------------------------------------------------------------------------------
@@ -1645,7 +1227,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: stopped during the ramp; nothing was measured\n", PROG);
         goto out_engine;
     }
-    compute_results(&bench, &results);
+    bench_compute_results(&bench.m, &results);
     if (opt.json)
         print_json_report(&bench, &target, &results);
     else

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# qemu-img and qemu-io as the oracle for the VD layer and vrt-img, both ways:
+#   - qemu writes an image, we read it: convert to raw byte-identical, same data map,
+#     same virtual size;
+#   - we create and convert images, qemu checks and compares them;
+#   - the same random write script applied by qemu-io and by us (vd_io, synchronous and
+#     queued) leaves identical contents;
+#   - vrt-img check and compare exit codes.
+# Every fixture is generated here.  Exits 77 when qemu-utils is not installed.  Prints a
+# CUnit-style summary row so the test totals count each check.
+set -u
+
+top_builddir=${top_builddir:-.}
+img="$top_builddir/vrt-img"
+vd_io="$top_builddir/testcase/vd_io"
+
+for tool in qemu-img qemu-io; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "SKIP: $tool is not installed (Debian package qemu-utils)"
+        exit 77
+    fi
+done
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/vrt-qemu.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+passed=0
+failed=0
+
+# check NAME COMMAND...: runs one check; its output is shown only when it fails.
+check() {
+    local name=$1
+    shift
+    if "$@" >"$work/out" 2>&1; then
+        passed=$((passed + 1))
+        echo "  ok    $name"
+    else
+        failed=$((failed + 1))
+        echo "  FAIL  $name"
+        tail -n 20 "$work/out" | sed 's/^/        /'
+    fi
+}
+
+# A reproducible random write script: write -P / write -z at any offset and length,
+# with a flush now and then.
+gen_script() {
+    local size=$1 count=$2 seed=$3
+    RANDOM=$seed
+    for ((i = 0; i < count; i++)); do
+        local off=$(((RANDOM * 32768 + RANDOM) % size))
+        local len=$((1 + (RANDOM * 4) % 200000))
+        [ $((off + len)) -gt "$size" ] && len=$((size - off))
+        if [ $((RANDOM % 5)) -eq 0 ]; then
+            echo "write -z $off $len"
+        else
+            printf 'write -P 0x%02x %d %d\n' $((RANDOM % 255 + 1)) "$off" "$len"
+        fi
+        [ $((RANDOM % 10)) -eq 0 ] && echo flush
+    done
+}
+
+# The data ranges of a map in JSON (ours or qemu's), merged: "start end" lines.
+data_ranges() {
+    sed -n 's/.*"start": *\([0-9]*\), *"length": *\([0-9]*\),.*"data": *\(true\|false\).*/\1 \2 \3/p' |
+        awk '$3 == "true" { if (have && $1 == end) { end = $1 + $2 } else {
+                 if (have) print start, end; start = $1; end = $1 + $2; have = 1 } }
+             END { if (have) print start, end }'
+}
+
+same_data_map() {
+    local fmt=$1 file=$2
+    diff <("$img" map -f "$fmt" --output=json "$file" | data_ranges) \
+         <(qemu-img map -f "$fmt" --output=json "$file" | data_ranges)
+}
+
+virtual_size_of() {
+    sed -n 's/.*"virtual-size": *\([0-9]*\).*/\1/p'
+}
+
+same_virtual_size() {
+    local fmt=$1 file=$2
+    local ours theirs
+    ours=$("$img" info -f "$fmt" --output=json "$file" | virtual_size_of)
+    theirs=$(qemu-img info -f "$fmt" --output=json "$file" | virtual_size_of)
+    echo "ours=$ours qemu=$theirs"
+    [ -n "$ours" ] && [ "$ours" = "$theirs" ]
+}
+
+converts_identically() {
+    local fmt=$1 file=$2
+    "$img" convert -f "$fmt" -O raw "$file" "$work/ours.raw" &&
+        qemu-img convert -f "$fmt" -O raw "$file" "$work/theirs.raw" &&
+        cmp "$work/ours.raw" "$work/theirs.raw"
+    local rc=$?
+    rm -f "$work/ours.raw" "$work/theirs.raw"
+    return $rc
+}
+
+qemu_check_clean() {
+    qemu-img check -f "$1" "$2"
+}
+
+# --- qemu creates, we read --------------------------------------------------------
+size=$((24 * 1024 * 1024 + 512))
+gen_script "$size" 60 1 >"$work/script1"
+for variant in raw vdi vdi-static; do
+    fmt=${variant%-static}
+    file="$work/qemu-made.$variant"
+    opts=()
+    [ "$variant" = vdi-static ] && opts=(-o static=on)
+    qemu-img create -q -f "$fmt" "${opts[@]}" "$file" "$size"
+    qemu-io -f "$fmt" "$file" <"$work/script1" >/dev/null
+    check "qemu-made $variant: convert to raw is byte-identical" converts_identically "$fmt" "$file"
+    check "qemu-made $variant: map data ranges agree with qemu-img map" same_data_map "$fmt" "$file"
+    check "qemu-made $variant: virtual size agrees with qemu-img info" same_virtual_size "$fmt" "$file"
+    check "qemu-made $variant: vrt-img check is clean" "$img" check -f "$fmt" "$file"
+done
+
+# --- we create, qemu verifies -----------------------------------------------------
+check "vrt-img create vdi: qemu-img check clean" \
+    bash -c "'$img' create -f vdi '$work/ours.vdi' 64M && qemu-img check -f vdi '$work/ours.vdi'"
+check "vrt-img create vdi: qemu-img sees 64 MiB" \
+    bash -c "qemu-img info -f vdi --output=json '$work/ours.vdi' | grep -q '\"virtual-size\": 67108864'"
+check "vrt-img create vdi static: qemu-img check clean" \
+    bash -c "'$img' create -f vdi -o static=on '$work/static.vdi' 8M && qemu-img check -f vdi '$work/static.vdi'"
+
+qemu-img create -q -f raw "$work/source.raw" "$size"
+qemu-io -f raw "$work/source.raw" <"$work/script1" >/dev/null
+for target in vdi raw; do
+    check "vrt-img convert raw -> $target: qemu-img compare identical" \
+        bash -c "'$img' convert -f raw -O $target '$work/source.raw' '$work/conv.$target' &&
+                 qemu-img compare -f raw -F $target '$work/source.raw' '$work/conv.$target'"
+done
+check "vrt-img convert raw -> vdi: qemu-img check clean" qemu_check_clean vdi "$work/conv.vdi"
+
+# Sparse: a source with one MiB of data in 16 gives a VDI with one block allocated.
+qemu-img create -q -f raw "$work/sparse.raw" 16M
+qemu-io -f raw -c 'write -P 0x5a 5M 1M' "$work/sparse.raw" >/dev/null
+check "vrt-img convert skips zeros: one block allocated" \
+    bash -c "'$img' convert -f raw -O vdi '$work/sparse.raw' '$work/sparse.vdi' &&
+             test \"\$(qemu-img map -f vdi --output=json '$work/sparse.vdi' | grep -c '\"data\": true')\" = 1"
+
+# --- the same writes by qemu-io and by us ------------------------------------------
+for fmt in vdi raw; do
+    qemu-img create -q -f "$fmt" "$work/base.$fmt" "$size"
+    qemu-io -f "$fmt" "$work/base.$fmt" <"$work/script1" >/dev/null
+    for mode in sync async; do
+        for seed in 2 3; do
+            gen_script "$size" 120 "$seed" >"$work/script2"
+            cp --sparse=always "$work/base.$fmt" "$work/theirs.$fmt"
+            cp --sparse=always "$work/base.$fmt" "$work/ours.$fmt"
+            qemu-io -f "$fmt" "$work/theirs.$fmt" <"$work/script2" >/dev/null
+            args=("$fmt" "$work/ours.$fmt")
+            [ "$mode" = async ] && args+=(--async)
+            check "same writes ($fmt, $mode, seed $seed): qemu-img compare identical" \
+                bash -c "'$vd_io' ${args[*]} <'$work/script2' &&
+                         qemu-img compare -f $fmt -F $fmt '$work/theirs.$fmt' '$work/ours.$fmt'"
+            [ "$fmt" = vdi ] &&
+                check "same writes ($fmt, $mode, seed $seed): qemu-img check clean" \
+                    qemu_check_clean vdi "$work/ours.$fmt"
+        done
+    done
+done
+
+# --- exit codes a script can rely on ----------------------------------------------
+expect_exit() {
+    local want=$1
+    shift
+    "$@"
+    local got=$?
+    echo "exit $got, expected $want"
+    [ "$got" -eq "$want" ]
+}
+
+qemu-img create -q -f vdi "$work/leaky.vdi" 8M
+qemu-io -f vdi -c 'write -P 1 0 3M' "$work/leaky.vdi" >/dev/null
+# Raise the header's allocated count (offset 0x184) from 3 to 5: two leaked blocks.
+printf '\x05' | dd of="$work/leaky.vdi" bs=1 seek=$((0x184)) conv=notrunc status=none
+check "vrt-img check: leaks only exits 3" expect_exit 3 "$img" check -f vdi "$work/leaky.vdi"
+check "vrt-img check -r leaks repairs, then exits 0" \
+    bash -c "'$img' check -f vdi -r leaks '$work/leaky.vdi'; '$img' check -f vdi '$work/leaky.vdi' &&
+             qemu-img check -f vdi '$work/leaky.vdi' &&
+             qemu-io -f vdi -c 'read -P 1 0 3M' '$work/leaky.vdi' | grep -q 'read 3145728/3145728'"
+cp "$work/leaky.vdi" "$work/corrupt.vdi"
+# Point block map entry 1 at data block 0, which entry 0 uses too.
+printf '\x00' | dd of="$work/corrupt.vdi" bs=1 seek=$((0x200 + 4)) conv=notrunc status=none
+check "vrt-img check: corruption exits 2" expect_exit 2 "$img" check -f vdi "$work/corrupt.vdi"
+check "vrt-img check: corruption is named" \
+    bash -c "'$img' check -f vdi '$work/corrupt.vdi' 2>&1 | grep -q 'both point at data block 0'"
+
+check "vrt-img compare: identical exits 0" \
+    expect_exit 0 "$img" compare -f raw -F vdi "$work/source.raw" "$work/conv.vdi"
+qemu-io -f vdi -c 'write -P 0x77 1234567 1' "$work/conv.vdi" >/dev/null
+check "vrt-img compare: different exits 1 and names the offset" \
+    bash -c "'$img' compare -f raw -F vdi '$work/source.raw' '$work/conv.vdi' | grep -q 1234567; test \${PIPESTATUS[0]} -eq 1"
+check "vrt-img compare: missing file exits 2" \
+    expect_exit 2 "$img" compare "$work/source.raw" "$work/no-such-file"
+
+echo
+echo "Run Summary:    Type  Total    Ran Passed Failed Inactive"
+printf '               tests %6d %6d %6d %6d %8d\n' $((passed + failed)) $((passed + failed)) \
+    "$passed" "$failed" 0
+[ "$failed" -eq 0 ]

@@ -1,0 +1,127 @@
+/*
+ * vrt-img internals: what the subcommands (img_<command>.c) share with each other and
+ * with the dispatcher (vrt-img.c).  Internal to tools/.
+ *
+ * Each subcommand is a function img_<command>_main(argc, argv) that receives argv with
+ * argv[0] the command's name, parses its own options with getopt_long, and returns the
+ * process exit status.  What they all need -- option errors, opening an image under the
+ * probing rule, reporting a failed library call, the -o list of create options -- lives
+ * in img_common.c.
+ */
+#ifndef VRT_TOOLS_IMG_H
+#define VRT_TOOLS_IMG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rt/vd.h>
+
+#define PROG "vrt-img"
+
+/* Exit statuses shared by every command (check and compare add their own, as qemu-img
+ * does: see doc/vrt-img.md). */
+#define IMG_EXIT_OK    0
+#define IMG_EXIT_ERROR 1
+
+/* Room for a message naming a file ("cannot open 'PATH'"). */
+#define IMG_WHAT_MAX (PATH_MAX + 64)
+
+/* Sector size the VD layer and every format count in. */
+#define IMG_SECTOR 512u
+
+/* Long-only options shared by several commands. */
+enum img_long_option {
+    OPT_OUTPUT = 256,
+    OPT_PATTERN,
+    OPT_RUNTIME,
+    OPT_HELP,
+};
+
+/* --output=human|json */
+enum img_output { OUTPUT_HUMAN, OUTPUT_JSON };
+
+/* The subcommands. */
+int img_info_main(int argc, char **argv);
+int img_create_main(int argc, char **argv);
+int img_convert_main(int argc, char **argv);
+int img_check_main(int argc, char **argv);
+int img_compare_main(int argc, char **argv);
+int img_map_main(int argc, char **argv);
+int img_bench_main(int argc, char **argv);
+
+/**
+ * Reports a usage error of command @a cmd on stderr, one line naming the bad option or
+ * argument, plus a pointer to --help.  The caller returns @a status (1 for every
+ * command except compare, whose "error" status is 2).
+ */
+void img_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/**
+ * Reports what getopt_long returned for an unknown option or a missing argument
+ * (call it for '?' and ':' with opterr = 0 and an optstring starting with ':').
+ */
+void img_bad_option(const char *cmd, int c, char **argv);
+
+/** Parses --output's value; false (after reporting it) when it is neither. */
+bool img_parse_output(const char *cmd, const char *text, enum img_output *output);
+
+/** Parses a size option (-S, -s); false (after reporting it) when it is not one. */
+bool img_parse_size_option(const char *cmd, const char *option, const char *text, uint64_t *value);
+
+/** Prints "vrt-img: <what>: <status text>[: <detail>]" on stderr. */
+void img_report(const char *what, int rc, const rt_vd_error_t *err);
+
+/**
+ * Opens an image the way every command must: with @a format NULL the format is probed,
+ * which the library (rightly) allows only for read-only opens, so a writable open with
+ * @a format NULL is refused here with a message asking for -f.  Reports failures.
+ *
+ * @param err  optional; receives the library's message (check uses it).
+ * @return the rt_vd_open() status.
+ */
+int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, rt_vd_error_t *err);
+
+/** img_open(), then rt_vd_get_info() into @a info; on failure the image is closed,
+ *  *vd is RT_VD_NIL and the problem reported. */
+int img_open_info(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+                  rt_vd_info_t *info);
+
+/**
+ * Parses the arguments of the commands that only inspect one image (info, map):
+ * -f FMT, --output=human|json, -h/--help (prints @a usage), and FILE.
+ *
+ * @return FILE, or NULL when the command is done: *status is then 0 (help printed)
+ *         or 1 (a usage error, reported).
+ */
+const char *img_parse_inspect_args(int argc, char **argv, const char *usage, const char **format,
+                                   enum img_output *output, int *status);
+
+/** Closes @a vd, reporting a failed final flush; returns the status. */
+int img_close(rt_vd_t vd, const char *path);
+
+/**
+ * Parses one -o argument ("key=value[,key=value...]") into @a opts: static=on|off,
+ * preallocation=off|falloc|full (falloc and full mean RT_VD_CREATE_STATIC),
+ * block_size=SIZE (alias cluster_size).  "-o help" lists them and sets *help.
+ * @return false after reporting a bad key or value.
+ */
+bool img_parse_create_options(const char *cmd, const char *text, rt_vd_create_opts_t *opts,
+                              bool *help);
+
+/** The create options in words, for "Formatting ..." and -o help. */
+void img_print_create_options_help(void);
+
+/** True when @a buf (of @a len bytes) holds only zero bytes. */
+bool img_is_zero(const void *buf, size_t len);
+
+/**
+ * SIGINT/SIGTERM ask long commands (convert, compare, bench) to stop cleanly: they poll
+ * img_stop_requested() and clean up (convert removes its partial destination).  A
+ * second signal ends the process at once.
+ */
+void img_install_stop_handler(void);
+int img_stop_requested(void);
+
+#endif /* VRT_TOOLS_IMG_H */

@@ -1,0 +1,206 @@
+/*
+ * vrt-img check: checks an image's metadata, optionally reclaiming leaked space, with
+ * qemu-img check's output and exit statuses:
+ *
+ *   0  no problem found          2  corruptions found
+ *   1  the check could not run   3  leaks found, and no corruption
+ *  63  the format has no check
+ *
+ * An image whose metadata is so broken that it will not open (RT_ERR_VD_CORRUPT) is
+ * reported as corrupt (2), not as a failure to check (1): that is the answer a script
+ * running check wants.
+ */
+#ifdef HAVE_CONFIG_H
+#include <config.h>
+#endif
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <rt/err.h>
+#include <rt/vd.h>
+
+#include "cli_common.h"
+#include "img.h"
+
+#define CHECK_EXIT_CORRUPT     2
+#define CHECK_EXIT_LEAKS       3
+#define CHECK_EXIT_UNSUPPORTED 63
+
+static const char usage_text[] =
+    "Usage: " PROG " check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE\n"
+    "Check an image's metadata for consistency.\n"
+    "\n"
+    "  -f FMT             the image's format (raw, vdi); default: probe it (not with -r)\n"
+    "      --output=OFMT  human (default) or json (qemu-img check's keys)\n"
+    "  -r leaks|all       reclaim leaked space (needs -f, since it writes); 'all' is\n"
+    "                     accepted for qemu-img compatibility and repairs the same\n"
+    "  -q                 quiet: no output in human mode, only the exit status\n"
+    "  -h, --help         print this text and exit\n"
+    "\n"
+    "Exit status: 0 no errors, 1 the check could not run, 2 corruptions found (also\n"
+    "when the image is too corrupt to open), 3 leaked clusters found but no corruption,\n"
+    "63 the format does not support checks.\n";
+
+struct check_report {
+    const char *path;
+    const char *format;
+    rt_vd_check_result_t res;
+};
+
+static void print_human(const struct check_report *r)
+{
+    const rt_vd_check_result_t *res = &r->res;
+
+    if (res->corruptions == 0 && res->leaks == 0) {
+        printf("No errors were found on the image.\n");
+    } else {
+        if (res->corruptions)
+            printf("\n%" PRIu64 " errors were found on the image.\n"
+                   "Data may be corrupted, or further writes to the image may corrupt it.\n",
+                   res->corruptions);
+        if (res->leaks)
+            printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
+                   "This means waste of disk space, but no harm to data.\n",
+                   res->leaks);
+    }
+    if (res->blocks_total && res->blocks_allocated)
+        printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, 0.00%% fragmented, "
+               "0.00%% compressed clusters\n",
+               res->blocks_allocated, res->blocks_total,
+               (double)res->blocks_allocated * 100.0 / (double)res->blocks_total);
+}
+
+/* qemu-img's ImageCheck: counts that are 0 are left out, as qemu-img does. */
+static void print_json(const struct check_report *r)
+{
+    const rt_vd_check_result_t *res = &r->res;
+
+    printf("{\n    \"filename\": ");
+    cli_json_string(r->path);
+    printf(",\n    \"format\": ");
+    cli_json_string(r->format);
+    printf(",\n    \"check-errors\": 0");
+    if (res->corruptions)
+        printf(",\n    \"corruptions\": %" PRIu64, res->corruptions);
+    if (res->leaks)
+        printf(",\n    \"leaks\": %" PRIu64, res->leaks);
+    if (res->leaks_fixed)
+        printf(",\n    \"leaks-fixed\": %" PRIu64, res->leaks_fixed);
+    if (res->blocks_total)
+        printf(",\n    \"total-clusters\": %" PRIu64, res->blocks_total);
+    if (res->blocks_allocated)
+        printf(",\n    \"allocated-clusters\": %" PRIu64, res->blocks_allocated);
+    printf("\n}\n");
+}
+
+static int exit_status(const rt_vd_check_result_t *res)
+{
+    if (res->corruptions)
+        return CHECK_EXIT_CORRUPT;
+    if (res->leaks)
+        return CHECK_EXIT_LEAKS;
+    return IMG_EXIT_OK;
+}
+
+/* Runs the check; after a repair that fixed something, checks again (as qemu-img
+ * does), so what is reported is the state the image is left in. */
+static int run_check(rt_vd_t vd, uint32_t flags, bool human, struct check_report *r)
+{
+    uint64_t leaks_fixed;
+    int rc = rt_vd_check(vd, flags, &r->res);
+
+    if (RT_FAILURE(rc) || r->res.leaks_fixed == 0)
+        return rc;
+    leaks_fixed = r->res.leaks_fixed;
+    if (human)
+        printf("The following inconsistencies were found and repaired:\n\n"
+               "    %" PRIu64 " leaked clusters\n    0 corruptions\n\n"
+               "Double checking the fixed image now...\n",
+               leaks_fixed);
+    rc = rt_vd_check(vd, 0, &r->res);
+    r->res.leaks_fixed = leaks_fixed;
+    return rc;
+}
+
+static const struct option long_options[] = {
+    {"format", required_argument, NULL, 'f'}, {"output", required_argument, NULL, OPT_OUTPUT},
+    {"repair", required_argument, NULL, 'r'}, {"quiet", no_argument, NULL, 'q'},
+    {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+};
+
+int img_check_main(int argc, char **argv)
+{
+    const char *cmd = argv[0], *format = NULL;
+    enum img_output output = OUTPUT_HUMAN;
+    struct check_report report = {0};
+    rt_vd_error_t err = {{0}};
+    rt_vd_info_t info;
+    uint32_t repair = 0;
+    bool quiet = false;
+    rt_vd_t vd;
+    int c, rc;
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:r:qh", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'f': format = optarg; break;
+        case OPT_OUTPUT:
+            if (!img_parse_output(cmd, optarg, &output))
+                return IMG_EXIT_ERROR;
+            break;
+        case 'r':
+            if (strcmp(optarg, "leaks") && strcmp(optarg, "all")) {
+                img_usage_error(cmd, "-r: '%s' is neither leaks nor all", optarg);
+                return IMG_EXIT_ERROR;
+            }
+            repair = RT_VD_CHECK_REPAIR_LEAKS;
+            break;
+        case 'q': quiet = true; break;
+        case 'h': fputs(usage_text, stdout); return IMG_EXIT_OK;
+        default: img_bad_option(cmd, c, argv); return IMG_EXIT_ERROR;
+        }
+    }
+    if (argc - optind != 1) {
+        img_usage_error(cmd, argc - optind ? "exactly one FILE is expected" : "FILE is missing");
+        return IMG_EXIT_ERROR;
+    }
+    report.path = argv[optind];
+    report.format = format ? format : "unknown";
+    rc = img_open(&vd, report.path, format, repair ? 0 : RT_VD_OPEN_READ_ONLY, &err);
+    if (rc == RT_ERR_VD_CORRUPT) {
+        report.res.corruptions = 1;
+        if (output == OUTPUT_JSON)
+            print_json(&report);
+        else if (!quiet)
+            print_human(&report);
+        return CHECK_EXIT_CORRUPT;
+    }
+    if (RT_FAILURE(rc))
+        return IMG_EXIT_ERROR;
+    if (RT_SUCCESS(rt_vd_get_info(vd, &info)))
+        report.format = info.format; /* the probed name; static storage */
+
+    rc = run_check(vd, repair, output == OUTPUT_HUMAN && !quiet, &report);
+    if (rc == RT_ERR_NOT_SUPPORTED) {
+        fprintf(stderr, "%s: this image format does not support checks\n", PROG);
+        rt_vd_close(vd);
+        return CHECK_EXIT_UNSUPPORTED;
+    }
+    if (RT_FAILURE(rc)) {
+        img_report("check failed", rc, NULL);
+        rt_vd_close(vd);
+        return IMG_EXIT_ERROR;
+    }
+    if (RT_FAILURE(img_close(vd, report.path)))
+        return IMG_EXIT_ERROR; /* a repair may not have reached the disk */
+    if (report.res.first_problem[0])
+        fprintf(stderr, "%s\n", report.res.first_problem);
+    if (output == OUTPUT_JSON)
+        print_json(&report);
+    else if (!quiet)
+        print_human(&report);
+    return exit_status(&report.res);
+}

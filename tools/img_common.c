@@ -1,0 +1,303 @@
+/*
+ * vrt-img: what the subcommands share -- usage errors, opening images, reporting
+ * failed calls, the -o create options, zero detection, stop signals.
+ */
+#ifdef HAVE_CONFIG_H
+#include <config.h>
+#endif
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <rt/err.h>
+
+#include "cli_common.h"
+#include "img.h"
+
+void img_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s %s: ", PROG, cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s %s --help' for more information.\n", PROG, cmd);
+}
+
+void img_bad_option(const char *cmd, int c, char **argv)
+{
+    const char *arg = argv[optind - 1];
+
+    if (c == ':') {
+        img_usage_error(cmd, "option '%s' needs a value", arg);
+        return;
+    }
+    if (optopt && arg[0] == '-' && arg[1] != '-')
+        img_usage_error(cmd, "unknown option '-%c'", optopt);
+    else
+        img_usage_error(cmd, "unknown option '%s'", arg);
+}
+
+bool img_parse_output(const char *cmd, const char *text, enum img_output *output)
+{
+    if (!strcmp(text, "human"))
+        *output = OUTPUT_HUMAN;
+    else if (!strcmp(text, "json"))
+        *output = OUTPUT_JSON;
+    else {
+        img_usage_error(cmd, "--output: '%s' is neither human nor json", text);
+        return false;
+    }
+    return true;
+}
+
+bool img_parse_size_option(const char *cmd, const char *option, const char *text, uint64_t *value)
+{
+    if (cli_parse_size(text, value))
+        return true;
+    img_usage_error(cmd, "%s: '%s' is not a size (a byte count, optionally with k, M, G or T)",
+                    option, text);
+    return false;
+}
+
+void img_report(const char *what, int rc, const rt_vd_error_t *err)
+{
+    const char *text = rt_strerror(rc);
+
+    /* A detail that already says what the status says replaces it, rather than
+     * repeating it ("creating 'a.vdi': a.vdi: file already exists"). */
+    if (err && err->msg[0] && strstr(err->msg, text))
+        fprintf(stderr, "%s: %s: %s\n", PROG, what, err->msg);
+    else if (err && err->msg[0])
+        fprintf(stderr, "%s: %s: %s: %s\n", PROG, what, text, err->msg);
+    else
+        fprintf(stderr, "%s: %s: %s\n", PROG, what, text);
+}
+
+int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, rt_vd_error_t *err)
+{
+    rt_vd_error_t local = {{0}};
+    char what[IMG_WHAT_MAX];
+    int rc;
+
+    if (!err)
+        err = &local;
+    *vd = RT_VD_NIL;
+    if (!format && !(flags & RT_VD_OPEN_READ_ONLY)) {
+        fprintf(stderr,
+                "%s: %s: this command writes to the image, so its format must be given "
+                "with -f (probing is allowed only for read-only opens: a guest could have "
+                "written another format's header into a raw image)\n",
+                PROG, path);
+        return RT_ERR_INVALID_PARAMETER;
+    }
+    rc = rt_vd_open(vd, path, format, flags, err);
+    if (RT_FAILURE(rc)) {
+        snprintf(what, sizeof(what), "cannot open '%s'", path);
+        img_report(what, rc, err);
+        if (rc == RT_ERR_VD_UNKNOWN_FORMAT && !format)
+            fprintf(stderr, "  (name the format with -f if the probe cannot tell)\n");
+    }
+    return rc;
+}
+
+int img_open_info(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+                  rt_vd_info_t *info)
+{
+    char what[IMG_WHAT_MAX];
+    int rc = img_open(vd, path, format, flags, NULL);
+
+    if (RT_FAILURE(rc))
+        return rc;
+    rc = rt_vd_get_info(*vd, info);
+    if (RT_FAILURE(rc)) {
+        snprintf(what, sizeof(what), "reading the information of '%s'", path);
+        img_report(what, rc, NULL);
+        rt_vd_close(*vd);
+        *vd = RT_VD_NIL;
+    }
+    return rc;
+}
+
+static const struct option inspect_options[] = {
+    {"format", required_argument, NULL, 'f'},
+    {"output", required_argument, NULL, OPT_OUTPUT},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+const char *img_parse_inspect_args(int argc, char **argv, const char *usage, const char **format,
+                                   enum img_output *output, int *status)
+{
+    const char *cmd = argv[0];
+    int c;
+
+    *status = IMG_EXIT_ERROR;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:h", inspect_options, NULL)) != -1) {
+        switch (c) {
+        case 'f': *format = optarg; break;
+        case OPT_OUTPUT:
+            if (!img_parse_output(cmd, optarg, output))
+                return NULL;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            *status = IMG_EXIT_OK;
+            return NULL;
+        default: img_bad_option(cmd, c, argv); return NULL;
+        }
+    }
+    if (argc - optind != 1) {
+        img_usage_error(cmd, argc - optind ? "exactly one FILE is expected" : "FILE is missing");
+        return NULL;
+    }
+    return argv[optind];
+}
+
+int img_close(rt_vd_t vd, const char *path)
+{
+    char what[IMG_WHAT_MAX];
+    int rc = rt_vd_close(vd);
+
+    if (RT_FAILURE(rc)) {
+        snprintf(what, sizeof(what), "closing '%s'", path);
+        img_report(what, rc, NULL);
+    }
+    return rc;
+}
+
+/* "on"/"off" and their qemu spellings. */
+static bool parse_switch(const char *text, bool *on)
+{
+    static const char *const yes[] = {"on", "true", "yes", "1"};
+    static const char *const no[] = {"off", "false", "no", "0"};
+
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        if (!strcmp(text, yes[i])) {
+            *on = true;
+            return true;
+        }
+        if (!strcmp(text, no[i])) {
+            *on = false;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* One key=value of -o. */
+static bool apply_create_option(const char *cmd, const char *key, const char *value,
+                                rt_vd_create_opts_t *opts)
+{
+    uint64_t size;
+    bool on;
+
+    if (!strcmp(key, "static")) {
+        if (!parse_switch(value, &on))
+            goto bad_value;
+        opts->flags = on ? opts->flags | RT_VD_CREATE_STATIC : opts->flags & ~RT_VD_CREATE_STATIC;
+        return true;
+    }
+    if (!strcmp(key, "preallocation")) {
+        if (!strcmp(value, "off"))
+            opts->flags &= ~RT_VD_CREATE_STATIC;
+        else if (!strcmp(value, "full") || !strcmp(value, "falloc"))
+            opts->flags |= RT_VD_CREATE_STATIC;
+        else
+            goto bad_value;
+        return true;
+    }
+    if (!strcmp(key, "block_size") || !strcmp(key, "cluster_size")) {
+        if (!cli_parse_size(value, &size) || size == 0 || size > UINT32_MAX)
+            goto bad_value;
+        opts->block_size = (uint32_t)size;
+        return true;
+    }
+    img_usage_error(cmd, "-o: unknown option '%s' (try -o help)", key);
+    return false;
+bad_value:
+    img_usage_error(cmd, "-o: invalid value '%s' for '%s' (try -o help)", value, key);
+    return false;
+}
+
+bool img_parse_create_options(const char *cmd, const char *text, rt_vd_create_opts_t *opts,
+                              bool *help)
+{
+    char *copy = strdup(text);
+    char *item, *save = NULL;
+    bool ok = true;
+
+    if (!copy) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return false;
+    }
+    for (item = strtok_r(copy, ",", &save); item && ok; item = strtok_r(NULL, ",", &save)) {
+        char *value = strchr(item, '=');
+
+        if (!strcmp(item, "help") || !strcmp(item, "?")) {
+            *help = true;
+            continue;
+        }
+        if (!value) {
+            img_usage_error(cmd, "-o: '%s' is not key=value", item);
+            ok = false;
+            break;
+        }
+        *value++ = '\0';
+        ok = apply_create_option(cmd, item, value, opts);
+    }
+    free(copy);
+    return ok;
+}
+
+void img_print_create_options_help(void)
+{
+    fputs("Supported -o options (key=value, comma-separated):\n"
+          "  static=on|off                    allocate every block at creation (VDI\n"
+          "                                   \"static\"; raw: reserve the space)\n"
+          "  preallocation=off|falloc|full    falloc and full: the same as static=on\n"
+          "  block_size=SIZE                  allocation unit, a power of two (VDI block;\n"
+          "                                   default 1M); cluster_size is an alias\n",
+          stdout);
+}
+
+bool img_is_zero(const void *buf, size_t len)
+{
+    const unsigned char *bytes = buf;
+
+    /* The first byte checked alone, then the buffer against itself shifted by one:
+     * memcmp runs at memory speed, no loop of ours touches every byte. */
+    return len == 0 || (bytes[0] == 0 && memcmp(bytes, bytes + 1, len - 1) == 0);
+}
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    if (stop_signal)
+        _exit(128 + sig);
+    stop_signal = sig;
+}
+
+void img_install_stop_handler(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int img_stop_requested(void)
+{
+    return stop_signal;
+}

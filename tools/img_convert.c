@@ -1,0 +1,443 @@
+/*
+ * vrt-img convert: copies the guest contents of one image into a new image, of the
+ * same or another format, leaving the destination sparse where the source reads as
+ * zeros.
+ *
+ * The pipeline
+ * ------------
+ * The source is walked in order.  rt_vd_block_status says which runs read as zeros;
+ * those are skipped outright, since a freshly created destination already reads zeros
+ * there.  Every other run is cut into pieces of at most one chunk (1 MiB, aligned to
+ * the chunk grid) and copied by a fixed set of slots, each owning one chunk buffer:
+ *
+ *     FREE --queue_read--> READING --callback--> READ_DONE --scan--> WRITING --+
+ *      ^                                                  (all zero)  |        |
+ *      +------------------------------------------------------------+--------+
+ *                                                           last write's callback
+ *
+ * Scanning cuts the piece along the -S grid (4 KiB by default) and writes only the
+ * runs that are not all zeros, one rt_vd_queue_write per run, so a data block the guest
+ * zeroed stays unallocated in the copy.  All slots share one rt_vd_queue, so up to
+ * SLOT_COUNT reads and writes are in flight at once.  Callbacks only record what
+ * happened; the decisions (scan, write, free) are taken after rt_vd_queue_run returns,
+ * on the same thread, so no request is ever started from inside a callback.
+ *
+ * On any failure, or SIGINT/SIGTERM, no new piece starts, everything in flight is
+ * drained, and the half-written destination is removed: a partial copy that looks
+ * like a good image is worse than none.
+ */
+#ifdef HAVE_CONFIG_H
+#include <config.h>
+#endif
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <rt/err.h>
+#include <rt/mem.h>
+#include <rt/vd.h>
+
+#include "cli_common.h"
+#include "img.h"
+
+#define CHUNK_SIZE     (1u << 20)
+#define SLOT_COUNT     16u
+#define QUEUE_DEPTH    64u
+#define SPARSE_DEFAULT 4096u
+#define SPARSE_MAX     (16u << 20) /* qemu-img's limit */
+#define RUN_SLICE_MS   200u
+
+static const char usage_text[] =
+    "Usage: " PROG " convert [-f FMT] [-O FMT] [-o OPTIONS] [-p] [-q] [-S SIZE] SRC DST\n"
+    "Copy the guest contents of image SRC into a new image DST.\n"
+    "\n"
+    "  -f FMT      SRC's format; default: probe it\n"
+    "  -O FMT      DST's format, raw (default) or vdi\n"
+    "  -o OPTIONS  DST's create options, as for create ('-o help' lists them)\n"
+    "  -p          show progress (the default when stdout is a terminal)\n"
+    "  -q          quiet: no progress\n"
+    "  -S SIZE     sparse detection granularity: runs of SIZE zero bytes, aligned to\n"
+    "              SIZE, are not written (default 4k; a multiple of 512 up to 16M);\n"
+    "              -S 0 writes everything, so DST comes out fully allocated\n"
+    "  -h, --help  print this text and exit\n"
+    "\n"
+    "DST must not exist.  If the copy fails or is interrupted, DST is removed.\n";
+
+enum slot_state { SLOT_FREE, SLOT_READING, SLOT_READ_DONE, SLOT_WRITING };
+
+struct copy;
+
+struct slot {
+    struct copy *copy;
+    unsigned char *buf;
+    uint64_t off;
+    size_t len;
+    enum slot_state state;
+    unsigned writes_pending;
+    int status; /* of the read, or the first failed write */
+};
+
+struct copy {
+    const char *src_path, *dst_path;
+    rt_vd_t src, dst;
+    rt_vd_queue_t queue;
+    uint64_t size;   /* the source's virtual size */
+    uint64_t sparse; /* -S; 0: write everything */
+    size_t chunk;
+
+    uint64_t cursor; /* the first byte no piece covers yet */
+    rt_vd_extent_t ext;
+    bool ext_valid;
+
+    struct slot slots[SLOT_COUNT];
+    void *buffers;
+    size_t buffers_size;
+    unsigned busy; /* slots not FREE */
+
+    uint64_t done; /* bytes finished, for progress */
+    struct cli_progress progress;
+    int status; /* the first failure */
+};
+
+/* Records the first failure, naming what failed; later ones are consequences. */
+static void fail(struct copy *c, int rc, const char *op, const char *path, uint64_t off)
+{
+    char what[IMG_WHAT_MAX];
+
+    if (RT_FAILURE(c->status))
+        return;
+    c->status = rc;
+    cli_progress_end(&c->progress, false);
+    c->progress.enabled = false;
+    snprintf(what, sizeof(what), "%s '%s' at offset %" PRIu64, op, path, off);
+    img_report(what, rc, NULL);
+}
+
+static void read_done(void *user, int status)
+{
+    struct slot *s = user;
+
+    s->status = status;
+    s->state = SLOT_READ_DONE;
+}
+
+static void finish_slot(struct slot *s)
+{
+    s->copy->done += s->len;
+    s->state = SLOT_FREE;
+    s->copy->busy--;
+}
+
+static void write_done(void *user, int status)
+{
+    struct slot *s = user;
+
+    if (RT_FAILURE(status) && RT_SUCCESS(s->status))
+        s->status = status;
+    if (--s->writes_pending == 0) {
+        if (RT_FAILURE(s->status))
+            fail(s->copy, s->status, "writing", s->copy->dst_path, s->off);
+        finish_slot(s);
+    }
+}
+
+/*
+ * The next piece to copy, skipping what reads as zeros.  Returns false when the source
+ * is exhausted or block status failed.
+ */
+static bool next_piece(struct copy *c, uint64_t *off, size_t *len)
+{
+    while (c->cursor < c->size) {
+        uint64_t chunk_end = (c->cursor / c->chunk + 1) * c->chunk;
+        uint64_t end = chunk_end < c->size ? chunk_end : c->size;
+
+        if (c->sparse) {
+            if (!c->ext_valid || c->cursor >= c->ext.offset + c->ext.length) {
+                int rc = rt_vd_block_status(c->src, c->cursor, c->size - c->cursor, &c->ext);
+
+                if (RT_FAILURE(rc)) {
+                    fail(c, rc, "reading the allocation map of", c->src_path, c->cursor);
+                    return false;
+                }
+                c->ext_valid = true;
+            }
+            if (c->ext.flags & RT_VD_EXTENT_ZERO) {
+                c->done += c->ext.offset + c->ext.length - c->cursor;
+                c->cursor = c->ext.offset + c->ext.length;
+                continue;
+            }
+            if (c->ext.offset + c->ext.length < end)
+                end = c->ext.offset + c->ext.length;
+        }
+        *off = c->cursor;
+        *len = (size_t)(end - c->cursor);
+        c->cursor = end;
+        return true;
+    }
+    return false;
+}
+
+static void start_reads(struct copy *c)
+{
+    for (unsigned i = 0; i < SLOT_COUNT && RT_SUCCESS(c->status); i++) {
+        struct slot *s = &c->slots[i];
+        rt_iovec_t iov;
+        int rc;
+
+        if (s->state != SLOT_FREE)
+            continue;
+        if (!next_piece(c, &s->off, &s->len))
+            return;
+        iov.base = s->buf;
+        iov.len = s->len;
+        s->status = RT_OK;
+        rc = rt_vd_queue_read(c->queue, c->src, s->off, &iov, 1, read_done, s);
+        if (RT_FAILURE(rc)) {
+            fail(c, rc, "reading", c->src_path, s->off);
+            return;
+        }
+        s->state = SLOT_READING;
+        c->busy++;
+    }
+}
+
+static void write_run(struct copy *c, struct slot *s, uint64_t off, uint64_t end)
+{
+    rt_iovec_t iov = {s->buf + (off - s->off), (size_t)(end - off)};
+    int rc;
+
+    if (RT_FAILURE(c->status))
+        return;
+    rc = rt_vd_queue_write(c->queue, c->dst, off, &iov, 1, write_done, s);
+    if (RT_FAILURE(rc)) {
+        fail(c, rc, "writing", c->dst_path, off);
+        return;
+    }
+    s->writes_pending++;
+}
+
+/* A piece has been read: write its non-zero runs (all of it without -S). */
+static void write_piece(struct copy *c, struct slot *s)
+{
+    uint64_t end = s->off + s->len;
+    uint64_t run = UINT64_MAX; /* start of the pending non-zero run */
+
+    s->state = SLOT_WRITING;
+    if (!c->sparse) {
+        write_run(c, s, s->off, end);
+    } else {
+        for (uint64_t pos = s->off; pos < end;) {
+            uint64_t cell_end = (pos / c->sparse + 1) * c->sparse;
+
+            if (cell_end > end)
+                cell_end = end;
+            if (!img_is_zero(s->buf + (pos - s->off), (size_t)(cell_end - pos))) {
+                if (run == UINT64_MAX)
+                    run = pos;
+            } else if (run != UINT64_MAX) {
+                write_run(c, s, run, pos);
+                run = UINT64_MAX;
+            }
+            pos = cell_end;
+        }
+        if (run != UINT64_MAX)
+            write_run(c, s, run, end);
+    }
+    if (s->writes_pending == 0)
+        finish_slot(s);
+}
+
+static void handle_reads(struct copy *c)
+{
+    for (unsigned i = 0; i < SLOT_COUNT; i++) {
+        struct slot *s = &c->slots[i];
+
+        if (s->state != SLOT_READ_DONE)
+            continue;
+        if (RT_FAILURE(s->status)) {
+            fail(c, s->status, "reading", c->src_path, s->off);
+            finish_slot(s);
+        } else if (RT_FAILURE(c->status)) {
+            finish_slot(s); /* stopping: do not write what is left */
+        } else {
+            write_piece(c, s);
+        }
+    }
+}
+
+/* Runs the pipeline to the end.  Returns false when the queue itself failed, so that
+ * requests may still be in flight and the images must not be closed. */
+static bool run_pipeline(struct copy *c)
+{
+    for (;;) {
+        int rc;
+
+        if (img_stop_requested() && RT_SUCCESS(c->status)) {
+            c->status = RT_ERR_INTERRUPTED;
+            cli_progress_end(&c->progress, false);
+            c->progress.enabled = false;
+            fprintf(stderr, "%s: interrupted\n", PROG);
+        }
+        if (RT_SUCCESS(c->status))
+            start_reads(c);
+        if (c->busy == 0)
+            return true;
+        rc = rt_vd_queue_run(c->queue, 1, RUN_SLICE_MS, NULL);
+        if (RT_FAILURE(rc) && rc != RT_ERR_TIMEOUT && rc != RT_ERR_INTERRUPTED) {
+            fail(c, rc, "waiting for I/O on", c->dst_path, c->cursor);
+            return false;
+        }
+        handle_reads(c);
+        cli_progress_update(&c->progress, c->done, c->size);
+    }
+}
+
+static int setup(struct copy *c)
+{
+    int rc = rt_vd_queue_create(&c->queue, QUEUE_DEPTH);
+
+    if (RT_FAILURE(rc)) {
+        img_report("creating an I/O queue", rc, NULL);
+        return rc;
+    }
+    c->buffers_size = (size_t)SLOT_COUNT * c->chunk;
+    c->buffers = rt_mem_page_alloc(c->buffers_size);
+    if (!c->buffers) {
+        img_report("allocating copy buffers", RT_ERR_NO_MEMORY, NULL);
+        return RT_ERR_NO_MEMORY;
+    }
+    for (unsigned i = 0; i < SLOT_COUNT; i++) {
+        c->slots[i].copy = c;
+        c->slots[i].buf = (unsigned char *)c->buffers + (size_t)i * c->chunk;
+    }
+    return RT_OK;
+}
+
+/* Creates and opens the destination, as big as the source (rounded up to a sector). */
+static int create_destination(struct copy *c, const char *format, rt_vd_create_opts_t *opts)
+{
+    rt_vd_error_t err = {{0}};
+    char what[IMG_WHAT_MAX];
+    int rc;
+
+    opts->size = (c->size + IMG_SECTOR - 1) / IMG_SECTOR * IMG_SECTOR;
+    rc = rt_vd_create(c->dst_path, format, opts, &err);
+    if (RT_FAILURE(rc)) {
+        snprintf(what, sizeof(what), "creating '%s'", c->dst_path);
+        img_report(what, rc, &err);
+        if (rc == RT_ERR_ALREADY_EXISTS)
+            fprintf(stderr, "  (convert never overwrites; remove it first)\n");
+        return rc;
+    }
+    rc = img_open(&c->dst, c->dst_path, format, 0, NULL);
+    if (RT_FAILURE(rc))
+        unlink(c->dst_path);
+    return rc;
+}
+
+/* Copies; on failure removes the destination.  Returns the exit status. */
+static int convert(struct copy *c, const char *src_format, const char *dst_format,
+                   rt_vd_create_opts_t *opts, bool progress)
+{
+    rt_vd_info_t info;
+    bool idle = true;
+    int rc;
+
+    rc = img_open_info(&c->src, c->src_path, src_format, RT_VD_OPEN_READ_ONLY, &info);
+    if (RT_FAILURE(rc))
+        return IMG_EXIT_ERROR;
+    c->size = info.virtual_size;
+    rc = setup(c);
+    if (RT_SUCCESS(rc))
+        rc = create_destination(c, dst_format, opts);
+    if (RT_FAILURE(rc))
+        goto out;
+
+    img_install_stop_handler();
+    cli_progress_start(&c->progress, progress, "converting");
+    cli_progress_update(&c->progress, 0, c->size);
+    idle = run_pipeline(c);
+    if (RT_SUCCESS(c->status)) {
+        rc = rt_vd_flush(c->dst);
+        if (RT_FAILURE(rc))
+            fail(c, rc, "flushing", c->dst_path, 0);
+    }
+    /* Not idle: requests may be in flight, so the handles and buffers must stay; the
+     * process exit ends them. */
+    if (idle) {
+        rc = img_close(c->dst, c->dst_path);
+        if (RT_FAILURE(rc) && RT_SUCCESS(c->status))
+            c->status = rc;
+    }
+    if (RT_FAILURE(c->status))
+        unlink(c->dst_path);
+    else
+        cli_progress_end(&c->progress, true);
+    rc = c->status;
+out:
+    if (idle) {
+        rt_vd_queue_destroy(c->queue);
+        rt_vd_close(c->src);
+        rt_mem_page_free(c->buffers, c->buffers_size);
+    }
+    return RT_FAILURE(rc) ? IMG_EXIT_ERROR : IMG_EXIT_OK;
+}
+
+static const struct option long_options[] = {
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+int img_convert_main(int argc, char **argv)
+{
+    static struct copy copy; /* slots and all: off the stack */
+    const char *cmd = argv[0], *src_format = NULL, *dst_format = "raw";
+    rt_vd_create_opts_t opts = {0};
+    bool help = false, quiet = false, progress = isatty(STDOUT_FILENO);
+    int c;
+
+    copy.sparse = SPARSE_DEFAULT;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:O:o:pqS:h", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'f': src_format = optarg; break;
+        case 'O': dst_format = optarg; break;
+        case 'o':
+            if (!img_parse_create_options(cmd, optarg, &opts, &help))
+                return IMG_EXIT_ERROR;
+            break;
+        case 'p': progress = true; break;
+        case 'q': quiet = true; break;
+        case 'S':
+            if (!img_parse_size_option(cmd, "-S", optarg, &copy.sparse))
+                return IMG_EXIT_ERROR;
+            if (copy.sparse % IMG_SECTOR || copy.sparse > SPARSE_MAX) {
+                img_usage_error(cmd, "-S: %s is not a multiple of %u up to 16M (0 disables)",
+                                optarg, IMG_SECTOR);
+                return IMG_EXIT_ERROR;
+            }
+            break;
+        case 'h': fputs(usage_text, stdout); return IMG_EXIT_OK;
+        default: img_bad_option(cmd, c, argv); return IMG_EXIT_ERROR;
+        }
+    }
+    if (help) {
+        img_print_create_options_help();
+        return IMG_EXIT_OK;
+    }
+    if (argc - optind < 2) {
+        img_usage_error(cmd, "SRC and DST are needed");
+        return IMG_EXIT_ERROR;
+    }
+    if (argc - optind > 2) {
+        img_usage_error(cmd, "unexpected argument '%s'", argv[optind + 2]);
+        return IMG_EXIT_ERROR;
+    }
+    copy.src_path = argv[optind];
+    copy.dst_path = argv[optind + 1];
+    copy.chunk = copy.sparse > CHUNK_SIZE ? (size_t)copy.sparse : CHUNK_SIZE;
+    return convert(&copy, src_format, dst_format, &opts, progress && !quiet);
+}

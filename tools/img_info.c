@@ -1,0 +1,88 @@
+/*
+ * vrt-img info: what an image is -- format, sizes, allocation -- in qemu-img info's
+ * text and JSON shapes.
+ */
+#ifdef HAVE_CONFIG_H
+#include <config.h>
+#endif
+
+#include <inttypes.h>
+#include <stdio.h>
+
+#include <rt/err.h>
+#include <rt/vd.h>
+
+#include "cli_common.h"
+#include "img.h"
+
+static const char usage_text[] =
+    "Usage: " PROG " info [-f FMT] [--output=human|json] FILE\n"
+    "Show an image's format, virtual size, space used on the host, allocation unit and\n"
+    "allocated blocks.\n"
+    "\n"
+    "  -f FMT             the image's format (raw, vdi); default: probe it\n"
+    "      --output=OFMT  human (default) or json (qemu-img info's keys: filename, format,\n"
+    "                     virtual-size, actual-size, cluster-size, format-specific)\n"
+    "  -h, --help         print this text and exit\n";
+
+static void print_human(const char *path, const rt_vd_info_t *info)
+{
+    char size[32];
+
+    printf("image: %s\n", path);
+    printf("file format: %s\n", info->format);
+    printf("virtual size: %s (%" PRIu64 " bytes)\n",
+           cli_format_size(size, sizeof(size), info->virtual_size), info->virtual_size);
+    printf("disk size: %s\n", cli_format_size(size, sizeof(size), info->file_allocated));
+    if (info->block_size)
+        printf("cluster_size: %" PRIu32 "\n", info->block_size);
+    if (info->variant[0] || info->blocks_total) {
+        printf("Format specific information:\n");
+        if (info->variant[0])
+            printf("    variant: %s\n", info->variant);
+        printf("    allocated blocks: %" PRIu64 "\n", info->blocks_allocated);
+        printf("    total blocks: %" PRIu64 "\n", info->blocks_total);
+    }
+}
+
+static void print_json(const char *path, const rt_vd_info_t *info)
+{
+    printf("{\n    \"virtual-size\": %" PRIu64 ",\n    \"filename\": ", info->virtual_size);
+    cli_json_string(path);
+    if (info->block_size)
+        printf(",\n    \"cluster-size\": %" PRIu32, info->block_size);
+    printf(",\n    \"format\": ");
+    cli_json_string(info->format);
+    printf(",\n    \"actual-size\": %" PRIu64, info->file_allocated);
+    if (info->variant[0] || info->blocks_total) {
+        printf(",\n    \"format-specific\": {\n        \"type\": ");
+        cli_json_string(info->format);
+        printf(",\n        \"data\": {\n            \"variant\": ");
+        cli_json_string(info->variant);
+        printf(",\n            \"allocated-blocks\": %" PRIu64
+               ",\n            \"total-blocks\": %" PRIu64 "\n        }\n    }",
+               info->blocks_allocated, info->blocks_total);
+    }
+    printf(",\n    \"dirty-flag\": false\n}\n");
+}
+
+int img_info_main(int argc, char **argv)
+{
+    const char *format = NULL, *path;
+    enum img_output output = OUTPUT_HUMAN;
+    rt_vd_t vd;
+    rt_vd_info_t info;
+    int status;
+
+    path = img_parse_inspect_args(argc, argv, usage_text, &format, &output, &status);
+    if (!path)
+        return status;
+    if (RT_FAILURE(img_open_info(&vd, path, format, RT_VD_OPEN_READ_ONLY, &info)))
+        return IMG_EXIT_ERROR;
+    if (output == OUTPUT_JSON)
+        print_json(path, &info);
+    else
+        print_human(path, &info);
+    rt_vd_close(vd);
+    return IMG_EXIT_OK;
+}
