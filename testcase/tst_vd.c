@@ -250,6 +250,38 @@ static void test_queue_errors(void)
     TST_RC(rt_vd_close(vd), RT_OK);
 }
 
+struct reentry {
+    rt_vd_queue_t queue;
+    rt_vd_t vd;
+    int destroy_rc, run_rc, close_rc;
+};
+
+static void reentering_done(void *user, int status)
+{
+    struct reentry *r = user;
+    r->destroy_rc = rt_vd_queue_destroy(r->queue);
+    r->run_rc = rt_vd_queue_run(r->queue, 0, 0, NULL);
+    r->close_rc = rt_vd_close(r->vd); /* its last request: allowed */
+}
+
+/* What a callback may and may not do with its own queue and image. */
+static void test_callback_reentry(void)
+{
+    char path[600];
+    char buf[100] = {0};
+    rt_iovec_t iov = {buf, sizeof buf};
+    struct reentry r;
+    make_image(path, sizeof path, "reentry.vdi", "vdi", MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&r.vd, path, "vdi", 0, NULL), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_create(&r.queue, 4), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_write(r.queue, r.vd, 10, &iov, 1, reentering_done, &r), RT_OK);
+    TST_RC(rt_vd_queue_run(r.queue, 1, 5000, NULL), RT_OK);
+    TST_RC(r.destroy_rc, RT_ERR_AIO_BUSY);
+    TST_RC(r.run_rc, RT_ERR_AIO_BUSY);
+    TST_RC(r.close_rc, RT_OK);
+    TST_RC(rt_vd_queue_destroy(r.queue), RT_OK);
+}
+
 static void test_formats_list(void)
 {
     const char *const *names = rt_vd_formats();
@@ -668,6 +700,7 @@ int main(void)
     TST_ADD(api, test_create_errors);
     TST_ADD(api, test_io_errors);
     TST_ADD(api, test_queue_errors);
+    TST_ADD(api, test_callback_reentry);
     TST_ADD(api, test_formats_list);
 
     TST_ADD(data, test_model_raw_cached);

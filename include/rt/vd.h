@@ -252,7 +252,8 @@ int rt_vd_queue_create(rt_vd_queue_t *queue, uint32_t depth);
  * Destroys an idle queue.
  *
  * @retval RT_OK, RT_ERR_INVALID_HANDLE (RT_VD_QUEUE_NIL is accepted and does nothing),
- *         RT_ERR_AIO_BUSY (requests outstanding; the queue stays).
+ *         RT_ERR_AIO_BUSY (requests outstanding, or called from one of its callbacks;
+ *         the queue stays).
  */
 int rt_vd_queue_destroy(rt_vd_queue_t queue);
 
@@ -286,7 +287,10 @@ int rt_vd_queue_flush(rt_vd_queue_t queue, rt_vd_t vd, rt_vd_done_t *done, void 
  * @retval RT_ERR_TIMEOUT     the time ran out first (some callbacks may have run).
  * @retval RT_ERR_INTERRUPTED rt_vd_queue_wakeup() was called.
  * @retval RT_ERR_AIO_NO_REQUEST  nothing is outstanding and @a min > 0.
+ * @retval RT_ERR_AIO_BUSY    called from a callback of this queue (runs do not nest).
  * @retval RT_ERR_INVALID_HANDLE, and the statuses of rt_aio_ctx_wait().
+ * Callbacks may start new requests on any queue, and close an image whose last request
+ * they complete; they may not run or destroy the queue that calls them.
  */
 int rt_vd_queue_run(rt_vd_queue_t queue, uint32_t min, uint32_t timeout_ms, uint32_t *completed);
 

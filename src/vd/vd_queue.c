@@ -112,7 +112,8 @@ struct rt_vd_queue {
     struct vd_op *ops;
     struct vd_op *free_ops;
     uint32_t in_flight;
-    uint32_t ios; /* accepted, callback not yet run */
+    uint32_t ios;  /* accepted, callback not yet run */
+    bool running;  /* inside rt_vd_queue_run(): callbacks may not destroy the queue */
     struct vd_io *ready_head, *ready_tail;
     struct vd_io *done_head, *done_tail;
     rt_aio_req_t *batch;
@@ -755,7 +756,7 @@ int rt_vd_queue_destroy(rt_vd_queue_t q)
         return RT_OK;
     if (!queue_live(q))
         return RT_ERR_INVALID_HANDLE;
-    if (q->ios > 0)
+    if (q->ios > 0 || q->running)
         return RT_ERR_AIO_BUSY;
     int rc = rt_aio_ctx_destroy(q->ctx);
     if (rc != RT_OK)
@@ -852,6 +853,9 @@ int rt_vd_queue_run(rt_vd_queue_t q, uint32_t min, uint32_t timeout_ms, uint32_t
         *completed = 0;
     if (!queue_live(q))
         return RT_ERR_INVALID_HANDLE;
+    if (q->running)
+        return RT_ERR_AIO_BUSY; /* a callback ran the queue it is called from */
+    q->running = true;
     uint32_t count = 0;
     uint64_t start = rt_time_milli_ts();
     int rc = RT_OK;
@@ -895,6 +899,7 @@ int rt_vd_queue_run(rt_vd_queue_t q, uint32_t min, uint32_t timeout_ms, uint32_t
             rc = RT_ERR_GENERAL_FAILURE; /* requests waiting on nothing: a bug here */
         break;
     }
+    q->running = false;
     if (completed != NULL)
         *completed = count;
     return rc;
