@@ -176,10 +176,16 @@ int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info);
  *  map); clear for ranges the image leaves unallocated. */
 #define RT_VD_EXTENT_ALLOCATED 0x4u
 
+/** The data is stored compressed (host_offset is then UINT64_MAX). */
+#define RT_VD_EXTENT_COMPRESSED 0x8u
+
 /** A run of the virtual disk with one status. */
 typedef struct rt_vd_extent {
     uint64_t offset, length;
     uint32_t flags;
+    /** Which image of the backing chain answers: 0 this one, 1 its backing file, ...
+     *  For an unallocated range it is the depth where the search ended. */
+    uint32_t depth;
     /** Where the data starts in the image file; UINT64_MAX when not DATA. */
     uint64_t host_offset;
 } rt_vd_extent_t;

@@ -152,8 +152,17 @@ static uint32_t direct_granule(rt_file_t file)
     return rc == RT_OK ? 512u : page;
 }
 
+static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *format,
+                               uint32_t flags, unsigned depth, rt_vd_error_t *err);
+
 int rt_vd_open(rt_vd_t *vd_out, const char *path, const char *format, uint32_t flags,
                rt_vd_error_t *err)
+{
+    return rt_vd_open_at_depth(vd_out, path, format, flags, 0, err);
+}
+
+static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *format,
+                               uint32_t flags, unsigned depth, rt_vd_error_t *err)
 {
     if (err != NULL)
         err->msg[0] = '\0';
@@ -192,9 +201,16 @@ int rt_vd_open(rt_vd_t *vd_out, const char *path, const char *format, uint32_t f
     }
     vd->driver = driver;
     vd->file = file;
+    vd->chain_depth = depth;
     vd->read_only = read_only;
     vd->no_cache = flags & RT_VD_OPEN_NO_CACHE;
     vd->allow_backing = flags & RT_VD_OPEN_ALLOW_BACKING;
+    if ((vd->path = strdup(path)) == NULL) {
+        rc = RT_ERR_NO_MEMORY;
+        vd->magic = RT__MAGIC_DEAD;
+        rt__handle_free(&vd_pool, vd);
+        goto fail_file;
+    }
     vd->align = vd->no_cache ? direct_granule(file) : 1;
     rc = driver->open(vd, err);
     if (rc == RT_OK && vd->data_align % vd->align != 0)
@@ -213,6 +229,48 @@ int rt_vd_open(rt_vd_t *vd_out, const char *path, const char *format, uint32_t f
 
 fail_file:
     rt_file_close(file);
+    return rc;
+}
+
+#define MAX_CHAIN 16
+
+int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err)
+{
+    if (!vd->allow_backing)
+        return rt__vd_fail(err, RT_ERR_ACCESS_DENIED,
+                           "the image refers to backing file '%s', and following file "
+                           "references was not allowed",
+                           name);
+    if (vd->chain_depth + 1 >= MAX_CHAIN)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "backing chain deeper than %d images (a loop?) at '%s'", MAX_CHAIN,
+                           name);
+    /* A relative name is relative to the image that names it, not to our directory. */
+    char *full;
+    const char *slash = strrchr(vd->path, '/');
+    if (name[0] == '/' || slash == NULL) {
+        full = strdup(name);
+    } else {
+        size_t dir_len = (size_t)(slash - vd->path) + 1;
+        full = malloc(dir_len + strlen(name) + 1);
+        if (full != NULL) {
+            memcpy(full, vd->path, dir_len);
+            strcpy(full + dir_len, name);
+        }
+    }
+    if (full == NULL)
+        return RT_ERR_NO_MEMORY;
+    uint32_t flags = RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING |
+                     (vd->no_cache ? RT_VD_OPEN_NO_CACHE : 0);
+    rt_vd_t backing = RT_VD_NIL;
+    rt_vd_error_t inner;
+    inner.msg[0] = '\0';
+    int rc = rt_vd_open_at_depth(&backing, full, format, flags, vd->chain_depth + 1, &inner);
+    if (rc != RT_OK)
+        rt__vd_fail(err, rc, "backing file %.100s: %.140s", full, inner.msg);
+    else
+        vd->backing = backing;
+    free(full);
     return rc;
 }
 
@@ -264,6 +322,8 @@ int rt_vd_close(rt_vd_t vd)
         rc = rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
     rt__vd_queue_release_sync(vd);
     vd->driver->close(vd);
+    rt_vd_close(vd->backing);
+    free(vd->path);
     int close_rc = rt_file_close(vd->file);
     if (rc == RT_OK)
         rc = close_rc;
@@ -377,17 +437,21 @@ int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info)
 
 int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext)
 {
-    struct vd_map map;
+    struct vd_map map = {0};
     int rc = vd->driver->map(vd, off, len, &map);
     if (rc != RT_OK)
         return rc;
     ext->offset = off;
     ext->length = map.length < len ? map.length : len;
     ext->host_offset = UINT64_MAX;
+    ext->depth = 0;
     switch (map.kind) {
     case VD_MAP_DATA:
         ext->flags = RT_VD_EXTENT_DATA | RT_VD_EXTENT_ALLOCATED;
         ext->host_offset = map.host_off;
+        break;
+    case VD_MAP_COMPRESSED:
+        ext->flags = RT_VD_EXTENT_DATA | RT_VD_EXTENT_ALLOCATED | RT_VD_EXTENT_COMPRESSED;
         break;
     case VD_MAP_ZERO:
         ext->flags = RT_VD_EXTENT_ZERO | RT_VD_EXTENT_ALLOCATED;
@@ -409,9 +473,19 @@ int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *e
         return RT_ERR_OUT_OF_RANGE;
     if (len > vd->size - off)
         len = vd->size - off;
-    if (vd->driver->block_status != NULL)
-        return vd->driver->block_status(vd, off, len, ext);
-    return rt__vd_map_status(vd, off, len, ext);
+    int rc = vd->driver->block_status != NULL ? vd->driver->block_status(vd, off, len, ext)
+                                              : rt__vd_map_status(vd, off, len, ext);
+    if (rc != RT_OK || (ext->flags & RT_VD_EXTENT_ALLOCATED) || vd->backing == NULL)
+        return rc;
+    /* Unallocated here: the backing file answers, as far as it reaches. */
+    if (off >= vd->backing->size) {
+        ext->depth = 1;
+        return RT_OK;
+    }
+    uint64_t run = ext->length;
+    rc = rt_vd_block_status(vd->backing, off, run, ext);
+    ext->depth++;
+    return rc;
 }
 
 int rt_vd_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)

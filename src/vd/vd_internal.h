@@ -22,13 +22,17 @@
 enum vd_map_kind {
     VD_MAP_DATA,        /* stored at host_off in the image file */
     VD_MAP_ZERO,        /* recorded as zeros by the image's metadata */
-    VD_MAP_UNALLOCATED, /* not described by the image: reads as zeros */
+    VD_MAP_UNALLOCATED, /* not described by the image: the backing file's, or zeros */
+    VD_MAP_COMPRESSED,  /* stored compressed: read through read_compressed() */
 };
 
 struct vd_map {
     enum vd_map_kind kind;
     uint64_t length;   /* bytes from the asked offset with this answer; > 0 */
     uint64_t host_off; /* VD_MAP_DATA only */
+    /* VD_MAP_DATA that must not be written in place (a cluster an internal snapshot
+     * shares): a write allocates a new unit, filled from this one. */
+    bool shared;
 };
 
 /* A unit reserved by alloc(): the guest range [virt_off, virt_off + size) will live at
@@ -65,6 +69,9 @@ struct vd_driver {
      * sequence number <= @a upto.  The layer has made that data durable before the call
      * and flushes the file after it.  NULL when there is never any. */
     int (*commit)(rt_vd_t vd, uint64_t upto);
+    /* Fills @a buf with the guest bytes [off, off + len), which map() answered
+     * VD_MAP_COMPRESSED for (one compressed unit at most).  Synchronous. */
+    int (*read_compressed)(rt_vd_t vd, uint64_t off, void *buf, size_t len);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */
@@ -94,6 +101,11 @@ struct rt_vd {
     /* The driver's allocation unit, 0 when it never allocates. */
     uint32_t alloc_unit;
     void *priv;
+    /* The image this one's unallocated ranges come from (RT_VD_NIL: zeros), opened
+     * by the driver through rt__vd_open_backing(); closed with this one. */
+    rt_vd_t backing;
+    unsigned chain_depth; /* 0 for the image the caller opened */
+    char *path;
 
     /* Asynchronous state, owned by vd_queue.c. */
     struct rt_vd_queue *busy_queue; /* the queue holding this image's requests, if any */
@@ -113,6 +125,12 @@ extern const struct vd_driver *const rt__vd_drivers[];
 /* Fills @a err (if not NULL) with a printf-style message and returns @a rc. */
 int rt__vd_fail(rt_vd_error_t *err, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Opens the backing file @a name of @a vd (relative names are relative to the
+ * directory of @a vd), read-only, with @a format or probing when NULL.  Refused with
+ * RT_ERR_ACCESS_DENIED unless the caller allowed file references, and with
+ * RT_ERR_VD_CORRUPT beyond 16 levels (a loop). */
+int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err);
 
 /* Metadata I/O for drivers: positioned and synchronous, any offset and length, through
  * an aligned bounce buffer when the image is open with O_DIRECT. */

@@ -285,11 +285,11 @@ static int write_allocates(rt_vd_t vd, uint64_t lo, uint64_t hi, bool *allocates
     if (vd->driver->alloc == NULL)
         return RT_OK;
     for (uint64_t pos = lo; pos < hi;) {
-        struct vd_map map;
+        struct vd_map map = {0};
         int rc = vd->driver->map(vd, pos, hi - pos, &map);
         if (rc != RT_OK)
             return rc;
-        if (map.kind != VD_MAP_DATA) {
+        if (map.kind != VD_MAP_DATA || map.shared) {
             *allocates = true;
             return RT_OK;
         }
@@ -490,6 +490,55 @@ static int op_prepare(struct vd_op *op, rt_file_t file)
     }
 }
 
+/* Reads guest bytes [voff, voff + len) that are not plain data in this image into
+ * @a buf: zeros, the backing file's bytes (zeros past its end), or decompressed. */
+static int read_special(rt_vd_t vd, const struct vd_map *map, uint64_t voff, uint8_t *buf,
+                        uint64_t len)
+{
+    if (map->kind == VD_MAP_COMPRESSED)
+        return vd->driver->read_compressed(vd, voff, buf, (size_t)len);
+    if (map->kind == VD_MAP_DATA)
+        return rt__vd_meta_read(vd, map->host_off, buf, (size_t)len);
+    memset(buf, 0, (size_t)len);
+    if (map->kind == VD_MAP_UNALLOCATED && vd->backing != NULL && voff < vd->backing->size) {
+        uint64_t from_backing = min_u64(len, vd->backing->size - voff);
+        return rt_vd_read(vd->backing, voff, buf, (size_t)from_backing);
+    }
+    return RT_OK;
+}
+
+/* A read step that needs no kernel op of this image. */
+static int read_inline(struct vd_io *io, const struct vd_map *map, uint64_t pos, uint64_t len)
+{
+    rt_vd_t vd = io->vd;
+    if (map->kind == VD_MAP_ZERO || (map->kind == VD_MAP_UNALLOCATED && vd->backing == NULL)) {
+        target_zero(io, pos, len);
+        return RT_OK;
+    }
+    uint8_t *flat = malloc((size_t)len);
+    if (flat == NULL)
+        return RT_ERR_NO_MEMORY;
+    int rc = read_special(vd, map, pos, flat, len);
+    if (rc == RT_OK)
+        iov_copy(io->target, io->target_cnt, pos - io->target_base, flat, len, true);
+    free(flat);
+    return rc;
+}
+
+/* Fills a new unit's buffer with the unit's current guest contents, as @a map (asked at
+ * @a pos inside the unit) describes them; the unit is uniform, so one answer holds for
+ * all of it.  Past the virtual size the unit stays zero. */
+static int fill_unit(rt_vd_t vd, const struct vd_map *map, uint64_t pos, uint64_t unit_off,
+                     uint8_t *unit)
+{
+    uint64_t span = min_u64(vd->alloc_unit, vd->size - unit_off);
+    memset(unit + span, 0, vd->alloc_unit - span);
+    struct vd_map whole = *map;
+    if (whole.kind == VD_MAP_DATA)
+        whole.host_off -= pos - unit_off;
+    return read_special(vd, &whole, unit_off, unit, span);
+}
+
 /* Plans one step of @a io at its cursor.  Either does it inline, or fills @a op and
  * returns 1 (the op is to be submitted), or fails the io. */
 static int step(struct vd_io *io, struct vd_op *op)
@@ -502,13 +551,13 @@ static int step(struct vd_io *io, struct vd_op *op)
         return 1;
     }
     uint64_t pos = io->cursor;
-    struct vd_map map;
+    struct vd_map map = {0};
     int rc = vd->driver->map(vd, pos, io->cursor_end - pos, &map);
     if (rc != RT_OK)
         return rc;
     uint64_t len = min_u64(min_u64(map.length, io->cursor_end - pos), MAX_OP_BYTES);
     bool reading = io->kind == VD_IO_READ || io->stage == STAGE_HEAD;
-    if (map.kind == VD_MAP_DATA) {
+    if (map.kind == VD_MAP_DATA && (reading || !map.shared)) {
         unsigned need = io->target_cnt;
         if ((rc = op_reserve_iov(op, need)) != RT_OK)
             return rc;
@@ -520,20 +569,26 @@ static int step(struct vd_io *io, struct vd_op *op)
         return 1;
     }
     if (reading) {
-        target_zero(io, pos, len);
+        if ((rc = read_inline(io, &map, pos, len)) != RT_OK)
+            return rc;
         io->cursor = pos + len;
         return 0;
     }
-    /* A write into a zero or unallocated unit: allocate, and write the whole unit. */
-    struct vd_alloc alloc;
-    if ((rc = vd->driver->alloc(vd, pos, &alloc)) != RT_OK)
-        return rc;
-    uint8_t *unit = rt_mem_page_alloc(alloc.size);
-    if (unit == NULL) {
-        vd->driver->alloc_done(vd, &alloc, RT_ERR_NO_MEMORY, 0);
+    /* A write into a unit that is not plain data: allocate, and write the whole unit,
+     * filled with what the guest saw there before. */
+    uint64_t unit_off = round_down(pos, vd->alloc_unit);
+    uint8_t *unit = rt_mem_page_alloc(vd->alloc_unit);
+    if (unit == NULL)
         return RT_ERR_NO_MEMORY;
+    if ((rc = fill_unit(vd, &map, pos, unit_off, unit)) != RT_OK) {
+        rt_mem_page_free(unit, vd->alloc_unit);
+        return rc;
     }
-    memset(unit, 0, alloc.size);
+    struct vd_alloc alloc;
+    if ((rc = vd->driver->alloc(vd, pos, &alloc)) != RT_OK) {
+        rt_mem_page_free(unit, vd->alloc_unit);
+        return rc;
+    }
     len = min_u64(io->cursor_end, alloc.virt_off + alloc.size) - pos;
     iov_copy(io->target, io->target_cnt, pos - io->target_base, unit + (pos - alloc.virt_off),
              len, false);
