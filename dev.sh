@@ -15,7 +15,7 @@ cd "$here"
 jobs=$(nproc 2>/dev/null || echo 2)
 
 # Debian packages the build, the tests and the benchmarks need.
-packages=(gcc make autoconf automake libtool pkg-config libcunit1-dev liburing-dev qemu-utils
+packages=(gcc make autoconf automake libtool pkg-config libcunit1-dev liburing-dev zlib1g-dev qemu-utils
           gcc-multilib fio)
 
 install_missing() {

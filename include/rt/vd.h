@@ -53,7 +53,7 @@ typedef struct rt_vd_error {
  *
  * @param vd      receives the handle; RT_VD_NIL on failure.
  * @param path    the image file.
- * @param format  "raw", "vdi", or NULL to probe (read-only opens only).
+ * @param format  "raw", "vdi", "qcow2", or NULL to probe (read-only opens only).
  * @param flags   RT_VD_OPEN_* bits.
  * @param err     optional; receives a message naming the problem on failure.
  * @retval RT_OK
@@ -80,22 +80,32 @@ typedef struct rt_vd_create_opts {
     uint64_t size;
     /** RT_VD_CREATE_* bits. */
     uint32_t flags;
-    /** Allocation unit (VDI block size); 0 means the format's default (VDI: 1 MiB). */
+    /** Allocation unit (VDI block size, QCOW2 cluster size); 0 means the format's
+     *  default (VDI: 1 MiB, QCOW2: 64 KiB). */
     uint32_t block_size;
+    /** Format version: QCOW2 2 (compat=0.10) or 3 (compat=1.1); 0 means the newest. */
+    uint32_t version;
+    /** QCOW2: the backing file, stored as given (a relative name is relative to the new
+     *  image); NULL for none.  With @a size 0 the image takes the backing file's size. */
+    const char *backing_file;
+    /** QCOW2: the backing file's format, recorded in the image; NULL to leave it out
+     *  (readers then probe it). */
+    const char *backing_format;
 } rt_vd_create_opts_t;
 
 /**
  * Creates an image; it is not left open.  An existing file is not replaced.
  *
  * @param path    the file to create.
- * @param format  "raw" or "vdi".
+ * @param format  "raw", "vdi" or "qcow2".
  * @param opts    size and shape.
  * @param err     optional message on failure.
  * @retval RT_OK
  * @retval RT_ERR_INVALID_POINTER    @a path, @a format or @a opts NULL.
- * @retval RT_ERR_INVALID_PARAMETER  size not a multiple of 512, zero or too large for
- *                                   the format; block size not a supported power of
- *                                   two; unknown flag bit.
+ * @retval RT_ERR_INVALID_PARAMETER  size not a multiple of 512, zero (without a backing
+ *                                   file) or too large for the format; block size not a
+ *                                   supported power of two; unknown flag bit; a version,
+ *                                   backing file or flag the format does not have.
  * @retval RT_ERR_VD_UNKNOWN_FORMAT  no such driver.
  * @retval RT_ERR_ALREADY_EXISTS, RT_ERR_DISK_FULL, and the statuses of rt_file_open().
  *         On failure no file is left behind.
@@ -201,6 +211,23 @@ typedef struct rt_vd_extent {
  *         (@a off at or past the virtual size, or @a len 0), RT_ERR_IO.
  */
 int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext);
+
+/**
+ * Writes one whole allocation unit compressed (QCOW2 with zlib), for building
+ * compressed images; a unit that does not shrink is written plainly.  The last unit of
+ * a disk whose size is not a multiple of the unit is passed with its real length.
+ *
+ * @param vd   a writable image with nothing outstanding.
+ * @param off  a multiple of the unit size (rt_vd_info_t.block_size).
+ * @param buf  the unit's bytes.
+ * @param len  the unit size, or what is left of the disk at @a off.
+ * @retval RT_OK, RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER, RT_ERR_VD_READ_ONLY,
+ *         RT_ERR_BUSY, RT_ERR_OUT_OF_RANGE (past the virtual size),
+ *         RT_ERR_INVALID_PARAMETER (@a off or @a len not a whole unit),
+ *         RT_ERR_NOT_SUPPORTED (the format has no compression), RT_ERR_IO,
+ *         RT_ERR_NO_MEMORY.
+ */
+int rt_vd_write_compressed(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
 
 /* rt_vd_check() flags */
 /** Reclaim leaked space (space the image holds that nothing references). */

@@ -23,9 +23,10 @@ static struct rt__handle_pool vd_pool = RT__HANDLE_POOL_INIT(struct rt_vd, next_
 #define MAX_IOV 1024u
 
 /* raw accepts anything, so it probes last and only wins when nobody else claims. */
-const struct vd_driver *const rt__vd_drivers[] = {&rt__vd_vdi_driver, &rt__vd_raw_driver, NULL};
+const struct vd_driver *const rt__vd_drivers[] = {&rt__vd_qcow2_driver, &rt__vd_vdi_driver,
+                                                  &rt__vd_raw_driver, NULL};
 
-static const char *const driver_names[] = {"vdi", "raw", NULL};
+static const char *const driver_names[] = {"qcow2", "vdi", "raw", NULL};
 
 const char *const *rt_vd_formats(void)
 {
@@ -274,6 +275,33 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
     return rc;
 }
 
+/* The size of the backing file a new image names, which it takes by default. */
+static int backing_size(const char *path, rt_vd_create_opts_t *shape, rt_vd_error_t *err)
+{
+    const char *name = shape->backing_file;
+    const char *slash = strrchr(path, '/');
+    char *full = NULL;
+    if (name[0] != '/' && slash != NULL) {
+        size_t dir_len = (size_t)(slash - path) + 1;
+        if ((full = malloc(dir_len + strlen(name) + 1)) == NULL)
+            return RT_ERR_NO_MEMORY;
+        memcpy(full, path, dir_len);
+        strcpy(full + dir_len, name);
+    }
+    rt_vd_t backing;
+    rt_vd_error_t inner;
+    int rc = rt_vd_open(&backing, full ? full : name, shape->backing_format,
+                        RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING, &inner);
+    if (rc == RT_OK) {
+        shape->size = backing->size;
+        rt_vd_close(backing);
+    } else {
+        rt__vd_fail(err, rc, "backing file %.100s: %.140s", full ? full : name, inner.msg);
+    }
+    free(full);
+    return rc;
+}
+
 int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t *opts,
                  rt_vd_error_t *err)
 {
@@ -287,15 +315,25 @@ int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t
     if (opts->flags & ~RT_VD_CREATE_STATIC)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown create flag 0x%x",
                            opts->flags & ~RT_VD_CREATE_STATIC);
-    if (opts->size == 0 || opts->size % 512 != 0 || opts->size > INT64_MAX)
+    rt_vd_create_opts_t shape = *opts;
+    if ((opts->backing_file != NULL || opts->backing_format != NULL || opts->version != 0) &&
+        strcmp(driver->name, "qcow2") != 0)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "%s images have no version or backing file", driver->name);
+    if (shape.size == 0 && shape.backing_file != NULL) {
+        int rc = backing_size(path, &shape, err);
+        if (rc != RT_OK)
+            return rc;
+    }
+    if (shape.size == 0 || shape.size % 512 != 0 || shape.size > INT64_MAX)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "size %llu is not a positive multiple of 512",
-                           (unsigned long long)opts->size);
+                           (unsigned long long)shape.size);
     rt_file_t file = RT_FILE_NIL;
     int rc = rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE, 0644);
     if (rc != RT_OK)
         return rt__vd_fail(err, rc, "%s: %s", path, rt_strerror(rc));
-    rc = driver->create(file, opts, err);
+    rc = driver->create(file, &shape, err);
     if (rc == RT_OK)
         rc = rt_file_flush(file);
     int close_rc = rt_file_close(file);
@@ -412,6 +450,35 @@ int rt_vd_flush(rt_vd_t vd)
     if (vd->read_only)
         return RT_OK;
     return rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+}
+
+int rt_vd_write_compressed(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
+{
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    if (buf == NULL)
+        return RT_ERR_INVALID_POINTER;
+    if (vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+    if (vd->driver->write_compressed == NULL)
+        return RT_ERR_NOT_SUPPORTED;
+    if (rt__vd_queue_ensure_idle(vd) != RT_OK)
+        return RT_ERR_BUSY;
+    if (off >= vd->size || len > vd->size - off)
+        return RT_ERR_OUT_OF_RANGE;
+    uint64_t unit = vd->alloc_unit;
+    uint64_t whole = vd->size - off < unit ? vd->size - off : unit;
+    if (off % unit != 0 || len != whole)
+        return RT_ERR_INVALID_PARAMETER;
+    uint8_t *padded = calloc(1, unit);
+    if (padded == NULL)
+        return RT_ERR_NO_MEMORY;
+    memcpy(padded, buf, len);
+    int rc = vd->driver->write_compressed(vd, off, padded);
+    free(padded);
+    if (rc == 1)
+        rc = rt_vd_write(vd, off, buf, len);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------- */

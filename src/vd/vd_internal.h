@@ -72,6 +72,9 @@ struct vd_driver {
     /* Fills @a buf with the guest bytes [off, off + len), which map() answered
      * VD_MAP_COMPRESSED for (one compressed unit at most).  Synchronous. */
     int (*read_compressed)(rt_vd_t vd, uint64_t off, void *buf, size_t len);
+    /* Writes the unit at @a off (a whole unit, zero-padded) compressed; 1 when it does
+     * not shrink (the layer then writes it plainly).  NULL: not supported. */
+    int (*write_compressed)(rt_vd_t vd, uint64_t off, const void *buf);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */
@@ -119,6 +122,7 @@ struct rt_vd {
 /* The drivers, in probe order (raw last: it accepts anything). */
 extern const struct vd_driver rt__vd_raw_driver;
 extern const struct vd_driver rt__vd_vdi_driver;
+extern const struct vd_driver rt__vd_qcow2_driver;
 const struct vd_driver *rt__vd_driver_find(const char *name);
 extern const struct vd_driver *const rt__vd_drivers[];
 

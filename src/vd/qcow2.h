@@ -1,0 +1,222 @@
+/*
+ * QCOW2 inside: the in-memory image state shared by the driver's files.
+ *
+ *   qcow2.c           header and extensions, open, map, reads (compressed too), info
+ *   qcow2_refcount.c  refcounts: lookup, change, new blocks, table growth; the cluster
+ *                     allocator
+ *   qcow2_write.c     allocation (new and copied L2 tables, copy-on-write of shared
+ *                     clusters), the flush-time commit, compressed writes
+ *   qcow2_check.c     rebuilding every refcount from the metadata, leak repair
+ *   qcow2_create.c    new images
+ *
+ * All on-disk integers are big-endian; in memory, tables are kept in host order.
+ *
+ * Crash safety comes from the order in which commit() writes (see qcow2_write.c):
+ * refcount increments before the pointers that need them, L2 tables before the L1
+ * entries that point at them, decrements after the pointers that drop them.  A crash
+ * between any two steps leaves refcounts too high (leaks), never too low.
+ */
+#ifndef RT_VD_QCOW2_H
+#define RT_VD_QCOW2_H
+
+#include "vd/vd_internal.h"
+
+#define QCOW2_MAGIC 0x514649fbu
+
+/* Header offsets. */
+enum {
+    QH_MAGIC = 0,
+    QH_VERSION = 4,
+    QH_BACKING_OFFSET = 8,
+    QH_BACKING_SIZE = 16,
+    QH_CLUSTER_BITS = 20,
+    QH_SIZE = 24,
+    QH_CRYPT = 32,
+    QH_L1_SIZE = 36,
+    QH_L1_OFFSET = 40,
+    QH_RT_OFFSET = 48,
+    QH_RT_CLUSTERS = 56,
+    QH_NB_SNAPSHOTS = 60,
+    QH_SNAPSHOTS_OFFSET = 64,
+    QH_V2_LENGTH = 72,
+    QH_INCOMPATIBLE = 72,
+    QH_COMPATIBLE = 80,
+    QH_AUTOCLEAR = 88,
+    QH_REFCOUNT_ORDER = 96,
+    QH_HEADER_LENGTH = 100,
+    QH_COMPRESSION_TYPE = 104,
+    QH_V3_LENGTH = 104,
+    QH_V3_LENGTH_WITH_COMPRESSION = 112,
+};
+
+/* Feature bits. */
+#define QCOW2_INCOMPAT_DIRTY       (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT     (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE   (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2       (1ull << 4)
+
+/* Header extension types. */
+#define QCOW2_EXT_END          0x00000000u
+#define QCOW2_EXT_BACKING_FMT  0xe2792acau
+#define QCOW2_EXT_FEATURE_NAME 0x6803f857u
+#define QCOW2_EXT_DATA_FILE    0x44415441u
+
+/* Table entries. */
+#define QCOW2_COPIED      (1ull << 63)
+#define QCOW2_COMPRESSED  (1ull << 62)
+#define QCOW2_ZERO        (1ull << 0)
+#define QCOW2_OFFSET_MASK 0x00fffffffffffe00ull /* bits 9..55 */
+
+/* Limits, as QEMU's: what a sane image never exceeds. */
+#define QCOW2_MAX_L1_BYTES     (32u << 20)
+#define QCOW2_MAX_RT_BYTES     (8u << 20)
+#define QCOW2_MAX_BACKING_NAME 1023u
+#define QCOW2_MAX_SNAPSHOTS    65536u
+
+/* An L2 table in memory. */
+struct qcow2_l2 {
+    uint64_t host_off;
+    uint64_t *entries; /* host order */
+    bool dirty;        /* the file's copy is older than what commit would write */
+    uint32_t pending;  /* allocations in it not yet committed */
+};
+
+/* A data allocation whose L2 entry is not yet in the file. */
+struct qcow2_pending {
+    uint32_t id;
+    uint32_t l1_index, l2_index;
+    uint64_t old_entry, new_entry;
+    uint64_t seq; /* 0 while the data write is in flight */
+};
+
+/* A refcount decrement that waits until the pointers that dropped the cluster are in
+ * the file: by pending id, or 0 for "at the next commit". */
+struct qcow2_decrement {
+    uint64_t cluster;
+    uint32_t after_id;
+};
+
+/* A refcount block in memory. */
+struct qcow2_rblock {
+    uint8_t *data; /* file order (big-endian entries) */
+    bool dirty;
+};
+
+struct qcow2 {
+    uint8_t *header; /* cluster 0 as read (for rewriting the header) */
+    uint32_t header_bytes;
+    uint32_t version;
+    uint32_t cluster_bits;
+    uint32_t cluster_size;
+    uint32_t l2_bits, l2_entries;
+    uint64_t size;
+    uint64_t incompatible, compatible, autoclear;
+    bool header_dirty;
+
+    uint32_t l1_size;
+    uint64_t l1_offset;
+    uint64_t *l1;
+    bool l1_dirty;
+    struct qcow2_l2 **l2; /* by L1 index; NULL until loaded */
+    uint32_t l2_loaded;
+
+    uint32_t refcount_order, refcount_bits;
+    uint64_t refcount_max;
+    uint32_t rb_entries; /* refcounts per block */
+    uint64_t rt_offset;
+    uint32_t rt_clusters;
+    uint64_t *rt; /* host order */
+    uint64_t rt_entries;
+    bool rt_dirty;
+    struct qcow2_rblock *rblocks; /* by refcount table index */
+
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+
+    char backing_name[QCOW2_MAX_BACKING_NAME + 1];
+    char backing_format[32];
+
+    /* Feature name table: names for unknown feature bits in messages. */
+    struct {
+        uint8_t type, bit;
+        char name[47];
+    } *features;
+    uint32_t nb_features;
+
+    uint64_t file_size_at_open;
+    uint64_t next_free; /* bump allocator: first cluster never handed out */
+    uint64_t compressed_cursor; /* next free byte for compressed data, 0: none */
+
+    struct qcow2_pending *pending;
+    size_t pending_len, pending_cap;
+    uint32_t next_id;
+    struct qcow2_decrement *decrements;
+    size_t decrements_len, decrements_cap;
+
+    /* The last cluster inflated, for sequential reads of compressed images. */
+    uint64_t inflated_entry;
+    uint8_t *inflated;
+};
+
+static inline uint32_t vd_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static inline uint64_t vd_be64(const uint8_t *p)
+{
+    return (uint64_t)vd_be32(p) << 32 | vd_be32(p + 4);
+}
+
+static inline uint16_t vd_be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline void vd_put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static inline void vd_put_be64(uint8_t *p, uint64_t v)
+{
+    vd_put_be32(p, (uint32_t)(v >> 32));
+    vd_put_be32(p + 4, (uint32_t)v);
+}
+
+static inline struct qcow2 *qcow2_of(rt_vd_t vd)
+{
+    return vd->priv;
+}
+
+/* Where a compressed L2 entry's bytes are: host offset and length. */
+void rt__qcow2_compressed_span(const struct qcow2 *s, uint64_t entry, uint64_t *host,
+                               uint64_t *bytes);
+
+/* The L2 table of L1 entry @a l1_index, loaded and checked; NULL with *rc set if the
+ * entry is empty (rc RT_OK) or bad. */
+struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc);
+
+/* Refcounts (qcow2_refcount.c). */
+int rt__qcow2_refcount_get(rt_vd_t vd, uint64_t cluster, uint64_t *refcount);
+int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta);
+/* Hands out @a count contiguous new clusters (refcount 1 each); returns the offset. */
+int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, uint64_t *host_off);
+/* Writes dirty refcount blocks, then the refcount table and header if they changed. */
+int rt__qcow2_refcount_flush(rt_vd_t vd);
+/* Writes the header (cluster 0 up to the extensions) with current fields. */
+int rt__qcow2_header_write(rt_vd_t vd);
+
+/* The driver operations of the other files. */
+int rt__qcow2_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc);
+void rt__qcow2_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq);
+int rt__qcow2_commit(rt_vd_t vd, uint64_t upto);
+int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
+int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
+int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf);
+
+#endif /* RT_VD_QCOW2_H */

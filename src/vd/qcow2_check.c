@@ -1,0 +1,262 @@
+/*
+ * QCOW2 check: rebuild every cluster's reference count from the metadata (header, L1
+ * and L2 tables of the image and of each internal snapshot, the snapshot table, the
+ * refcount table and blocks) and compare it with the stored count, as qemu-img check
+ * does: stored below references is a corruption (a cluster could be handed out twice),
+ * stored above is a leak.  Also: references past the end of the file or unaligned,
+ * and COPIED flags of the active tables that disagree with the refcount.
+ *
+ * Repair (leaks only) lowers each leaked count to the references found.
+ */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vd/qcow2.h"
+
+struct census {
+    rt_vd_t vd;
+    struct qcow2 *s;
+    uint32_t *refs;
+    uint64_t clusters; /* clusters the file holds */
+    rt_vd_check_result_t *res;
+};
+
+static void problem(struct census *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Counts a corruption; the first one is described. */
+static void problem(struct census *c, const char *fmt, ...)
+{
+    if (c->res->corruptions++ == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->res->first_problem, sizeof(c->res->first_problem), fmt, ap);
+        va_end(ap);
+    }
+}
+
+static void count_range(struct census *c, uint64_t off, uint64_t bytes, const char *what)
+{
+    if (bytes == 0)
+        return;
+    uint64_t first = off >> c->s->cluster_bits;
+    uint64_t last = (off + bytes - 1) >> c->s->cluster_bits;
+    for (uint64_t k = first; k <= last; k++) {
+        if (k >= c->clusters) {
+            if (c->res->corruptions++ == 0)
+                snprintf(c->res->first_problem, sizeof(c->res->first_problem),
+                         "%s at 0x%llx is past the end of the file", what,
+                         (unsigned long long)off);
+            return;
+        }
+        c->refs[k]++;
+    }
+}
+
+static void count_entry(struct census *c, uint64_t entry)
+{
+    struct qcow2 *s = c->s;
+    if (entry & QCOW2_COMPRESSED) {
+        uint64_t host, bytes;
+        rt__qcow2_compressed_span(s, entry, &host, &bytes);
+        count_range(c, host, bytes, "compressed cluster");
+        return;
+    }
+    uint64_t host = entry & QCOW2_OFFSET_MASK;
+    if (host == 0)
+        return;
+    if (host % s->cluster_size != 0) {
+        problem(c, "L2 entry 0x%llx points at unaligned offset 0x%llx",
+                (unsigned long long)entry, (unsigned long long)host);
+        return;
+    }
+    count_range(c, host, s->cluster_size, "data cluster");
+}
+
+/* Counts an L1 table and everything under it; @a active also counts allocations. */
+static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool active)
+{
+    struct qcow2 *s = c->s;
+    uint8_t *raw = malloc(s->cluster_size);
+    if (raw == NULL)
+        return RT_ERR_NO_MEMORY;
+    int rc = RT_OK;
+    for (uint32_t i = 0; rc == RT_OK && i < l1_size; i++) {
+        uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+        if (l2 == 0)
+            continue;
+        if (l2 % s->cluster_size != 0 || (l2 >> s->cluster_bits) >= c->clusters) {
+            problem(c, "L1 entry %llu points at bad L2 offset 0x%llx", (unsigned long long)i,
+                    (unsigned long long)l2);
+            continue;
+        }
+        count_range(c, l2, s->cluster_size, "L2 table");
+        if (active && s->l2[i] != NULL) {
+            for (uint32_t j = 0; j < s->l2_entries; j++)
+                vd_put_be64(raw + 8u * j, s->l2[i]->entries[j]);
+        } else if ((rc = rt__vd_meta_read(c->vd, l2, raw, s->cluster_size)) != RT_OK) {
+            break;
+        }
+        for (uint32_t j = 0; j < s->l2_entries; j++) {
+            uint64_t e = vd_be64(raw + 8u * j);
+            count_entry(c, e);
+            if (active && ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO))))
+                c->res->blocks_allocated++;
+        }
+    }
+    free(raw);
+    return rc;
+}
+
+static int count_snapshots(struct census *c)
+{
+    struct qcow2 *s = c->s;
+    uint64_t at = s->snapshots_offset;
+    uint64_t file_end = c->clusters << s->cluster_bits;
+    int rc = RT_OK;
+    for (uint32_t n = 0; rc == RT_OK && n < s->nb_snapshots; n++) {
+        uint8_t fixed[40];
+        if (at > file_end - sizeof(fixed)) {
+            problem(c, "snapshot %llu of %llu runs past the end of the file",
+                    (unsigned long long)n, (unsigned long long)s->nb_snapshots);
+            return RT_OK;
+        }
+        if ((rc = rt__vd_meta_read(c->vd, at, fixed, sizeof(fixed))) != RT_OK)
+            return rc;
+        uint64_t l1_offset = vd_be64(fixed);
+        uint32_t l1_size = vd_be32(fixed + 8);
+        uint64_t entry_len = sizeof(fixed) + vd_be32(fixed + 36) + vd_be16(fixed + 12) +
+                             vd_be16(fixed + 14);
+        at += (entry_len + 7u) & ~7ull;
+        if ((uint64_t)l1_size * 8u > QCOW2_MAX_L1_BYTES || l1_offset % s->cluster_size != 0 ||
+            l1_offset > file_end || (uint64_t)l1_size * 8u > file_end - l1_offset) {
+            problem(c, "snapshot %llu has a bad L1 table at 0x%llx", (unsigned long long)n,
+                    (unsigned long long)l1_offset);
+            continue;
+        }
+        count_range(c, l1_offset, (uint64_t)l1_size * 8u, "snapshot L1 table");
+        uint8_t *raw = malloc((size_t)l1_size * 8u + 1);
+        uint64_t *l1 = malloc(((size_t)l1_size + 1) * sizeof(*l1));
+        if (raw == NULL || l1 == NULL) {
+            free(raw);
+            free(l1);
+            return RT_ERR_NO_MEMORY;
+        }
+        rc = rt__vd_meta_read(c->vd, l1_offset, raw, (size_t)l1_size * 8u);
+        for (uint32_t i = 0; i < l1_size; i++)
+            l1[i] = vd_be64(raw + 8u * i);
+        if (rc == RT_OK)
+            rc = count_l1(c, l1, l1_size, false);
+        free(raw);
+        free(l1);
+    }
+    if (s->nb_snapshots > 0)
+        count_range(c, s->snapshots_offset, at - s->snapshots_offset, "snapshot table");
+    return rc;
+}
+
+/* COPIED must be set exactly where the refcount is 1 (active tables only). */
+static int check_copied(struct census *c)
+{
+    struct qcow2 *s = c->s;
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t l2 = s->l1[i] & QCOW2_OFFSET_MASK;
+        if (l2 == 0 || (l2 >> s->cluster_bits) >= c->clusters)
+            continue;
+        uint64_t refcount;
+        int rc = rt__qcow2_refcount_get(c->vd, l2 >> s->cluster_bits, &refcount);
+        if (rc != RT_OK)
+            return rc;
+        if ((refcount == 1) != !!(s->l1[i] & QCOW2_COPIED))
+            problem(c, "L1 entry %llu: COPIED flag disagrees with refcount %llu",
+                    (unsigned long long)i, (unsigned long long)refcount);
+        struct qcow2_l2 *t = rt__qcow2_l2_get(c->vd, i, &rc);
+        for (uint32_t j = 0; t != NULL && j < s->l2_entries; j++) {
+            uint64_t e = t->entries[j];
+            uint64_t host = e & QCOW2_OFFSET_MASK;
+            if ((e & QCOW2_COMPRESSED) || host == 0 || (host >> s->cluster_bits) >= c->clusters)
+                continue;
+            if ((rc = rt__qcow2_refcount_get(c->vd, host >> s->cluster_bits, &refcount)) != RT_OK)
+                return rc;
+            if ((refcount == 1) != !!(e & QCOW2_COPIED))
+                problem(c, "L2 entry for data at 0x%llx: COPIED flag disagrees with refcount %llu",
+                        (unsigned long long)host, (unsigned long long)refcount);
+        }
+        if (rc != RT_OK)
+            return rc;
+    }
+    return RT_OK;
+}
+
+int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    uint64_t file_size = 0;
+    int rc = rt_file_get_size(vd->file, &file_size);
+    if (rc != RT_OK)
+        return rc;
+    struct census c = {vd, s, NULL, (file_size + s->cluster_size - 1) >> s->cluster_bits, res};
+    c.refs = calloc((size_t)c.clusters + 1, sizeof(*c.refs));
+    if (c.refs == NULL)
+        return RT_ERR_NO_MEMORY;
+    res->blocks_total = (s->size + s->cluster_size - 1) >> s->cluster_bits;
+
+    count_range(&c, 0, s->cluster_size, "header");
+    count_range(&c, s->l1_offset, (uint64_t)s->l1_size * 8u, "L1 table");
+    rc = count_l1(&c, s->l1, s->l1_size, true);
+    if (rc == RT_OK)
+        rc = count_snapshots(&c);
+    count_range(&c, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size, "refcount table");
+    for (uint64_t i = 0; i < s->rt_entries; i++)
+        if (s->rt[i] != 0)
+            count_range(&c, s->rt[i], s->cluster_size, "refcount block");
+    if (rc == RT_OK)
+        rc = check_copied(&c);
+
+    /* Stored against found, over every cluster either side knows of: the file's, and
+     * those of each refcount block that exists (an absent block counts zeros). */
+    uint64_t last = c.clusters;
+    for (uint64_t i = 0; i < s->rt_entries; i++)
+        if (s->rt[i] != 0 && (i + 1) * s->rb_entries > last)
+            last = (i + 1) * s->rb_entries;
+    uint64_t leaked_first = UINT64_MAX;
+    for (uint64_t k = 0; rc == RT_OK && k < last; k++) {
+        uint64_t index = k / s->rb_entries;
+        if (index < s->rt_entries && s->rt[index] == 0 && k >= c.clusters) {
+            k = (index + 1) * s->rb_entries - 1; /* nothing stored, nothing found */
+            continue;
+        }
+        uint64_t stored;
+        if ((rc = rt__qcow2_refcount_get(vd, k, &stored)) != RT_OK)
+            break;
+        uint64_t found = k < c.clusters ? c.refs[k] : 0;
+        if (stored < found) {
+            problem(&c, "cluster %llu has refcount %llu but %llu references",
+                    (unsigned long long)k, (unsigned long long)stored, (unsigned long long)found);
+        } else if (stored > found) {
+            if (res->leaks++ == 0)
+                leaked_first = k;
+            if (flags & RT_VD_CHECK_REPAIR_LEAKS) {
+                rc = rt__qcow2_refcount_add(vd, k, -(int64_t)(stored - found));
+                if (rc == RT_OK)
+                    res->leaks_fixed++;
+            }
+        }
+    }
+    if (res->leaks > 0 && res->first_problem[0] == '\0')
+        snprintf(res->first_problem, sizeof(res->first_problem),
+                 "%llu clusters are leaked (the first is cluster %llu)",
+                 (unsigned long long)res->leaks, (unsigned long long)leaked_first);
+    if (rc == RT_OK && res->leaks_fixed > 0) {
+        rc = rt__qcow2_refcount_flush(vd);
+        if (rc == RT_OK)
+            rc = rt_file_flush(vd->file);
+        if (rc == RT_OK)
+            res->leaks -= res->leaks_fixed;
+    }
+    free(c.refs);
+    return rc;
+}

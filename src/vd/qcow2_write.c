@@ -1,0 +1,415 @@
+/*
+ * QCOW2 writes: cluster allocation, copy-on-write of shared L2 tables and clusters,
+ * compressed clusters, and the commit that puts it all into the file in a safe order.
+ *
+ * alloc() changes only memory: a new data cluster (refcount 1), the L2 entry pointing
+ * at it, and when needed a new L2 table (a copy, if the old one was shared with a
+ * snapshot, whose clusters each gain a reference).  References dropped by the change
+ * (the old shared cluster, a compressed cluster's host clusters, a replaced table) are
+ * queued as decrements, to be applied only once the new pointers are durable.
+ *
+ * commit(upto), between the layer's two fsyncs, writes in this order, with an fsync
+ * after each step:
+ *
+ *   1. refcount blocks, refcount table, header   every new cluster is counted
+ *   2. L2 tables                                 with the entries of committable
+ *                                                allocations; others keep their old value
+ *   3. L1 table                                  pointing at the tables of step 2
+ *   4. refcount decrements                       the dropped references
+ *
+ * A crash after any step leaves references that are all counted (leaks at worst).
+ */
+#include "config.h"
+
+#include <rt/mem.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "vd/qcow2.h"
+
+static int push_pending(struct qcow2 *s, struct qcow2_pending p)
+{
+    if (s->pending_len == s->pending_cap) {
+        size_t cap = s->pending_cap ? 2 * s->pending_cap : 64;
+        struct qcow2_pending *grown = realloc(s->pending, cap * sizeof(*grown));
+        if (grown == NULL)
+            return RT_ERR_NO_MEMORY;
+        s->pending = grown;
+        s->pending_cap = cap;
+    }
+    s->pending[s->pending_len++] = p;
+    return RT_OK;
+}
+
+static int decrement_after(struct qcow2 *s, uint64_t cluster, uint32_t id)
+{
+    if (s->decrements_len == s->decrements_cap) {
+        size_t cap = s->decrements_cap ? 2 * s->decrements_cap : 64;
+        struct qcow2_decrement *grown = realloc(s->decrements, cap * sizeof(*grown));
+        if (grown == NULL)
+            return RT_ERR_NO_MEMORY;
+        s->decrements = grown;
+        s->decrements_cap = cap;
+    }
+    s->decrements[s->decrements_len++] = (struct qcow2_decrement){cluster, id};
+    return RT_OK;
+}
+
+/* Calls @a fn for every host cluster an L2 entry references. */
+static int for_each_referenced(struct qcow2 *s, uint64_t entry,
+                               int (*fn)(void *ctx, uint64_t cluster), void *ctx)
+{
+    if (entry & QCOW2_COMPRESSED) {
+        uint64_t host, bytes;
+        rt__qcow2_compressed_span(s, entry, &host, &bytes);
+        uint64_t first = host >> s->cluster_bits;
+        uint64_t last = (host + bytes - 1) >> s->cluster_bits;
+        for (uint64_t c = first; c <= last; c++) {
+            int rc = fn(ctx, c);
+            if (rc != RT_OK)
+                return rc;
+        }
+        return RT_OK;
+    }
+    uint64_t host = entry & QCOW2_OFFSET_MASK;
+    return host != 0 ? fn(ctx, host >> s->cluster_bits) : RT_OK;
+}
+
+struct ref_ctx {
+    rt_vd_t vd;
+    uint32_t id;
+};
+
+static int add_reference(void *ctx, uint64_t cluster)
+{
+    return rt__qcow2_refcount_add(((struct ref_ctx *)ctx)->vd, cluster, 1);
+}
+
+static int drop_later(void *ctx, uint64_t cluster)
+{
+    struct ref_ctx *r = ctx;
+    return decrement_after(qcow2_of(r->vd), cluster, r->id);
+}
+
+/* The L2 table of @a l1_index, writable: its own (COPIED) table, made or copied now. */
+static int writable_l2(rt_vd_t vd, struct qcow2 *s, uint32_t l1_index, struct qcow2_l2 **out)
+{
+    int rc;
+    struct qcow2_l2 *old = rt__qcow2_l2_get(vd, l1_index, &rc);
+    if (rc != RT_OK)
+        return rc;
+    if (old != NULL && (s->l1[l1_index] & QCOW2_COPIED)) {
+        *out = old;
+        return RT_OK;
+    }
+    struct qcow2_l2 *t = calloc(1, sizeof(*t));
+    if (t == NULL || (t->entries = calloc(1, s->cluster_size)) == NULL) {
+        free(t);
+        return RT_ERR_NO_MEMORY;
+    }
+    uint64_t host;
+    if ((rc = rt__qcow2_alloc_clusters(vd, 1, &host)) != RT_OK)
+        goto fail;
+    if (old != NULL) {
+        /* Shared with a snapshot: the copy references every cluster the old one does. */
+        struct ref_ctx ctx = {vd, 0};
+        for (uint32_t i = 0; i < s->l2_entries; i++) {
+            t->entries[i] = old->entries[i] & ~QCOW2_COPIED;
+            if ((rc = for_each_referenced(s, t->entries[i], add_reference, &ctx)) != RT_OK)
+                goto fail;
+        }
+        if ((rc = decrement_after(s, old->host_off >> s->cluster_bits, 0)) != RT_OK)
+            goto fail;
+        free(old->entries);
+        free(old);
+    } else {
+        s->l2_loaded++;
+    }
+    t->host_off = host;
+    t->dirty = true;
+    s->l2[l1_index] = t;
+    s->l1[l1_index] = host | QCOW2_COPIED;
+    s->l1_dirty = true;
+    *out = t;
+    return RT_OK;
+
+fail:
+    free(t->entries);
+    free(t);
+    return rc;
+}
+
+/* Points guest cluster @a cluster at @a new_entry in memory, remembering what to undo
+ * or drop; @a seq is 0 while the data is still being written. */
+static int repoint(rt_vd_t vd, uint64_t cluster, uint64_t new_entry, uint64_t seq, uint32_t *id)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    uint32_t l1_index = (uint32_t)(cluster >> s->l2_bits);
+    uint32_t l2_index = (uint32_t)(cluster & (s->l2_entries - 1));
+    struct qcow2_l2 *t = NULL;
+    int rc = writable_l2(vd, s, l1_index, &t);
+    if (rc != RT_OK)
+        return rc;
+    uint64_t old = t->entries[l2_index];
+    *id = ++s->next_id;
+    if (*id == 0)
+        *id = ++s->next_id;
+    struct ref_ctx ctx = {vd, *id};
+    if ((rc = for_each_referenced(s, old, drop_later, &ctx)) != RT_OK)
+        return rc;
+    rc = push_pending(s, (struct qcow2_pending){*id, l1_index, l2_index, old, new_entry, seq});
+    if (rc != RT_OK)
+        return rc;
+    t->entries[l2_index] = new_entry;
+    t->pending++;
+    return RT_OK;
+}
+
+int rt__qcow2_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    uint64_t cluster = off >> s->cluster_bits;
+    uint64_t host;
+    int rc = rt__qcow2_alloc_clusters(vd, 1, &host);
+    if (rc != RT_OK)
+        return rc;
+    uint32_t id;
+    if ((rc = repoint(vd, cluster, host | QCOW2_COPIED, 0, &id)) != RT_OK) {
+        rt__qcow2_refcount_add(vd, host >> s->cluster_bits, -1);
+        return rc;
+    }
+    alloc->virt_off = cluster << s->cluster_bits;
+    alloc->host_off = host;
+    alloc->size = s->cluster_size;
+    alloc->index = id;
+    return RT_OK;
+}
+
+static void forget_decrements(struct qcow2 *s, uint32_t id)
+{
+    for (size_t i = 0; i < s->decrements_len;)
+        if (s->decrements[i].after_id == id)
+            s->decrements[i] = s->decrements[--s->decrements_len];
+        else
+            i++;
+}
+
+void rt__qcow2_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    for (size_t i = 0; i < s->pending_len; i++) {
+        struct qcow2_pending *p = &s->pending[i];
+        if (p->id != alloc->index)
+            continue;
+        if (status == RT_OK) {
+            p->seq = seq;
+            return;
+        }
+        /* The data never made it: the entry goes back, the new cluster (which nothing
+         * in the file references) is freed, and the old reference stays. */
+        struct qcow2_l2 *t = s->l2[p->l1_index];
+        t->entries[p->l2_index] = p->old_entry;
+        t->pending--;
+        rt__qcow2_refcount_add(vd, alloc->host_off >> s->cluster_bits, -1);
+        forget_decrements(s, p->id);
+        s->pending[i] = s->pending[--s->pending_len];
+        return;
+    }
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Commit. */
+
+static bool committable(const struct qcow2_pending *p, uint64_t upto)
+{
+    return p->seq != 0 && p->seq <= upto;
+}
+
+static int write_l2_tables(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
+{
+    /* Which tables to write: dirty ones, and those with committable entries. */
+    uint8_t *want = calloc(s->l1_size ? s->l1_size : 1, 1);
+    if (want == NULL)
+        return RT_ERR_NO_MEMORY;
+    for (uint32_t i = 0; i < s->l1_size; i++)
+        want[i] = s->l2[i] != NULL && s->l2[i]->dirty;
+    for (size_t i = 0; i < s->pending_len; i++)
+        if (committable(&s->pending[i], upto))
+            want[s->pending[i].l1_index] = 1;
+    uint8_t *raw = malloc(s->cluster_size);
+    int rc = raw != NULL ? RT_OK : RT_ERR_NO_MEMORY;
+    for (uint32_t i = 0; rc == RT_OK && i < s->l1_size; i++) {
+        if (!want[i])
+            continue;
+        struct qcow2_l2 *t = s->l2[i];
+        for (uint32_t j = 0; j < s->l2_entries; j++)
+            vd_put_be64(raw + 8u * j, t->entries[j]);
+        /* Allocations whose data is not yet durable keep their old entry in the file. */
+        if (t->pending > 0)
+            for (size_t k = 0; k < s->pending_len; k++) {
+                const struct qcow2_pending *p = &s->pending[k];
+                if (p->l1_index == i && !committable(p, upto))
+                    vd_put_be64(raw + 8u * p->l2_index, p->old_entry);
+            }
+        rc = rt__vd_meta_write(vd, t->host_off, raw, s->cluster_size);
+        if (rc == RT_OK)
+            t->dirty = false;
+    }
+    free(raw);
+    free(want);
+    return rc;
+}
+
+static int write_l1(rt_vd_t vd, struct qcow2 *s)
+{
+    if (!s->l1_dirty)
+        return RT_OK;
+    size_t bytes = (size_t)s->l1_size * 8u;
+    uint8_t *raw = malloc(bytes ? bytes : 1);
+    if (raw == NULL)
+        return RT_ERR_NO_MEMORY;
+    for (uint32_t i = 0; i < s->l1_size; i++)
+        vd_put_be64(raw + 8u * i, s->l1[i]);
+    int rc = rt__vd_meta_write(vd, s->l1_offset, raw, bytes);
+    free(raw);
+    if (rc == RT_OK)
+        s->l1_dirty = false;
+    return rc;
+}
+
+/* Step 4: the decrements whose pointers are now gone from the file. */
+static int apply_decrements(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
+{
+    int rc = RT_OK;
+    for (size_t i = 0; rc == RT_OK && i < s->decrements_len;) {
+        struct qcow2_decrement *d = &s->decrements[i];
+        bool ready = d->after_id == 0;
+        for (size_t k = 0; !ready && k < s->pending_len; k++)
+            ready = s->pending[k].id == d->after_id && committable(&s->pending[k], upto);
+        if (!ready) {
+            i++;
+            continue;
+        }
+        rc = rt__qcow2_refcount_add(vd, d->cluster, -1);
+        *d = s->decrements[--s->decrements_len];
+    }
+    return rc;
+}
+
+static bool anything_to_commit(const struct qcow2 *s, uint64_t upto)
+{
+    if (s->l1_dirty || s->rt_dirty || s->header_dirty)
+        return true;
+    for (size_t i = 0; i < s->pending_len; i++)
+        if (committable(&s->pending[i], upto))
+            return true;
+    for (size_t i = 0; i < s->decrements_len; i++)
+        if (s->decrements[i].after_id == 0)
+            return true;
+    for (uint64_t i = 0; i < s->rt_entries; i++)
+        if (s->rblocks[i].dirty)
+            return true;
+    for (uint32_t i = 0; i < s->l1_size; i++)
+        if (s->l2[i] != NULL && s->l2[i]->dirty)
+            return true;
+    return false;
+}
+
+int rt__qcow2_commit(rt_vd_t vd, uint64_t upto)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    if (!anything_to_commit(s, upto))
+        return 0;
+    int rc = rt__qcow2_refcount_flush(vd);
+    if (rc == RT_OK)
+        rc = rt_file_flush(vd->file);
+    if (rc == RT_OK)
+        rc = write_l2_tables(vd, s, upto);
+    if (rc == RT_OK)
+        rc = rt_file_flush(vd->file);
+    if (rc == RT_OK)
+        rc = write_l1(vd, s);
+    if (rc == RT_OK)
+        rc = rt_file_flush(vd->file);
+    if (rc == RT_OK)
+        rc = apply_decrements(vd, s, upto);
+    if (rc == RT_OK)
+        rc = rt__qcow2_refcount_flush(vd);
+    if (rc != RT_OK)
+        return rc;
+    /* What is in the file now is no longer pending. */
+    for (size_t i = 0; i < s->pending_len;) {
+        if (committable(&s->pending[i], upto)) {
+            s->l2[s->pending[i].l1_index]->pending--;
+            s->pending[i] = s->pending[--s->pending_len];
+        } else {
+            i++;
+        }
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Compressed clusters. */
+
+/* Deflates @a in (one cluster) raw, as QEMU does; 0 bytes when it does not shrink. */
+static size_t deflate_cluster(const uint8_t *in, uint32_t len, uint8_t *out)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        return 0;
+    z.next_in = (Bytef *)in;
+    z.avail_in = len;
+    z.next_out = out;
+    z.avail_out = len - 1;
+    int zrc = deflate(&z, Z_FINISH);
+    size_t produced = len - 1 - z.avail_out;
+    deflateEnd(&z);
+    return zrc == Z_STREAM_END ? produced : 0;
+}
+
+int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    uint8_t *packed = malloc(s->cluster_size);
+    if (packed == NULL)
+        return RT_ERR_NO_MEMORY;
+    size_t bytes = deflate_cluster(buf, s->cluster_size, packed);
+    if (bytes == 0) {
+        free(packed);
+        return 1; /* incompressible: the caller writes it plainly */
+    }
+    /* Compressed data is packed byte after byte; it continues in the last cluster
+     * handed out when that is still the newest, else starts a fresh one. */
+    uint64_t start = s->compressed_cursor;
+    uint64_t cluster_end = (start | (s->cluster_size - 1)) + 1;
+    int rc = RT_OK;
+    if (start == 0 || start % s->cluster_size == 0 || cluster_end != s->next_free) {
+        rc = rt__qcow2_alloc_clusters(vd, 1, &start);
+        cluster_end = start + s->cluster_size;
+    } else {
+        rc = rt__qcow2_refcount_add(vd, start >> s->cluster_bits, 1);
+    }
+    if (rc == RT_OK && start + bytes > cluster_end) {
+        uint64_t more = (start + bytes - cluster_end + s->cluster_size - 1) >> s->cluster_bits;
+        uint64_t next;
+        rc = rt__qcow2_alloc_clusters(vd, (uint32_t)more, &next);
+        if (rc == RT_OK && next != cluster_end)
+            rc = RT_ERR_GENERAL_FAILURE; /* the allocator is a bump: cannot happen */
+    }
+    if (rc == RT_OK)
+        rc = rt__vd_meta_write(vd, start, packed, bytes);
+    free(packed);
+    if (rc != RT_OK)
+        return rc;
+    s->compressed_cursor = start + bytes;
+    uint32_t shift = 62 - (s->cluster_bits - 8);
+    uint64_t sectors_minus_one = ((start + bytes - 1) >> 9) - (start >> 9);
+    uint64_t entry = QCOW2_COMPRESSED | sectors_minus_one << shift | start;
+    uint32_t id;
+    /* The data is written already: committable at the next flush. */
+    return repoint(vd, off >> s->cluster_bits, entry, ++vd->alloc_seq, &id);
+}
