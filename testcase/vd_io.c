@@ -68,7 +68,7 @@ int main(int argc, char **argv)
     bool async = argc == 4;
     rt_vd_t vd;
     rt_vd_error_t err;
-    int rc = rt_vd_open(&vd, argv[2], argv[1], 0, &err);
+    int rc = rt_vd_open(&vd, argv[2], argv[1], RT_VD_OPEN_ALLOW_BACKING, &err);
     if (rc != RT_OK) {
         fprintf(stderr, "vd_io: %s: %s %s\n", argv[2], rt_strerror(rc), err.msg);
         return 1;

@@ -82,11 +82,6 @@ struct ref_ctx {
     uint32_t id;
 };
 
-static int add_reference(void *ctx, uint64_t cluster)
-{
-    return rt__qcow2_refcount_add(((struct ref_ctx *)ctx)->vd, cluster, 1);
-}
-
 static int drop_later(void *ctx, uint64_t cluster)
 {
     struct ref_ctx *r = ctx;
@@ -113,13 +108,12 @@ static int writable_l2(rt_vd_t vd, struct qcow2 *s, uint32_t l1_index, struct qc
     if ((rc = rt__qcow2_alloc_clusters(vd, 1, &host)) != RT_OK)
         goto fail;
     if (old != NULL) {
-        /* Shared with a snapshot: the copy references every cluster the old one does. */
-        struct ref_ctx ctx = {vd, 0};
-        for (uint32_t i = 0; i < s->l2_entries; i++) {
+        /* Shared with a snapshot.  A cluster's refcount counts the L1 tables that reach
+         * it (QEMU's rule), not the L2 tables: the copy takes over the active L1's
+         * reference, so the clusters' counts stay and only the tables' change.  The
+         * entries stay shared (their clusters are still reached twice). */
+        for (uint32_t i = 0; i < s->l2_entries; i++)
             t->entries[i] = old->entries[i] & ~QCOW2_COPIED;
-            if ((rc = for_each_referenced(s, t->entries[i], add_reference, &ctx)) != RT_OK)
-                goto fail;
-        }
         if ((rc = decrement_after(s, old->host_off >> s->cluster_bits, 0)) != RT_OK)
             goto fail;
         free(old->entries);
