@@ -368,6 +368,144 @@ static void test_model_vdi_static(void)
     model_run("vdi", RT_VD_CREATE_STATIC, RT_VD_OPEN_NO_CACHE);
 }
 
+static void test_model_qcow2(void)
+{
+    model_run("qcow2", 0, 0);
+    model_run("qcow2", 0, RT_VD_OPEN_NO_CACHE);
+}
+
+/* Small clusters: many L2 tables, refcount blocks and a growing refcount table. */
+static void test_model_qcow2_small_clusters(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    rt_vd_create_opts_t opts = {.size = DISK_SIZE, .block_size = 512, .version = 2};
+    tst_path(path, sizeof path, "small.qcow2");
+    unlink(path);
+    TST_RC_FATAL(rt_vd_create(path, "qcow2", &opts, NULL), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, NULL), RT_OK);
+    fill_random(model, DISK_SIZE);
+    for (uint64_t off = 0; off < DISK_SIZE; off += 256 * 1024)
+        TST_RC_FATAL(rt_vd_write(vd, off, model + off, 256 * 1024), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC(rt_vd_read(vd, 0, scratch, DISK_SIZE), RT_OK);
+    CU_ASSERT(memcmp(scratch, model, DISK_SIZE) == 0);
+    rt_vd_check_result_t res;
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions, 0);
+    CU_ASSERT_EQUAL(res.leaks, 0);
+    CU_ASSERT_EQUAL(res.blocks_allocated, DISK_SIZE / 512);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+/* Compressed units: written, read back, rewritten in place by a plain write. */
+static void test_qcow2_compressed(void)
+{
+    char path[600];
+    rt_vd_t vd;
+    rt_vd_create_opts_t opts = {.size = 4 * MIB + 4096, .block_size = 65536};
+    tst_path(path, sizeof path, "compressed.qcow2");
+    unlink(path);
+    TST_RC_FATAL(rt_vd_create(path, "qcow2", &opts, NULL), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, NULL), RT_OK);
+    static unsigned char unit[65536];
+    memset(model, 0, 4 * MIB + 4096);
+    for (uint64_t off = 0; off < 4 * MIB; off += 65536) {
+        for (size_t i = 0; i < sizeof unit; i++)
+            unit[i] = (unsigned char)((off >> 16) + i / 1000); /* compressible */
+        TST_RC_FATAL(rt_vd_write_compressed(vd, off, unit, sizeof unit), RT_OK);
+        memcpy(model + off, unit, sizeof unit);
+    }
+    /* The short tail unit, and one that does not compress (stored plainly). */
+    fill_random(unit, 4096);
+    TST_RC(rt_vd_write_compressed(vd, 4 * MIB, unit, 4096), RT_OK);
+    memcpy(model + 4 * MIB, unit, 4096);
+    TST_RC(rt_vd_write_compressed(vd, 100, unit, 65536), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_write_compressed(vd, 0, unit, 100), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_write_compressed(vd, 8 * MIB, unit, 65536), RT_ERR_OUT_OF_RANGE);
+    rt_vd_extent_t ext;
+    TST_RC(rt_vd_block_status(vd, 0, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_TRUE(ext.flags & RT_VD_EXTENT_COMPRESSED);
+    /* A plain write into a compressed unit rewrites it whole. */
+    fill_random(unit, 3000);
+    TST_RC(rt_vd_write(vd, 65536 + 100, unit, 3000), RT_OK);
+    memcpy(model + 65536 + 100, unit, 3000);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC(rt_vd_read(vd, 0, scratch, 4 * MIB + 4096), RT_OK);
+    CU_ASSERT(memcmp(scratch, model, 4 * MIB + 4096) == 0);
+    rt_vd_check_result_t res;
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions, 0);
+    CU_ASSERT_EQUAL(res.leaks, 0);
+    TST_RC(rt_vd_write_compressed(vd, 0, unit, 65536), RT_ERR_VD_READ_ONLY);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    /* Formats without compression say so. */
+    char vdi[600];
+    make_image(vdi, sizeof vdi, "nocompress.vdi", "vdi", MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, vdi, "vdi", 0, NULL), RT_OK);
+    TST_RC(rt_vd_write_compressed(vd, 0, unit, MIB), RT_ERR_NOT_SUPPORTED);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+/* A backing chain: reads fall through, writes copy the rest of the cluster up, and
+ * the file reference is followed only when the caller allows it. */
+static void test_qcow2_backing(void)
+{
+    char base[600], top[600];
+    rt_vd_t vd;
+    rt_vd_error_t err;
+    make_image(base, sizeof base, "chain-base.raw", "raw", 2 * MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, base, "raw", 0, NULL), RT_OK);
+    fill_random(model, 2 * MIB);
+    TST_RC(rt_vd_write(vd, 0, model, 2 * MIB), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    tst_path(top, sizeof top, "chain-top.qcow2");
+    unlink(top);
+    rt_vd_create_opts_t opts = {.backing_file = "chain-base.raw", .backing_format = "raw"};
+    TST_RC_FATAL(rt_vd_create(top, "qcow2", &opts, &err), RT_OK); /* size from the base */
+    TST_RC(rt_vd_open(&vd, top, "qcow2", 0, &err), RT_ERR_ACCESS_DENIED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "chain-base.raw"));
+    TST_RC_FATAL(rt_vd_open(&vd, top, "qcow2", RT_VD_OPEN_ALLOW_BACKING, &err), RT_OK);
+    rt_vd_info_t info;
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    CU_ASSERT_EQUAL(info.virtual_size, 2 * MIB);
+    unsigned char data[1000];
+    fill_random(data, sizeof data);
+    TST_RC(rt_vd_write(vd, 70000, data, sizeof data), RT_OK);
+    memcpy(model + 70000, data, sizeof data);
+    TST_RC(rt_vd_read(vd, 0, scratch, 2 * MIB), RT_OK);
+    CU_ASSERT(memcmp(scratch, model, 2 * MIB) == 0);
+    rt_vd_extent_t ext;
+    TST_RC(rt_vd_block_status(vd, 0, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.depth, 1);
+    TST_RC(rt_vd_block_status(vd, 65536, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.depth, 0);
+    CU_ASSERT_EQUAL(ext.length, 65536);
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    /* A chain that names itself is stopped, not followed forever. */
+    char loop[600];
+    tst_path(loop, sizeof loop, "loop.qcow2");
+    unlink(loop);
+    rt_vd_create_opts_t self = {.size = MIB, .backing_file = "loop.qcow2", .backing_format = "qcow2"};
+    TST_RC_FATAL(rt_vd_create(loop, "qcow2", &self, &err), RT_OK);
+    TST_RC(rt_vd_open(&vd, loop, "qcow2", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING, &err),
+           RT_ERR_VD_CORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "deeper"));
+    /* Versions and backing files are QCOW2's alone. */
+    opts = (rt_vd_create_opts_t){.size = MIB, .version = 2};
+    TST_RC(rt_vd_create(loop, "vdi", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    opts = (rt_vd_create_opts_t){.size = MIB, .version = 4};
+    tst_path(loop, sizeof loop, "v4.qcow2");
+    TST_RC(rt_vd_create(loop, "qcow2", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    opts = (rt_vd_create_opts_t){.size = MIB, .block_size = 256};
+    TST_RC(rt_vd_create(loop, "qcow2", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT_EQUAL(access(loop, F_OK), -1);
+}
+
 /* Scatter/gather with odd pieces, including empty ones and unaligned addresses. */
 static void test_vectors(void)
 {
@@ -430,14 +568,15 @@ static void run_until_done(rt_vd_queue_t q, struct tracked *t, size_t n)
 /* 64 small writes into one unallocated block, all in flight at once: each allocates or
  * lands in the block another is allocating.  Without ordering, the whole-block write of
  * the allocation would wipe its neighbours. */
-static void concurrent_into_one_block(uint32_t open_flags, size_t skew, size_t piece, size_t stride)
+static void concurrent_into_one_block(const char *format, uint32_t open_flags, size_t skew,
+                                      size_t piece, size_t stride)
 {
     char path[600];
     rt_vd_t vd;
     rt_vd_queue_t q;
     enum { N = 64 };
-    make_image(path, sizeof path, "one-block.vdi", "vdi", 4 * MIB, 0);
-    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", open_flags, NULL), RT_OK);
+    make_image(path, sizeof path, "one-block", format, 4 * MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, path, format, open_flags, NULL), RT_OK);
     TST_RC_FATAL(rt_vd_queue_create(&q, 16), RT_OK);
     static unsigned char bufs[N][4096];
     struct tracked t[N] = {{0}};
@@ -469,8 +608,10 @@ static void on_every_backend(uint32_t open_flags, size_t skew, size_t piece, siz
             continue;
         rt_aio_ctx_destroy(ctx);
         setenv("RT_AIO_BACKEND", names[i], 1);
-        for (int round = 0; round < 5; round++)
-            concurrent_into_one_block(open_flags, skew, piece, stride);
+        for (int round = 0; round < 3; round++) {
+            concurrent_into_one_block("vdi", open_flags, skew, piece, stride);
+            concurrent_into_one_block("qcow2", open_flags, skew, piece, stride);
+        }
     }
     unsetenv("RT_AIO_BACKEND");
 }
@@ -708,6 +849,10 @@ int main(void)
     TST_ADD(data, test_model_vdi_dynamic_cached);
     TST_ADD(data, test_model_vdi_dynamic_uncached);
     TST_ADD(data, test_model_vdi_static);
+    TST_ADD(data, test_model_qcow2);
+    TST_ADD(data, test_model_qcow2_small_clusters);
+    TST_ADD(data, test_qcow2_compressed);
+    TST_ADD(data, test_qcow2_backing);
     TST_ADD(data, test_vectors);
 
     TST_ADD(queue, test_concurrent_allocating_writes);

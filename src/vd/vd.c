@@ -267,7 +267,9 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
     rt_vd_error_t inner;
     inner.msg[0] = '\0';
     int rc = rt_vd_open_at_depth(&backing, full, format, flags, vd->chain_depth + 1, &inner);
-    if (rc != RT_OK)
+    if (rc != RT_OK && strncmp(inner.msg, "backing ", 8) == 0)
+        rt__vd_fail(err, rc, "%s", inner.msg); /* deeper in the chain: already named */
+    else if (rc != RT_OK)
         rt__vd_fail(err, rc, "backing file %.100s: %.140s", full, inner.msg);
     else
         vd->backing = backing;
