@@ -398,6 +398,28 @@ static void qcow2_close(rt_vd_t vd)
 /* ---------------------------------------------------------------------------------- */
 /* Map and reads. */
 
+/* The metadata cache holds L2 tables up to this many bytes; beyond, clean tables are
+ * dropped (clock order) to make room.  Tables with uncommitted changes always stay. */
+#ifndef L2_CACHE_BYTES
+#define L2_CACHE_BYTES (32u << 20) /* -DL2_CACHE_BYTES=... to test eviction */
+#endif
+
+static void evict_one(struct qcow2 *s, uint32_t keep)
+{
+    for (uint32_t n = 0; n < s->l1_size; n++) {
+        uint32_t i = s->evict_hand;
+        s->evict_hand = (s->evict_hand + 1) % s->l1_size;
+        struct qcow2_l2 *t = s->l2[i];
+        if (i == keep || t == NULL || t->dirty || t->pending > 0)
+            continue;
+        free(t->entries);
+        free(t);
+        s->l2[i] = NULL;
+        s->l2_loaded--;
+        return;
+    }
+}
+
 struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
 {
     struct qcow2 *s = qcow2_of(vd);
@@ -407,6 +429,8 @@ struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
     uint64_t host = s->l1[l1_index] & QCOW2_OFFSET_MASK;
     if (host == 0)
         return NULL;
+    if ((uint64_t)(s->l2_loaded + 1) * s->cluster_size > L2_CACHE_BYTES)
+        evict_one(s, l1_index);
     struct qcow2_l2 *t = calloc(1, sizeof(*t));
     uint8_t *raw = malloc(s->cluster_size);
     if (t == NULL || raw == NULL || (t->entries = malloc(s->cluster_size)) == NULL) {

@@ -118,8 +118,9 @@ struct qcow2 {
     uint64_t l1_offset;
     uint64_t *l1;
     bool l1_dirty;
-    struct qcow2_l2 **l2; /* by L1 index; NULL until loaded */
+    struct qcow2_l2 **l2; /* by L1 index; NULL until loaded (or after eviction) */
     uint32_t l2_loaded;
+    uint32_t evict_hand;
 
     uint32_t refcount_order, refcount_bits;
     uint64_t refcount_max;
