@@ -10,66 +10,12 @@
 # CUnit-style summary row so the test totals count each check.
 set -u
 
-top_builddir=${top_builddir:-.}
-img="$top_builddir/vrt-img"
-vd_io="$top_builddir/testcase/vd_io"
-
-for tool in qemu-img qemu-io; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "SKIP: $tool is not installed (Debian package qemu-utils)"
-        exit 77
-    fi
-done
-
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/vrt-qemu.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-# check NAME COMMAND...: runs one check; its output is shown only when it fails.
-check() {
-    local name=$1
-    shift
-    if "$@" >"$work/out" 2>&1; then
-        passed=$((passed + 1))
-        echo "  ok    $name"
-    else
-        failed=$((failed + 1))
-        echo "  FAIL  $name"
-        tail -n 20 "$work/out" | sed 's/^/        /'
-    fi
-}
-
-# A reproducible random write script: write -P / write -z at any offset and length,
-# with a flush now and then.
-gen_script() {
-    local size=$1 count=$2 seed=$3
-    RANDOM=$seed
-    for ((i = 0; i < count; i++)); do
-        local off=$(((RANDOM * 32768 + RANDOM) % size))
-        local len=$((1 + (RANDOM * 4) % 200000))
-        [ $((off + len)) -gt "$size" ] && len=$((size - off))
-        if [ $((RANDOM % 5)) -eq 0 ]; then
-            echo "write -z $off $len"
-        else
-            printf 'write -P 0x%02x %d %d\n' $((RANDOM % 255 + 1)) "$off" "$len"
-        fi
-        [ $((RANDOM % 10)) -eq 0 ] && echo flush
-    done
-}
-
-# The data ranges of a map in JSON (ours or qemu's), merged: "start end" lines.
-data_ranges() {
-    sed -n 's/.*"start": *\([0-9]*\), *"length": *\([0-9]*\),.*"data": *\(true\|false\).*/\1 \2 \3/p' |
-        awk '$3 == "true" { if (have && $1 == end) { end = $1 + $2 } else {
-                 if (have) print start, end; start = $1; end = $1 + $2; have = 1 } }
-             END { if (have) print start, end }'
-}
+. "$(dirname "$0")/qemu_common.sh"
 
 same_data_map() {
     local fmt=$1 file=$2
-    diff <("$img" map -f "$fmt" --output=json "$file" | data_ranges) \
-         <(qemu-img map -f "$fmt" --output=json "$file" | data_ranges)
+    diff <("$img" map -f "$fmt" --output=json "$file" | ranges data) \
+         <(qemu-img map -f "$fmt" --output=json "$file" | ranges data)
 }
 
 virtual_size_of() {
@@ -162,15 +108,6 @@ for fmt in vdi raw; do
 done
 
 # --- exit codes a script can rely on ----------------------------------------------
-expect_exit() {
-    local want=$1
-    shift
-    "$@"
-    local got=$?
-    echo "exit $got, expected $want"
-    [ "$got" -eq "$want" ]
-}
-
 qemu-img create -q -f vdi "$work/leaky.vdi" 8M
 qemu-io -f vdi -c 'write -P 1 0 3M' "$work/leaky.vdi" >/dev/null
 # Raise the header's allocated count (offset 0x184) from 3 to 5: two leaked blocks.
@@ -195,8 +132,4 @@ check "vrt-img compare: different exits 1 and names the offset" \
 check "vrt-img compare: missing file exits 2" \
     expect_exit 2 "$img" compare "$work/source.raw" "$work/no-such-file"
 
-echo
-echo "Run Summary:    Type  Total    Ran Passed Failed Inactive"
-printf '               tests %6d %6d %6d %6d %8d\n' $((passed + failed)) $((passed + failed)) \
-    "$passed" "$failed" 0
-[ "$failed" -eq 0 ]
+summary

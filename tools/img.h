@@ -76,7 +76,10 @@ void img_report(const char *what, int rc, const rt_vd_error_t *err);
 /**
  * Opens an image the way every command must: with @a format NULL the format is probed,
  * which the library (rightly) allows only for read-only opens, so a writable open with
- * @a format NULL is refused here with a message asking for -f.  Reports failures.
+ * @a format NULL is refused here with a message asking for -f.  Backing files are
+ * followed (RT_VD_OPEN_ALLOW_BACKING is added) only when @a format is given: a probed
+ * image that names one fails with RT_ERR_ACCESS_DENIED and a hint to give -f.
+ * Reports failures.
  *
  * @param err  optional; receives the library's message (check uses it).
  * @return the rt_vd_open() status.
@@ -104,11 +107,23 @@ int img_close(rt_vd_t vd, const char *path);
 /**
  * Parses one -o argument ("key=value[,key=value...]") into @a opts: static=on|off,
  * preallocation=off|falloc|full (falloc and full mean RT_VD_CREATE_STATIC),
- * block_size=SIZE (alias cluster_size).  "-o help" lists them and sets *help.
+ * block_size=SIZE (alias cluster_size), compat=0.10|1.1 (version 2|3),
+ * backing_file=NAME, backing_fmt=FMT.  "-o help" lists them and sets *help.  Names are
+ * copied (img_set_create_name), so @a text need not outlive @a opts.
  * @return false after reporting a bad key or value.
  */
 bool img_parse_create_options(const char *cmd, const char *text, rt_vd_create_opts_t *opts,
                               bool *help);
+
+/**
+ * Stores a copy of @a value in *@a name (backing_file, backing_format of the create
+ * options), replacing an earlier copy made here; img_free_create_names() frees them.
+ * @a option names the option in a usage error (empty name, no memory).
+ */
+bool img_set_create_name(const char *cmd, const char *option, const char *value, const char **name);
+
+/** Frees the names img_set_create_name() (and so -o) stored in @a opts. */
+void img_free_create_names(rt_vd_create_opts_t *opts);
 
 /** The create options in words, for "Formatting ..." and -o help. */
 void img_print_create_options_help(void);

@@ -30,13 +30,14 @@
 #define CHECK_EXIT_UNSUPPORTED 63
 
 static const char usage_text[] =
-    "Usage: " PROG " check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE\n"
+    "Usage: " PROG " check [-f FMT] [--output=human|json] [-r leaks] [-q] FILE\n"
     "Check an image's metadata for consistency.\n"
     "\n"
-    "  -f FMT             the image's format (raw, vdi); default: probe it (not with -r)\n"
+    "  -f FMT             the image's format (raw, vdi, qcow2); default: probe it (not\n"
+    "                     with -r, nor for an image with a backing file)\n"
     "      --output=OFMT  human (default) or json (qemu-img check's keys)\n"
-    "  -r leaks|all       reclaim leaked space (needs -f, since it writes); 'all' is\n"
-    "                     accepted for qemu-img compatibility and repairs the same\n"
+    "  -r leaks           reclaim leaked space (needs -f, since it writes); qemu-img's\n"
+    "                     '-r all' is refused: corruptions are never repaired\n"
     "  -q                 quiet: no output in human mode, only the exit status\n"
     "  -h, --help         print this text and exit\n"
     "\n"
@@ -152,8 +153,13 @@ int img_check_main(int argc, char **argv)
                 return IMG_EXIT_ERROR;
             break;
         case 'r':
-            if (strcmp(optarg, "leaks") && strcmp(optarg, "all")) {
-                img_usage_error(cmd, "-r: '%s' is neither leaks nor all", optarg);
+            if (!strcmp(optarg, "all")) {
+                img_usage_error(cmd, "-r all is not supported: only leaks can be repaired "
+                                     "(-r leaks)");
+                return IMG_EXIT_ERROR;
+            }
+            if (strcmp(optarg, "leaks")) {
+                img_usage_error(cmd, "-r: '%s' is not leaks", optarg);
                 return IMG_EXIT_ERROR;
             }
             repair = RT_VD_CHECK_REPAIR_LEAKS;

@@ -97,12 +97,20 @@ int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, 
                 PROG, path);
         return RT_ERR_INVALID_PARAMETER;
     }
+    /* Following a backing file opens files the image names, not the user: allowed
+     * only when the user named the format, and so showed they know what the file is.
+     * A probed image that names one is refused by the library (RT_ERR_ACCESS_DENIED). */
+    if (format)
+        flags |= RT_VD_OPEN_ALLOW_BACKING;
     rc = rt_vd_open(vd, path, format, flags, err);
     if (RT_FAILURE(rc)) {
         snprintf(what, sizeof(what), "cannot open '%s'", path);
         img_report(what, rc, err);
         if (rc == RT_ERR_VD_UNKNOWN_FORMAT && !format)
             fprintf(stderr, "  (name the format with -f if the probe cannot tell)\n");
+        if (rc == RT_ERR_ACCESS_DENIED && !format)
+            fprintf(stderr, "  (a probed image's backing file is not followed: give -f to "
+                            "follow its backing file)\n");
     }
     return rc;
 }
@@ -192,6 +200,40 @@ static bool parse_switch(const char *text, bool *on)
     return false;
 }
 
+bool img_set_create_name(const char *cmd, const char *option, const char *value, const char **name)
+{
+    char *copy;
+
+    if (!value[0]) {
+        img_usage_error(cmd, "%s: the name is empty", option);
+        return false;
+    }
+    copy = strdup(value);
+    if (!copy) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return false;
+    }
+    free((char *)*name); /* NULL, or an earlier copy from this function */
+    *name = copy;
+    return true;
+}
+
+void img_free_create_names(rt_vd_create_opts_t *opts)
+{
+    free((char *)opts->backing_file);
+    free((char *)opts->backing_format);
+    opts->backing_file = NULL;
+    opts->backing_format = NULL;
+}
+
+static bool set_name(const char *cmd, const char *key, const char *value, const char **name)
+{
+    char option[48];
+
+    snprintf(option, sizeof(option), "-o %s", key);
+    return img_set_create_name(cmd, option, value, name);
+}
+
 /* One key=value of -o. */
 static bool apply_create_option(const char *cmd, const char *key, const char *value,
                                 rt_vd_create_opts_t *opts)
@@ -220,6 +262,19 @@ static bool apply_create_option(const char *cmd, const char *key, const char *va
         opts->block_size = (uint32_t)size;
         return true;
     }
+    if (!strcmp(key, "compat")) {
+        if (!strcmp(value, "0.10") || !strcmp(value, "v2"))
+            opts->version = 2;
+        else if (!strcmp(value, "1.1") || !strcmp(value, "v3"))
+            opts->version = 3;
+        else
+            goto bad_value;
+        return true;
+    }
+    if (!strcmp(key, "backing_file"))
+        return set_name(cmd, key, value, &opts->backing_file);
+    if (!strcmp(key, "backing_fmt"))
+        return set_name(cmd, key, value, &opts->backing_format);
     img_usage_error(cmd, "-o: unknown option '%s' (try -o help)", key);
     return false;
 bad_value:
@@ -263,8 +318,13 @@ void img_print_create_options_help(void)
           "  static=on|off                    allocate every block at creation (VDI\n"
           "                                   \"static\"; raw: reserve the space)\n"
           "  preallocation=off|falloc|full    falloc and full: the same as static=on\n"
-          "  block_size=SIZE                  allocation unit, a power of two (VDI block;\n"
-          "                                   default 1M); cluster_size is an alias\n",
+          "  block_size=SIZE                  allocation unit, a power of two (VDI block:\n"
+          "                                   default 1M; QCOW2 cluster, 512..2M: default\n"
+          "                                   64k); cluster_size is an alias\n"
+          "  compat=0.10|1.1                  QCOW2 version 2 or 3 (default 1.1)\n"
+          "  backing_file=NAME                QCOW2 backing file (relative to the image)\n"
+          "  backing_fmt=FMT                  the backing file's format, recorded in the\n"
+          "                                   image (readers probe it when absent)\n",
           stdout);
 }
 

@@ -22,6 +22,14 @@
  * happened; the decisions (scan, write, free) are taken after rt_vd_queue_run returns,
  * on the same thread, so no request is ever started from inside a callback.
  *
+ * Compression (-c) writes whole destination clusters with rt_vd_write_compressed,
+ * which takes one cluster at a time and no other request on the destination, so then
+ * pieces start and end on the cluster grid (a zero run is skipped only in whole
+ * clusters; a cluster that is partly zero is read whole) and each cluster that is not
+ * all zeros is written synchronously, right where the scan would queue its writes.
+ * Reads still overlap through the queue; the writes go in whatever order pieces
+ * finish, which a format that appends compressed clusters does not mind.
+ *
  * On any failure, or SIGINT/SIGTERM, no new piece starts, everything in flight is
  * drained, and the half-written destination is removed: a partial copy that looks
  * like a good image is worse than none.
@@ -51,17 +59,20 @@
 #define RUN_SLICE_MS   200u
 
 static const char usage_text[] =
-    "Usage: " PROG " convert [-f FMT] [-O FMT] [-o OPTIONS] [-p] [-q] [-S SIZE] SRC DST\n"
+    "Usage: " PROG " convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-q] [-S SIZE] SRC DST\n"
     "Copy the guest contents of image SRC into a new image DST.\n"
     "\n"
-    "  -f FMT      SRC's format; default: probe it\n"
-    "  -O FMT      DST's format, raw (default) or vdi\n"
-    "  -o OPTIONS  DST's create options, as for create ('-o help' lists them)\n"
+    "  -f FMT      SRC's format; default: probe it (a SRC with a backing file needs -f)\n"
+    "  -O FMT      DST's format, raw (default), vdi or qcow2\n"
+    "  -o OPTIONS  DST's create options, as for create ('-o help' lists them), except\n"
+    "              backing_file and backing_fmt: DST is a complete copy\n"
+    "  -c          compress DST's clusters (formats with compression: qcow2)\n"
     "  -p          show progress (the default when stdout is a terminal)\n"
     "  -q          quiet: no progress\n"
     "  -S SIZE     sparse detection granularity: runs of SIZE zero bytes, aligned to\n"
     "              SIZE, are not written (default 4k; a multiple of 512 up to 16M);\n"
-    "              -S 0 writes everything, so DST comes out fully allocated\n"
+    "              -S 0 writes everything, so DST comes out fully allocated; with -c\n"
+    "              zeros are skipped in whole clusters of DST, whatever SIZE (unless 0)\n"
     "  -h, --help  print this text and exit\n"
     "\n"
     "DST must not exist.  If the copy fails or is interrupted, DST is removed.\n";
@@ -84,9 +95,12 @@ struct copy {
     const char *src_path, *dst_path;
     rt_vd_t src, dst;
     rt_vd_queue_t queue;
-    uint64_t size;   /* the source's virtual size */
-    uint64_t sparse; /* -S; 0: write everything */
+    uint64_t size;     /* the source's virtual size */
+    uint64_t dst_size; /* the destination's: size rounded up to a sector */
+    uint64_t sparse;   /* -S; 0: write everything */
     size_t chunk;
+    bool compress; /* -c */
+    uint64_t unit; /* pieces start and end on this grid: a cluster with -c, else 1 */
 
     uint64_t cursor; /* the first byte no piece covers yet */
     rt_vd_extent_t ext;
@@ -144,9 +158,15 @@ static void write_done(void *user, int status)
     }
 }
 
+static uint64_t round_up(uint64_t value, uint64_t unit)
+{
+    return (value + unit - 1) / unit * unit;
+}
+
 /*
- * The next piece to copy, skipping what reads as zeros.  Returns false when the source
- * is exhausted or block status failed.
+ * The next piece to copy, skipping what reads as zeros.  The cursor stays on the
+ * c->unit grid, and a piece ends on it (or at the end of the source).  Returns false
+ * when the source is exhausted or block status failed.
  */
 static bool next_piece(struct copy *c, uint64_t *off, size_t *len)
 {
@@ -155,6 +175,8 @@ static bool next_piece(struct copy *c, uint64_t *off, size_t *len)
         uint64_t end = chunk_end < c->size ? chunk_end : c->size;
 
         if (c->sparse) {
+            uint64_t ext_end, skip_to;
+
             if (!c->ext_valid || c->cursor >= c->ext.offset + c->ext.length) {
                 int rc = rt_vd_block_status(c->src, c->cursor, c->size - c->cursor, &c->ext);
 
@@ -164,13 +186,19 @@ static bool next_piece(struct copy *c, uint64_t *off, size_t *len)
                 }
                 c->ext_valid = true;
             }
+            ext_end = c->ext.offset + c->ext.length;
             if (c->ext.flags & RT_VD_EXTENT_ZERO) {
-                c->done += c->ext.offset + c->ext.length - c->cursor;
-                c->cursor = c->ext.offset + c->ext.length;
-                continue;
+                /* Skip the whole units the run covers; a run ending inside the
+                 * cursor's unit is read with the rest of that unit. */
+                skip_to = ext_end >= c->size ? c->size : ext_end / c->unit * c->unit;
+                if (skip_to > c->cursor) {
+                    c->done += skip_to - c->cursor;
+                    c->cursor = skip_to;
+                    continue;
+                }
             }
-            if (c->ext.offset + c->ext.length < end)
-                end = c->ext.offset + c->ext.length;
+            if (round_up(ext_end, c->unit) < end)
+                end = round_up(ext_end, c->unit);
         }
         *off = c->cursor;
         *len = (size_t)(end - c->cursor);
@@ -219,6 +247,32 @@ static void write_run(struct copy *c, struct slot *s, uint64_t off, uint64_t end
     s->writes_pending++;
 }
 
+/*
+ * -c: writes the piece's clusters compressed, one synchronous call each, skipping those
+ * that are all zeros (unless -S 0).  The last cluster of the disk has its real length;
+ * bytes the destination has past the source's end (it is rounded up to a sector) are
+ * zeros.
+ */
+static void write_compressed(struct copy *c, struct slot *s)
+{
+    uint64_t end = s->off + s->len;
+
+    for (uint64_t pos = s->off; pos < end && RT_SUCCESS(c->status); pos += c->unit) {
+        unsigned char *data = s->buf + (pos - s->off);
+        uint64_t len = c->dst_size - pos < c->unit ? c->dst_size - pos : c->unit;
+        uint64_t have = end - pos < len ? end - pos : len;
+        int rc;
+
+        if (have < len)
+            memset(data + have, 0, (size_t)(len - have));
+        if (c->sparse && img_is_zero(data, (size_t)len))
+            continue;
+        rc = rt_vd_write_compressed(c->dst, pos, data, (size_t)len);
+        if (RT_FAILURE(rc))
+            fail(c, rc, "writing a compressed cluster of", c->dst_path, pos);
+    }
+}
+
 /* A piece has been read: write its non-zero runs (all of it without -S). */
 static void write_piece(struct copy *c, struct slot *s)
 {
@@ -226,7 +280,9 @@ static void write_piece(struct copy *c, struct slot *s)
     uint64_t run = UINT64_MAX; /* start of the pending non-zero run */
 
     s->state = SLOT_WRITING;
-    if (!c->sparse) {
+    if (c->compress) {
+        write_compressed(c, s);
+    } else if (!c->sparse) {
         write_run(c, s, s->off, end);
     } else {
         for (uint64_t pos = s->off; pos < end;) {
@@ -295,6 +351,7 @@ static bool run_pipeline(struct copy *c)
     }
 }
 
+/* The queue and the slots' buffers, once the chunk size is known. */
 static int setup(struct copy *c)
 {
     int rc = rt_vd_queue_create(&c->queue, QUEUE_DEPTH);
@@ -324,6 +381,7 @@ static int create_destination(struct copy *c, const char *format, rt_vd_create_o
     int rc;
 
     opts->size = (c->size + IMG_SECTOR - 1) / IMG_SECTOR * IMG_SECTOR;
+    c->dst_size = opts->size;
     rc = rt_vd_create(c->dst_path, format, opts, &err);
     if (RT_FAILURE(rc)) {
         snprintf(what, sizeof(what), "creating '%s'", c->dst_path);
@@ -338,6 +396,27 @@ static int create_destination(struct copy *c, const char *format, rt_vd_create_o
     return rc;
 }
 
+/* -c: pieces follow the destination's clusters; the chunk holds whole clusters. */
+static int use_clusters(struct copy *c, const char *format)
+{
+    rt_vd_info_t info;
+    int rc = rt_vd_get_info(c->dst, &info);
+
+    if (RT_FAILURE(rc)) {
+        img_report("reading the information of the new image", rc, NULL);
+        return rc;
+    }
+    if (info.block_size == 0) {
+        fprintf(stderr, "%s: -c: the %s format has no clusters to compress\n", PROG, format);
+        return RT_ERR_NOT_SUPPORTED;
+    }
+    c->unit = info.block_size;
+    if (c->chunk < c->unit)
+        c->chunk = (size_t)c->unit;
+    c->chunk = (size_t)round_up(c->chunk, c->unit);
+    return RT_OK;
+}
+
 /* Copies; on failure removes the destination.  Returns the exit status. */
 static int convert(struct copy *c, const char *src_format, const char *dst_format,
                    rt_vd_create_opts_t *opts, bool progress)
@@ -350,11 +429,18 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
     if (RT_FAILURE(rc))
         return IMG_EXIT_ERROR;
     c->size = info.virtual_size;
-    rc = setup(c);
-    if (RT_SUCCESS(rc))
-        rc = create_destination(c, dst_format, opts);
+    rc = create_destination(c, dst_format, opts);
     if (RT_FAILURE(rc))
         goto out;
+    if (c->compress)
+        rc = use_clusters(c, dst_format);
+    if (RT_SUCCESS(rc))
+        rc = setup(c);
+    if (RT_FAILURE(rc)) {
+        rt_vd_close(c->dst);
+        unlink(c->dst_path);
+        goto out;
+    }
 
     img_install_stop_handler();
     cli_progress_start(&c->progress, progress, "converting");
@@ -391,22 +477,24 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-int img_convert_main(int argc, char **argv)
+/* Everything but freeing the names in @a opts; returns the exit status. */
+static int parse_and_convert(int argc, char **argv, rt_vd_create_opts_t *opts)
 {
     static struct copy copy; /* slots and all: off the stack */
     const char *cmd = argv[0], *src_format = NULL, *dst_format = "raw";
-    rt_vd_create_opts_t opts = {0};
     bool help = false, quiet = false, progress = isatty(STDOUT_FILENO);
     int c;
 
     copy.sparse = SPARSE_DEFAULT;
+    copy.unit = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:O:o:pqS:h", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqS:h", long_options, NULL)) != -1) {
         switch (c) {
+        case 'c': copy.compress = true; break;
         case 'f': src_format = optarg; break;
         case 'O': dst_format = optarg; break;
         case 'o':
-            if (!img_parse_create_options(cmd, optarg, &opts, &help))
+            if (!img_parse_create_options(cmd, optarg, opts, &help))
                 return IMG_EXIT_ERROR;
             break;
         case 'p': progress = true; break;
@@ -428,6 +516,16 @@ int img_convert_main(int argc, char **argv)
         img_print_create_options_help();
         return IMG_EXIT_OK;
     }
+    if (opts->backing_file || opts->backing_format) {
+        img_usage_error(cmd, "-o backing_file/backing_fmt: convert makes a complete copy, "
+                             "without a backing file");
+        return IMG_EXIT_ERROR;
+    }
+    /* The formats whose drivers implement rt_vd_write_compressed. */
+    if (copy.compress && strcmp(dst_format, "qcow2")) {
+        img_usage_error(cmd, "-c: the %s format has no compression (qcow2 has)", dst_format);
+        return IMG_EXIT_ERROR;
+    }
     if (argc - optind < 2) {
         img_usage_error(cmd, "SRC and DST are needed");
         return IMG_EXIT_ERROR;
@@ -439,5 +537,14 @@ int img_convert_main(int argc, char **argv)
     copy.src_path = argv[optind];
     copy.dst_path = argv[optind + 1];
     copy.chunk = copy.sparse > CHUNK_SIZE ? (size_t)copy.sparse : CHUNK_SIZE;
-    return convert(&copy, src_format, dst_format, &opts, progress && !quiet);
+    return convert(&copy, src_format, dst_format, opts, progress && !quiet);
+}
+
+int img_convert_main(int argc, char **argv)
+{
+    rt_vd_create_opts_t opts = {0};
+    int status = parse_and_convert(argc, argv, &opts);
+
+    img_free_create_names(&opts);
+    return status;
 }

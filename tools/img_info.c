@@ -8,6 +8,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <rt/err.h>
 #include <rt/vd.h>
@@ -18,15 +19,30 @@
 static const char usage_text[] =
     "Usage: " PROG " info [-f FMT] [--output=human|json] FILE\n"
     "Show an image's format, virtual size, space used on the host, allocation unit and\n"
-    "allocated blocks.\n"
+    "allocated blocks (and a QCOW2 image's compat level).\n"
     "\n"
-    "  -f FMT             the image's format (raw, vdi); default: probe it\n"
+    "  -f FMT             the image's format (raw, vdi, qcow2); default: probe it (an\n"
+    "                     image with a backing file needs -f)\n"
     "      --output=OFMT  human (default) or json (qemu-img info's keys: filename, format,\n"
     "                     virtual-size, actual-size, cluster-size, format-specific)\n"
     "  -h, --help         print this text and exit\n";
 
+/* QCOW2's variant is its version; qemu-img calls it compat (0.10 for v2, 1.1 for v3).
+ * NULL for other formats, or a variant this tool does not know. */
+static const char *qcow2_compat(const rt_vd_info_t *info)
+{
+    if (strcmp(info->format, "qcow2"))
+        return NULL;
+    if (!strcmp(info->variant, "v2"))
+        return "0.10";
+    if (!strcmp(info->variant, "v3"))
+        return "1.1";
+    return NULL;
+}
+
 static void print_human(const char *path, const rt_vd_info_t *info)
 {
+    const char *compat = qcow2_compat(info);
     char size[32];
 
     printf("image: %s\n", path);
@@ -38,7 +54,9 @@ static void print_human(const char *path, const rt_vd_info_t *info)
         printf("cluster_size: %" PRIu32 "\n", info->block_size);
     if (info->variant[0] || info->blocks_total) {
         printf("Format specific information:\n");
-        if (info->variant[0])
+        if (compat)
+            printf("    compat: %s\n", compat);
+        else if (info->variant[0])
             printf("    variant: %s\n", info->variant);
         printf("    allocated blocks: %" PRIu64 "\n", info->blocks_allocated);
         printf("    total blocks: %" PRIu64 "\n", info->blocks_total);
@@ -47,6 +65,8 @@ static void print_human(const char *path, const rt_vd_info_t *info)
 
 static void print_json(const char *path, const rt_vd_info_t *info)
 {
+    const char *compat = qcow2_compat(info);
+
     printf("{\n    \"virtual-size\": %" PRIu64 ",\n    \"filename\": ", info->virtual_size);
     cli_json_string(path);
     if (info->block_size)
@@ -57,8 +77,8 @@ static void print_json(const char *path, const rt_vd_info_t *info)
     if (info->variant[0] || info->blocks_total) {
         printf(",\n    \"format-specific\": {\n        \"type\": ");
         cli_json_string(info->format);
-        printf(",\n        \"data\": {\n            \"variant\": ");
-        cli_json_string(info->variant);
+        printf(",\n        \"data\": {\n            \"%s\": ", compat ? "compat" : "variant");
+        cli_json_string(compat ? compat : info->variant);
         printf(",\n            \"allocated-blocks\": %" PRIu64
                ",\n            \"total-blocks\": %" PRIu64 "\n        }\n    }",
                info->blocks_allocated, info->blocks_total);

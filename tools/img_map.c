@@ -1,7 +1,11 @@
 /*
  * vrt-img map: where the guest's data lives, as qemu-img map prints it.  Runs that
- * rt_vd_block_status returns one after another are merged while their flags are equal
- * and, for data, their host offsets continue each other, as qemu-img does.
+ * rt_vd_block_status returns one after another are merged while their flags and depth
+ * are equal and, for data, their host offsets continue each other, as qemu-img does.
+ *
+ * Depth is the image of the backing chain that answers (0 the image itself); a range
+ * that no image of the chain allocates gets the depth of the chain's last image, which
+ * is what both the library and qemu-img report.
  */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
@@ -22,11 +26,13 @@ static const char usage_text[] =
     "Usage: " PROG " map [-f FMT] [--output=human|json] FILE\n"
     "Show where each range of the guest disk is stored in the image file.\n"
     "\n"
-    "  -f FMT             the image's format (raw, vdi); default: probe it\n"
+    "  -f FMT             the image's format (raw, vdi, qcow2); default: probe it (an\n"
+    "                     image with a backing file needs -f)\n"
     "      --output=OFMT  human (default): the ranges that hold data, with their\n"
-    "                     offsets in the file; json: every range, in qemu-img map's\n"
-    "                     shape (start, length, depth, present, zero, data,\n"
-    "                     compressed, and offset for data)\n"
+    "                     offsets in the file and the backing depth that holds them;\n"
+    "                     json: every range, in qemu-img map's shape (start, length,\n"
+    "                     depth, present, zero, data, compressed, and offset for data\n"
+    "                     stored uncompressed)\n"
     "  -h, --help         print this text and exit\n";
 
 struct map_printer {
@@ -48,18 +54,31 @@ static const char *json_bool(bool value)
 static void print_run(struct map_printer *p, const rt_vd_extent_t *e)
 {
     bool data = is_data(e);
+    bool compressed = e->flags & RT_VD_EXTENT_COMPRESSED;
 
     if (p->output == OUTPUT_HUMAN) {
+        /* qemu-img names the file at the depth in the last column; the library does
+         * not expose backing file names, so a backing file is named by its depth.
+         * Compressed data has no offset to show (qemu-img refuses to print it). */
+        if (!data && !compressed)
+            return;
+        printf("%#-16" PRIx64 "%#-16" PRIx64, e->offset, e->length);
         if (data)
-            printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e->offset, e->length,
-                   e->host_offset, p->path);
+            printf("%#-16" PRIx64, e->host_offset);
+        else
+            printf("%-16s", "compressed");
+        if (e->depth)
+            printf("%s (backing file, depth %" PRIu32 ")\n", p->path, e->depth);
+        else
+            printf("%s\n", p->path);
         return;
     }
-    printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
-           ", \"depth\": 0, \"present\": %s, \"zero\": %s, \"data\": %s, \"compressed\": false",
-           p->first ? "[" : ",\n", e->offset, e->length,
+    printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %" PRIu32
+           ", \"present\": %s, \"zero\": %s, \"data\": %s, \"compressed\": %s",
+           p->first ? "[" : ",\n", e->offset, e->length, e->depth,
            json_bool(e->flags & (RT_VD_EXTENT_ALLOCATED | RT_VD_EXTENT_DATA)),
-           json_bool(e->flags & RT_VD_EXTENT_ZERO), json_bool(e->flags & RT_VD_EXTENT_DATA));
+           json_bool(e->flags & RT_VD_EXTENT_ZERO), json_bool(e->flags & RT_VD_EXTENT_DATA),
+           json_bool(compressed));
     if (data)
         printf(", \"offset\": %" PRIu64, e->host_offset);
     printf("}");
@@ -69,7 +88,8 @@ static void print_run(struct map_printer *p, const rt_vd_extent_t *e)
 /* Whether @a next continues @a run so that both print as one. */
 static bool continues(const rt_vd_extent_t *run, const rt_vd_extent_t *next)
 {
-    if (run->flags != next->flags || run->offset + run->length != next->offset)
+    if (run->flags != next->flags || run->depth != next->depth ||
+        run->offset + run->length != next->offset)
         return false;
     if (!is_data(run))
         return true;

@@ -26,9 +26,10 @@ struct command {
 
 static const struct command commands[] = {
     {"info", img_info_main, "info [-f FMT] [--output=human|json] FILE"},
-    {"create", img_create_main, "create [-f FMT] [-o OPTIONS] [-q] FILE SIZE"},
+    {"create", img_create_main,
+     "create [-f FMT] [-b BACKING [-F BACKING_FMT]] [-o OPTIONS] [-q] FILE [SIZE]"},
     {"convert", img_convert_main,
-     "convert [-f FMT] [-O FMT] [-o OPTIONS] [-p] [-q] [-S SIZE] SRC DST"},
+     "convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-q] [-S SIZE] SRC DST"},
     {"check", img_check_main, "check [-f FMT] [--output=human|json] [-r leaks] [-q] FILE"},
     {"compare", img_compare_main, "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILE1 FILE2"},
     {"map", img_map_main, "map [-f FMT] [--output=human|json] FILE"},
@@ -52,7 +53,8 @@ static void print_usage(void)
     printf("\n'%s COMMAND --help' describes a command's options.\n\nFormats:", PROG);
     for (size_t i = 0; formats && formats[i]; i++)
         printf(" %s", formats[i]);
-    printf("\n\nWithout -f the format is probed; commands that write to an image need -f.\n"
+    printf("\n\nWithout -f the format is probed; commands that write to an image need -f,\n"
+           "and so does an image with a backing file (only then is it followed).\n"
            "Exit status: 0 success, 1 error; check and compare have their own (see\n"
            "doc/vrt-img.md).\n");
 }

@@ -594,6 +594,9 @@ static void qcow2_info(rt_vd_t vd, rt_vd_info_t *info)
         struct qcow2_l2 *t = rt__qcow2_l2_get(vd, i, &rc);
         for (uint32_t j = 0; t != NULL && j < s->l2_entries; j++) {
             uint64_t e = t->entries[j];
+            /* Entries past the virtual size (a table's tail) are not the disk's. */
+            if (((uint64_t)i << s->l2_bits) + j >= info->blocks_total)
+                break;
             if ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO)))
                 info->blocks_allocated++;
         }

@@ -103,7 +103,9 @@ static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool
         for (uint32_t j = 0; j < s->l2_entries; j++) {
             uint64_t e = vd_be64(raw + 8u * j);
             count_entry(c, e);
-            if (active && ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO))))
+            bool in_disk = ((uint64_t)i << s->l2_bits) + j < c->res->blocks_total;
+            if (active && in_disk &&
+                ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO))))
                 c->res->blocks_allocated++;
         }
     }

@@ -56,6 +56,7 @@ static int raw_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
     map->kind = VD_MAP_DATA;
     map->length = len;
     map->host_off = off;
+    map->shared = false;
     return RT_OK;
 }
 

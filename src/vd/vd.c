@@ -220,6 +220,10 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
                          "uncached I/O; open it cached",
                          vd->data_align, vd->align);
     if (rc != RT_OK) {
+        if (vd->priv != NULL)
+            driver->close(vd); /* opened, then refused by the granule check */
+        rt_vd_close(vd->backing);
+        free(vd->path);
         vd->magic = RT__MAGIC_DEAD;
         rt__handle_free(&vd_pool, vd);
         goto fail_file;

@@ -69,6 +69,7 @@ enum {
 #define BLOCK_SIZE_MIN  512u
 #define BLOCK_SIZE_MAX  (64u << 20)
 #define DEFAULT_BLOCK   (1u << 20)
+#define VDI_MAX_BLOCKS  0x3fffffffu
 
 /* An allocation whose map entry is not yet on disk. */
 struct pending {
@@ -163,6 +164,9 @@ static int check_header(struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
                            "VDI blocks with %u extra bytes are not supported", extra);
     uint64_t disk_size = vd_le64(h + OFF_DISK_SIZE);
     v->blocks = vd_le32(h + OFF_BLOCKS);
+    if (v->blocks > VDI_MAX_BLOCKS)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "VDI has %u blocks, more than the format's %u",
+                           v->blocks, VDI_MAX_BLOCKS);
     if (disk_size % VDI_SECTOR != 0)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "VDI disk size %llu is not a multiple of %u",
                            (unsigned long long)disk_size, VDI_SECTOR);
@@ -202,12 +206,13 @@ static int check_header(struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
 static int load_bmap(rt_vd_t vd, struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
 {
     size_t bytes = (size_t)v->blocks * 4u;
-    uint8_t *raw = malloc(bytes ? bytes : 1);
+    /* Read in place: the little-endian bytes become host-order entries one by one. */
     v->bmap = malloc(bytes ? bytes : 1);
+    uint8_t *raw = (uint8_t *)v->bmap;
     uint8_t *used = calloc(v->allocated ? v->allocated : 1, 1);
     uint32_t *owner = malloc((v->allocated ? v->allocated : 1) * sizeof(*owner));
     int rc = RT_ERR_NO_MEMORY;
-    if (raw == NULL || v->bmap == NULL || used == NULL || owner == NULL)
+    if (v->bmap == NULL || used == NULL || owner == NULL)
         goto out;
     if (bytes > 0 && (rc = rt__vd_meta_read(vd, v->offset_bmap, raw, bytes)) != RT_OK) {
         rt__vd_fail(err, rc, "cannot read the VDI block map");
@@ -243,7 +248,6 @@ static int load_bmap(rt_vd_t vd, struct vdi *v, uint64_t file_size, rt_vd_error_
         owner[e] = i;
     }
 out:
-    free(raw);
     free(used);
     free(owner);
     return rc;
@@ -299,7 +303,7 @@ static int vdi_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_err
                            "VDI block size %u is not a power of two in 4096..%u", block_size,
                            BLOCK_SIZE_MAX);
     uint64_t blocks = (opts->size + block_size - 1) / block_size;
-    if (blocks > 0x3fffffffu)
+    if (blocks > VDI_MAX_BLOCKS)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "size %llu needs %llu VDI blocks, more than the format allows",
                            (unsigned long long)opts->size, (unsigned long long)blocks);
@@ -362,6 +366,7 @@ static int vdi_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
     uint32_t block = (uint32_t)(off / v->block_size);
     uint32_t e = v->bmap[block];
     map->kind = entry_kind(e);
+    map->shared = false;
     map->host_off = map->kind == VD_MAP_DATA ? block_host_off(v, e) + off % v->block_size : 0;
     uint64_t length = v->block_size - off % v->block_size;
     /* Runs of blocks answer together: same kind, and for data, contiguous in the file. */
@@ -375,12 +380,38 @@ static int vdi_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
     return RT_OK;
 }
 
+/* The lowest data block index no map entry uses. */
+static int leaked_index(const struct vdi *v, uint32_t *index)
+{
+    uint8_t *used = calloc(v->allocated ? v->allocated : 1, 1);
+    if (used == NULL)
+        return RT_ERR_NO_MEMORY;
+    for (uint32_t i = 0; i < v->blocks; i++)
+        if (entry_kind(v->bmap[i]) == VD_MAP_DATA && v->bmap[i] < v->allocated)
+            used[v->bmap[i]] = 1;
+    uint32_t free_index = 0;
+    while (free_index < v->allocated && used[free_index])
+        free_index++;
+    free(used);
+    if (free_index == v->allocated)
+        return RT_ERR_VD_CORRUPT; /* all used: then the map would not say unallocated */
+    *index = free_index;
+    return RT_OK;
+}
+
 static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
 {
     struct vdi *v = vdi_of(vd);
     uint32_t block = (uint32_t)(off / v->block_size);
-    if (v->allocated >= v->blocks)
-        return RT_ERR_VD_CORRUPT; /* every data block is used: the map would have said so */
+    uint32_t index = v->allocated;
+    if (index >= v->blocks) {
+        /* Every index is counted, so some are leaked (a crash, a failed write): reuse
+         * one.  Nothing in the file can point at it: the file's entries are a subset of
+         * the in-memory ones, and allocation only replaces free and zero entries. */
+        int rc = leaked_index(v, &index);
+        if (rc != RT_OK)
+            return rc;
+    }
     if (v->pending_len == v->pending_cap) {
         size_t cap = v->pending_cap ? v->pending_cap * 2 : 16;
         struct pending *grown = realloc(v->pending, cap * sizeof(*grown));
@@ -389,7 +420,8 @@ static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
         v->pending = grown;
         v->pending_cap = cap;
     }
-    uint32_t index = v->allocated++;
+    if (index == v->allocated)
+        v->allocated++;
     v->pending[v->pending_len++] = (struct pending){block, v->bmap[block], 0};
     v->bmap[block] = index;
     alloc->virt_off = (uint64_t)block * v->block_size;

@@ -1,0 +1,753 @@
+/*
+ * Crash consistency of VDI images under SIGKILL.
+ *
+ * Each round forks a child that opens a dynamic VDI image and keeps dozens of writes in
+ * flight through the asynchronous queue (random offsets and lengths, most of them
+ * allocating blocks while the image fills), with a flush every few dozen completions.
+ * The parent kills it with SIGKILL after a random delay (every other round counted from
+ * the child's first completed flush, so that durable data is always at stake even on a
+ * machine slow to fsync), then opens the image, checks
+ * it (no corruption; leaks are what a crash during allocation leaves) and reads every
+ * sector of the guest disk to prove that nothing the child was told is durable was lost.
+ *
+ * What makes the verdict exact:
+ *
+ *   - Every 512-byte sector a write carries describes itself: a magic, its own guest
+ *     offset, the write's generation (its issue number, increasing across rounds) and
+ *     the write's range, followed by bytes derived from (offset, generation).  So a
+ *     sector read back tells which write put it there, and a sector from the wrong
+ *     place, a torn one or garbage fails the comparison.
+ *   - The child never has two overlapping writes in flight (as a guest's block layer
+ *     never does), so among writes touching a sector, issue order is landing order.
+ *   - A flush covers the writes whose callbacks ran before it started.  When a flush
+ *     completes, the child sends the parent the writes that had completed before it
+ *     started (in completion order), then a marker: "the first K are durable".  A
+ *     report cut short by the kill is dropped, which only weakens the claim.
+ *
+ *   For sector s let D(s) be the newest generation among durable writes covering s (or
+ *   what the previous round left there).  After the crash s must hold exactly D(s)'s
+ *   bytes, or the bytes of a newer write covering s (completed or still in flight when
+ *   the child died: either may have landed); zeros only if D(s) is none.  Anything
+ *   older than D(s) is a lost write.
+ *
+ *        child                                   parent
+ *        write g1..gN (<= 48 in flight)
+ *        flush started after g1,g3 completed ...
+ *        flush done  ---- "g1 g3 | durable 2" --> D(s) := max gen of durable writes
+ *        ...              <------ SIGKILL ----- after a random delay
+ *                                                check, read all, repair, read again,
+ *                                                qemu-img check
+ *
+ * Images continue across a few rounds (after repair) and are then recreated,
+ * alternating 1 MiB and 64 KiB blocks; a second series runs with
+ * RT_VD_OPEN_NO_CACHE when the file system takes O_DIRECT.  Set TST_VD_CRASH_SEED to
+ * replay a round's random choices (the kill timing stays random).
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <rt/mem.h>
+#include <rt/time.h>
+#include <rt/vd.h>
+
+#include "tst_common.h"
+
+#define SECTOR        512u
+#define DISK_SIZE     (128ull << 20)
+#define DISK_SECTORS  (DISK_SIZE / SECTOR)
+#define MAX_WRITE     (256u << 10)
+#define MAX_IN_FLIGHT 48u
+#define MAX_FLUSHES   2u
+#define QUEUE_DEPTH   64u
+/* A child left alone stops by itself after this long (the parent kills it far sooner). */
+#define CHILD_MAX_MS    20000u
+#define ROUNDS_CACHED   9
+#define ROUNDS_NO_CACHE 6
+/* Rounds an image lives before it is recreated. */
+#define SERIES             3
+#define KILL_MIN_MS        20u
+#define KILL_MAX_MS        1200u
+#define FIRST_FLUSH_MAX_MS 15000u
+#define QEMU_IMG           "/usr/bin/qemu-img"
+
+#define SECTOR_MAGIC 0x31485352435f5456ull /* "VT_CRSH1" */
+
+/* The head of every payload sector. */
+struct sector_head {
+    uint64_t magic;
+    uint64_t sector_off; /* guest offset of this sector */
+    uint64_t gen;        /* generation of the write that carried it */
+    uint64_t write_off;  /* that write's range */
+    uint64_t write_len;
+};
+_Static_assert(sizeof(struct sector_head) == 40, "no padding in the sector head");
+_Static_assert((SECTOR - sizeof(struct sector_head)) % 8 == 0, "body is whole words");
+
+/* A child's report record. */
+enum { REPORT_WRITE = 1, REPORT_DURABLE = 2 };
+struct report {
+    uint32_t kind;
+    uint32_t len; /* REPORT_WRITE: bytes */
+    uint64_t gen; /* REPORT_WRITE: generation */
+    uint64_t off; /* REPORT_WRITE: guest offset; REPORT_DURABLE: writes durable */
+};
+_Static_assert(sizeof(struct report) == 24, "report records are packed");
+
+/* ---------------------------------------------------------------------------------- */
+/* Payloads. */
+
+static uint64_t xorshift(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static void fill_sector(uint8_t *s, uint64_t sector_off, uint64_t gen, uint64_t write_off,
+                        uint64_t write_len)
+{
+    struct sector_head h = {SECTOR_MAGIC, sector_off, gen, write_off, write_len};
+    memcpy(s, &h, sizeof h);
+    uint64_t x = (sector_off * 0x9e3779b97f4a7c15ull) ^ (gen * 0xd1b54a32d192ed03ull) ^ 1u;
+    for (size_t i = sizeof h; i < SECTOR; i += 8) {
+        uint64_t v = xorshift(&x);
+        memcpy(s + i, &v, 8);
+    }
+}
+
+static bool all_zero(const uint8_t *s)
+{
+    for (size_t i = 0; i < SECTOR; i++)
+        if (s[i] != 0)
+            return false;
+    return true;
+}
+
+/* Is @a s zeros, or a sector that some write put at @a sector_off?  Stores that write's
+ * generation (0 for zeros) in *gen; false for anything else. */
+static bool parse_sector(const uint8_t *s, uint64_t sector_off, uint64_t *gen)
+{
+    if (all_zero(s)) {
+        *gen = 0;
+        return true;
+    }
+    struct sector_head h;
+    memcpy(&h, s, sizeof h);
+    if (h.magic != SECTOR_MAGIC || h.sector_off != sector_off || h.gen == 0 || h.write_len == 0 ||
+        h.write_len > MAX_WRITE || sector_off < h.write_off ||
+        sector_off >= h.write_off + h.write_len)
+        return false;
+    uint8_t want[SECTOR];
+    fill_sector(want, sector_off, h.gen, h.write_off, h.write_len);
+    if (memcmp(want, s, SECTOR) != 0)
+        return false;
+    *gen = h.gen;
+    return true;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* The child. */
+
+struct child_write {
+    bool busy;
+    uint64_t off, gen;
+    uint32_t len;
+    uint8_t *buf;
+};
+
+struct child_flush {
+    bool busy;
+    size_t covers; /* completed writes when it started */
+};
+
+struct child {
+    rt_vd_t vd;
+    rt_vd_queue_t queue;
+    int report_fd;
+    uint64_t next_gen;
+    uint64_t rng;
+    struct child_write writes[MAX_IN_FLIGHT];
+    unsigned in_flight;
+    struct child_flush flushes[MAX_FLUSHES];
+    unsigned flushes_in_flight;
+    struct report *log; /* completed writes, in completion order */
+    size_t log_len, log_cap;
+    size_t durable; /* the first @a durable of log are covered by a completed flush */
+    size_t sent;    /* log records sent */
+    size_t sent_durable;
+};
+
+static void child_fail(const char *what, int rc)
+{
+    fprintf(stderr, "crash child: %s: %s\n", what, rt_status_name(rc));
+    _exit(3);
+}
+
+static struct child *the_child; /* the child's state (one per child process) */
+
+static void on_write_done(void *user, int status)
+{
+    struct child_write *w = user;
+    struct child *c = the_child;
+    if (status != RT_OK)
+        child_fail("write", status);
+    if (c->log_len == c->log_cap) {
+        c->log_cap = c->log_cap ? 2 * c->log_cap : 4096;
+        c->log = realloc(c->log, c->log_cap * sizeof(*c->log));
+        if (c->log == NULL)
+            child_fail("log", RT_ERR_NO_MEMORY);
+    }
+    c->log[c->log_len++] = (struct report){REPORT_WRITE, w->len, w->gen, w->off};
+    rt_mem_page_free(w->buf, w->len);
+    w->busy = false;
+    c->in_flight--;
+}
+
+static void on_flush_done(void *user, int status)
+{
+    struct child_flush *f = user;
+    struct child *c = the_child;
+    if (status != RT_OK)
+        child_fail("flush", status);
+    if (f->covers > c->durable)
+        c->durable = f->covers;
+    f->busy = false;
+    c->flushes_in_flight--;
+}
+
+static uint64_t child_random(struct child *c, uint64_t bound)
+{
+    return xorshift(&c->rng) % bound;
+}
+
+/* Picks a range overlapping no write in flight; false when a few tries found none. */
+static bool pick_range(struct child *c, uint64_t *off, uint32_t *len)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        uint64_t r = child_random(c, 100);
+        uint64_t sectors = r < 10   ? 1
+                           : r < 50 ? 8
+                           : r < 80 ? 1 + child_random(c, 128)
+                                    : 1 + child_random(c, MAX_WRITE / SECTOR);
+        uint64_t bytes = sectors * SECTOR;
+        uint64_t align = child_random(c, 10) < 7 ? 4096 : SECTOR;
+        uint64_t o = child_random(c, (DISK_SIZE - bytes) / align + 1) * align;
+        bool clash = false;
+        for (unsigned i = 0; i < MAX_IN_FLIGHT && !clash; i++) {
+            const struct child_write *w = &c->writes[i];
+            clash = w->busy && o < w->off + w->len && w->off < o + bytes;
+        }
+        if (!clash) {
+            *off = o;
+            *len = (uint32_t)bytes;
+            return true;
+        }
+    }
+    return false;
+}
+
+static void child_issue_write(struct child *c)
+{
+    struct child_write *w = NULL;
+    for (unsigned i = 0; i < MAX_IN_FLIGHT && w == NULL; i++)
+        if (!c->writes[i].busy)
+            w = &c->writes[i];
+    uint64_t off;
+    uint32_t len;
+    if (w == NULL || !pick_range(c, &off, &len))
+        return;
+    w->buf = rt_mem_page_alloc(len);
+    if (w->buf == NULL)
+        child_fail("payload", RT_ERR_NO_MEMORY);
+    w->off = off;
+    w->len = len;
+    w->gen = c->next_gen++;
+    for (uint32_t s = 0; s < len; s += SECTOR)
+        fill_sector(w->buf + s, off + s, w->gen, off, len);
+    rt_iovec_t iov = {w->buf, len};
+    int rc = rt_vd_queue_write(c->queue, c->vd, off, &iov, 1, on_write_done, w);
+    if (rc != RT_OK)
+        child_fail("rt_vd_queue_write", rc);
+    w->busy = true;
+    c->in_flight++;
+}
+
+static void child_issue_flush(struct child *c)
+{
+    for (unsigned i = 0; i < MAX_FLUSHES; i++) {
+        struct child_flush *f = &c->flushes[i];
+        if (f->busy)
+            continue;
+        f->covers = c->log_len;
+        int rc = rt_vd_queue_flush(c->queue, c->vd, on_flush_done, f);
+        if (rc != RT_OK)
+            child_fail("rt_vd_queue_flush", rc);
+        f->busy = true;
+        c->flushes_in_flight++;
+        return;
+    }
+}
+
+static void send_all(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "crash child: report pipe: %s\n", strerror(errno));
+            _exit(3);
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Sends the writes a completed flush covers, then the marker naming how many. */
+static void child_report(struct child *c)
+{
+    if (c->durable == c->sent_durable)
+        return;
+    if (c->durable > c->sent)
+        send_all(c->report_fd, c->log + c->sent, (c->durable - c->sent) * sizeof(*c->log));
+    c->sent = c->durable;
+    struct report marker = {REPORT_DURABLE, 0, 0, c->durable};
+    send_all(c->report_fd, &marker, sizeof marker);
+    c->sent_durable = c->durable;
+}
+
+static void child_main(const char *path, uint32_t open_flags, uint64_t first_gen, uint64_t seed,
+                       int report_fd)
+{
+    static struct child c;
+    the_child = &c;
+    c.report_fd = report_fd;
+    c.next_gen = first_gen;
+    c.rng = seed | 1;
+    rt_vd_error_t err;
+    int rc = rt_vd_open(&c.vd, path, "vdi", open_flags, &err);
+    if (rc != RT_OK) {
+        fprintf(stderr, "crash child: open %s: %s: %s\n", path, rt_status_name(rc), err.msg);
+        _exit(3);
+    }
+    if ((rc = rt_vd_queue_create(&c.queue, QUEUE_DEPTH)) != RT_OK)
+        child_fail("rt_vd_queue_create", rc);
+    uint64_t start = rt_time_milli_ts();
+    size_t flush_after = 8;
+    while (rt_time_milli_ts() - start < CHILD_MAX_MS) {
+        while (c.in_flight < MAX_IN_FLIGHT) {
+            unsigned before = c.in_flight;
+            child_issue_write(&c);
+            if (c.in_flight == before)
+                break;
+        }
+        if (c.flushes_in_flight < MAX_FLUSHES && c.log_len >= flush_after) {
+            child_issue_flush(&c);
+            flush_after = c.log_len + 4 + child_random(&c, 60);
+        }
+        rc = rt_vd_queue_run(c.queue, 1, 100, NULL);
+        if (rc != RT_OK && rc != RT_ERR_TIMEOUT)
+            child_fail("rt_vd_queue_run", rc);
+        child_report(&c);
+    }
+    _exit(0);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* The parent. */
+
+static uint64_t parent_rng;
+
+static uint64_t parent_random(uint64_t bound)
+{
+    return xorshift(&parent_rng) % bound;
+}
+
+/* Per sector: the generation that must be there at least (0: none). */
+static uint64_t *floor_gen;
+/* Per sector: what the last verification found. */
+static uint64_t *seen_gen;
+
+struct round_stats {
+    size_t durable, bad;
+    uint64_t leaks;
+};
+
+/* Reads every sector and judges it against floor_gen: exactly floor_gen[s], or a
+ * generation >= @a newer_from and above floor_gen[s] (newer_from UINT64_MAX: exact).
+ * Fills seen_gen.  Returns the number of bad sectors. */
+static size_t verify(rt_vd_t vd, uint64_t newer_from, const char *when, bool quiet)
+{
+    enum { CHUNK = 4 << 20 };
+    uint8_t *buf = rt_mem_page_alloc(CHUNK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    size_t bad = 0;
+    for (uint64_t off = 0; off < DISK_SIZE; off += CHUNK) {
+        int rc = rt_vd_read(vd, off, buf, CHUNK);
+        TST_RC(rc, RT_OK);
+        if (rc != RT_OK) {
+            bad++;
+            break;
+        }
+        for (uint64_t s = 0; s < CHUNK; s += SECTOR) {
+            uint64_t sector = (off + s) / SECTOR;
+            uint64_t gen = 0, want = floor_gen[sector];
+            bool ok = parse_sector(buf + s, off + s, &gen);
+            const char *why = "garbage (torn, misplaced or foreign bytes)";
+            if (ok && gen != want && !(gen > want && gen >= newer_from)) {
+                ok = false;
+                why = gen == 0     ? "zeros: a durable write was lost"
+                      : gen < want ? "older data: a durable write was lost"
+                                   : "data that should not be there";
+            }
+            seen_gen[sector] = gen;
+            if (!ok && bad++ < 10 && !quiet)
+                fprintf(stderr, "\n  %s: sector at %llu: %s (found gen %llu, durable gen %llu)",
+                        when, (unsigned long long)(off + s), why, (unsigned long long)gen,
+                        (unsigned long long)want);
+        }
+    }
+    rt_mem_page_free(buf, CHUNK);
+    return bad;
+}
+
+static int qemu_img_clean(const char *path)
+{
+    if (access(QEMU_IMG, X_OK) != 0)
+        return -1;
+    char log[600], cmd[1400];
+    tst_path(log, sizeof log, "qemu-img-check.log");
+    snprintf(cmd, sizeof cmd, "%s check -f vdi '%s' >'%s' 2>&1", QEMU_IMG, path, log);
+    int status = system(cmd);
+    if (status != 0) {
+        fprintf(stderr, "\n  qemu-img check %s (status 0x%x) says:\n", path, status);
+        snprintf(cmd, sizeof cmd, "sed 's/^/    /' '%s' >&2", log);
+        if (system(cmd) != 0)
+            fprintf(stderr, "    (cannot show %s)\n", log);
+    }
+    return status == 0;
+}
+
+/* The verifier must be able to fail: a durable sector overwritten with zeros, and
+ * with the bytes of its neighbour, must each be one bad sector.  Run once, on the
+ * first image that has a durable sector; restores what it changed. */
+static bool oracle_tested;
+
+static void test_the_oracle(rt_vd_t vd)
+{
+    uint64_t s = 1;
+    while (s < DISK_SECTORS && floor_gen[s] == 0)
+        s++;
+    if (s == DISK_SECTORS)
+        return;
+    uint8_t keep[SECTOR], other[SECTOR];
+    uint64_t off = s * SECTOR;
+    TST_RC(rt_vd_read(vd, off, keep, SECTOR), RT_OK);
+    TST_RC(rt_vd_read(vd, off - SECTOR, other, SECTOR), RT_OK);
+    TST_RC(rt_vd_write(vd, off, (uint8_t[SECTOR]){0}, SECTOR), RT_OK);
+    CU_ASSERT_EQUAL(verify(vd, UINT64_MAX, "oracle", true), 1);
+    TST_RC(rt_vd_write(vd, off, other, SECTOR), RT_OK);
+    CU_ASSERT_EQUAL(verify(vd, UINT64_MAX, "oracle", true), 1);
+    TST_RC(rt_vd_write(vd, off, keep, SECTOR), RT_OK);
+    CU_ASSERT_EQUAL(verify(vd, UINT64_MAX, "oracle", false), 0);
+    oracle_tested = true;
+}
+
+/* Has the child reported a completed flush yet? */
+static bool has_marker(const uint8_t *reports, size_t len)
+{
+    for (size_t i = 0; i + sizeof(struct report) <= len; i += sizeof(struct report)) {
+        struct report r;
+        memcpy(&r, reports + i, sizeof r);
+        if (r.kind == REPORT_DURABLE)
+            return true;
+    }
+    return false;
+}
+
+/* Reads the child's reports until @a deadline (ms timestamp) or EOF when 0. */
+static void drain(int fd, uint8_t **buf, size_t *len, size_t *cap, uint64_t deadline)
+{
+    for (;;) {
+        int timeout = -1;
+        if (deadline != 0) {
+            uint64_t now = rt_time_milli_ts();
+            if (now >= deadline)
+                return;
+            timeout = (int)(deadline - now);
+        }
+        struct pollfd p = {fd, POLLIN, 0};
+        int n = poll(&p, 1, timeout);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0)
+            return;
+        if (*cap - *len < 65536) {
+            *cap = *cap ? 2 * *cap : 1 << 20;
+            *buf = realloc(*buf, *cap);
+            if (*buf == NULL) {
+                fprintf(stderr, "no memory for the child's reports\n");
+                exit(1);
+            }
+        }
+        ssize_t got = read(fd, *buf + *len, *cap - *len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return; /* EOF: the child is gone */
+        *len += (size_t)got;
+    }
+}
+
+static uint32_t vd_block_size(rt_vd_t vd)
+{
+    rt_vd_info_t info;
+    return rt_vd_get_info(vd, &info) == RT_OK && info.block_size >= SECTOR ? info.block_size
+                                                                           : SECTOR;
+}
+
+/* Keeps the evidence of a lost write: the image and the child's reports, copied out of
+ * the scratch directory, and a description of the first writes that lost sectors. */
+static void explain_loss(rt_vd_t vd, const char *path, int round, const struct report *r,
+                         size_t records, size_t durable)
+{
+    const char *base = getenv("TMPDIR");
+    char keep[600], cmd[1400];
+    snprintf(keep, sizeof keep, "%s/vrt-crash-%d-round%d", base && *base ? base : "/var/tmp",
+             (int)getpid(), round);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s.vdi'", path, keep);
+    if (system(cmd) == 0)
+        fprintf(stderr, "\n  round %d: image kept as %s.vdi", round, keep);
+    snprintf(cmd, sizeof cmd, "%s.reports", keep);
+    FILE *f = fopen(cmd, "w");
+    if (f != NULL) {
+        fprintf(f, "# index gen offset length (the first %zu are durable)\n", durable);
+        for (size_t i = 0, n = 0; i < records; i++)
+            if (r[i].kind == REPORT_WRITE)
+                fprintf(f, "%zu %llu %llu %u\n", n++, (unsigned long long)r[i].gen,
+                        (unsigned long long)r[i].off, r[i].len);
+        fclose(f);
+        fprintf(stderr, "\n  round %d: child's reports kept as %s", round, cmd);
+    }
+    int shown = 0;
+    for (size_t i = 0, n = 0; i < records && n < durable && shown < 4; i++) {
+        if (r[i].kind != REPORT_WRITE)
+            continue;
+        n++;
+        uint64_t first = r[i].off / SECTOR, end = (r[i].off + r[i].len) / SECTOR;
+        size_t lost = 0, zero = 0;
+        for (uint64_t s = first; s < end; s++)
+            if (floor_gen[s] == r[i].gen && seen_gen[s] < r[i].gen) {
+                lost++;
+                zero += seen_gen[s] == 0;
+            }
+        if (lost == 0)
+            continue;
+        shown++;
+        fprintf(stderr,
+                "\n  write #%zu (gen %llu, %llu+%u, durable #%zu of %zu): %zu sectors "
+                "lost (%zu zero)",
+                n - 1, (unsigned long long)r[i].gen, (unsigned long long)r[i].off, r[i].len, n,
+                durable, lost, zero);
+        for (uint64_t s = first; s < end; s += (vd_block_size(vd) / SECTOR)) {
+            rt_vd_extent_t ext;
+            if (rt_vd_block_status(vd, s * SECTOR, SECTOR, &ext) == RT_OK)
+                fprintf(stderr, "\n    sector %llu: flags 0x%x host 0x%llx",
+                        (unsigned long long)(s * SECTOR), ext.flags,
+                        (unsigned long long)ext.host_offset);
+        }
+    }
+}
+
+/* One round: child, kill, check, verify, repair, verify again. */
+static void crash_round(const char *path, uint32_t open_flags, int round, bool fresh,
+                        uint32_t block_size, struct round_stats *st)
+{
+    rt_vd_error_t err;
+    memset(st, 0, sizeof *st);
+    if (fresh) {
+        unlink(path);
+        rt_vd_create_opts_t opts = {.size = DISK_SIZE, .block_size = block_size};
+        TST_RC_FATAL(rt_vd_create(path, "vdi", &opts, &err), RT_OK);
+        memset(floor_gen, 0, DISK_SECTORS * sizeof(*floor_gen));
+    }
+    uint64_t first_gen = ((uint64_t)round + 1) << 32;
+    uint64_t child_seed = xorshift(&parent_rng);
+
+    int fds[2];
+    CU_ASSERT_FATAL(pipe(fds) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        child_main(path, open_flags, first_gen, child_seed, fds[1]);
+        _exit(3);
+    }
+    close(fds[1]);
+    uint8_t *reports = NULL;
+    size_t len = 0, cap = 0;
+    /* Every other round the kill waits for a first completed flush (a loaded machine can
+     * take seconds to fsync), so that durable data is at stake in every series; the
+     * other rounds kill at any moment, early ones included. */
+    if (round % 2 == 1) {
+        uint64_t give_up = rt_time_milli_ts() + FIRST_FLUSH_MAX_MS;
+        while (!has_marker(reports, len) && rt_time_milli_ts() < give_up)
+            drain(fds[0], &reports, &len, &cap, rt_time_milli_ts() + 20);
+    }
+    uint64_t delay = KILL_MIN_MS + parent_random(KILL_MAX_MS - KILL_MIN_MS);
+    drain(fds[0], &reports, &len, &cap, rt_time_milli_ts() + delay);
+    kill(pid, SIGKILL);
+    drain(fds[0], &reports, &len, &cap, 0);
+    close(fds[0]);
+    int status = 0;
+    CU_ASSERT_FATAL(waitpid(pid, &status, 0) == pid);
+    if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) {
+        fprintf(stderr, "\n  round %d: the child ended by itself (status 0x%x)", round, status);
+        CU_FAIL("the child must run until killed");
+    }
+
+    /* The reports: complete records only; D(s) from the writes the last marker covers. */
+    size_t records = len / sizeof(struct report);
+    size_t durable = 0, writes = 0;
+    const struct report *r = (const struct report *)reports;
+    for (size_t i = 0; i < records; i++) {
+        if (r[i].kind == REPORT_WRITE) {
+            writes++;
+        } else if (r[i].kind == REPORT_DURABLE) {
+            CU_ASSERT(r[i].off == writes);
+            durable = r[i].off;
+        } else {
+            CU_FAIL("unknown report record");
+        }
+    }
+    st->durable = durable;
+    for (size_t i = 0, seen = 0; i < records && seen < durable; i++) {
+        if (r[i].kind != REPORT_WRITE)
+            continue;
+        seen++;
+        CU_ASSERT(r[i].gen >= first_gen);
+        for (uint64_t s = r[i].off / SECTOR; s < (r[i].off + r[i].len) / SECTOR; s++)
+            if (r[i].gen > floor_gen[s])
+                floor_gen[s] = r[i].gen;
+    }
+
+    /* Check, read all, repair, read all again (exactly what the first read found). */
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_check_result_t res;
+    int rc = rt_vd_open(&vd, path, "vdi", 0, &err);
+    if (rc != RT_OK)
+        fprintf(stderr, "\n  round %d: the image does not open: %s: %s", round, rt_status_name(rc),
+                err.msg);
+    TST_RC_FATAL(rc, RT_OK);
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    if (res.corruptions != 0)
+        fprintf(stderr, "\n  round %d: check: %s", round, res.first_problem);
+    CU_ASSERT_EQUAL(res.corruptions, 0);
+    st->leaks = res.leaks;
+    st->bad = verify(vd, first_gen, "after the crash", false);
+    CU_ASSERT_EQUAL(st->bad, 0);
+    if (st->bad > 0)
+        explain_loss(vd, path, round, r, records, durable);
+    free(reports);
+    memcpy(floor_gen, seen_gen, DISK_SECTORS * sizeof(*floor_gen));
+    if (!oracle_tested)
+        test_the_oracle(vd);
+
+    TST_RC(rt_vd_check(vd, RT_VD_CHECK_REPAIR_LEAKS, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions, 0);
+    CU_ASSERT_EQUAL(res.leaks_fixed, st->leaks);
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
+    CU_ASSERT_EQUAL(verify(vd, UINT64_MAX, "after the repair", false), 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    /* qemu reads VDI with 1 MiB blocks only. */
+    int clean = block_size == (1u << 20) ? qemu_img_clean(path) : -1;
+    if (clean == 0)
+        fprintf(stderr, "\n  round %d: qemu-img check is not clean", round);
+    CU_ASSERT(clean != 0);
+}
+
+static void run_series(const char *name, uint32_t open_flags, int rounds)
+{
+    char path[512];
+    tst_path(path, sizeof path, name);
+    size_t durable_total = 0;
+    for (int round = 0; round < rounds; round++) {
+        bool fresh = round % SERIES == 0;
+        uint32_t block = (round / SERIES) % 2 == 0 ? (1u << 20) : (64u << 10);
+        struct round_stats st;
+        uint64_t t0 = rt_time_milli_ts();
+        crash_round(path, open_flags, round, fresh, block, &st);
+        printf("\n    round %d (%s, %u KiB blocks): %zu writes reported durable, "
+               "%llu leaks, %zu bad sectors, %llu ms",
+               round, fresh ? "new image" : "same image", block >> 10, st.durable,
+               (unsigned long long)st.leaks, st.bad, (unsigned long long)(rt_time_milli_ts() - t0));
+        durable_total += st.durable;
+    }
+    printf("\n  ");
+    /* Kills are random, but over the rounds some flushes must have completed, or the
+     * test proved nothing. */
+    CU_ASSERT(durable_total > 0);
+    unlink(path);
+}
+
+static void test_crash_cached(void)
+{
+    run_series("crash-cached.vdi", 0, ROUNDS_CACHED);
+}
+
+static void test_crash_no_cache(void)
+{
+    char path[512];
+    rt_vd_error_t err;
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_create_opts_t opts = {.size = DISK_SIZE};
+    tst_path(path, sizeof path, "crash-probe-direct.vdi");
+    unlink(path);
+    TST_RC_FATAL(rt_vd_create(path, "vdi", &opts, &err), RT_OK);
+    int rc = rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_NO_CACHE, &err);
+    unlink(path);
+    if (rc != RT_OK) {
+        printf("\n  note: no O_DIRECT on %s (%s: %s), uncached rounds skipped ", tst_dir(),
+               rt_status_name(rc), err.msg);
+        return;
+    }
+    rt_vd_close(vd);
+    run_series("crash-direct.vdi", RT_VD_OPEN_NO_CACHE, ROUNDS_NO_CACHE);
+}
+
+int main(void)
+{
+    const char *seed_env = getenv("TST_VD_CRASH_SEED");
+    uint64_t seed = seed_env != NULL ? strtoull(seed_env, NULL, 0) : rt_time_nano_ts();
+    printf("TST_VD_CRASH_SEED=%llu\n", (unsigned long long)seed);
+    parent_rng = seed | 1;
+    floor_gen = calloc(DISK_SECTORS, sizeof(*floor_gen));
+    seen_gen = calloc(DISK_SECTORS, sizeof(*seen_gen));
+    if (floor_gen == NULL || seen_gen == NULL) {
+        fprintf(stderr, "no memory for the sector model\n");
+        return 1;
+    }
+    if (access(QEMU_IMG, X_OK) != 0)
+        printf("note: %s not installed: images are not cross-checked with qemu-img\n", QEMU_IMG);
+    else
+        printf("note: qemu-img checks the 1 MiB-block rounds only (it reads no other size)\n");
+
+    CU_pSuite suite = tst_suite("VDI crash consistency (SIGKILL)");
+    TST_ADD(suite, test_crash_cached);
+    TST_ADD(suite, test_crash_no_cache);
+    int rc = tst_run();
+    free(floor_gen);
+    free(seen_gen);
+    return rc;
+}

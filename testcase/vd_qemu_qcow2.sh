@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# qemu-img and qemu-io as the oracle for the QCOW2 driver and vrt-img, both ways:
+#   - qemu writes an image (every cluster size, compat 0.10 and 1.1, with plain, zero,
+#     compressed writes and discards), we read it: convert to raw byte-identical, same
+#     data, zero and compressed ranges as qemu-img map, vrt-img check clean;
+#   - two-deep backing chains written at every level: same contents, same map, same
+#     depths;
+#   - we create and convert images (plain and compressed), qemu checks, inspects and
+#     compares them;
+#   - the same random write script applied by qemu-io and by us (vd_io, synchronous and
+#     queued) to an image holding data, compressed and zero clusters -- also with an
+#     internal snapshot (whose contents must survive our writes) and over a backing file;
+#   - vrt-img check finds hand-made leaks (exit 3, repaired by -r leaks) and
+#     corruptions (exit 2).
+# Every fixture is generated here.  Exits 77 when qemu-utils is not installed.  Prints a
+# CUnit-style summary row so the test totals count each check.
+set -u
+
+. "$(dirname "$0")/qemu_common.sh"
+
+# Whole clusters written compressed (the tail cluster with its real length).
+gen_compressed() {
+    local size=$1 cluster=$2 count=$3 seed=$4
+    local clusters=$(((size + cluster - 1) / cluster))
+    RANDOM=$seed
+    for ((i = 0; i < count; i++)); do
+        local off=$((((RANDOM * 32768 + RANDOM) % clusters) * cluster))
+        local len=$cluster
+        [ $((off + len)) -gt "$size" ] && len=$((size - off))
+        printf 'write -c -P 0x%02x %d %d\n' $((RANDOM % 255 + 1)) "$off" "$len"
+    done
+}
+
+# Discards of random ranges (qemu drops what is not whole clusters).
+gen_discards() {
+    local size=$1 count=$2 seed=$3
+    RANDOM=$seed
+    for ((i = 0; i < count; i++)); do
+        local off=$(((RANDOM * 32768 + RANDOM) % size))
+        local len=$((1 + (RANDOM * 16) % 1000000))
+        [ $((off + len)) -gt "$size" ] && len=$((size - off))
+        echo "discard $off $len"
+    done
+}
+
+# The depth of every byte, as "start end depth" lines merged while the depth is equal.
+depths() {
+    awk '
+        match($0, /"start": *[0-9]+/) {
+            start = substr($0, RSTART, RLENGTH); sub(/.*: */, "", start)
+            match($0, /"length": *[0-9]+/)
+            len = substr($0, RSTART, RLENGTH); sub(/.*: */, "", len)
+            match($0, /"depth": *[0-9]+/)
+            depth = substr($0, RSTART, RLENGTH); sub(/.*: */, "", depth)
+            if (have && start == end && depth == d) { end = start + len; next }
+            if (have) print s, end, d
+            s = start; end = start + len; d = depth; have = 1
+        }
+        END { if (have) print s, end, d }'
+}
+
+# same_map KIND FMT FILE: our ranges of KIND equal qemu's.
+same_map() {
+    local kind=$1 fmt=$2 file=$3
+    diff <("$img" map -f "$fmt" --output=json "$file" | ranges "$kind") \
+         <(qemu-img map -f "$fmt" --output=json "$file" | ranges "$kind")
+}
+
+same_depths() {
+    local fmt=$1 file=$2
+    diff <("$img" map -f "$fmt" --output=json "$file" | depths) \
+         <(qemu-img map -f "$fmt" --output=json "$file" | depths)
+}
+
+converts_identically() {
+    local fmt=$1 file=$2
+    "$img" convert -f "$fmt" -O raw "$file" "$work/ours.raw" &&
+        qemu-img convert -f "$fmt" -O raw "$file" "$work/theirs.raw" &&
+        cmp "$work/ours.raw" "$work/theirs.raw"
+    local rc=$?
+    rm -f "$work/ours.raw" "$work/theirs.raw"
+    return $rc
+}
+
+# qemu-img check counts compressed clusters, and qemu-img map shows some.
+qemu_sees_compressed() {
+    qemu-img check -f qcow2 "$1" | tee /dev/stderr | grep -v ' 0.00% compressed' |
+        grep -q '% compressed clusters' &&
+        qemu-img map -f qcow2 --output=json "$1" | ranges compressed | grep -q .
+}
+
+cluster_label() {
+    case $1 in
+    512) echo 512 ;;
+    4096) echo 4k ;;
+    65536) echo 64k ;;
+    2097152) echo 2M ;;
+    esac
+}
+
+clusters="512 4096 65536 2097152"
+
+# --- qemu creates, we read --------------------------------------------------------
+size=$((8 * 1024 * 1024 + 512))
+for cluster in $clusters; do
+    cl=$(cluster_label "$cluster")
+    {
+        gen_script "$size" 30 11
+        gen_compressed "$size" "$cluster" 6 12
+        gen_script "$size" 10 13 # partly over compressed clusters
+        gen_discards "$size" 4 14
+        gen_compressed "$size" "$cluster" 2 15
+    } >"$work/script-$cl"
+    for compat in 0.10 1.1; do
+        file="$work/qemu-$cl-$compat.qcow2"
+        name="qemu-made qcow2 cluster $cl compat $compat"
+        qemu-img create -q -f qcow2 -o "cluster_size=$cluster,compat=$compat" "$file" "$size"
+        qemu-io -f qcow2 "$file" <"$work/script-$cl" >/dev/null
+        check "$name: convert to raw is byte-identical" converts_identically qcow2 "$file"
+        check "$name: map data ranges agree with qemu-img map" same_map data qcow2 "$file"
+        check "$name: map zero ranges agree" same_map zero qcow2 "$file"
+        check "$name: map compressed ranges agree" same_map compressed qcow2 "$file"
+        check "$name: vrt-img check is clean" "$img" check -f qcow2 "$file"
+    done
+done
+
+# --- two-deep backing chains -------------------------------------------------------
+# base.raw <- mid.qcow2 <- top.qcow2, each level written by qemu-io; the second chain
+# mixes compat levels and cluster sizes and has a qcow2 base with unallocated holes.
+size=$((6 * 1024 * 1024))
+for chain in 1 2; do
+    dir="$work/chain$chain"
+    mkdir "$dir"
+    if [ "$chain" = 1 ]; then
+        qemu-img create -q -f raw "$dir/base.raw" "$size"
+        base=base.raw base_fmt=raw mid_cluster=65536 mid_opts=cluster_size=65536
+        top_opts=cluster_size=65536
+    else
+        qemu-img create -q -f qcow2 -o cluster_size=4096 "$dir/base.qcow2" "$size"
+        base=base.qcow2 base_fmt=qcow2 mid_cluster=2097152
+        mid_opts=cluster_size=2097152,compat=0.10 top_opts=cluster_size=4096,compat=1.1
+    fi
+    gen_script "$size" 12 21 | qemu-io -f "$base_fmt" "$dir/$base" >/dev/null
+    qemu-img create -q -f qcow2 -o "$mid_opts" -b "$base" -F "$base_fmt" "$dir/mid.qcow2"
+    { gen_script "$size" 12 22; gen_compressed "$size" "$mid_cluster" 2 23; } |
+        qemu-io -f qcow2 "$dir/mid.qcow2" >/dev/null
+    qemu-img create -q -f qcow2 -o "$top_opts" -b mid.qcow2 -F qcow2 "$dir/top.qcow2"
+    { gen_script "$size" 12 24; gen_compressed "$size" 4096 3 25; gen_discards "$size" 2 26; } |
+        qemu-io -f qcow2 "$dir/top.qcow2" >/dev/null
+    name="chain $chain ($base_fmt <- qcow2 <- qcow2)"
+    check "$name: convert of top is byte-identical" converts_identically qcow2 "$dir/top.qcow2"
+    check "$name: map data ranges agree" same_map data qcow2 "$dir/top.qcow2"
+    check "$name: map depths agree" same_depths qcow2 "$dir/top.qcow2"
+    check "$name: compare with qemu's raw copy is identical" \
+        bash -c "qemu-img convert -f qcow2 -O raw '$dir/top.qcow2' '$dir/flat.raw' &&
+                 '$img' compare -f qcow2 -F raw '$dir/top.qcow2' '$dir/flat.raw'"
+done
+# Unallocated in the whole chain: qemu-img reports the depth of the chain's last image.
+qemu-img create -q -f qcow2 "$work/chain2/empty-base.qcow2" 4M
+qemu-img create -q -f qcow2 -b empty-base.qcow2 -F qcow2 "$work/chain2/empty-mid.qcow2"
+qemu-img create -q -f qcow2 -b empty-mid.qcow2 -F qcow2 "$work/chain2/empty-top.qcow2"
+qemu-io -f qcow2 -c 'write -P 3 1M 64k' "$work/chain2/empty-top.qcow2" >/dev/null
+check "chain of empty images: map depths agree" same_depths qcow2 "$work/chain2/empty-top.qcow2"
+check "probed image with a backing file: refused with a hint to give -f" \
+    bash -c "'$img' map '$work/chain1/top.qcow2' 2>&1 >/dev/null | tee /dev/stderr |
+                 grep -q 'give -f' && test \${PIPESTATUS[0]} -eq 1"
+
+# --- we create, qemu verifies -----------------------------------------------------
+qemu-img create -q -f raw "$work/backing.raw" 3M
+for cluster in $clusters; do
+    cl=$(cluster_label "$cluster")
+    for compat in 0.10 1.1; do
+        file="$work/ours-$cl-$compat.qcow2"
+        name="vrt-img create qcow2 cluster $cl compat $compat"
+        check "$name: qemu-img check clean, info agrees" \
+            bash -c "'$img' create -q -f qcow2 -o cluster_size=$cluster,compat=$compat '$file' 40M &&
+                     qemu-img check -f qcow2 '$file' && qemu-img info --output=json '$file' &&
+                     qemu-img info --output=json '$file' | grep -q '\"virtual-size\": 41943040' &&
+                     qemu-img info --output=json '$file' | grep -q '\"cluster-size\": $cluster' &&
+                     qemu-img info --output=json '$file' | grep -q '\"compat\": \"$compat\"'"
+        file="$work/ours-$cl-$compat-backed.qcow2"
+        check "$name -b: qemu-img check clean, info shows the backing file" \
+            bash -c "'$img' create -q -f qcow2 -o cluster_size=$cluster,compat=$compat \
+                         -b backing.raw -F raw '$file' &&
+                     qemu-img check -f qcow2 '$file' && qemu-img info --output=json '$file' &&
+                     qemu-img info --output=json '$file' | grep -q '\"virtual-size\": 3145728' &&
+                     qemu-img info --output=json '$file' | grep -q '\"backing-filename\": \"backing.raw\"' &&
+                     qemu-img info --output=json '$file' | grep -q '\"backing-filename-format\": \"raw\"' &&
+                     qemu-img info --output=json '$file' | grep -q '\"compat\": \"$compat\"'"
+    done
+done
+check "vrt-img info shows a qcow2's cluster size and compat" \
+    bash -c "'$img' info -f qcow2 '$work/ours-4k-0.10.qcow2' | tee /dev/stderr |
+             grep -q 'cluster_size: 4096' &&
+             '$img' info --output=json '$work/ours-4k-0.10.qcow2' | grep -q '\"compat\": \"0.10\"'"
+check "vrt-img convert -c to raw: usage error" \
+    expect_exit 1 "$img" convert -c -O raw "$work/backing.raw" "$work/never.raw"
+check "vrt-img check -r all: refused" \
+    expect_exit 1 "$img" check -f qcow2 -r all "$work/ours-64k-1.1.qcow2"
+
+size=$((24 * 1024 * 1024 + 512))
+qemu-img create -q -f raw "$work/source.raw" "$size"
+gen_script "$size" 60 1 | qemu-io -f raw "$work/source.raw" >/dev/null
+for cluster in 4096 65536 2097152; do
+    cl=$(cluster_label "$cluster")
+    for compress in "" -c; do
+        for compat in 0.10 1.1; do
+            [ -z "$compress" ] && [ "$cluster" != 65536 ] && continue
+            dst="$work/conv-$cl-$compat$compress.qcow2"
+            name="vrt-img convert $compress -O qcow2 cluster $cl compat $compat"
+            check "$name: qemu-img compare identical" \
+                bash -c "'$img' convert -f raw -O qcow2 $compress \
+                             -o cluster_size=$cluster,compat=$compat '$work/source.raw' '$dst' &&
+                         qemu-img compare -f raw -F qcow2 '$work/source.raw' '$dst'"
+            check "$name: qemu-img check clean" qemu-img check -f qcow2 "$dst"
+            [ -n "$compress" ] &&
+                check "$name: qemu-img sees compressed clusters" qemu_sees_compressed "$dst"
+        done
+    done
+done
+
+# --- the same writes by qemu-io and by us ------------------------------------------
+# The base holds data, compressed clusters and zero clusters (and, in v2, explicitly
+# written zeros).
+for compat in 1.1 0.10; do
+    base="$work/base-$compat.qcow2"
+    qemu-img create -q -f qcow2 -o compat=$compat "$base" "$size"
+    {
+        gen_script "$size" 40 1
+        gen_compressed "$size" 65536 40 4
+        echo "write -z 1M 1M"
+        echo "write -z 10M 192k"
+    } | qemu-io -f qcow2 "$base" >/dev/null
+    seeds="2 3"
+    [ "$compat" = 0.10 ] && seeds=2
+    for mode in sync async; do
+        for seed in $seeds; do
+            gen_script "$size" 120 "$seed" >"$work/script2"
+            args=(qcow2 "$work/ours.qcow2")
+            [ "$mode" = async ] && args+=(--async)
+            name="same writes (compat $compat, $mode, seed $seed)"
+            cp --sparse=always "$base" "$work/theirs.qcow2"
+            cp --sparse=always "$base" "$work/ours.qcow2"
+            qemu-io -f qcow2 "$work/theirs.qcow2" <"$work/script2" >/dev/null
+            check "$name: qemu-img compare identical" \
+                bash -c "'$vd_io' ${args[*]} <'$work/script2' &&
+                         qemu-img compare -f qcow2 -F qcow2 '$work/theirs.qcow2' '$work/ours.qcow2'"
+            check "$name: qemu-img check clean" qemu-img check -f qcow2 "$work/ours.qcow2"
+
+            # With an internal snapshot: every cluster is shared, so each write must
+            # copy, and the snapshot must still read as the base.
+            cp --sparse=always "$base" "$work/ours.qcow2"
+            qemu-img snapshot -c snap1 "$work/ours.qcow2"
+            check "$name, snapshot: qemu-img compare identical" \
+                bash -c "'$vd_io' ${args[*]} <'$work/script2' &&
+                         qemu-img compare -f qcow2 -F qcow2 '$work/theirs.qcow2' '$work/ours.qcow2'"
+            check "$name, snapshot: qemu-img check clean" qemu-img check -f qcow2 "$work/ours.qcow2"
+            check "$name, snapshot: reverting gives back the base" \
+                bash -c "qemu-img snapshot -a snap1 '$work/ours.qcow2' &&
+                         qemu-img compare -f qcow2 -F qcow2 '$base' '$work/ours.qcow2' &&
+                         qemu-img check -f qcow2 '$work/ours.qcow2'"
+        done
+    done
+done
+
+# Over a backing file: writes that cover clusters partly must copy the rest from it.
+base="$work/base-1.1.qcow2"
+for compat in 1.1 0.10; do
+    for cluster in 65536 4096; do
+        over="$work/over.qcow2"
+        rm -f "$over"
+        qemu-img create -q -f qcow2 -o "cluster_size=$cluster,compat=$compat" \
+            -b "$(basename "$base")" -F qcow2 "$over"
+        gen_script "$size" 20 5 | qemu-io -f qcow2 "$over" >/dev/null
+        for mode in sync async; do
+            gen_script "$size" 120 6 >"$work/script2"
+            args=(qcow2 "$work/ours.qcow2")
+            [ "$mode" = async ] && args+=(--async)
+            name="same writes over a backing file (cluster $(cluster_label "$cluster"), compat $compat, $mode)"
+            cp --sparse=always "$over" "$work/theirs.qcow2"
+            cp --sparse=always "$over" "$work/ours.qcow2"
+            qemu-io -f qcow2 "$work/theirs.qcow2" <"$work/script2" >/dev/null
+            check "$name: qemu-img compare identical" \
+                bash -c "'$vd_io' ${args[*]} <'$work/script2' &&
+                         qemu-img compare -f qcow2 -F qcow2 '$work/theirs.qcow2' '$work/ours.qcow2'"
+            check "$name: qemu-img check clean" qemu-img check -f qcow2 "$work/ours.qcow2"
+        done
+    done
+done
+
+# --- check: hand-made leaks and corruptions -----------------------------------------
+# be64 FILE OFFSET: the big-endian 64-bit number at OFFSET.
+be64() {
+    echo $((16#$(od -An -tx1 -j"$2" -N8 "$1" | tr -d ' \n')))
+}
+
+# set_refcount FILE CLUSTER VALUE: writes a 16-bit refcount into the first refcount
+# block (64k clusters: it covers the first 32768 clusters, all this image has).
+set_refcount() {
+    local file=$1 index=$2 value=$3
+    local table block
+    table=$(be64 "$file" 48)
+    block=$(be64 "$file" "$table")
+    printf "$(printf '\\x%02x\\x%02x' $((value >> 8)) $((value & 255)))" |
+        dd of="$file" bs=1 seek=$((block + 2 * index)) conv=notrunc status=none
+}
+
+leaky="$work/leaky.qcow2"
+qemu-img create -q -f qcow2 "$leaky" 8M
+qemu-io -f qcow2 -c 'write -P 1 0 3M' -c 'write -c -P 2 4M 64k' "$leaky" >/dev/null
+qemu-img convert -f qcow2 -O raw "$leaky" "$work/leaky-contents.raw"
+data_cluster=$(($(qemu-img map -f qcow2 --output=json "$leaky" |
+    sed -n 's/.*"offset": *\([0-9]*\).*/\1/p' | head -n 1) / 65536))
+file_clusters=$((($(stat -c %s "$leaky") + 65535) / 65536))
+cp "$leaky" "$work/corrupt.qcow2"
+# Two clusters added at the end of the file, counted as used, referenced by nothing
+# (what a crash between allocating and linking a cluster leaves).  A used cluster
+# counted twice would be a leak as well, but qemu-img then also reports its L2 entry's
+# COPIED flag as wrong, a corruption.
+truncate -s $(((file_clusters + 2) * 65536)) "$leaky"
+set_refcount "$leaky" "$file_clusters" 1
+set_refcount "$leaky" $((file_clusters + 1)) 1
+check "hand-made leaks: qemu-img agrees they are leaks (exit 3)" \
+    expect_exit 3 qemu-img check -f qcow2 "$leaky"
+check "vrt-img check: leaks only exits 3" expect_exit 3 "$img" check -f qcow2 "$leaky"
+check "vrt-img check -r leaks repairs, then exits 0" \
+    bash -c "'$img' check -f qcow2 -r leaks '$leaky'; '$img' check -f qcow2 '$leaky' &&
+             qemu-img check -f qcow2 '$leaky' &&
+             qemu-img compare -f raw -F qcow2 '$work/leaky-contents.raw' '$leaky'"
+# Corruption: a used data cluster whose refcount is 0 (the next write would reuse it).
+set_refcount "$work/corrupt.qcow2" "$data_cluster" 0
+check "hand-made corruption: qemu-img agrees (exit 2)" \
+    expect_exit 2 qemu-img check -f qcow2 "$work/corrupt.qcow2"
+check "vrt-img check: corruption exits 2" \
+    expect_exit 2 "$img" check -f qcow2 "$work/corrupt.qcow2"
+check "vrt-img check -r leaks: corruption still exits 2" \
+    expect_exit 2 "$img" check -f qcow2 -r leaks "$work/corrupt.qcow2"
+
+summary
