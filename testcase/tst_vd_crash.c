@@ -56,6 +56,7 @@
 #include <rt/vd.h>
 
 #include "tst_common.h"
+#include "tst_qemu_img.h"
 
 #define SECTOR        512u
 #define DISK_SIZE     (128ull << 20)
@@ -73,7 +74,6 @@
 #define KILL_MIN_MS        20u
 #define KILL_MAX_MS        1200u
 #define FIRST_FLUSH_MAX_MS 15000u
-#define QEMU_IMG           "/usr/bin/qemu-img"
 
 #define SECTOR_MAGIC 0x31485352435f5456ull /* "VT_CRSH1" */
 
@@ -420,19 +420,7 @@ static size_t verify(rt_vd_t vd, uint64_t newer_from, const char *when, bool qui
 
 static int qemu_img_clean(const char *path)
 {
-    if (access(QEMU_IMG, X_OK) != 0)
-        return -1;
-    char log[600], cmd[1400];
-    tst_path(log, sizeof log, "qemu-img-check.log");
-    snprintf(cmd, sizeof cmd, "%s check -f vdi '%s' >'%s' 2>&1", QEMU_IMG, path, log);
-    int status = system(cmd);
-    if (status != 0) {
-        fprintf(stderr, "\n  qemu-img check %s (status 0x%x) says:\n", path, status);
-        snprintf(cmd, sizeof cmd, "sed 's/^/    /' '%s' >&2", log);
-        if (system(cmd) != 0)
-            fprintf(stderr, "    (cannot show %s)\n", log);
-    }
-    return status == 0;
+    return qemu_img_clean_as(path, "vdi");
 }
 
 /* The verifier must be able to fail: a durable sector overwritten with zeros, and

@@ -26,6 +26,7 @@
 #include <rt/vd.h>
 
 #include "tst_common.h"
+#include "tst_qemu_img.h"
 
 enum {
     OFF_SIGNATURE = 0x040,
@@ -50,7 +51,6 @@ enum {
 #define BLOCK       MIB
 #define ENTRY_FREE  0xffffffffu
 #define ENTRY_ZERO  0xfffffffeu
-#define QEMU_IMG    "/usr/bin/qemu-img"
 
 /* The dynamic image's guest writes: these blocks, in this order, so they take data
  * blocks 0, 1, 2.  Each write covers part of its block, at an offset inside it. */
@@ -257,22 +257,9 @@ static uint8_t *read_all(rt_vd_t vd, uint64_t size)
     return buf;
 }
 
-/* qemu-img's verdict: 1 clean, 0 not, -1 when qemu-img is not installed. */
 static int qemu_img_clean(const char *path)
 {
-    if (access(QEMU_IMG, X_OK) != 0)
-        return -1;
-    char log[600], cmd[1400];
-    tst_path(log, sizeof log, "qemu-img-check.log");
-    snprintf(cmd, sizeof cmd, "%s check -f vdi '%s' >'%s' 2>&1", QEMU_IMG, path, log);
-    int status = system(cmd);
-    if (status != 0) {
-        fprintf(stderr, "  qemu-img check %s (status 0x%x) says:\n", path, status);
-        snprintf(cmd, sizeof cmd, "sed 's/^/    /' '%s' >&2", log);
-        if (system(cmd) != 0)
-            fprintf(stderr, "    (cannot show %s)\n", log);
-    }
-    return status == 0;
+    return qemu_img_clean_as(path, "vdi");
 }
 
 static void note_no_qemu_img(const char *what)
