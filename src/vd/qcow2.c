@@ -289,6 +289,114 @@ static int load_tables(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_er
     return rc;
 }
 
+/* Metadata roles, kept in the low bits of each index entry. */
+enum { ROLE_FIXED, ROLE_L2 };
+
+static int note_range(struct qcow2 *s, size_t *cap, uint64_t off, uint64_t bytes, int role)
+{
+    if (bytes == 0)
+        return RT_OK;
+    for (uint64_t c = off >> s->cluster_bits; c <= (off + bytes - 1) >> s->cluster_bits; c++) {
+        if (s->metadata_len == *cap) {
+            size_t grown_cap = *cap ? *cap * 2 : 64;
+            uint64_t *grown = realloc(s->metadata, grown_cap * sizeof(*grown));
+            if (grown == NULL)
+                return RT_ERR_NO_MEMORY;
+            s->metadata = grown;
+            *cap = grown_cap;
+        }
+        s->metadata[s->metadata_len++] = c << 3 | (uint64_t)role;
+    }
+    return RT_OK;
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The L1 tables of the internal snapshots and the L2 tables they name. */
+static int note_snapshots(rt_vd_t vd, struct qcow2 *s, size_t *cap, uint64_t file_size,
+                          rt_vd_error_t *err)
+{
+    uint64_t at = s->snapshots_offset;
+    int rc = RT_OK;
+    for (uint32_t n = 0; rc == RT_OK && n < s->nb_snapshots; n++) {
+        uint8_t fixed[40];
+        if (at > file_size || file_size - at < sizeof(fixed))
+            return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                               "QCOW2 snapshot table entry %u runs past the end of the file", n);
+        if ((rc = rt__vd_meta_read(vd, at, fixed, sizeof(fixed))) != RT_OK)
+            return rc;
+        uint64_t l1_offset = vd_be64(fixed);
+        uint32_t l1_size = vd_be32(fixed + 8);
+        at += (sizeof(fixed) + vd_be32(fixed + 36) + vd_be16(fixed + 12) + vd_be16(fixed + 14) + 7u) &
+              ~7ull;
+        if ((uint64_t)l1_size * 8u > QCOW2_MAX_L1_BYTES || l1_offset % s->cluster_size != 0 ||
+            l1_offset > file_size || (uint64_t)l1_size * 8u > file_size - l1_offset)
+            return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                               "QCOW2 snapshot %u has an invalid L1 table (%u entries at 0x%llx)", n,
+                               l1_size, (unsigned long long)l1_offset);
+        if ((rc = note_range(s, cap, l1_offset, (uint64_t)l1_size * 8u, ROLE_FIXED)) != RT_OK)
+            return rc;
+        uint8_t *raw = malloc((size_t)l1_size * 8u + 1);
+        if (raw == NULL)
+            return RT_ERR_NO_MEMORY;
+        rc = rt__vd_meta_read(vd, l1_offset, raw, (size_t)l1_size * 8u);
+        for (uint32_t i = 0; rc == RT_OK && i < l1_size; i++) {
+            uint64_t l2 = vd_be64(raw + 8u * i) & QCOW2_OFFSET_MASK;
+            if (l2 % s->cluster_size != 0 || l2 >= file_size)
+                rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                                 "QCOW2 snapshot %u: L1 entry %u points at a bad L2 table", n, i);
+            else if (l2 != 0)
+                rc = note_range(s, cap, l2, s->cluster_size, ROLE_L2);
+        }
+        free(raw);
+    }
+    if (rc == RT_OK && s->nb_snapshots > 0)
+        rc = note_range(s, cap, s->snapshots_offset, at - s->snapshots_offset, ROLE_FIXED);
+    return rc;
+}
+
+/* Every metadata cluster, sorted; two structures in one cluster refuse the open (an L2
+ * table may be shared by the image and its snapshots, nothing else may). */
+static int index_metadata(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_error_t *err)
+{
+    size_t cap = 0;
+    int rc = note_range(s, &cap, 0, s->cluster_size, ROLE_FIXED);
+    if (rc == RT_OK)
+        rc = note_range(s, &cap, s->l1_offset, (uint64_t)s->l1_size * 8u, ROLE_FIXED);
+    if (rc == RT_OK)
+        rc = note_range(s, &cap, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size,
+                        ROLE_FIXED);
+    for (uint64_t i = 0; rc == RT_OK && i < s->rt_entries; i++)
+        if (s->rt[i] != 0)
+            rc = note_range(s, &cap, s->rt[i], s->cluster_size, ROLE_FIXED);
+    for (uint32_t i = 0; rc == RT_OK && i < s->l1_size; i++)
+        if (s->l1[i] & QCOW2_OFFSET_MASK)
+            rc = note_range(s, &cap, s->l1[i] & QCOW2_OFFSET_MASK, s->cluster_size, ROLE_L2);
+    if (rc == RT_OK)
+        rc = note_snapshots(vd, s, &cap, file_size, err);
+    if (rc != RT_OK)
+        return rc;
+    qsort(s->metadata, s->metadata_len, sizeof(*s->metadata), compare_u64);
+    size_t kept = 0;
+    for (size_t i = 0; i < s->metadata_len; i++) {
+        if (kept > 0 && s->metadata[kept - 1] >> 3 == s->metadata[i] >> 3) {
+            bool shared_l2 = (s->metadata[kept - 1] & 7) == ROLE_L2 && (s->metadata[i] & 7) == ROLE_L2;
+            if (!shared_l2)
+                return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                                   "QCOW2 metadata overlaps: cluster %llu holds two structures",
+                                   (unsigned long long)(s->metadata[i] >> 3));
+            continue;
+        }
+        s->metadata[kept++] = s->metadata[i];
+    }
+    s->metadata_len = kept;
+    return RT_OK;
+}
+
 static void free_state(struct qcow2 *s)
 {
     if (s->l2 != NULL)
@@ -309,6 +417,7 @@ static void free_state(struct qcow2 *s)
     free(s->pending);
     free(s->decrements);
     free(s->inflated);
+    free(s->metadata);
     free(s);
 }
 
@@ -347,8 +456,9 @@ static int qcow2_open(rt_vd_t vd, rt_vd_error_t *err)
     }
     if (rc != RT_OK)
         rt__vd_fail(err, rc, "cannot read the QCOW2 header");
-    else if ((rc = parse_header(vd, s, file_size, err)) == RT_OK)
-        rc = load_tables(vd, s, file_size, err);
+    else if ((rc = parse_header(vd, s, file_size, err)) == RT_OK &&
+             (rc = load_tables(vd, s, file_size, err)) == RT_OK)
+        rc = index_metadata(vd, s, file_size, err);
     if (rc == RT_OK && !vd->read_only) {
         if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
@@ -398,8 +508,9 @@ static void qcow2_close(rt_vd_t vd)
 /* ---------------------------------------------------------------------------------- */
 /* Map and reads. */
 
-/* The metadata cache holds L2 tables up to this many bytes; beyond, clean tables are
- * dropped (clock order) to make room.  Tables with uncommitted changes always stay. */
+/* The metadata cache holds L2 tables up to this many bytes; beyond, tables are dropped
+ * (clock order) to make room.  Tables changed since open always stay: a table read from
+ * the file is then always as it was at open, which is what its checks assume. */
 #ifndef L2_CACHE_BYTES
 #define L2_CACHE_BYTES (32u << 20) /* -DL2_CACHE_BYTES=... to test eviction */
 #endif
@@ -410,7 +521,7 @@ static void evict_one(struct qcow2 *s, uint32_t keep)
         uint32_t i = s->evict_hand;
         s->evict_hand = (s->evict_hand + 1) % s->l1_size;
         struct qcow2_l2 *t = s->l2[i];
-        if (i == keep || t == NULL || t->dirty || t->pending > 0)
+        if (i == keep || t == NULL || t->dirty || t->pending > 0 || t->modified)
             continue;
         free(t->entries);
         free(t);
@@ -418,6 +529,44 @@ static void evict_one(struct qcow2 *s, uint32_t keep)
         s->l2_loaded--;
         return;
     }
+}
+
+static bool is_metadata(const struct qcow2 *s, uint64_t cluster)
+{
+    size_t lo = 0, hi = s->metadata_len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->metadata[mid] >> 3 < cluster)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->metadata_len && s->metadata[lo] >> 3 == cluster;
+}
+
+/* An L2 entry as read from the file: only what the file held at open, never metadata
+ * (a write in place there would destroy it), no reserved bits. */
+static bool entry_valid(const struct qcow2 *s, uint64_t entry)
+{
+    uint64_t end = s->file_size_at_open;
+    if (entry & QCOW2_COMPRESSED) {
+        uint64_t host, bytes;
+        rt__qcow2_compressed_span(s, entry, &host, &bytes);
+        if (host >= end || bytes > end - host + 511u) /* the last sector may be cut */
+            return false;
+        for (uint64_t c = host >> s->cluster_bits; c <= (host + bytes - 1) >> s->cluster_bits; c++)
+            if (is_metadata(s, c))
+                return false;
+        return true;
+    }
+    uint64_t host = entry & QCOW2_OFFSET_MASK;
+    uint64_t reserved = ~(QCOW2_OFFSET_MASK | QCOW2_COPIED | (s->version == 3 ? QCOW2_ZERO : 0));
+    if ((entry & reserved) != 0 || host % s->cluster_size != 0)
+        return false;
+    if (host == 0)
+        return true;
+    /* The file may end inside the last data cluster (QEMU skips writing zeros). */
+    return host < end && !is_metadata(s, host >> s->cluster_bits);
 }
 
 struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
@@ -442,8 +591,11 @@ struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
         return NULL;
     }
     *rc = rt__vd_meta_read(vd, host, raw, s->cluster_size);
-    for (uint32_t i = 0; *rc == RT_OK && i < s->l2_entries; i++)
+    for (uint32_t i = 0; *rc == RT_OK && i < s->l2_entries; i++) {
         t->entries[i] = vd_be64(raw + 8u * i);
+        if (!entry_valid(s, t->entries[i]))
+            *rc = RT_ERR_VD_CORRUPT;
+    }
     free(raw);
     if (*rc != RT_OK) {
         free(t->entries);

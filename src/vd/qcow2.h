@@ -79,6 +79,7 @@ struct qcow2_l2 {
     uint64_t host_off;
     uint64_t *entries; /* host order */
     bool dirty;        /* the file's copy is older than what commit would write */
+    bool modified;     /* changed since open: never evicted (see rt__qcow2_l2_get) */
     uint32_t pending;  /* allocations in it not yet committed */
 };
 
@@ -146,6 +147,10 @@ struct qcow2 {
     uint32_t nb_features;
 
     uint64_t file_size_at_open;
+    /* Clusters that held metadata at open (header, L1 and refcount tables and blocks,
+     * L2 tables, snapshot tables), sorted: no data entry may point at one. */
+    uint64_t *metadata;
+    size_t metadata_len;
     uint64_t next_free; /* bump allocator: first cluster never handed out */
     uint64_t compressed_cursor; /* next free byte for compressed data, 0: none */
 

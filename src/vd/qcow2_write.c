@@ -123,6 +123,7 @@ static int writable_l2(rt_vd_t vd, struct qcow2 *s, uint32_t l1_index, struct qc
     }
     t->host_off = host;
     t->dirty = true;
+    t->modified = true;
     s->l2[l1_index] = t;
     s->l1[l1_index] = host | QCOW2_COPIED;
     s->l1_dirty = true;
@@ -158,6 +159,7 @@ static int repoint(rt_vd_t vd, uint64_t cluster, uint64_t new_entry, uint64_t se
         return rc;
     t->entries[l2_index] = new_entry;
     t->pending++;
+    t->modified = true;
     return RT_OK;
 }
 
