@@ -128,7 +128,7 @@ cmd_test() {
     check build-portable
     echo "==> make distcheck"
     local distcheck=ok
-    make -C build -s distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >build/distcheck.out 2>&1 ||
+    make -C build -s -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >build/distcheck.out 2>&1 ||
         distcheck=failed
     echo "distcheck: $distcheck"
     local status=0

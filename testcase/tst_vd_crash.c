@@ -1,8 +1,9 @@
 /*
- * Crash consistency of VDI images under SIGKILL.
+ * Crash consistency of VDI and QCOW2 images under SIGKILL.
  *
- * Each round forks a child that opens a dynamic VDI image and keeps dozens of writes in
- * flight through the asynchronous queue (random offsets and lengths, most of them
+ * Each round forks a child that opens a dynamic VDI image (or a QCOW2 one: the same
+ * rounds run on both formats) and keeps dozens of writes in flight through the
+ * asynchronous queue (random offsets and lengths, most of them
  * allocating blocks while the image fills), with a flush every few dozen completions.
  * The parent kills it with SIGKILL after a random delay (every other round counted from
  * the child's first completed flush, so that durable data is always at stake even on a
@@ -39,9 +40,12 @@
  *                                                qemu-img check
  *
  * Images continue across a few rounds (after repair) and are then recreated,
- * alternating 1 MiB and 64 KiB blocks; a second series runs with
- * RT_VD_OPEN_NO_CACHE when the file system takes O_DIRECT.  Set TST_VD_CRASH_SEED to
- * replay a round's random choices (the kill timing stays random).
+ * alternating two allocation unit sizes (VDI: 1 MiB and 64 KiB blocks; QCOW2 version 3:
+ * 64 KiB and 4 KiB clusters); each format has a second series with
+ * RT_VD_OPEN_NO_CACHE when the file system takes O_DIRECT.  For QCOW2 a crash can
+ * strike between any two of commit's steps (refcounts, L2 tables, L1 table,
+ * decrements): the check must find leaks at worst, never a corruption.  Set
+ * TST_VD_CRASH_SEED to replay a round's random choices (the kill timing stays random).
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -67,7 +71,8 @@
 #define QUEUE_DEPTH   64u
 /* A child left alone stops by itself after this long (the parent kills it far sooner). */
 #define CHILD_MAX_MS    20000u
-#define ROUNDS_CACHED   9
+/* Rounds per series: each series sees both unit sizes (SERIES rounds each). */
+#define ROUNDS_CACHED   6
 #define ROUNDS_NO_CACHE 6
 /* Rounds an image lives before it is recreated. */
 #define SERIES             3
@@ -323,8 +328,8 @@ static void child_report(struct child *c)
     c->sent_durable = c->durable;
 }
 
-static void child_main(const char *path, uint32_t open_flags, uint64_t first_gen, uint64_t seed,
-                       int report_fd)
+static void child_main(const char *path, const char *format, uint32_t open_flags,
+                       uint64_t first_gen, uint64_t seed, int report_fd)
 {
     static struct child c;
     the_child = &c;
@@ -332,7 +337,7 @@ static void child_main(const char *path, uint32_t open_flags, uint64_t first_gen
     c.next_gen = first_gen;
     c.rng = seed | 1;
     rt_vd_error_t err;
-    int rc = rt_vd_open(&c.vd, path, "vdi", open_flags, &err);
+    int rc = rt_vd_open(&c.vd, path, format, open_flags, &err);
     if (rc != RT_OK) {
         fprintf(stderr, "crash child: open %s: %s: %s\n", path, rt_status_name(rc), err.msg);
         _exit(3);
@@ -418,11 +423,6 @@ static size_t verify(rt_vd_t vd, uint64_t newer_from, const char *when, bool qui
     return bad;
 }
 
-static int qemu_img_clean(const char *path)
-{
-    return qemu_img_clean_as(path, "vdi");
-}
-
 /* The verifier must be able to fail: a durable sector overwritten with zeros, and
  * with the bytes of its neighbour, must each be one bad sector.  Run once, on the
  * first image that has a durable sector; restores what it changed. */
@@ -503,16 +503,16 @@ static uint32_t vd_block_size(rt_vd_t vd)
 
 /* Keeps the evidence of a lost write: the image and the child's reports, copied out of
  * the scratch directory, and a description of the first writes that lost sectors. */
-static void explain_loss(rt_vd_t vd, const char *path, int round, const struct report *r,
-                         size_t records, size_t durable)
+static void explain_loss(rt_vd_t vd, const char *path, const char *format, int round,
+                         const struct report *r, size_t records, size_t durable)
 {
     const char *base = getenv("TMPDIR");
     char keep[600], cmd[1400];
     snprintf(keep, sizeof keep, "%s/vrt-crash-%d-round%d", base && *base ? base : "/var/tmp",
              (int)getpid(), round);
-    snprintf(cmd, sizeof cmd, "cp '%s' '%s.vdi'", path, keep);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s.%s'", path, keep, format);
     if (system(cmd) == 0)
-        fprintf(stderr, "\n  round %d: image kept as %s.vdi", round, keep);
+        fprintf(stderr, "\n  round %d: image kept as %s.%s", round, keep, format);
     snprintf(cmd, sizeof cmd, "%s.reports", keep);
     FILE *f = fopen(cmd, "w");
     if (f != NULL) {
@@ -554,16 +554,39 @@ static void explain_loss(rt_vd_t vd, const char *path, int round, const struct r
     }
 }
 
+/* qemu-img check's exit status (0 clean, 2 corrupt, 3 leaks only), quietly; -1 when it
+ * is not installed. */
+static int qemu_img_check_status(const char *path, const char *format)
+{
+    if (access(QEMU_IMG, X_OK) != 0)
+        return -1;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s check -f %s '%s' >/dev/null 2>&1", QEMU_IMG, format, path);
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
+}
+
+/* A series of rounds: one format, one way of opening, two unit sizes in turn. */
+struct series {
+    const char *file;
+    const char *format;
+    uint32_t version; /* rt_vd_create_opts_t.version */
+    uint32_t open_flags;
+    uint32_t units[2];
+    int rounds;
+};
+
 /* One round: child, kill, check, verify, repair, verify again. */
-static void crash_round(const char *path, uint32_t open_flags, int round, bool fresh,
+static void crash_round(const struct series *sr, const char *path, int round, bool fresh,
                         uint32_t block_size, struct round_stats *st)
 {
     rt_vd_error_t err;
     memset(st, 0, sizeof *st);
     if (fresh) {
         unlink(path);
-        rt_vd_create_opts_t opts = {.size = DISK_SIZE, .block_size = block_size};
-        TST_RC_FATAL(rt_vd_create(path, "vdi", &opts, &err), RT_OK);
+        rt_vd_create_opts_t opts = {
+            .size = DISK_SIZE, .block_size = block_size, .version = sr->version};
+        TST_RC_FATAL(rt_vd_create(path, sr->format, &opts, &err), RT_OK);
         memset(floor_gen, 0, DISK_SECTORS * sizeof(*floor_gen));
     }
     uint64_t first_gen = ((uint64_t)round + 1) << 32;
@@ -577,7 +600,7 @@ static void crash_round(const char *path, uint32_t open_flags, int round, bool f
     CU_ASSERT_FATAL(pid >= 0);
     if (pid == 0) {
         close(fds[0]);
-        child_main(path, open_flags, first_gen, child_seed, fds[1]);
+        child_main(path, sr->format, sr->open_flags, first_gen, child_seed, fds[1]);
         _exit(3);
     }
     close(fds[1]);
@@ -628,10 +651,20 @@ static void crash_round(const char *path, uint32_t open_flags, int round, bool f
                 floor_gen[s] = r[i].gen;
     }
 
+    /* qemu-img's verdict on the crashed QCOW2 image, before anything touches it: leaks
+     * at worst (its own check, independent of ours). */
+    bool is_qcow2 = strcmp(sr->format, "qcow2") == 0;
+    int before = is_qcow2 ? qemu_img_check_status(path, "qcow2") : -1;
+    if (before > 0 && before != 3) {
+        fprintf(stderr, "\n  round %d: qemu-img check after the crash: status %d", round, before);
+        qemu_img_clean_as(path, "qcow2"); /* shows what it says */
+    }
+    CU_ASSERT(before <= 0 || before == 3);
+
     /* Check, read all, repair, read all again (exactly what the first read found). */
     rt_vd_t vd = RT_VD_NIL;
     rt_vd_check_result_t res;
-    int rc = rt_vd_open(&vd, path, "vdi", 0, &err);
+    int rc = rt_vd_open(&vd, path, sr->format, 0, &err);
     if (rc != RT_OK)
         fprintf(stderr, "\n  round %d: the image does not open: %s: %s", round, rt_status_name(rc),
                 err.msg);
@@ -644,7 +677,7 @@ static void crash_round(const char *path, uint32_t open_flags, int round, bool f
     st->bad = verify(vd, first_gen, "after the crash", false);
     CU_ASSERT_EQUAL(st->bad, 0);
     if (st->bad > 0)
-        explain_loss(vd, path, round, r, records, durable);
+        explain_loss(vd, path, sr->format, round, r, records, durable);
     free(reports);
     memcpy(floor_gen, seen_gen, DISK_SECTORS * sizeof(*floor_gen));
     if (!oracle_tested)
@@ -658,27 +691,29 @@ static void crash_round(const char *path, uint32_t open_flags, int round, bool f
     CU_ASSERT_EQUAL(verify(vd, UINT64_MAX, "after the repair", false), 0);
     TST_RC(rt_vd_close(vd), RT_OK);
 
-    /* qemu reads VDI with 1 MiB blocks only. */
-    int clean = block_size == (1u << 20) ? qemu_img_clean(path) : -1;
+    /* qemu reads VDI with 1 MiB blocks only; QCOW2 with every cluster size. */
+    bool qemu_reads = is_qcow2 || block_size == (1u << 20);
+    int clean = qemu_reads ? qemu_img_clean_as(path, sr->format) : -1;
     if (clean == 0)
         fprintf(stderr, "\n  round %d: qemu-img check is not clean", round);
     CU_ASSERT(clean != 0);
 }
 
-static void run_series(const char *name, uint32_t open_flags, int rounds)
+static void run_series(const struct series *sr)
 {
     char path[512];
-    tst_path(path, sizeof path, name);
+    tst_path(path, sizeof path, sr->file);
     size_t durable_total = 0;
-    for (int round = 0; round < rounds; round++) {
+    for (int round = 0; round < sr->rounds; round++) {
         bool fresh = round % SERIES == 0;
-        uint32_t block = (round / SERIES) % 2 == 0 ? (1u << 20) : (64u << 10);
+        uint32_t block = sr->units[(round / SERIES) % 2];
         struct round_stats st;
         uint64_t t0 = rt_time_milli_ts();
-        crash_round(path, open_flags, round, fresh, block, &st);
-        printf("\n    round %d (%s, %u KiB blocks): %zu writes reported durable, "
+        crash_round(sr, path, round, fresh, block, &st);
+        printf("\n    round %d (%s, %u KiB %s): %zu writes reported durable, "
                "%llu leaks, %zu bad sectors, %llu ms",
-               round, fresh ? "new image" : "same image", block >> 10, st.durable,
+               round, fresh ? "new image" : "same image", block >> 10,
+               strcmp(sr->format, "qcow2") == 0 ? "clusters" : "blocks", st.durable,
                (unsigned long long)st.leaks, st.bad, (unsigned long long)(rt_time_milli_ts() - t0));
         durable_total += st.durable;
     }
@@ -689,29 +724,68 @@ static void run_series(const char *name, uint32_t open_flags, int rounds)
     unlink(path);
 }
 
-static void test_crash_cached(void)
-{
-    run_series("crash-cached.vdi", 0, ROUNDS_CACHED);
-}
+static const struct series vdi_cached = {.file = "crash-cached.vdi",
+                                         .format = "vdi",
+                                         .units = {1u << 20, 64u << 10},
+                                         .rounds = ROUNDS_CACHED};
+static const struct series vdi_direct = {.file = "crash-direct.vdi",
+                                         .format = "vdi",
+                                         .open_flags = RT_VD_OPEN_NO_CACHE,
+                                         .units = {1u << 20, 64u << 10},
+                                         .rounds = ROUNDS_NO_CACHE};
+static const struct series qcow2_cached = {.file = "crash-cached.qcow2",
+                                           .format = "qcow2",
+                                           .version = 3,
+                                           .units = {64u << 10, 4u << 10},
+                                           .rounds = ROUNDS_CACHED};
+static const struct series qcow2_direct = {.file = "crash-direct.qcow2",
+                                           .format = "qcow2",
+                                           .version = 3,
+                                           .open_flags = RT_VD_OPEN_NO_CACHE,
+                                           .units = {64u << 10, 4u << 10},
+                                           .rounds = ROUNDS_NO_CACHE};
 
-static void test_crash_no_cache(void)
+/* Does the scratch file system take O_DIRECT for this format?  Says why not. */
+static bool direct_io_works(const char *format)
 {
     char path[512];
     rt_vd_error_t err;
     rt_vd_t vd = RT_VD_NIL;
     rt_vd_create_opts_t opts = {.size = DISK_SIZE};
-    tst_path(path, sizeof path, "crash-probe-direct.vdi");
+    tst_path(path, sizeof path, "crash-probe-direct");
     unlink(path);
-    TST_RC_FATAL(rt_vd_create(path, "vdi", &opts, &err), RT_OK);
-    int rc = rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_NO_CACHE, &err);
+    TST_RC_FATAL(rt_vd_create(path, format, &opts, &err), RT_OK);
+    int rc = rt_vd_open(&vd, path, format, RT_VD_OPEN_NO_CACHE, &err);
     unlink(path);
     if (rc != RT_OK) {
         printf("\n  note: no O_DIRECT on %s (%s: %s), uncached rounds skipped ", tst_dir(),
                rt_status_name(rc), err.msg);
-        return;
+        return false;
     }
     rt_vd_close(vd);
-    run_series("crash-direct.vdi", RT_VD_OPEN_NO_CACHE, ROUNDS_NO_CACHE);
+    return true;
+}
+
+static void test_crash_cached(void)
+{
+    run_series(&vdi_cached);
+}
+
+static void test_crash_no_cache(void)
+{
+    if (direct_io_works("vdi"))
+        run_series(&vdi_direct);
+}
+
+static void test_crash_qcow2_cached(void)
+{
+    run_series(&qcow2_cached);
+}
+
+static void test_crash_qcow2_no_cache(void)
+{
+    if (direct_io_works("qcow2"))
+        run_series(&qcow2_direct);
 }
 
 int main(void)
@@ -729,11 +803,15 @@ int main(void)
     if (access(QEMU_IMG, X_OK) != 0)
         printf("note: %s not installed: images are not cross-checked with qemu-img\n", QEMU_IMG);
     else
-        printf("note: qemu-img checks the 1 MiB-block rounds only (it reads no other size)\n");
+        printf("note: qemu-img checks the QCOW2 rounds and the VDI rounds with 1 MiB blocks "
+               "(it reads no other VDI block size)\n");
 
     CU_pSuite suite = tst_suite("VDI crash consistency (SIGKILL)");
     TST_ADD(suite, test_crash_cached);
     TST_ADD(suite, test_crash_no_cache);
+    CU_pSuite qcow2 = tst_suite("QCOW2 crash consistency (SIGKILL)");
+    TST_ADD(qcow2, test_crash_qcow2_cached);
+    TST_ADD(qcow2, test_crash_qcow2_no_cache);
     int rc = tst_run();
     free(floor_gen);
     free(seen_gen);

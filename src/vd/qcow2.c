@@ -142,6 +142,10 @@ static int parse_header(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_e
     uint32_t header_length = QH_V2_LENGTH;
     s->refcount_order = 4;
     if (s->version == 3) {
+        if (file_size < QH_V3_LENGTH)
+            return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                               "file of %llu bytes is too small for a QCOW2 version 3 header",
+                               (unsigned long long)file_size);
         header_length = vd_be32(h + QH_HEADER_LENGTH);
         if (header_length < QH_V3_LENGTH || header_length > s->cluster_size || header_length % 8)
             return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "QCOW2 header length %u is invalid",
@@ -176,6 +180,7 @@ static int parse_header(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_e
             return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "QCOW2 backing file name contains a NUL");
         ext_end = (uint32_t)backing_offset;
     }
+    s->header_bytes = header_length; /* check_features() reads the compression type */
     int rc = parse_extensions(s, header_length, ext_end, err);
     if (rc != RT_OK)
         return rc;
@@ -331,8 +336,14 @@ static int note_snapshots(rt_vd_t vd, struct qcow2 *s, size_t *cap, uint64_t fil
             return rc;
         uint64_t l1_offset = vd_be64(fixed);
         uint32_t l1_size = vd_be32(fixed + 8);
-        at += (sizeof(fixed) + vd_be32(fixed + 36) + vd_be16(fixed + 12) + vd_be16(fixed + 14) + 7u) &
-              ~7ull;
+        uint64_t entry_len =
+            sizeof(fixed) + vd_be32(fixed + 36) + vd_be16(fixed + 12) + vd_be16(fixed + 14);
+        if (entry_len > file_size - at) /* the padding after the last entry may be cut */
+            return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                               "QCOW2 snapshot table entry %u (its extra data, id or name) runs "
+                               "past the end of the file",
+                               n);
+        at += (entry_len + 7u) & ~7ull;
         if ((uint64_t)l1_size * 8u > QCOW2_MAX_L1_BYTES || l1_offset % s->cluster_size != 0 ||
             l1_offset > file_size || (uint64_t)l1_size * 8u > file_size - l1_offset)
             return rt__vd_fail(err, RT_ERR_VD_CORRUPT,

@@ -529,10 +529,16 @@ static int read_inline(struct vd_io *io, const struct vd_map *map, uint64_t pos,
  * @a pos inside the unit) describes them; the unit is uniform, so one answer holds for
  * all of it.  Past the virtual size the unit stays zero. */
 static int fill_unit(rt_vd_t vd, const struct vd_map *map, uint64_t pos, uint64_t unit_off,
-                     uint8_t *unit)
+                     uint8_t *unit, uint64_t write_end)
 {
     uint64_t span = min_u64(vd->alloc_unit, vd->size - unit_off);
     memset(unit + span, 0, vd->alloc_unit - span);
+    if (pos <= unit_off && write_end >= unit_off + span) {
+        /* The write covers the whole unit: what was there does not matter (and need
+         * not even be readable). */
+        memset(unit, 0, span);
+        return RT_OK;
+    }
     struct vd_map whole = *map;
     if (whole.kind == VD_MAP_DATA)
         whole.host_off -= pos - unit_off;
@@ -580,7 +586,7 @@ static int step(struct vd_io *io, struct vd_op *op)
     uint8_t *unit = rt_mem_page_alloc(vd->alloc_unit);
     if (unit == NULL)
         return RT_ERR_NO_MEMORY;
-    if ((rc = fill_unit(vd, &map, pos, unit_off, unit)) != RT_OK) {
+    if ((rc = fill_unit(vd, &map, pos, unit_off, unit, io->cursor_end)) != RT_OK) {
         rt_mem_page_free(unit, vd->alloc_unit);
         return rc;
     }
