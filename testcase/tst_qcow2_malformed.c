@@ -39,6 +39,7 @@
 #include <rt/vd.h>
 
 #include "tst_common.h"
+#include "tst_files.h"
 #include "tst_qemu_img.h"
 
 /* Header fields (big-endian). */
@@ -93,57 +94,11 @@ static void put_be(uint8_t *p, uint64_t v, unsigned bytes)
         p[i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
 }
 
-static void die(const char *what, const char *path)
-{
-    fprintf(stderr, "%s %s: %s\n", what, path, strerror(errno));
-    exit(1);
-}
-
-/* The whole file in a malloc'ed buffer; *size receives its length. */
-static uint8_t *slurp(const char *path, uint64_t *size)
-{
-    int fd = open(path, O_RDONLY);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0)
-        die("cannot open", path);
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    if (buf == NULL)
-        die("no memory for", path);
-    if (pread(fd, buf, (size_t)st.st_size, 0) != st.st_size)
-        die("cannot read", path);
-    close(fd);
-    *size = (uint64_t)st.st_size;
-    return buf;
-}
-
-static void copy_file(const char *from, const char *to)
-{
-    uint64_t size = 0;
-    uint8_t *buf = slurp(from, &size);
-    int fd = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0 || pwrite(fd, buf, (size_t)size, 0) != (ssize_t)size || close(fd) != 0)
-        die("cannot write", to);
-    free(buf);
-}
-
-static void patch(const char *path, uint64_t off, const void *bytes, size_t len)
-{
-    int fd = open(path, O_WRONLY);
-    if (fd < 0 || pwrite(fd, bytes, len, (off_t)off) != (ssize_t)len || close(fd) != 0)
-        die("cannot patch", path);
-}
-
 static void patch_be(const char *path, uint64_t off, uint64_t value, unsigned bytes)
 {
     uint8_t be[8];
     put_be(be, value, bytes);
     patch(path, off, be, bytes);
-}
-
-static void resize(const char *path, uint64_t size)
-{
-    if (truncate(path, (off_t)size) != 0)
-        die("cannot truncate", path);
 }
 
 static uint64_t read_be(const char *path, uint64_t off, unsigned bytes)
@@ -157,23 +112,6 @@ static uint64_t read_be(const char *path, uint64_t off, unsigned bytes)
     for (unsigned i = 0; i < bytes; i++)
         v = v << 8 | be[i];
     return v;
-}
-
-/* Does @a text contain @a word, ignoring case? */
-static int mentions(const char *text, const char *word)
-{
-    size_t n = strlen(word);
-    if (n == 0)
-        return 1;
-    for (; *text != '\0'; text++) {
-        size_t i = 0;
-        while (i < n && text[i] != '\0' &&
-               tolower((unsigned char)text[i]) == tolower((unsigned char)word[i]))
-            i++;
-        if (i == n)
-            return 1;
-    }
-    return 0;
 }
 
 /* qemu-img check's exit status on @a path (0 clean, 2 corrupt, 3 leaks only), quietly;

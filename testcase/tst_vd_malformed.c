@@ -26,6 +26,7 @@
 #include <rt/vd.h>
 
 #include "tst_common.h"
+#include "tst_files.h"
 #include "tst_qemu_img.h"
 
 enum {
@@ -84,46 +85,6 @@ static void put_le64(uint8_t *p, uint64_t v)
     put_le32(p + 4, (uint32_t)(v >> 32));
 }
 
-static void die(const char *what, const char *path)
-{
-    fprintf(stderr, "%s %s: %s\n", what, path, strerror(errno));
-    exit(1);
-}
-
-/* The whole file in a malloc'ed buffer; *size receives its length. */
-static uint8_t *slurp(const char *path, uint64_t *size)
-{
-    int fd = open(path, O_RDONLY);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0)
-        die("cannot open", path);
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    if (buf == NULL)
-        die("no memory for", path);
-    if (pread(fd, buf, (size_t)st.st_size, 0) != st.st_size)
-        die("cannot read", path);
-    close(fd);
-    *size = (uint64_t)st.st_size;
-    return buf;
-}
-
-static void copy_file(const char *from, const char *to)
-{
-    uint64_t size = 0;
-    uint8_t *buf = slurp(from, &size);
-    int fd = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0 || pwrite(fd, buf, (size_t)size, 0) != (ssize_t)size || close(fd) != 0)
-        die("cannot write", to);
-    free(buf);
-}
-
-static void patch(const char *path, uint64_t off, const void *bytes, size_t len)
-{
-    int fd = open(path, O_WRONLY);
-    if (fd < 0 || pwrite(fd, bytes, len, (off_t)off) != (ssize_t)len || close(fd) != 0)
-        die("cannot patch", path);
-}
-
 static void patch32(const char *path, uint64_t off, uint32_t value)
 {
     uint8_t le[4];
@@ -136,12 +97,6 @@ static void patch64(const char *path, uint64_t off, uint64_t value)
     uint8_t le[8];
     put_le64(le, value);
     patch(path, off, le, sizeof le);
-}
-
-static void resize(const char *path, uint64_t size)
-{
-    if (truncate(path, (off_t)size) != 0)
-        die("cannot truncate", path);
 }
 
 static uint64_t file_size(const char *path)
@@ -160,23 +115,6 @@ static uint32_t read32(const char *path, uint64_t off)
         die("cannot read", path);
     close(fd);
     return get_le32(le);
-}
-
-/* Does @a text contain @a word, ignoring case? */
-static int mentions(const char *text, const char *word)
-{
-    size_t n = strlen(word);
-    if (n == 0)
-        return 1;
-    for (; *text != '\0'; text++) {
-        size_t i = 0;
-        while (i < n && text[i] != '\0' &&
-               tolower((unsigned char)text[i]) == tolower((unsigned char)word[i]))
-            i++;
-        if (i == n)
-            return 1;
-    }
-    return 0;
 }
 
 /* ---------------------------------------------------------------------------------- */

@@ -89,6 +89,11 @@ struct vd_io {
     uint64_t flush_seq;
 };
 
+/* A FIFO of requests, linked through next_ready (a request is on one at a time). */
+struct io_list {
+    struct vd_io *head, *tail;
+};
+
 struct vd_op {
     struct vd_op *next_free;
     rt_aio_req_t req;
@@ -114,8 +119,8 @@ struct rt_vd_queue {
     uint32_t in_flight;
     uint32_t ios;  /* accepted, callback not yet run */
     bool running;  /* inside rt_vd_queue_run(): callbacks may not destroy the queue */
-    struct vd_io *ready_head, *ready_tail;
-    struct vd_io *done_head, *done_tail;
+    struct io_list ready; /* running requests that can take another step */
+    struct io_list done;  /* finished requests whose callbacks are due */
     rt_aio_req_t *batch;
     uint32_t batch_len;
     rt_aio_req_t *reaped;
@@ -206,39 +211,46 @@ static bool iov_aligned(const rt_iovec_t *iov, unsigned iovcnt, uint32_t align)
 /* ---------------------------------------------------------------------------------- */
 /* Lists. */
 
+static void list_push(struct io_list *list, struct vd_io *io)
+{
+    io->next_ready = NULL;
+    if (list->tail != NULL)
+        list->tail->next_ready = io;
+    else
+        list->head = io;
+    list->tail = io;
+}
+
+static struct vd_io *list_pop(struct io_list *list)
+{
+    struct vd_io *io = list->head;
+    if (io != NULL) {
+        list->head = io->next_ready;
+        if (list->head == NULL)
+            list->tail = NULL;
+    }
+    return io;
+}
+
 static void ready_push(struct rt_vd_queue *q, struct vd_io *io)
 {
-    if (io->on_ready)
-        return;
-    io->on_ready = true;
-    io->next_ready = NULL;
-    if (q->ready_tail != NULL)
-        q->ready_tail->next_ready = io;
-    else
-        q->ready_head = io;
-    q->ready_tail = io;
+    if (!io->on_ready) {
+        io->on_ready = true;
+        list_push(&q->ready, io);
+    }
 }
 
 static struct vd_io *ready_pop(struct rt_vd_queue *q)
 {
-    struct vd_io *io = q->ready_head;
-    if (io != NULL) {
-        q->ready_head = io->next_ready;
-        if (q->ready_head == NULL)
-            q->ready_tail = NULL;
+    struct vd_io *io = list_pop(&q->ready);
+    if (io != NULL)
         io->on_ready = false;
-    }
     return io;
 }
 
 static void done_push(struct rt_vd_queue *q, struct vd_io *io)
 {
-    io->next_ready = NULL;
-    if (q->done_tail != NULL)
-        q->done_tail->next_ready = io;
-    else
-        q->done_head = io;
-    q->done_tail = io;
+    list_push(&q->done, io);
 }
 
 static void active_append(rt_vd_t vd, struct vd_io *io)
@@ -741,10 +753,7 @@ static uint32_t deliver(struct rt_vd_queue *q)
 {
     uint32_t n = 0;
     struct vd_io *io;
-    while ((io = q->done_head) != NULL) {
-        q->done_head = io->next_ready;
-        if (q->done_head == NULL)
-            q->done_tail = NULL;
+    while ((io = list_pop(&q->done)) != NULL) {
         rt_vd_t vd = io->vd;
         struct vd_io *after = io->next_active;
         active_remove(vd, io);
@@ -924,7 +933,7 @@ int rt_vd_queue_run(rt_vd_queue_t q, uint32_t min, uint32_t timeout_ms, uint32_t
     for (;;) {
         pump(q);
         count += deliver(q);
-        if (q->ready_head != NULL && q->free_ops != NULL)
+        if (q->ready.head != NULL && q->free_ops != NULL)
             continue; /* callbacks started more work */
         if (min > 0 && count >= min)
             break;

@@ -1,0 +1,82 @@
+/*
+ * File surgery for the malformed-image tests: read a file whole, copy it, patch bytes
+ * in place, cut it, and look for a word in an error message.  Header-only, like
+ * tst_common.h; any failure of the test's own file handling ends the program.
+ */
+#ifndef TST_FILES_H
+#define TST_FILES_H
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static inline void die(const char *what, const char *path)
+{
+    fprintf(stderr, "%s %s: %s\n", what, path, strerror(errno));
+    exit(1);
+}
+
+/* The whole file in a malloc'ed buffer; *size receives its length. */
+static inline uint8_t *slurp(const char *path, uint64_t *size)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        die("cannot open", path);
+    uint8_t *buf = malloc((size_t)st.st_size + 1);
+    if (buf == NULL)
+        die("no memory for", path);
+    if (pread(fd, buf, (size_t)st.st_size, 0) != st.st_size)
+        die("cannot read", path);
+    close(fd);
+    *size = (uint64_t)st.st_size;
+    return buf;
+}
+
+static inline void copy_file(const char *from, const char *to)
+{
+    uint64_t size = 0;
+    uint8_t *buf = slurp(from, &size);
+    int fd = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || pwrite(fd, buf, (size_t)size, 0) != (ssize_t)size || close(fd) != 0)
+        die("cannot write", to);
+    free(buf);
+}
+
+static inline void patch(const char *path, uint64_t off, const void *bytes, size_t len)
+{
+    int fd = open(path, O_WRONLY);
+    if (fd < 0 || pwrite(fd, bytes, len, (off_t)off) != (ssize_t)len || close(fd) != 0)
+        die("cannot patch", path);
+}
+
+static inline void resize(const char *path, uint64_t size)
+{
+    if (truncate(path, (off_t)size) != 0)
+        die("cannot truncate", path);
+}
+
+/* Does @a text contain @a word, ignoring case? */
+static inline int mentions(const char *text, const char *word)
+{
+    size_t n = strlen(word);
+    if (n == 0)
+        return 1;
+    for (; *text != '\0'; text++) {
+        size_t i = 0;
+        while (i < n && text[i] != '\0' &&
+               tolower((unsigned char)text[i]) == tolower((unsigned char)word[i]))
+            i++;
+        if (i == n)
+            return 1;
+    }
+    return 0;
+}
+
+#endif /* TST_FILES_H */
