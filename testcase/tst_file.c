@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <rt/file.h>
+#include <rt/fileaio.h>
 #include <rt/mem.h>
 
 #include "internal/posix_sys.h"
@@ -1174,6 +1175,45 @@ static void test_fault_disk_full_after_partial_write(void)
     TST_RC(rt_file_close(file), RT_OK);
 }
 
+static ssize_t pwrite_short_then_nothing(int fd, const void *buf, size_t len, off_t off)
+{
+    size_t n = len < fake_budget ? len : fake_budget;
+    fake_calls++;
+    fake_budget -= n;
+    return n == 0 ? 0 : pwrite(fd, buf, n, off);
+}
+
+/* The threads backend (and linux-aio's helper threads) report a write the device
+ * stops taking as the kernel backends do: RT_OK with the short count. */
+static void test_fault_aio_write_no_progress(void)
+{
+    char path[PATH_SIZE];
+    rt_file_t file = open_fresh("fault_aio_short", path);
+    unsigned char data[8192];
+    rt_aio_ctx_t ctx;
+    rt_aio_req_t req, got[1];
+    uint32_t n = 0;
+    size_t done = 99;
+
+    fill_pattern(data, sizeof data, 8);
+    TST_RC_FATAL(rt_aio_ctx_create(&ctx, 4, RT_AIO_CTX_F_BACKEND_THREADS), RT_OK);
+    TST_RC_FATAL(rt_aio_req_create(&req), RT_OK);
+    fault_begin();
+    rt__posix_sys.pwrite = pwrite_short_then_nothing;
+    fake_budget = 3000;
+    TST_RC(rt_aio_req_prepare_write(req, file, 0, data, sizeof data, NULL), RT_OK);
+    TST_RC(rt_aio_ctx_submit(ctx, &req, 1), RT_OK);
+    TST_RC(rt_aio_ctx_wait(ctx, 1, 10000, got, 1, &n), RT_OK);
+    fault_end();
+    CU_ASSERT_EQUAL(n, 1);
+    TST_RC(rt_aio_req_get_rc(req, &done), RT_OK);
+    CU_ASSERT_EQUAL(done, 3000);
+    CU_ASSERT_TRUE(fake_calls >= 2); /* it asked again after the short write */
+    TST_RC(rt_aio_req_destroy(req), RT_OK);
+    TST_RC(rt_aio_ctx_destroy(ctx), RT_OK);
+    TST_RC(rt_file_close(file), RT_OK);
+}
+
 static void test_fault_write_errors(void)
 {
     char path[PATH_SIZE];
@@ -1489,6 +1529,7 @@ int main(void)
     TST_ADD(faults, test_fault_short_writes);
     TST_ADD(faults, test_fault_eintr_retried);
     TST_ADD(faults, test_fault_disk_full_after_partial_write);
+    TST_ADD(faults, test_fault_aio_write_no_progress);
     TST_ADD(faults, test_fault_write_errors);
     TST_ADD(faults, test_fault_read_eio);
     TST_ADD(faults, test_fault_open_errors);

@@ -58,7 +58,6 @@ static ssize_t transfer_once(struct rt_aio_req *req, size_t done, struct iovec *
 
 void rt__aio_execute(struct rt_aio_req *req)
 {
-    bool reading = req->op == RT__AIO_OP_READ || req->op == RT__AIO_OP_READV;
     struct iovec scratch;
     size_t done = 0;
 
@@ -78,9 +77,10 @@ void rt__aio_execute(struct rt_aio_req *req)
         if (n > 0) {
             done += (size_t)n;
         } else if (n == 0) {
-            if (!reading)
-                req->rc = RT_ERR_DISK_FULL; /* a write that makes no progress */
-            break;                          /* a read at end of file */
+            /* A read at end of file, or a write the device took no more of: RT_OK with
+             * the short count, as the kernel backends report it (the contract's "a
+             * write may complete RT_OK with a short count"). */
+            break;
         } else if (errno != EINTR) {
             req->rc = rt_err_from_errno(errno);
             break;
