@@ -81,6 +81,10 @@ struct laio {
 
     rt__mutex_t deferred_lock;
     struct rt__req_queue deferred;
+    /* The waiter's last pump met EAGAIN with requests in flight: no pump can make
+     * progress before one of them completes, so the waiter sleeps instead of retrying
+     * io_submit() in a loop.  Written by the waiter only. */
+    atomic_bool pump_stalled;
 
     atomic_bool fsync_refused;
     rt__mutex_t helper_lock;
@@ -326,6 +330,8 @@ static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **r
                 fail_request(ctx, reqs[done++], RT_ERR_TRY_AGAIN);
                 continue;
             }
+            if (pumping)
+                atomic_store(&laio->pump_stalled, true);
             defer(ctx, reqs + done, n - done);
             return RUN_STALLED;
         }
@@ -485,7 +491,10 @@ static size_t laio_reap(struct rt_aio_ctx *ctx, struct rt_aio_req **out, size_t 
     count = laio->ring != NULL ? reap_ring(laio, out, max) : reap_syscall(laio, out, max);
 
     give_back_slots(laio, (uint32_t)count);
-    pump(ctx);
+    if (count > 0)
+        atomic_store(&laio->pump_stalled, false);
+    if (!atomic_load(&laio->pump_stalled))
+        pump(ctx);
     return count;
 }
 
@@ -494,7 +503,8 @@ static bool laio_has_completions(struct rt_aio_ctx *ctx)
     struct laio *laio = laio_of(ctx);
 
     if (rt__req_queue_count(&laio->deferred) != 0 &&
-        atomic_load_explicit(&laio->in_kernel, memory_order_relaxed) < laio->slots)
+        atomic_load_explicit(&laio->in_kernel, memory_order_relaxed) < laio->slots &&
+        !atomic_load(&laio->pump_stalled))
         return true; /* a pump would make progress */
     if (laio->ring == NULL)
         return false; /* only io_getevents() could tell; the doorbell will */
