@@ -214,6 +214,9 @@ int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta);
 int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, uint64_t *host_off);
 /* Writes dirty refcount blocks, then the refcount table and header if they changed. */
 int rt__qcow2_refcount_flush(rt_vd_t vd);
+/* Queues a refcount decrement of @a cluster for the commit that makes pending
+ * allocation @a id durable (0: the next commit). */
+int rt__qcow2_decrement_after(struct qcow2 *s, uint64_t cluster, uint32_t id);
 /* Writes the header (cluster 0 up to the extensions) with current fields. */
 int rt__qcow2_header_write(rt_vd_t vd);
 

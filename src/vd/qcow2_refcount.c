@@ -66,17 +66,17 @@ static void entry_set(uint8_t *block, uint32_t order, uint64_t index, uint64_t v
     }
 }
 
-static int add_decrement(struct qcow2 *s, uint64_t cluster)
+int rt__qcow2_decrement_after(struct qcow2 *s, uint64_t cluster, uint32_t id)
 {
     if (s->decrements_len == s->decrements_cap) {
-        size_t cap = s->decrements_cap ? 2 * s->decrements_cap : 16;
+        size_t cap = s->decrements_cap ? 2 * s->decrements_cap : 64;
         struct qcow2_decrement *grown = realloc(s->decrements, cap * sizeof(*grown));
         if (grown == NULL)
             return RT_ERR_NO_MEMORY;
         s->decrements = grown;
         s->decrements_cap = cap;
     }
-    s->decrements[s->decrements_len++] = (struct qcow2_decrement){cluster, 0};
+    s->decrements[s->decrements_len++] = (struct qcow2_decrement){cluster, id};
     return RT_OK;
 }
 
@@ -102,7 +102,7 @@ static int grow_table(rt_vd_t vd, struct qcow2 *s, uint64_t needed)
     memset(s->rblocks + s->rt_entries, 0,
            (size_t)(entries - s->rt_entries) * sizeof(*rblocks));
     for (uint64_t c = 0; c < s->rt_clusters; c++) {
-        int rc = add_decrement(s, (s->rt_offset >> s->cluster_bits) + c);
+        int rc = rt__qcow2_decrement_after(s, (s->rt_offset >> s->cluster_bits) + c, 0);
         if (rc != RT_OK)
             return rc;
     }

@@ -43,20 +43,6 @@ static int push_pending(struct qcow2 *s, struct qcow2_pending p)
     return RT_OK;
 }
 
-static int decrement_after(struct qcow2 *s, uint64_t cluster, uint32_t id)
-{
-    if (s->decrements_len == s->decrements_cap) {
-        size_t cap = s->decrements_cap ? 2 * s->decrements_cap : 64;
-        struct qcow2_decrement *grown = realloc(s->decrements, cap * sizeof(*grown));
-        if (grown == NULL)
-            return RT_ERR_NO_MEMORY;
-        s->decrements = grown;
-        s->decrements_cap = cap;
-    }
-    s->decrements[s->decrements_len++] = (struct qcow2_decrement){cluster, id};
-    return RT_OK;
-}
-
 /* Calls @a fn for every host cluster an L2 entry references. */
 static int for_each_referenced(struct qcow2 *s, uint64_t entry,
                                int (*fn)(void *ctx, uint64_t cluster), void *ctx)
@@ -85,7 +71,7 @@ struct ref_ctx {
 static int drop_later(void *ctx, uint64_t cluster)
 {
     struct ref_ctx *r = ctx;
-    return decrement_after(qcow2_of(r->vd), cluster, r->id);
+    return rt__qcow2_decrement_after(qcow2_of(r->vd), cluster, r->id);
 }
 
 /* The L2 table of @a l1_index, writable: its own (COPIED) table, made or copied now. */
@@ -114,7 +100,7 @@ static int writable_l2(rt_vd_t vd, struct qcow2 *s, uint32_t l1_index, struct qc
          * entries stay shared (their clusters are still reached twice). */
         for (uint32_t i = 0; i < s->l2_entries; i++)
             t->entries[i] = old->entries[i] & ~QCOW2_COPIED;
-        if ((rc = decrement_after(s, old->host_off >> s->cluster_bits, 0)) != RT_OK)
+        if ((rc = rt__qcow2_decrement_after(s, old->host_off >> s->cluster_bits, 0)) != RT_OK)
             goto fail;
         free(old->entries);
         free(old);
