@@ -84,6 +84,17 @@ ranges() {
         END { if (have) print s, end }'
 }
 
+# converts_identically FMT FILE: vrt-img and qemu-img convert FILE to the same raw bytes.
+converts_identically() {
+    local fmt=$1 file=$2
+    "$img" convert -f "$fmt" -O raw "$file" "$work/ours.raw" &&
+        qemu-img convert -f "$fmt" -O raw "$file" "$work/theirs.raw" &&
+        cmp "$work/ours.raw" "$work/theirs.raw"
+    local rc=$?
+    rm -f "$work/ours.raw" "$work/theirs.raw"
+    return $rc
+}
+
 # The CUnit-style summary row the test totals read; the script's exit status.
 summary() {
     echo

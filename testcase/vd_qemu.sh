@@ -31,16 +31,6 @@ same_virtual_size() {
     [ -n "$ours" ] && [ "$ours" = "$theirs" ]
 }
 
-converts_identically() {
-    local fmt=$1 file=$2
-    "$img" convert -f "$fmt" -O raw "$file" "$work/ours.raw" &&
-        qemu-img convert -f "$fmt" -O raw "$file" "$work/theirs.raw" &&
-        cmp "$work/ours.raw" "$work/theirs.raw"
-    local rc=$?
-    rm -f "$work/ours.raw" "$work/theirs.raw"
-    return $rc
-}
-
 qemu_check_clean() {
     qemu-img check -f "$1" "$2"
 }

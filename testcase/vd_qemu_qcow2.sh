@@ -73,16 +73,6 @@ same_depths() {
          <(qemu-img map -f "$fmt" --output=json "$file" | depths)
 }
 
-converts_identically() {
-    local fmt=$1 file=$2
-    "$img" convert -f "$fmt" -O raw "$file" "$work/ours.raw" &&
-        qemu-img convert -f "$fmt" -O raw "$file" "$work/theirs.raw" &&
-        cmp "$work/ours.raw" "$work/theirs.raw"
-    local rc=$?
-    rm -f "$work/ours.raw" "$work/theirs.raw"
-    return $rc
-}
-
 # qemu-img check counts compressed clusters, and qemu-img map shows some.
 qemu_sees_compressed() {
     qemu-img check -f qcow2 "$1" | tee /dev/stderr | grep -v ' 0.00% compressed' |

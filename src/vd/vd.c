@@ -239,6 +239,22 @@ fail_file:
 
 #define MAX_CHAIN 16
 
+/* @a name as an image that @a base names it means it: relative to @a base's folder.
+ * A new string (NULL when out of memory). */
+static char *path_beside(const char *base, const char *name)
+{
+    const char *slash = strrchr(base, '/');
+    if (name[0] == '/' || slash == NULL)
+        return strdup(name);
+    size_t dir_len = (size_t)(slash - base) + 1;
+    char *full = malloc(dir_len + strlen(name) + 1);
+    if (full != NULL) {
+        memcpy(full, base, dir_len);
+        strcpy(full + dir_len, name);
+    }
+    return full;
+}
+
 int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err)
 {
     if (!vd->allow_backing)
@@ -251,18 +267,7 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
                            "backing chain deeper than %d images (a loop?) at '%s'", MAX_CHAIN,
                            name);
     /* A relative name is relative to the image that names it, not to our directory. */
-    char *full;
-    const char *slash = strrchr(vd->path, '/');
-    if (name[0] == '/' || slash == NULL) {
-        full = strdup(name);
-    } else {
-        size_t dir_len = (size_t)(slash - vd->path) + 1;
-        full = malloc(dir_len + strlen(name) + 1);
-        if (full != NULL) {
-            memcpy(full, vd->path, dir_len);
-            strcpy(full + dir_len, name);
-        }
-    }
+    char *full = path_beside(vd->path, name);
     if (full == NULL)
         return RT_ERR_NO_MEMORY;
     uint32_t flags = RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING |
@@ -285,24 +290,18 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
 static int backing_size(const char *path, rt_vd_create_opts_t *shape, rt_vd_error_t *err)
 {
     const char *name = shape->backing_file;
-    const char *slash = strrchr(path, '/');
-    char *full = NULL;
-    if (name[0] != '/' && slash != NULL) {
-        size_t dir_len = (size_t)(slash - path) + 1;
-        if ((full = malloc(dir_len + strlen(name) + 1)) == NULL)
-            return RT_ERR_NO_MEMORY;
-        memcpy(full, path, dir_len);
-        strcpy(full + dir_len, name);
-    }
+    char *full = path_beside(path, name);
+    if (full == NULL)
+        return RT_ERR_NO_MEMORY;
     rt_vd_t backing;
     rt_vd_error_t inner;
-    int rc = rt_vd_open(&backing, full ? full : name, shape->backing_format,
+    int rc = rt_vd_open(&backing, full, shape->backing_format,
                         RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING, &inner);
     if (rc == RT_OK) {
         shape->size = backing->size;
         rt_vd_close(backing);
     } else {
-        rt__vd_fail(err, rc, "backing file %.100s: %.140s", full ? full : name, inner.msg);
+        rt__vd_fail(err, rc, "backing file %.100s: %.140s", full, inner.msg);
     }
     free(full);
     return rc;

@@ -777,6 +777,22 @@ static uint32_t deliver(struct rt_vd_queue *q)
 /* ---------------------------------------------------------------------------------- */
 /* Public queue API. */
 
+/* Frees what a queue holds (its context already destroyed, or never made) and the
+ * handle.  Also the undo of a half-made queue: missing pieces are NULL. */
+static void queue_free(struct rt_vd_queue *q)
+{
+    for (uint32_t i = 0; q->ops != NULL && i < q->depth; i++) {
+        rt_aio_req_destroy(q->ops[i].req);
+        free(q->ops[i].iov);
+    }
+    free(q->ops);
+    free(q->batch);
+    free(q->reaped);
+    memset(q, 0, sizeof(*q));
+    q->magic = RT__MAGIC_DEAD;
+    rt__handle_free(&queue_pool, q);
+}
+
 int rt_vd_queue_create(rt_vd_queue_t *queue, uint32_t depth)
 {
     if (queue == NULL)
@@ -809,14 +825,7 @@ int rt_vd_queue_create(rt_vd_queue_t *queue, uint32_t depth)
     return RT_OK;
 
 fail:
-    for (uint32_t i = 0; q->ops != NULL && i < depth; i++)
-        rt_aio_req_destroy(q->ops[i].req);
-    free(q->ops);
-    free(q->batch);
-    free(q->reaped);
-    memset(q, 0, sizeof(*q));
-    q->magic = RT__MAGIC_DEAD;
-    rt__handle_free(&queue_pool, q);
+    queue_free(q);
     return rc;
 }
 
@@ -831,16 +840,7 @@ int rt_vd_queue_destroy(rt_vd_queue_t q)
     int rc = rt_aio_ctx_destroy(q->ctx);
     if (rc != RT_OK)
         return rc;
-    for (uint32_t i = 0; i < q->depth; i++) {
-        rt_aio_req_destroy(q->ops[i].req);
-        free(q->ops[i].iov);
-    }
-    free(q->ops);
-    free(q->batch);
-    free(q->reaped);
-    memset(q, 0, sizeof(*q));
-    q->magic = RT__MAGIC_DEAD;
-    rt__handle_free(&queue_pool, q);
+    queue_free(q);
     return RT_OK;
 }
 
