@@ -598,6 +598,14 @@ static void spin_for_news(struct rt_aio_ctx *ctx, uint64_t deadline)
     }
 }
 
+/* Sleeps where the backend's completions and the doorbell both reach this thread. */
+static int sleep_for_news(struct rt_aio_ctx *ctx, uint64_t deadline)
+{
+    if (ctx->backend->sleep != NULL)
+        return ctx->backend->sleep(ctx, deadline);
+    return rt__doorbell_wait(&ctx->doorbell, deadline);
+}
+
 static bool take_wakeup(struct rt_aio_ctx *ctx)
 {
     return atomic_load_explicit(&ctx->wakeup_pending, memory_order_relaxed) &&
@@ -635,11 +643,11 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
         /* Going to sleep.  Announce it (seq_cst), clear the bell, and look once more
          * (seq_cst): a poster pushes (seq_cst) and then reads waiter_sleeping
          * (seq_cst), so either it sees the flag and rings, or this look sees its
-         * request.  Kernel completions and wakeups ring unconditionally. */
+         * request.  Wakeups ring unconditionally; kernel completions either ring too
+         * or wake the backend's own sleep, which also watches the bell. */
         atomic_store_explicit(&ctx->waiter_sleeping, true, memory_order_seq_cst);
         rt__doorbell_clear(&ctx->doorbell);
-        if (!has_news(ctx, memory_order_seq_cst) &&
-            rt__doorbell_wait(&ctx->doorbell, deadline) == RT_ERR_TIMEOUT) {
+        if (!has_news(ctx, memory_order_seq_cst) && sleep_for_news(ctx, deadline) == RT_ERR_TIMEOUT) {
             atomic_store_explicit(&ctx->waiter_sleeping, false, memory_order_relaxed);
             *count += collect(ctx, reqs + *count, n - *count);
             return *count >= want ? RT_OK : RT_ERR_TIMEOUT;

@@ -139,6 +139,16 @@ struct rt__aio_backend {
     bool (*has_completions)(struct rt_aio_ctx *ctx);
 
     /**
+     * Sleeps until reap() has something, the context's doorbell rings, or the monotonic
+     * @a deadline_ns passes (UINT64_MAX: none); may return early (a signal).  The waiter
+     * only, after it cleared the doorbell.  NULL: the front end sleeps on the doorbell,
+     * so every completion must ring it.
+     * @retval RT_OK           woken: look again.
+     * @retval RT_ERR_TIMEOUT  the deadline passed.
+     */
+    int (*sleep)(struct rt_aio_ctx *ctx, uint64_t deadline_ns);
+
+    /**
      * Takes @a req back if it has not started, so that nothing will touch it again.
      * @retval RT_OK                   taken back; the front end completes it as
      *                                 cancelled.

@@ -3,21 +3,32 @@
  *
  * One ring per context.  Submitters may be any thread, and liburing's submission queue
  * has a single producer, so SQE preparation and io_uring_submit() run under sq_lock:
- * one io_uring_enter() per rt_aio_ctx_submit() call (more only if the SQ fills).  Every
- * CQE posting rings the context's doorbell, an eventfd registered with the ring, which
- * is what the front end's waiter sleeps on, so wakeups and pool completions share it.
+ * one io_uring_enter() per rt_aio_ctx_submit() call (more only if the SQ fills).
  * The waiter reaps the CQ in user space (io_uring_peek_batch_cqe): no system call when
  * completions are already there.
  *
- *   submit ──sq_lock──► SQEs ──io_uring_enter──► kernel ──CQE + eventfd──► reap()
- *            │ no free slot                                                   │
- *            ▼                                                                ▼
- *         deferred list ◄──────────────── pump() after each reap ◄── short transfer:
- *                                                                    resubmit the rest
+ *   submit ──sq_lock──► SQEs ──io_uring_enter──► kernel ──CQE──► reap()
+ *            │ no free slot                                        │
+ *            ▼                                                     ▼
+ *         deferred list ◄──────── pump() after each reap ◄── short transfer:
+ *                                                             resubmit the rest
  *
- * Slots: at most cq_entries requests are in the ring at once, so the CQ can never
- * overflow; what does not fit waits on the deferred list (an unlimited context asks for
- * UNLIMITED_ENTRIES and relies on it).
+ * Sleeping: the waiter sleeps in io_uring_enter(GETEVENTS) itself, as fio does, so a
+ * completion wakes it directly and the kernel posts the CQE on the way (one system
+ * call).  The context's doorbell (wakeups, parked work, a canceller's postings) reaches
+ * that sleep through the "doorbell watch": a poll on the doorbell's eventfd kept in the
+ * ring, whose CQE (user_data WATCH_TAG) wakes the waiter.  It is one-shot: the reaper
+ * that takes its CQE disarms it, and the waiter re-arms it before it sleeps again (the
+ * bell rings rarely here, so the extra submit is rare).  Registering the eventfd with
+ * the ring instead would make every CQE ring it, and the waiter then pays a poll(), a
+ * restart after the completion's task work and a read() per sleep: about 5 us more at
+ * depth 1, and 20 us more for buffered reads, whose completions take several rounds.
+ * This needs IORING_FEAT_EXT_ARG (Linux 5.11) for a timeout without an SQE; the probe
+ * refuses older kernels, which get the next backend.
+ *
+ * Slots: at most cq_entries - 1 requests are in the ring at once (one CQE is kept for
+ * the doorbell watch), so the CQ can never overflow; what does not fit waits on the
+ * deferred list (an unlimited context asks for UNLIMITED_ENTRIES and relies on it).
  *
  * Short transfers: a buffered read can return less than asked short of end of file (a
  * page-cache boundary, a signal), and one SQE moves at most MAX_CHUNK.  The caller
@@ -44,10 +55,12 @@
 
 #include <errno.h>
 #include <liburing.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <rt/err.h>
+#include <rt/time.h>
 
 #include "internal/aio.h"
 #include "internal/doorbell.h"
@@ -62,6 +75,8 @@
 #define PUMP_BATCH 64u
 /* CQEs taken per peek. */
 #define REAP_BATCH 64u
+/* user_data of the doorbell watch's CQE: never a request's address. */
+#define WATCH_TAG ((uint64_t)1)
 
 struct uring {
     struct io_uring ring;
@@ -71,6 +86,9 @@ struct uring {
     _Atomic uint32_t in_ring; /* under sq_lock to grow, any lock to shrink */
     atomic_bool sq_left;      /* a failed io_uring_submit() left SQEs for the pump */
     bool sync_cancel;         /* the kernel has IORING_REGISTER_SYNC_CANCEL */
+    /* The doorbell watch is in the ring: set under sq_lock, cleared by the reaper that
+     * takes its CQE (under cq_lock). */
+    atomic_bool watch_armed;
 
     rt__mutex_t deferred_lock;
     struct rt__req_queue deferred;
@@ -89,24 +107,27 @@ static struct uring *uring_of(struct rt_aio_ctx *ctx)
 
 static int uring_probe(void)
 {
-    static const int needed[] = {IORING_OP_READ, IORING_OP_WRITE, IORING_OP_READV, IORING_OP_WRITEV,
-                                 IORING_OP_FSYNC};
+    static const int needed[] = {IORING_OP_READ,  IORING_OP_WRITE,    IORING_OP_READV,
+                                 IORING_OP_WRITEV, IORING_OP_FSYNC,   IORING_OP_POLL_ADD};
     struct io_uring ring;
+    struct io_uring_params params;
     struct io_uring_probe *probe;
     int rc = RT_OK;
 
-    if (io_uring_queue_init(2, &ring, 0) < 0)
+    memset(&params, 0, sizeof params);
+    if (io_uring_queue_init_params(2, &ring, &params) < 0)
         return RT_ERR_NOT_SUPPORTED; /* ENOSYS, EPERM (io_uring_disabled, seccomp), ... */
     probe = io_uring_get_probe_ring(&ring);
-    if (probe == NULL) {
+    if (probe == NULL || !(params.features & IORING_FEAT_EXT_ARG)) {
         rc = RT_ERR_NOT_SUPPORTED;
     } else {
         for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++) {
             if (!io_uring_opcode_supported(probe, needed[i]))
                 rc = RT_ERR_NOT_SUPPORTED;
         }
-        io_uring_free_probe(probe);
     }
+    if (probe != NULL)
+        io_uring_free_probe(probe);
     io_uring_queue_exit(&ring);
     return rc;
 }
@@ -166,17 +187,12 @@ static int uring_init(struct rt_aio_ctx *ctx, uint32_t capacity)
         free(uring);
         return ret == -ENOMEM ? RT_ERR_NO_MEMORY : rt_err_from_errno(-ret);
     }
-    ret = io_uring_register_eventfd(&uring->ring, ctx->doorbell.write_fd);
-    if (ret < 0) {
-        io_uring_queue_exit(&uring->ring);
-        free(uring);
-        return rt_err_from_errno(-ret);
-    }
-    uring->slots = params.cq_entries;
+    uring->slots = params.cq_entries - 1; /* one CQE kept for the doorbell watch */
     uring->doorbell = &ctx->doorbell;
     uring->sync_cancel = has_sync_cancel(&uring->ring);
     atomic_init(&uring->in_ring, 0);
     atomic_init(&uring->sq_left, false);
+    atomic_init(&uring->watch_armed, false);
     rt__mutex_init(&uring->sq_lock);
     rt__mutex_init(&uring->cq_lock);
     rt__mutex_init(&uring->deferred_lock);
@@ -333,6 +349,70 @@ static void pump(struct uring *uring)
 }
 
 /* ------------------------------------------------------------------------------------
+ * Sleeping: the doorbell watch
+ */
+
+/* Puts the doorbell watch into the ring unless it is there.  sq_lock held.  A poll on
+ * a bell that is already rung completes at once, which is what a sleeper wants. */
+static void arm_watch(struct uring *uring)
+{
+    struct io_uring_sqe *sqe;
+
+    if (atomic_load_explicit(&uring->watch_armed, memory_order_relaxed))
+        return;
+    sqe = io_uring_get_sqe(&uring->ring);
+    if (sqe == NULL) { /* SQ full of leftovers: hand them over and try once more */
+        io_uring_submit(&uring->ring);
+        sqe = io_uring_get_sqe(&uring->ring);
+        if (sqe == NULL)
+            return; /* the sleep below is bounded: see uring_sleep() */
+    }
+    io_uring_prep_poll_add(sqe, uring->doorbell->read_fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, WATCH_TAG);
+    atomic_store_explicit(&uring->watch_armed, true, memory_order_relaxed);
+    flush_sq(uring);
+}
+
+/* How long the waiter sleeps at most when the watch could not be armed (the SQ is full
+ * and the kernel refuses more): it then looks at the bell this often. */
+#define UNWATCHED_SLEEP_NS 1000000u
+
+static int uring_sleep(struct rt_aio_ctx *ctx, uint64_t deadline_ns)
+{
+    struct uring *uring = uring_of(ctx);
+    struct io_uring_getevents_arg arg;
+    struct __kernel_timespec ts;
+    uint64_t now = rt_time_nano_ts();
+    uint64_t until = deadline_ns;
+    int ret;
+
+    if (now >= deadline_ns)
+        return RT_ERR_TIMEOUT;
+    if (!atomic_load_explicit(&uring->watch_armed, memory_order_relaxed)) {
+        rt__mutex_lock(&uring->sq_lock);
+        arm_watch(uring);
+        rt__mutex_unlock(&uring->sq_lock);
+        if (!atomic_load_explicit(&uring->watch_armed, memory_order_relaxed) &&
+            until - now > UNWATCHED_SLEEP_NS)
+            until = now + UNWATCHED_SLEEP_NS;
+    }
+    memset(&arg, 0, sizeof arg);
+    if (until != UINT64_MAX) {
+        ts.tv_sec = (long long)((until - now) / 1000000000u);
+        ts.tv_nsec = (long long)((until - now) % 1000000000u);
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+    }
+    /* No SQEs (submitters own the SQ), no CQ access: the CQ is the reaper's, under
+     * cq_lock, and this sleep must not hold that lock (a canceller needs it). */
+    ret = io_uring_enter2((unsigned)uring->ring.ring_fd, 0, 1,
+                          IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, (sigset_t *)&arg,
+                          sizeof arg);
+    if (ret == -ETIME && deadline_ns != UINT64_MAX && rt_time_nano_ts() >= deadline_ns)
+        return RT_ERR_TIMEOUT;
+    return RT_OK; /* woken, a signal (EINTR), or the unwatched bound: look again */
+}
+
+/* ------------------------------------------------------------------------------------
  * Completion
  */
 
@@ -414,15 +494,21 @@ static size_t reap_locked(struct uring *uring, struct rt_aio_req **out, size_t m
 
         if (got == 0)
             break;
+        unsigned reqs = 0;
+
         for (unsigned i = 0; i < got; i++) {
-            done[i].req = io_uring_cqe_get_data(cqes[i]);
-            done[i].res = cqes[i]->res;
+            if (cqes[i]->user_data == WATCH_TAG) {
+                atomic_store_explicit(&uring->watch_armed, false, memory_order_relaxed);
+                continue; /* the bell rang: the front end looks at its queues anyway */
+            }
+            done[reqs].req = io_uring_cqe_get_data(cqes[i]);
+            done[reqs++].res = cqes[i]->res;
         }
         io_uring_cq_advance(&uring->ring, got);
         /* Pairs with the release in fill_ring(): the submitter's writes to its requests
          * reach us through the kernel, which the memory model (and TSan) cannot see. */
         (void)atomic_load_explicit(&uring->in_ring, memory_order_acquire);
-        for (unsigned i = 0; i < got; i++) {
+        for (unsigned i = 0; i < reqs; i++) {
             struct rt_aio_req *req = finish(uring, done[i].req, done[i].res);
             if (req != NULL) {
                 out[count++] = req;
@@ -475,22 +561,33 @@ static bool uring_has_completions(struct rt_aio_ctx *ctx)
  */
 static bool swallow(struct rt_aio_ctx *ctx, struct uring *uring, struct rt_aio_req *target)
 {
-    for (;;) {
+    bool took_watch = false;
+    int cancelled = -1; /* not known yet */
+
+    while (cancelled < 0) {
         struct io_uring_cqe *cqe = NULL;
         struct completion got;
         struct rt_aio_req *req;
+        bool watch;
 
         /* The CQE is guaranteed; if it is not posted yet, wait for it in the kernel (no
          * SQE needed, unlike liburing's timeout variant). */
         if (io_uring_wait_cqe(&uring->ring, &cqe) < 0 || cqe == NULL)
             continue;
+        watch = cqe->user_data == WATCH_TAG;
         got.req = io_uring_cqe_get_data(cqe);
         got.res = cqe->res;
         io_uring_cqe_seen(&uring->ring, cqe);
+        if (watch) {
+            atomic_store_explicit(&uring->watch_armed, false, memory_order_relaxed);
+            took_watch = true;
+            continue;
+        }
         (void)atomic_load_explicit(&uring->in_ring, memory_order_acquire);
         if (got.req == target && (got.res == -ECANCELED || got.res == -EINTR)) {
             atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_release);
-            return true;
+            cancelled = 1;
+            break;
         }
         req = finish(uring, got.req, got.res);
         if (req != NULL) {
@@ -498,8 +595,17 @@ static bool swallow(struct rt_aio_ctx *ctx, struct uring *uring, struct rt_aio_r
             rt__aio_ctx_post_done(ctx, req);
         }
         if (got.req == target)
-            return false; /* it ran to completion (or went round again) after all */
+            cancelled = 0; /* it ran to completion (or went round again) after all */
     }
+    /* The watch's CQE was meant for a waiter that may be asleep in the kernel and has
+     * not seen it.  Only the waiter clears the bell, so it is still rung: a new watch
+     * completes at once and wakes that waiter. */
+    if (took_watch) {
+        rt__mutex_lock(&uring->sq_lock);
+        arm_watch(uring);
+        rt__mutex_unlock(&uring->sq_lock);
+    }
+    return cancelled == 1;
 }
 
 /* How long a cancel waits for the kernel's verdict.  The waiter cannot reap meanwhile
@@ -546,5 +652,6 @@ const struct rt__aio_backend rt__uring_backend = {
     .submit = uring_submit,
     .reap = uring_reap,
     .has_completions = uring_has_completions,
+    .sleep = uring_sleep,
     .cancel = uring_cancel,
 };
