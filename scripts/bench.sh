@@ -141,10 +141,13 @@ run_peer() {
 }
 
 # run_vrt BACKEND RW BS DEPTH DIRECT -> "iops p50_us ios"
+# The batch is the tuned peers' iodepth_batch_submit, and the buffers are registered as
+# theirs are (--fixedbufs), so "same depth and batch" holds against them.
 run_vrt() {
     local backend=$1 rw=$2 bs=$3 depth=$4 direct=$5
     RT_AIO_THREADS=$(pool_size "$depth") "$bench" --backend "$backend" --rw "$rw" --bs "$bs" \
-        --iodepth "$depth" --direct "$direct" --filename "$file" --size "$size" \
+        --iodepth "$depth" --batch "$((depth < 32 ? depth : 32))" --fixedbufs 1 \
+        --direct "$direct" --filename "$file" --size "$size" \
         --runtime "$runtime" --ramp "$ramp" --json --quiet |
         jq -r '.results | "\(.iops) \(.lat_ns.p50 / 1000) \(.ios)"'
 }

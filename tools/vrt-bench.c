@@ -126,6 +126,7 @@ struct options {
     uint32_t iodepth;
     uint32_t batch; /* 0 until parsed: then defaults to iodepth */
     bool direct;
+    bool fixedbufs;
     const char *filename; /* NULL: a temporary file */
     uint64_t size;
     double runtime_s;
@@ -141,6 +142,7 @@ static const struct options default_options = {
     .bs = 4096,
     .iodepth = 32,
     .direct = true,
+    .fixedbufs = true,
     .size = 256ull << 20,
     .runtime_s = 10.0,
     .ramp_s = 1.0,
@@ -165,6 +167,9 @@ static const char usage_text[] =
     "                       call)\n"
     "      --direct=0|1     1: bypass the page cache (RT_FILE_NO_CACHE, O_DIRECT);\n"
     "                       0: buffered I/O (default: 1)\n"
+    "      --fixedbufs=0|1  1: register the I/O buffers with the context\n"
+    "                       (rt_aio_ctx_register_buffers; io_uring maps them once as\n"
+    "                       fixed buffers, other backends ignore it) (default: 1)\n"
     "      --backend=NAME   linux-aio, io_uring or threads (default: the library's\n"
     "                       choice, which the RT_AIO_BACKEND environment variable can\n"
     "                       override); the report names the backend actually used\n"
@@ -323,6 +328,7 @@ enum long_only_option {
     OPT_RWMIXREAD = 256,
     OPT_BATCH,
     OPT_DIRECT,
+    OPT_FIXEDBUFS,
     OPT_BACKEND,
     OPT_SEED,
     OPT_RAMP,
@@ -336,6 +342,7 @@ static const struct option long_options[] = {
     {"iodepth", required_argument, NULL, 'd'},
     {"batch", required_argument, NULL, OPT_BATCH},
     {"direct", required_argument, NULL, OPT_DIRECT},
+    {"fixedbufs", required_argument, NULL, OPT_FIXEDBUFS},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"seed", required_argument, NULL, OPT_SEED},
     {"filename", required_argument, NULL, 'f'},
@@ -370,6 +377,11 @@ static void parse_options(int argc, char **argv, struct options *opt)
             if (strcmp(optarg, "0") && strcmp(optarg, "1"))
                 usage_error("--direct", "'%s' must be 0 or 1", optarg);
             opt->direct = optarg[0] == '1';
+            break;
+        case OPT_FIXEDBUFS:
+            if (strcmp(optarg, "0") && strcmp(optarg, "1"))
+                usage_error("--fixedbufs", "'%s' must be 0 or 1", optarg);
+            opt->fixedbufs = optarg[0] == '1';
             break;
         case OPT_BACKEND:
             backend = option_backend(optarg);
@@ -820,6 +832,31 @@ static int create_context(struct bench *b)
     return 0;
 }
 
+/* Registers the buffers with the context (--fixedbufs), in regions of whole buffers
+ * that the library takes (1 GiB each, at most RT_AIO_MAX_REGISTERED_BUFFERS; buffers
+ * beyond that simply stay unregistered).  A refusal costs speed only: say so and go
+ * on. */
+static void register_buffers(struct bench *b, size_t stride)
+{
+    size_t per_region = RT_AIO_MAX_REGISTERED_BUFFER_SIZE / stride;
+    rt_iovec_t regions[64];
+    size_t count = 0;
+    int rc;
+
+    if (per_region == 0)
+        return; /* cannot happen: --bs is at most 1g */
+    for (uint32_t first = 0; first < b->opt->iodepth && count < 64; first += (uint32_t)per_region) {
+        size_t n = b->opt->iodepth - first < per_region ? b->opt->iodepth - first : per_region;
+        regions[count].base = b->slots[first].buf;
+        regions[count++].len = n * stride;
+    }
+    rc = rt_aio_ctx_register_buffers(b->ctx, regions, count);
+    if (RT_FAILURE(rc) && !b->opt->quiet) {
+        fprintf(stderr, "%s: note: registering the I/O buffers failed, going on without: ", PROG);
+        print_status(rc);
+    }
+}
+
 /* One page-aligned region cut into --iodepth buffers, each starting on an alignment
  * boundary so that every one is valid for O_DIRECT. */
 static int allocate_buffers(struct bench *b)
@@ -846,6 +883,8 @@ static int allocate_buffers(struct bench *b)
     }
     for (uint32_t i = 0; i < opt->iodepth; i++)
         b->slots[i].buf = (char *)b->buffers + (size_t)i * stride;
+    if (opt->fixedbufs)
+        register_buffers(b, stride);
     return 0;
 }
 
@@ -1143,8 +1182,9 @@ static void print_header(const struct bench *b, const struct target *t)
     printf("  workload  %s", rw_descs[opt->rw].name);
     if (opt->rw == RW_RANDRW)
         printf(" (%u%% reads)", opt->rwmixread);
-    printf(", bs %s, iodepth %" PRIu32 ", batch %" PRIu32 ", direct=%d\n",
-           cli_format_size(bs, sizeof(bs), opt->bs), opt->iodepth, opt->batch, opt->direct);
+    printf(", bs %s, iodepth %" PRIu32 ", batch %" PRIu32 ", direct=%d, fixedbufs=%d\n",
+           cli_format_size(bs, sizeof(bs), opt->bs), opt->iodepth, opt->batch, opt->direct,
+           opt->fixedbufs);
     printf("  file      %s%s\n", t->path,
            t->temporary   ? " (temporary, removed at exit)"
            : t->is_device ? " (block device)"
@@ -1180,12 +1220,13 @@ static void print_json_report(const struct bench *b, const struct target *t,
     else
         printf("null");
     printf(",\n    \"rw\": \"%s\", \"rwmixread\": %u, \"bs\": %" PRIu64 ", \"iodepth\": %" PRIu32
-           ", \"batch\": %" PRIu32 ", \"direct\": %s,\n    \"filename\": ",
+           ", \"batch\": %" PRIu32 ", \"direct\": %s, \"fixedbufs\": %s,\n    \"filename\": ",
            rw_descs[opt->rw].name,
            opt->rw == RW_RANDRW      ? opt->rwmixread
            : rw_descs[opt->rw].reads ? 100u
                                      : 0u,
-           opt->bs, opt->iodepth, opt->batch, opt->direct ? "true" : "false");
+           opt->bs, opt->iodepth, opt->batch, opt->direct ? "true" : "false",
+           opt->fixedbufs ? "true" : "false");
     cli_json_string(t->path);
     printf(", \"temporary_file\": %s, \"block_device\": %s, \"size\": %" PRIu64
            ", \"laid_out_bytes\": %" PRIu64

@@ -251,6 +251,38 @@ uint32_t rt_aio_ctx_get_max_req_count(rt_aio_ctx_t ctx);
  */
 int rt_aio_ctx_associate_with_file(rt_aio_ctx_t ctx, rt_file_t file);
 
+/** The most regions rt_aio_ctx_register_buffers() takes at once. */
+#define RT_AIO_MAX_REGISTERED_BUFFERS 1024u
+/** The largest region it takes (the io_uring limit). */
+#define RT_AIO_MAX_REGISTERED_BUFFER_SIZE ((size_t)1 << 30)
+
+/**
+ * Registers memory that the context's requests will use as I/O buffers, so a backend
+ * that can map it once skips mapping the pages on every request.  An extension to the
+ * contract, and only a hint: requests may still use any memory; a read or write whose
+ * buffer lies wholly inside one registered region takes the faster path.
+ *
+ * io_uring maps the regions as fixed buffers (IORING_OP_READ_FIXED/WRITE_FIXED), which
+ * saves pinning the pages of every O_DIRECT transfer; linux-aio and threads accept the
+ * call and change nothing.  The memory must stay allocated until the registration is
+ * replaced or removed, or the context destroyed.  A new call replaces the previous
+ * registration; @a count 0 removes it.
+ *
+ * @param bufs   @a count regions, each of 1 byte to RT_AIO_MAX_REGISTERED_BUFFER_SIZE;
+ *               may be NULL when @a count is 0.
+ * @param count  0 to RT_AIO_MAX_REGISTERED_BUFFERS.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE     @a ctx is not live.
+ * @retval RT_ERR_INVALID_POINTER    @a bufs is NULL with @a count > 0, a region's base is
+ *                                   NULL, or the kernel could not map a region (EFAULT).
+ * @retval RT_ERR_INVALID_PARAMETER  @a count or a region's length is out of range.
+ * @retval RT_ERR_AIO_BUSY           requests are outstanding; nothing changed.
+ * @retval RT_ERR_NO_MEMORY          the kernel could not pin the memory (older kernels
+ *                                   charge it to RLIMIT_MEMLOCK); nothing is registered.
+ * Thread-safe; a submit racing with it completes with either registration.
+ */
+int rt_aio_ctx_register_buffers(rt_aio_ctx_t ctx, const rt_iovec_t *bufs, size_t count);
+
 /**
  * Submits @a n prepared requests.
  *

@@ -437,6 +437,32 @@ int rt_aio_ctx_associate_with_file(rt_aio_ctx_t ctx, rt_file_t file)
     return RT_OK;
 }
 
+int rt_aio_ctx_register_buffers(rt_aio_ctx_t ctx, const rt_iovec_t *bufs, size_t count)
+{
+    int rc = RT_OK;
+
+    if (!ctx_is_live(ctx))
+        return RT_ERR_INVALID_HANDLE;
+    if (bufs == NULL && count > 0)
+        return RT_ERR_INVALID_POINTER;
+    if (count > RT_AIO_MAX_REGISTERED_BUFFERS)
+        return RT_ERR_INVALID_PARAMETER;
+    for (size_t i = 0; i < count; i++) {
+        if (bufs[i].base == NULL)
+            return RT_ERR_INVALID_POINTER;
+        if (bufs[i].len == 0 || bufs[i].len > RT_AIO_MAX_REGISTERED_BUFFER_SIZE)
+            return RT_ERR_INVALID_PARAMETER;
+    }
+    if (!enter(ctx))
+        return RT_ERR_INVALID_HANDLE;
+    if (atomic_load(&ctx->outstanding) != 0)
+        rc = RT_ERR_AIO_BUSY;
+    else if (ctx->backend->register_buffers != NULL)
+        rc = ctx->backend->register_buffers(ctx, bufs, count);
+    leave(ctx);
+    return rc;
+}
+
 /* Puts the first @a claimed requests back to PREPARED after a failed submit check. */
 static void unclaim(struct rt_aio_req **reqs, size_t claimed)
 {

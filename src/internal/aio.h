@@ -156,6 +156,14 @@ struct rt__aio_backend {
      * Any thread.
      */
     int (*cancel)(struct rt_aio_ctx *ctx, struct rt_aio_req *req);
+
+    /**
+     * Replaces the registered buffers with @a count regions (already checked; 0
+     * removes them).  NULL: the backend has no use for them.
+     * @retval RT_OK or the status rt_aio_ctx_register_buffers() returns.
+     * Any thread; no request is outstanding as the call starts.
+     */
+    int (*register_buffers)(struct rt_aio_ctx *ctx, const rt_iovec_t *bufs, size_t count);
 };
 
 struct rt_aio_ctx {

@@ -45,6 +45,11 @@
  * kernel also reports success for a request that finished normally while it retried,
  * so the CQE's own result decides whether the request was really cancelled.
  *
+ * Fixed buffers: rt_aio_ctx_register_buffers() maps regions into the ring once; a read
+ * or write whose buffer lies inside one goes out as READ_FIXED/WRITE_FIXED, so the
+ * kernel does not pin and unpin its pages per transfer (the table is sorted by address
+ * and searched under sq_lock, where prep() runs).
+ *
  * Flags left out on purpose: SINGLE_ISSUER and DEFER_TASKRUN require every submission
  * (and the reaping) to come from one thread, but any thread may submit here.
  * COOP_TASKRUN lets completion work wait until the submitting thread next enters the
@@ -94,6 +99,14 @@ struct uring {
     struct rt__req_queue deferred;
 
     struct rt__doorbell *doorbell; /* the context's: rung when work is parked */
+
+    /* Registered buffers, sorted by start; index i is the kernel's buffer i.  Under
+     * sq_lock. */
+    struct fixed_region {
+        uintptr_t start, end;
+        unsigned index;
+    } *fixed;
+    size_t n_fixed;
 };
 
 static struct uring *uring_of(struct rt_aio_ctx *ctx)
@@ -206,6 +219,7 @@ static void uring_fini(struct rt_aio_ctx *ctx)
     struct uring *uring = uring_of(ctx);
 
     io_uring_queue_exit(&uring->ring);
+    free(uring->fixed);
     rt__mutex_destroy(&uring->deferred_lock);
     rt__mutex_destroy(&uring->cq_lock);
     rt__mutex_destroy(&uring->sq_lock);
@@ -221,21 +235,52 @@ static void uring_fini(struct rt_aio_ctx *ctx)
  * transfer near 2 GiB anyway; a larger request goes round again for the rest. */
 #define MAX_CHUNK (1u << 30)
 
+/* The registered buffer holding all of [@a buf, @a buf + @a len), or -1.  sq_lock held. */
+static int fixed_index(const struct uring *uring, const void *buf, size_t len)
+{
+    uintptr_t start = (uintptr_t)buf;
+    size_t lo = 0, hi = uring->n_fixed;
+
+    /* The last region starting at or before buf. */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (uring->fixed[mid].start <= start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    if (start >= uring->fixed[lo - 1].end || len > uring->fixed[lo - 1].end - start)
+        return -1;
+    return (int)uring->fixed[lo - 1].index;
+}
+
 /* Fills @a sqe for what is left of @a req (req->transferred bytes are done; for
- * vectored requests, req->iov has been advanced past them). */
-static void prep(struct io_uring_sqe *sqe, struct rt_aio_req *req)
+ * vectored requests, req->iov has been advanced past them).  sq_lock held. */
+static void prep(const struct uring *uring, struct io_uring_sqe *sqe, struct rt_aio_req *req)
 {
     size_t done = req->transferred;
     size_t left = req->len - done;
     unsigned chunk = left > MAX_CHUNK ? MAX_CHUNK : (unsigned)left;
     uint64_t off = req->off + done;
+    char *buf = (char *)req->buf + done;
+    int fixed = -1;
 
+    if (uring->n_fixed > 0 && (req->op == RT__AIO_OP_READ || req->op == RT__AIO_OP_WRITE))
+        fixed = fixed_index(uring, buf, chunk);
     switch (req->op) {
     case RT__AIO_OP_READ:
-        io_uring_prep_read(sqe, req->fd, (char *)req->buf + done, chunk, off);
+        if (fixed >= 0)
+            io_uring_prep_read_fixed(sqe, req->fd, buf, chunk, off, fixed);
+        else
+            io_uring_prep_read(sqe, req->fd, buf, chunk, off);
         break;
     case RT__AIO_OP_WRITE:
-        io_uring_prep_write(sqe, req->fd, (const char *)req->buf + done, chunk, off);
+        if (fixed >= 0)
+            io_uring_prep_write_fixed(sqe, req->fd, buf, chunk, off, fixed);
+        else
+            io_uring_prep_write(sqe, req->fd, buf, chunk, off);
         break;
     case RT__AIO_OP_READV:
         io_uring_prep_readv(sqe, req->fd, (const struct iovec *)req->iov, req->iovcnt, off);
@@ -278,7 +323,7 @@ static size_t fill_ring(struct uring *uring, struct rt_aio_req **reqs, size_t n)
                 break;
             continue;
         }
-        prep(sqe, reqs[done++]);
+        prep(uring, sqe, reqs[done++]);
         atomic_fetch_add_explicit(&uring->in_ring, 1, memory_order_release);
     }
     flush_sq(uring);
@@ -643,6 +688,57 @@ static int uring_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
     return cancelled ? RT_OK : RT_ERR_AIO_IN_PROGRESS;
 }
 
+/* ------------------------------------------------------------------------------------
+ * Registered buffers
+ */
+
+static int by_start(const void *a, const void *b)
+{
+    const struct fixed_region *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int uring_register_buffers(struct rt_aio_ctx *ctx, const rt_iovec_t *bufs, size_t count)
+{
+    struct uring *uring = uring_of(ctx);
+    struct fixed_region *table = NULL;
+    int rc = RT_OK, ret;
+
+    if (count > 0) {
+        table = calloc(count, sizeof *table);
+        if (table == NULL)
+            return RT_ERR_NO_MEMORY;
+        for (size_t i = 0; i < count; i++) {
+            table[i].start = (uintptr_t)bufs[i].base;
+            table[i].end = table[i].start + bufs[i].len;
+            table[i].index = (unsigned)i;
+        }
+        qsort(table, count, sizeof *table, by_start);
+    }
+    rt__mutex_lock(&uring->sq_lock);
+    if (uring->n_fixed > 0) {
+        io_uring_unregister_buffers(&uring->ring);
+        free(uring->fixed);
+        uring->fixed = NULL;
+        uring->n_fixed = 0;
+    }
+    if (count > 0) {
+        /* rt_iovec_t has struct iovec's layout (types.h). */
+        ret = io_uring_register_buffers(&uring->ring, (const struct iovec *)bufs, (unsigned)count);
+        if (ret < 0) {
+            rc = ret == -ENOMEM  ? RT_ERR_NO_MEMORY
+                 : ret == -EFAULT ? RT_ERR_INVALID_POINTER
+                                  : rt_err_from_errno(-ret);
+            free(table);
+        } else {
+            uring->fixed = table;
+            uring->n_fixed = count;
+        }
+    }
+    rt__mutex_unlock(&uring->sq_lock);
+    return rc;
+}
+
 const struct rt__aio_backend rt__uring_backend = {
     .name = "io_uring",
     .flag = RT_AIO_CTX_F_BACKEND_IO_URING,
@@ -654,4 +750,5 @@ const struct rt__aio_backend rt__uring_backend = {
     .has_completions = uring_has_completions,
     .sleep = uring_sleep,
     .cancel = uring_cancel,
+    .register_buffers = uring_register_buffers,
 };
