@@ -66,13 +66,17 @@ rows=$(awk -F'\t' 'NR > 1 {
     echo "| workload | backend | peer | vrt IOPS | peer IOPS | ratio | spread | vrt p50 µs | peer p50 µs | vrt CPU µs/IO | peer CPU µs/IO |"
     echo "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|"
     while IFS=$'\t' read -r w b p vi pi ratio lo hi vp pp vc pc; do
-        echo "| $(describe "$w") | $b | fio $p | $vi | $pi | **$ratio** | $lo–$hi | $vp | $pp | $vc | $pc |"
+        label="fio $p"
+        [ "$p" = vrt-locked ] && label="vrt, mutex queue"
+        echo "| $(describe "$w") | $b | $label | $vi | $pi | **$ratio** | $lo–$hi | $vp | $pp | $vc | $pc |"
     done <<<"$rows"
     echo
     echo "Peers: fio with \`--norandommap --randrepeat=0 --ramp_time=1\`; \"tuned\" as in"
     echo "scripts/bench.sh (libaio: userspace_reap and batch submit/complete; io_uring:"
     echo "fixedbufs, registerfiles, nonvectored, batch); psync runs numjobs = the threads"
-    echo "backend's pool size (min(depth, 16)) with --thread."
+    echo "backend's pool size (min(depth, 16)) with --thread.  \"vrt, mutex queue\" is"
+    echo "vrt-bench with the thread pool's lock-free ring switched off"
+    echo "(RT_AIO_POOL_QUEUE=locked): the ratio is ring / mutex queue, same run."
     echo
     echo "## Machine"
     echo

@@ -103,7 +103,7 @@ peers() {
     case "$1" in
     linux-aio) echo "libaio libaio-tuned" ;;
     io_uring) echo "io_uring io_uring-tuned" ;;
-    threads) echo "psync posixaio" ;;
+    threads) echo "psync posixaio vrt-locked" ;;
     esac
 }
 
@@ -117,8 +117,14 @@ busy_jiffies() {
 }
 
 # run_peer PEER RW BS DEPTH DIRECT -> "iops p50_us ios"
+# "vrt-locked" is vrt-bench itself with the thread pool's lock-free ring switched off
+# (RT_AIO_POOL_QUEUE=locked): the same-run check that the ring beats a mutex queue.
 run_peer() {
     local peer=$1 rw=$2 bs=$3 depth=$4 direct=$5 batch
+    if [ "$peer" = vrt-locked ]; then
+        RT_AIO_POOL_QUEUE=locked run_vrt threads "$rw" "$bs" "$depth" "$direct"
+        return
+    fi
     batch=$((depth < 32 ? depth : 32))
     local args=(--name=peer --filename="$file" --size="$size" --rw="$rw" --bs="$bs"
         --direct="$direct" --runtime="$(ms "$runtime")ms" --ramp_time="$(ms "$ramp")ms" --time_based

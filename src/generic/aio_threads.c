@@ -22,7 +22,8 @@ static int threads_probe(void)
 static int threads_init(struct rt_aio_ctx *ctx, uint32_t capacity)
 {
     struct rt__tpool *pool;
-    int rc = rt__tpool_create(&pool, rt__tpool_default_workers(capacity), RT__TPOOL_IDLE_MS);
+    int rc = rt__tpool_create(&pool, rt__tpool_default_workers(capacity), capacity,
+                              RT__TPOOL_IDLE_MS);
     if (rc == RT_OK)
         ctx->backend_data = pool;
     return rc;

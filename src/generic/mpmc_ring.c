@@ -366,7 +366,7 @@ void rt__mpmc_ring_close(struct rt__mpmc_ring *ring)
 
 size_t rt__mpmc_ring_count(struct rt__mpmc_ring *ring)
 {
-    return atomic_load_explicit(&ring->avail, memory_order_relaxed);
+    return atomic_load_explicit(&ring->avail, memory_order_seq_cst);
 }
 
 unsigned rt__mpmc_ring_sleepers(struct rt__mpmc_ring *ring)

@@ -1,25 +1,55 @@
 /*
  * The worker pool behind the "threads" backend (see internal/tpool.h).
  *
- * One FIFO of requests (internal/req_queue.h) under one mutex, workers sleeping on one
- * condition variable.  Any number of requests of the same file may run at once: there
- * is no per-file serialization, unlike glibc's POSIX AIO.  Cancel unlinks a queued
- * request under the same lock a worker takes it with: whoever holds it first decides.
+ * Hand-off: requests go from submitters to workers through a lock-free MPMC ring
+ * (internal/mpmc_ring.h): a submit is a few atomic operations per request, and a
+ * worker takes one the same way; neither side locks unless a worker sleeps.  Any
+ * number of requests of the same file run at once: there is no per-file
+ * serialization, unlike glibc's POSIX AIO.
  *
- * Worker threads live in fixed slots.  A worker that idles out marks its slot exited;
- * the next start in that slot joins it first, and destroy joins every slot, so no
- * thread is ever left running on freed memory.
+ *   submitters ──push──► ring (capacity ≥ 2 × the context's) ──pop──► workers
+ *        │ ring full                                      ▲           │
+ *        ▼                                                │           ▼
+ *      spill FIFO (pool lock) ──moved into the ring as ───┘   execute, post_done
+ *                                room frees up
+ *
+ * The spill FIFO only fills when the ring is full, which a bounded context cannot
+ * cause (the ring holds twice its capacity, so even cancelled entries still waiting to
+ * be skipped leave room); an unlimited context can.  Whoever spills moves what it can
+ * back into the ring, and every worker that takes a request moves more: while the
+ * spill FIFO is not empty the ring is full or about to be refilled, so nothing waits
+ * there with idle workers.
+ *
+ * The ring can be switched off (RT_AIO_POOL_QUEUE=locked in the environment): then
+ * the spill FIFO is the only queue and workers sleep on a condition variable, the
+ * design this pool had before the ring.  It stays for the same-run comparison in
+ * `make bench` (backend "threads-locked"), which is how the ring has to keep earning
+ * its place.
+ *
+ * Cancel: a request still in the ring is turned into a tombstone there (it fails if a
+ * worker took it first); one in the spill FIFO is unlinked under the pool lock.
+ *
+ * Workers: they live in fixed slots, start when work arrives and no idle worker covers
+ * it (one per request, up to max_workers), and leave after idle_ms without work.  A
+ * worker that idles out marks its slot exited; the next start in that slot joins it
+ * first, and destroy joins every slot, so no thread is ever left running on freed
+ * memory.  A worker about to leave and a submitter that found enough workers must not
+ * both miss the last request: the worker drops live_workers and then looks at the
+ * queues, the submitter adds its request and then reads live_workers (all seq_cst), so
+ * one of them sees the other (Dekker's pattern) and the request gets a worker.
  */
 #include <config.h>
 
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <rt/err.h>
 #include <rt/time.h>
 
 #include "internal/aio.h"
 #include "internal/cpu.h"
+#include "internal/mpmc_ring.h"
 #include "internal/posix_sys.h"
 #include "internal/req_queue.h"
 #include "internal/sync.h"
@@ -33,36 +63,38 @@ struct worker {
 };
 
 struct rt__tpool {
-    rt__mutex_t lock;
-    rt__cond_t work_ready;
-    struct rt__req_queue queue;
+    struct rt__mpmc_ring *ring; /* NULL when switched off: the spill FIFO is the queue */
+
+    rt__mutex_t lock;             /* worker slots, the spill FIFO */
+    rt__cond_t work_ready;        /* without the ring: workers sleep here */
+    struct rt__req_queue spilled; /* see the head comment */
     unsigned max_workers;
-    unsigned live_workers;
-    unsigned idle_workers;
+    _Atomic unsigned live_workers; /* changed under lock, read anywhere */
+    unsigned idle_workers;         /* without the ring: asleep on work_ready (lock) */
     uint32_t idle_ms;
-    bool stopping;
+    atomic_bool stopping;
     atomic_bool spinning; /* a worker is in spin_for_work() */
     struct worker workers[];
 };
 
-/* Leaves the worker's loop: the slot is marked so the next start joins it. */
-static void *worker_exit(struct worker *self)
-{
-    self->exited = true;
-    self->pool->live_workers--;
-    rt__mutex_unlock(&self->pool->lock);
-    return NULL;
-}
-
 /* How long a worker that ran out of work looks for more before it sleeps: the request
- * that follows a completion (the waiter resubmitting) then needs no futex wake. */
+ * that follows a completion (the waiter resubmitting) then needs no wake-up. */
 #ifndef WORKER_SPIN_NS
 #define WORKER_SPIN_NS 30000u
 #endif
 
-/* Drops the lock and spins up to WORKER_SPIN_NS for the queue to fill; returns with the
- * lock held again.  One worker spins at a time: that is enough to catch the next
- * request, and more would only take CPU from the workers doing I/O. */
+/* Whether any queue holds work.  The ring's count is a seq_cst load: one half of the
+ * exit/submit Dekker pair (the spill FIFO's count is exact under the lock, where that
+ * pair runs). */
+static bool has_work(struct rt__tpool *pool)
+{
+    return rt__req_queue_count(&pool->spilled) > 0 ||
+           (pool->ring != NULL && rt__mpmc_ring_count(pool->ring) > 0);
+}
+
+/* Spins up to WORKER_SPIN_NS for work to arrive.  One worker spins at a time: that is
+ * enough to catch the next request, and more would only take CPU from the workers
+ * doing I/O.  Called without the lock. */
 static void spin_for_work(struct rt__tpool *pool)
 {
     uint64_t until;
@@ -70,13 +102,95 @@ static void spin_for_work(struct rt__tpool *pool)
     if (atomic_exchange_explicit(&pool->spinning, true, memory_order_relaxed))
         return;
     until = rt_time_nano_ts() + WORKER_SPIN_NS;
-    rt__mutex_unlock(&pool->lock);
-    while (rt__req_queue_count(&pool->queue) == 0 && rt_time_nano_ts() < until) {
+    while (!has_work(pool) && !atomic_load_explicit(&pool->stopping, memory_order_relaxed) &&
+           rt_time_nano_ts() < until) {
         for (int i = 0; i < 32; i++)
             rt__cpu_relax();
     }
-    rt__mutex_lock(&pool->lock);
     atomic_store_explicit(&pool->spinning, false, memory_order_relaxed);
+}
+
+/* Moves spilled requests into the ring while it has room, oldest first.  Lock held. */
+static void unspill_locked(struct rt__tpool *pool)
+{
+    struct rt_aio_req *req;
+
+    while ((req = rt__req_queue_pop(&pool->spilled)) != NULL) {
+        if (!rt__mpmc_ring_push(pool->ring, req, &req->pool_pos)) {
+            rt__req_queue_push_front(&pool->spilled, req);
+            return;
+        }
+    }
+}
+
+/* After a worker took a request from the ring: its slot is free, refill from the
+ * spill FIFO if anything waits there. */
+static void unspill(struct rt__tpool *pool)
+{
+    if (rt__req_queue_count(&pool->spilled) == 0)
+        return;
+    rt__mutex_lock(&pool->lock);
+    unspill_locked(pool);
+    rt__mutex_unlock(&pool->lock);
+}
+
+/* The next request from the ring, waiting at most idle_ms; NULL on idle or stop. */
+static struct rt_aio_req *take_from_ring(struct rt__tpool *pool)
+{
+    struct rt_aio_req *req = rt__mpmc_ring_pop(pool->ring, 0); /* 0: only look */
+
+    if (req == NULL) {
+        spin_for_work(pool);
+        req = rt__mpmc_ring_pop(pool->ring,
+                                rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u);
+    }
+    if (req != NULL)
+        unspill(pool);
+    return req;
+}
+
+/* Without the ring: the next request from the FIFO under the lock, waiting on the
+ * condition variable at most idle_ms; NULL on idle or stop. */
+static struct rt_aio_req *take_locked(struct rt__tpool *pool)
+{
+    struct rt_aio_req *req;
+
+    if (!has_work(pool))
+        spin_for_work(pool);
+    rt__mutex_lock(&pool->lock);
+    while (rt__req_queue_count(&pool->spilled) == 0 &&
+           !atomic_load_explicit(&pool->stopping, memory_order_relaxed)) {
+        uint64_t deadline = rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u;
+        int rc;
+
+        pool->idle_workers++;
+        rc = rt__cond_wait_until(&pool->work_ready, &pool->lock, deadline);
+        pool->idle_workers--;
+        if (rc == RT_ERR_TIMEOUT)
+            break;
+    }
+    req = rt__req_queue_pop(&pool->spilled);
+    rt__mutex_unlock(&pool->lock);
+    return req;
+}
+
+/* A worker that found no work: leaves if the pool stops or the queues are still empty
+ * once it has stopped counting as live (see the head comment).  @return whether it
+ * left; the caller then returns at once. */
+static bool leave_if_idle(struct worker *self)
+{
+    struct rt__tpool *pool = self->pool;
+
+    rt__mutex_lock(&pool->lock);
+    atomic_fetch_sub_explicit(&pool->live_workers, 1, memory_order_seq_cst);
+    if (!atomic_load_explicit(&pool->stopping, memory_order_relaxed) && has_work(pool)) {
+        atomic_fetch_add_explicit(&pool->live_workers, 1, memory_order_seq_cst);
+        rt__mutex_unlock(&pool->lock);
+        return false;
+    }
+    self->exited = true;
+    rt__mutex_unlock(&pool->lock);
+    return true;
 }
 
 static void *worker_main(void *arg)
@@ -84,34 +198,20 @@ static void *worker_main(void *arg)
     struct worker *self = arg;
     struct rt__tpool *pool = self->pool;
 
-    rt__mutex_lock(&pool->lock);
     for (;;) {
-        struct rt_aio_req *req;
+        struct rt_aio_req *req = pool->ring != NULL ? take_from_ring(pool) : take_locked(pool);
 
-        if (rt__req_queue_count(&pool->queue) == 0 && !pool->stopping)
-            spin_for_work(pool);
-        while (rt__req_queue_count(&pool->queue) == 0 && !pool->stopping) {
-            uint64_t deadline = rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u;
-            int rc;
-            pool->idle_workers++;
-            rc = rt__cond_wait_until(&pool->work_ready, &pool->lock, deadline);
-            pool->idle_workers--;
-            if (rc == RT_ERR_TIMEOUT && rt__req_queue_count(&pool->queue) == 0)
-                return worker_exit(self);
+        if (req == NULL) {
+            if (leave_if_idle(self))
+                return NULL;
+            continue;
         }
-        req = rt__req_queue_pop(&pool->queue);
-        if (req == NULL) /* stopping, and nothing left */
-            return worker_exit(self);
-        rt__mutex_unlock(&pool->lock);
-
         rt__aio_execute(req);
         rt__aio_ctx_post_done(atomic_load_explicit(&req->ctx, memory_order_relaxed), req);
-
-        rt__mutex_lock(&pool->lock);
     }
 }
 
-/* Starts one more worker if a slot is free.  Called with the lock held. */
+/* Starts one more worker if a slot is free.  Lock held. */
 static int start_worker(struct rt__tpool *pool)
 {
     for (unsigned i = 0; i < pool->max_workers; i++) {
@@ -122,7 +222,7 @@ static int start_worker(struct rt__tpool *pool)
             continue;
         if (slot->started) {
             /* Its thread has left the loop and only needs to return: the join is
-             * short, and the lock it still wants was released in worker_exit. */
+             * short, and the lock it wanted was released in leave_if_idle. */
             rt__thread_join(&slot->thread);
             slot->started = false;
         }
@@ -131,13 +231,29 @@ static int start_worker(struct rt__tpool *pool)
         if (rc != RT_OK)
             return rc;
         slot->started = true;
-        pool->live_workers++;
+        atomic_fetch_add_explicit(&pool->live_workers, 1, memory_order_seq_cst);
         return RT_OK;
     }
     return RT_ERR_TRY_AGAIN;
 }
 
-int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t idle_ms)
+/* Whether RT_AIO_POOL_QUEUE asks for the pool without the ring. */
+static bool ring_switched_off(void)
+{
+    const char *queue = getenv("RT_AIO_POOL_QUEUE");
+    return queue != NULL && strcmp(queue, "locked") == 0;
+}
+
+/* The ring's size for a pool of @a max_workers serving a context of @a capacity. */
+static size_t ring_capacity(uint32_t capacity)
+{
+    if (capacity == 0 || capacity > 512u)
+        return 1024u; /* unlimited or large: the spill FIFO takes the rest */
+    return 2u * capacity;
+}
+
+int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t capacity,
+                     uint32_t idle_ms)
 {
     struct rt__tpool *created;
     int rc;
@@ -147,13 +263,23 @@ int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t idl
     created = rt__posix_sys.calloc(1, sizeof *created + max_workers * sizeof(struct worker));
     if (created == NULL)
         return RT_ERR_NO_MEMORY;
+    if (!ring_switched_off()) {
+        rc = rt__mpmc_ring_create(&created->ring, ring_capacity(capacity), 0);
+        if (rc != RT_OK) {
+            free(created);
+            return rc;
+        }
+    }
     rc = rt__cond_init(&created->work_ready);
     if (rc != RT_OK) {
+        rt__mpmc_ring_destroy(created->ring);
         free(created);
         return rc;
     }
     rt__mutex_init(&created->lock);
-    rt__req_queue_init(&created->queue);
+    rt__req_queue_init(&created->spilled);
+    atomic_init(&created->live_workers, 0);
+    atomic_init(&created->stopping, false);
     atomic_init(&created->spinning, false);
     created->max_workers = max_workers;
     created->idle_ms = idle_ms;
@@ -168,24 +294,33 @@ void rt__tpool_destroy(struct rt__tpool *pool)
     if (pool == NULL)
         return;
     rt__mutex_lock(&pool->lock);
-    pool->stopping = true;
+    atomic_store_explicit(&pool->stopping, true, memory_order_relaxed);
     rt__cond_broadcast(&pool->work_ready);
     rt__mutex_unlock(&pool->lock);
+    if (pool->ring != NULL)
+        rt__mpmc_ring_close(pool->ring);
     for (unsigned i = 0; i < pool->max_workers; i++) {
         if (pool->workers[i].started)
             rt__thread_join(&pool->workers[i].thread);
     }
+    rt__mpmc_ring_destroy(pool->ring);
     rt__cond_destroy(&pool->work_ready);
     rt__mutex_destroy(&pool->lock);
     free(pool);
 }
 
-/* Fails every queued request when no worker exists to run them. */
+/* Takes every queued request when no worker exists to run them; they are chained on
+ * @a failed with RT_ERR_TRY_AGAIN.  Lock held. */
 static void fail_all_locked(struct rt__tpool *pool, struct rt_aio_req **failed)
 {
     struct rt_aio_req *req;
 
-    while ((req = rt__req_queue_pop(&pool->queue)) != NULL) {
+    for (;;) {
+        req = rt__req_queue_pop(&pool->spilled);
+        if (req == NULL && pool->ring != NULL)
+            req = rt__mpmc_ring_pop(pool->ring, 0);
+        if (req == NULL)
+            return;
         req->rc = RT_ERR_TRY_AGAIN;
         req->transferred = 0;
         req->next = *failed;
@@ -193,27 +328,63 @@ static void fail_all_locked(struct rt__tpool *pool, struct rt_aio_req **failed)
     }
 }
 
-void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n)
+/* Workers that could take work without being started: asleep, or the one spinning. */
+static unsigned idle_workers(struct rt__tpool *pool)
 {
-    struct rt_aio_req *failed = NULL;
+    unsigned idle = atomic_load_explicit(&pool->spinning, memory_order_relaxed) ? 1u : 0u;
 
-    rt__mutex_lock(&pool->lock);
-    rt__req_queue_push(&pool->queue, reqs, n);
-    /* Wake idle workers first; start new ones for what they cannot cover. */
-    for (size_t wanted = n; wanted > pool->idle_workers && pool->live_workers < pool->max_workers;
+    if (pool->ring != NULL)
+        return idle + rt__mpmc_ring_sleepers(pool->ring);
+    return idle + pool->idle_workers; /* lock held in this case */
+}
+
+/* Starts workers for @a n new requests that idle ones cannot cover, fails everything
+ * queued if no worker exists at all, and wakes sleepers of the locked queue.  Lock
+ * held.  Chains failed requests on @a failed. */
+static void staff_locked(struct rt__tpool *pool, size_t n, struct rt_aio_req **failed)
+{
+    for (size_t wanted = n; wanted > idle_workers(pool) &&
+                            atomic_load_explicit(&pool->live_workers, memory_order_seq_cst) <
+                                pool->max_workers;
          wanted--) {
         if (start_worker(pool) != RT_OK)
             break;
     }
-    if (pool->live_workers == 0) {
-        fail_all_locked(pool, &failed);
-    } else {
+    if (atomic_load_explicit(&pool->live_workers, memory_order_seq_cst) == 0) {
+        fail_all_locked(pool, failed);
+    } else if (pool->ring == NULL) {
         /* One wake per new request an idle worker must take; busy workers come back
          * for the rest on their own.  A broadcast would wake them all for one request. */
         unsigned wakes = n < pool->idle_workers ? (unsigned)n : pool->idle_workers;
         while (wakes-- > 0)
             rt__cond_signal(&pool->work_ready);
     }
+}
+
+void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n)
+{
+    struct rt_aio_req *failed = NULL;
+    size_t in_ring = 0;
+
+    if (pool->ring != NULL) {
+        while (in_ring < n && rt__mpmc_ring_push(pool->ring, reqs[in_ring], &reqs[in_ring]->pool_pos))
+            in_ring++;
+        /* The hot path ends here: everything is in the ring and enough workers live
+         * or idle (the seq_cst read is the submitter's half of the exit pair). */
+        if (in_ring == n &&
+            (atomic_load_explicit(&pool->live_workers, memory_order_seq_cst) == pool->max_workers ||
+             n <= idle_workers(pool)) &&
+            atomic_load_explicit(&pool->live_workers, memory_order_seq_cst) > 0)
+            return;
+    }
+
+    rt__mutex_lock(&pool->lock);
+    if (in_ring < n) {
+        rt__req_queue_push(&pool->spilled, reqs + in_ring, n - in_ring);
+        if (pool->ring != NULL)
+            unspill_locked(pool); /* workers may have freed slots meanwhile */
+    }
+    staff_locked(pool, n, &failed);
     rt__mutex_unlock(&pool->lock);
 
     while (failed != NULL) {
@@ -227,8 +398,12 @@ int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req)
 {
     int rc = RT_ERR_AIO_IN_PROGRESS;
 
+    if (pool->ring != NULL &&
+        rt__mpmc_ring_cancel(pool->ring, atomic_load_explicit(&req->pool_pos, memory_order_relaxed),
+                             req))
+        return RT_OK;
     rt__mutex_lock(&pool->lock);
-    if (rt__req_queue_remove(&pool->queue, req))
+    if (rt__req_queue_remove(&pool->spilled, req))
         rc = RT_OK;
     rt__mutex_unlock(&pool->lock);
     return rc;

@@ -92,6 +92,8 @@ struct rt_aio_req {
     /* The backend queue holding the request, which cancel may take it from; written
      * only under that queue's lock, NULL when in none. */
     _Atomic(void *) queue_owner;
+    /* Its position in the thread pool's ring while it is there (for cancel). */
+    atomic_size_t pool_pos;
 
     struct rt_aio_req *next_free; /* handle-pool link */
 };

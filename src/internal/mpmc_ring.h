@@ -93,7 +93,8 @@ bool rt__mpmc_ring_cancel(struct rt__mpmc_ring *ring, size_t pos, void *item);
 void rt__mpmc_ring_close(struct rt__mpmc_ring *ring);
 
 /** Roughly how many items are stored (cancelled ones count until a consumer skips
- * them).  A hint for heuristics: it may be stale by the time it is used.  Any thread. */
+ * them).  A hint for heuristics: it may be stale by the time it is used.  A seq_cst
+ * load, so it can be one half of a Dekker pair with push.  Any thread. */
 size_t rt__mpmc_ring_count(struct rt__mpmc_ring *ring);
 
 /** How many consumers are asleep in pop right now: the pool's "start another worker?"

@@ -77,6 +77,20 @@ static inline struct rt_aio_req *rt__req_queue_pop(struct rt__req_queue *queue)
     return req;
 }
 
+/** Puts @a req back at the head, where rt__req_queue_pop() took it from.  Lock held. */
+static inline void rt__req_queue_push_front(struct rt__req_queue *queue, struct rt_aio_req *req)
+{
+    req->prev = NULL;
+    req->next = queue->head;
+    if (queue->head != NULL)
+        queue->head->prev = req;
+    else
+        queue->tail = req;
+    queue->head = req;
+    atomic_store_explicit(&req->queue_owner, queue, memory_order_relaxed);
+    atomic_fetch_add_explicit(&queue->count, 1, memory_order_relaxed);
+}
+
 /** Unlinks @a req if this queue holds it.  Lock held.  @return whether it did. */
 static inline bool rt__req_queue_remove(struct rt__req_queue *queue, struct rt_aio_req *req)
 {

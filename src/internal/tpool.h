@@ -17,10 +17,17 @@ struct rt__tpool;
 
 /**
  * @param max_workers  at most this many threads at once (at least 1).
+ * @param capacity     how many requests the owner may have queued at once (its
+ *                     context's capacity; 0 or RT_AIO_UNLIMITED_REQS for no bound): sizes
+ *                     the ring.
  * @param idle_ms      how long a worker waits for work before it exits.
- * @retval RT_OK, RT_ERR_NO_MEMORY
+ * @retval RT_OK, RT_ERR_NO_MEMORY, RT_ERR_GENERAL_FAILURE (no condition variable)
+ *
+ * RT_AIO_POOL_QUEUE=locked in the environment switches the lock-free ring off (one
+ * mutex-protected FIFO instead), for comparing the two in one benchmark run.
  */
-int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t idle_ms);
+int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t capacity,
+                     uint32_t idle_ms);
 
 /** Stops and joins every worker.  Nothing may be queued or running. */
 void rt__tpool_destroy(struct rt__tpool *pool);

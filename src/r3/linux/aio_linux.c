@@ -282,7 +282,7 @@ static void send_run_to_helper(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs,
     rt__mutex_lock(&laio->helper_lock);
     if (laio->helper == NULL)
         rc = rt__tpool_create(&laio->helper, rt__tpool_default_workers(ctx->capacity),
-                              RT__TPOOL_IDLE_MS);
+                              ctx->capacity, RT__TPOOL_IDLE_MS);
     rt__mutex_unlock(&laio->helper_lock);
     if (rc == RT_OK) {
         rt__tpool_queue(laio->helper, reqs, n);
