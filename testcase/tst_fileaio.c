@@ -1203,10 +1203,12 @@ static void test_capacity(void)
 }
 
 /* Rule 14: an unlimited context takes a batch larger than any default queue in one
- * submit call, and many more batches on top, without refusing for capacity. */
+ * submit call, and many more batches on top, without refusing for capacity.  COUNT is
+ * beyond every backend's fixed structure (the thread pool's 1024-slot ring, io_uring's
+ * 2048-entry CQ), so what overflows them is exercised too. */
 static void test_unlimited(void)
 {
-    enum { COUNT = 512, SIZE = 64 };
+    enum { COUNT = 3072, SIZE = 64 };
     rt_aio_ctx_t ctx = ctx_new(RT_AIO_UNLIMITED_REQS, 0);
     rt_file_t file = scratch(COUNT * SIZE, RT_FILE_READ);
     rt_aio_req_t *reqs = calloc(COUNT, sizeof *reqs), *out = calloc(COUNT, sizeof *out);
