@@ -26,6 +26,12 @@
  * succeeds on this host, unless a RT_AIO_CTX_F_BACKEND_* flag or the environment
  * variable RT_AIO_BACKEND names one; see doc/design.md for the order.
  *
+ * The thread pool (the threads backend, and linux-aio's buffered requests) reads two
+ * more variables when a context is created: RT_AIO_THREADS, the most worker threads
+ * (1..1024; default the context's capacity, at most 16), and RT_AIO_POOL_QUEUE=locked,
+ * which replaces the lock-free ring between submitters and workers with a mutex queue
+ * (for benchmarking one against the other).
+ *
  * linux-aio and buffered files: the kernel only runs O_DIRECT reads and writes
  * asynchronously; for a file opened without RT_FILE_NO_CACHE, io_submit() would do the
  * whole transfer inside the submitting thread.  So the linux-aio backend hands reads and
