@@ -418,8 +418,8 @@ static void arm_watch(struct uring *uring)
     flush_sq(uring);
 }
 
-/* How long the waiter sleeps at most when the watch could not be armed (the SQ is full
- * and the kernel refuses more): it then looks at the bell this often. */
+/* How long the waiter sleeps at most when the watch could not be put in the kernel (the
+ * SQ is full or the kernel refused the submit): it then looks at the bell this often. */
 #define UNWATCHED_SLEEP_NS 1000000u
 
 static int uring_sleep(struct rt_aio_ctx *ctx, uint64_t deadline_ns)
@@ -437,7 +437,10 @@ static int uring_sleep(struct rt_aio_ctx *ctx, uint64_t deadline_ns)
         rt__mutex_lock(&uring->sq_lock);
         arm_watch(uring);
         rt__mutex_unlock(&uring->sq_lock);
-        if (!atomic_load_explicit(&uring->watch_armed, memory_order_relaxed) &&
+        /* Not armed, or armed but left in the SQ by a refused submit (only the pump
+         * retries it, and only after this sleep): look again soon. */
+        if ((!atomic_load_explicit(&uring->watch_armed, memory_order_relaxed) ||
+             atomic_load_explicit(&uring->sq_left, memory_order_relaxed)) &&
             until - now > UNWATCHED_SLEEP_NS)
             until = now + UNWATCHED_SLEEP_NS;
     }
