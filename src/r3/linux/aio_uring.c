@@ -498,17 +498,23 @@ static struct rt_aio_req *finish(struct uring *uring, struct rt_aio_req *req, in
 {
     size_t in;
 
-    if (res < 0) {
+    /* -ECANCELED or -EINTR here is the kernel stopping the request without a cancel of
+     * ours succeeding: its submitting thread exited (io_uring cancels an exiting task's
+     * queued work), or a cancel that reported failure reached it after all.  The
+     * caller was told it runs to completion, so it goes round again (cancels that did
+     * succeed are swallowed before this point). */
+    if (res < 0 && res != -ECANCELED && res != -EINTR) {
         req->rc = rt_err_from_errno(-res);
         req->transferred = 0;
         return req;
     }
-    req->transferred += (size_t)res;
-    if (!wants_more(req, res)) {
+    if (res > 0)
+        req->transferred += (size_t)res;
+    if (res >= 0 && !wants_more(req, res)) {
         req->rc = RT_OK;
         return req;
     }
-    if (req->op == RT__AIO_OP_READV || req->op == RT__AIO_OP_WRITEV)
+    if (res > 0 && (req->op == RT__AIO_OP_READV || req->op == RT__AIO_OP_WRITEV))
         advance_iov(req, (size_t)res);
     atomic_fetch_sub_explicit(&uring->in_ring, 1, memory_order_relaxed);
     rt__mutex_lock(&uring->sq_lock);
