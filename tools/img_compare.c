@@ -145,6 +145,19 @@ static size_t first_difference(const unsigned char *a, const unsigned char *b, s
     return i;
 }
 
+/* Bytes to read for the step at @a off, at most one buffer and not past @a stop. */
+static size_t chunk_len(uint64_t off, uint64_t stop)
+{
+    return (size_t)(stop - off < COMPARE_CHUNK ? stop - off : COMPARE_CHUNK);
+}
+
+/* Reports progress up to @a off; false when the user asked to stop. */
+static bool progress_and_go_on(struct compare *cmp, uint64_t off)
+{
+    cli_progress_update(&cmp->progress, off, cmp->total);
+    return !img_stop_requested();
+}
+
 /* [off, end) of @a s must read as zeros. */
 static enum verdict expect_zeros(struct compare *cmp, struct side *s, uint64_t off, uint64_t end)
 {
@@ -159,15 +172,14 @@ static enum verdict expect_zeros(struct compare *cmp, struct side *s, uint64_t o
             off = stop;
             continue;
         }
-        len = (size_t)(stop - off < COMPARE_CHUNK ? stop - off : COMPARE_CHUNK);
+        len = chunk_len(off, stop);
         if (side_read(s, off, len) == FAILED)
             return FAILED;
         at = first_nonzero(s->buf, len);
         if (at < len)
             return mismatch(cmp, off + at);
         off += len;
-        cli_progress_update(&cmp->progress, off, cmp->total);
-        if (img_stop_requested())
+        if (!progress_and_go_on(cmp, off))
             return FAILED;
     }
     return SAME;
@@ -207,15 +219,14 @@ static enum verdict compare_common(struct compare *cmp, uint64_t end)
             off = stop;
             continue;
         }
-        len = (size_t)(stop - off < COMPARE_CHUNK ? stop - off : COMPARE_CHUNK);
+        len = chunk_len(off, stop);
         if (side_read(a, off, len) == FAILED || side_read(b, off, len) == FAILED)
             return FAILED;
         at = first_difference(a->buf, b->buf, len);
         if (at < len)
             return mismatch(cmp, off + at);
         off += len;
-        cli_progress_update(&cmp->progress, off, cmp->total);
-        if (img_stop_requested())
+        if (!progress_and_go_on(cmp, off))
             return FAILED;
     }
     return SAME;

@@ -833,19 +833,21 @@ static int create_context(struct bench *b)
 }
 
 /* Registers the buffers with the context (--fixedbufs), in regions of whole buffers
- * that the library takes (1 GiB each, at most RT_AIO_MAX_REGISTERED_BUFFERS; buffers
+ * that the library takes (1 GiB each, at most MAX_REGIONS of them; buffers
  * beyond that simply stay unregistered).  A refusal costs speed only: say so and go
  * on. */
 static void register_buffers(struct bench *b, size_t stride)
 {
+    enum { MAX_REGIONS = 64 }; /* 64 GiB of buffers; --iodepth x --bs beyond stays unregistered */
     size_t per_region = RT_AIO_MAX_REGISTERED_BUFFER_SIZE / stride;
-    rt_iovec_t regions[64];
+    rt_iovec_t regions[MAX_REGIONS];
     size_t count = 0;
     int rc;
 
     if (per_region == 0)
         return; /* cannot happen: --bs is at most 1g */
-    for (uint32_t first = 0; first < b->opt->iodepth && count < 64; first += (uint32_t)per_region) {
+    for (uint32_t first = 0; first < b->opt->iodepth && count < MAX_REGIONS;
+         first += (uint32_t)per_region) {
         size_t n = b->opt->iodepth - first < per_region ? b->opt->iodepth - first : per_region;
         regions[count].base = b->slots[first].buf;
         regions[count++].len = n * stride;

@@ -83,6 +83,12 @@ struct rt__tpool {
 #define WORKER_SPIN_NS 30000u
 #endif
 
+/* When a worker that starts waiting now gives up and may leave. */
+static uint64_t idle_deadline(const struct rt__tpool *pool)
+{
+    return rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u;
+}
+
 /* Whether any queue holds work.  The ring's count is a seq_cst load: one half of the
  * exit/submit Dekker pair (the spill FIFO's count is exact under the lock, where that
  * pair runs). */
@@ -141,8 +147,7 @@ static struct rt_aio_req *take_from_ring(struct rt__tpool *pool)
 
     if (req == NULL) {
         spin_for_work(pool);
-        req = rt__mpmc_ring_pop(pool->ring,
-                                rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u);
+        req = rt__mpmc_ring_pop(pool->ring, idle_deadline(pool));
     }
     if (req != NULL)
         unspill(pool);
@@ -160,11 +165,10 @@ static struct rt_aio_req *take_locked(struct rt__tpool *pool)
     rt__mutex_lock(&pool->lock);
     while (rt__req_queue_count(&pool->spilled) == 0 &&
            !atomic_load_explicit(&pool->stopping, memory_order_relaxed)) {
-        uint64_t deadline = rt_time_nano_ts() + (uint64_t)pool->idle_ms * 1000000u;
         int rc;
 
         pool->idle_workers++;
-        rc = rt__cond_wait_until(&pool->work_ready, &pool->lock, deadline);
+        rc = rt__cond_wait_until(&pool->work_ready, &pool->lock, idle_deadline(pool));
         pool->idle_workers--;
         if (rc == RT_ERR_TIMEOUT)
             break;
@@ -244,7 +248,7 @@ static bool ring_switched_off(void)
     return queue != NULL && strcmp(queue, "locked") == 0;
 }
 
-/* The ring's size for a pool of @a max_workers serving a context of @a capacity. */
+/* The ring's size for a pool serving a context of @a capacity requests. */
 static size_t ring_capacity(uint32_t capacity)
 {
     if (capacity == 0 || capacity > 512u)
@@ -367,14 +371,14 @@ void rt__tpool_queue(struct rt__tpool *pool, struct rt_aio_req **reqs, size_t n)
     size_t in_ring = 0;
 
     if (pool->ring != NULL) {
+        unsigned live;
+
         while (in_ring < n && rt__mpmc_ring_push(pool->ring, reqs[in_ring], &reqs[in_ring]->pool_pos))
             in_ring++;
         /* The hot path ends here: everything is in the ring and enough workers live
          * or idle (the seq_cst read is the submitter's half of the exit pair). */
-        if (in_ring == n &&
-            (atomic_load_explicit(&pool->live_workers, memory_order_seq_cst) == pool->max_workers ||
-             n <= idle_workers(pool)) &&
-            atomic_load_explicit(&pool->live_workers, memory_order_seq_cst) > 0)
+        live = atomic_load_explicit(&pool->live_workers, memory_order_seq_cst);
+        if (in_ring == n && live > 0 && (live == pool->max_workers || n <= idle_workers(pool)))
             return;
     }
 

@@ -302,14 +302,10 @@ static int note_range(struct qcow2 *s, size_t *cap, uint64_t off, uint64_t bytes
     if (bytes == 0)
         return RT_OK;
     for (uint64_t c = off >> s->cluster_bits; c <= (off + bytes - 1) >> s->cluster_bits; c++) {
-        if (s->metadata_len == *cap) {
-            size_t grown_cap = *cap ? *cap * 2 : 64;
-            uint64_t *grown = realloc(s->metadata, grown_cap * sizeof(*grown));
-            if (grown == NULL)
-                return RT_ERR_NO_MEMORY;
-            s->metadata = grown;
-            *cap = grown_cap;
-        }
+        uint64_t *grown = rt__vd_grow(s->metadata, cap, s->metadata_len, sizeof(*grown), 64);
+        if (grown == NULL)
+            return RT_ERR_NO_MEMORY;
+        s->metadata = grown;
         s->metadata[s->metadata_len++] = c << 3 | (uint64_t)role;
     }
     return RT_OK;

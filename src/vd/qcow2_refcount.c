@@ -68,14 +68,11 @@ static void entry_set(uint8_t *block, uint32_t order, uint64_t index, uint64_t v
 
 int rt__qcow2_decrement_after(struct qcow2 *s, uint64_t cluster, uint32_t id)
 {
-    if (s->decrements_len == s->decrements_cap) {
-        size_t cap = s->decrements_cap ? 2 * s->decrements_cap : 64;
-        struct qcow2_decrement *grown = realloc(s->decrements, cap * sizeof(*grown));
-        if (grown == NULL)
-            return RT_ERR_NO_MEMORY;
-        s->decrements = grown;
-        s->decrements_cap = cap;
-    }
+    struct qcow2_decrement *grown = rt__vd_grow(s->decrements, &s->decrements_cap,
+                                                s->decrements_len, sizeof(*grown), 64);
+    if (grown == NULL)
+        return RT_ERR_NO_MEMORY;
+    s->decrements = grown;
     s->decrements[s->decrements_len++] = (struct qcow2_decrement){cluster, id};
     return RT_OK;
 }

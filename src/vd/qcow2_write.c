@@ -31,14 +31,11 @@
 
 static int push_pending(struct qcow2 *s, struct qcow2_pending p)
 {
-    if (s->pending_len == s->pending_cap) {
-        size_t cap = s->pending_cap ? 2 * s->pending_cap : 64;
-        struct qcow2_pending *grown = realloc(s->pending, cap * sizeof(*grown));
-        if (grown == NULL)
-            return RT_ERR_NO_MEMORY;
-        s->pending = grown;
-        s->pending_cap = cap;
-    }
+    struct qcow2_pending *grown =
+        rt__vd_grow(s->pending, &s->pending_cap, s->pending_len, sizeof(*grown), 64);
+    if (grown == NULL)
+        return RT_ERR_NO_MEMORY;
+    s->pending = grown;
     s->pending[s->pending_len++] = p;
     return RT_OK;
 }

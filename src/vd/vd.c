@@ -255,6 +255,20 @@ static char *path_beside(const char *base, const char *name)
     return full;
 }
 
+void *rt__vd_grow(void *items, size_t *cap, size_t len, size_t item_size, size_t first_cap)
+{
+    size_t grown_cap;
+    void *grown;
+
+    if (len < *cap)
+        return items;
+    grown_cap = *cap ? *cap * 2 : first_cap;
+    grown = realloc(items, grown_cap * item_size);
+    if (grown != NULL)
+        *cap = grown_cap;
+    return grown;
+}
+
 int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err)
 {
     if (!vd->allow_backing)

@@ -126,6 +126,11 @@ extern const struct vd_driver rt__vd_qcow2_driver;
 const struct vd_driver *rt__vd_driver_find(const char *name);
 extern const struct vd_driver *const rt__vd_drivers[];
 
+/* Makes room for one more item in a growable array of @a len items of @a item_size
+ * bytes (capacity *@a cap, doubled when full, @a first_cap when empty).  Returns the
+ * array, moved or not, or NULL when out of memory (the old array is then intact). */
+void *rt__vd_grow(void *items, size_t *cap, size_t len, size_t item_size, size_t first_cap);
+
 /* Fills @a err (if not NULL) with a printf-style message and returns @a rc. */
 int rt__vd_fail(rt_vd_error_t *err, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

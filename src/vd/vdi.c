@@ -404,6 +404,8 @@ static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
     struct vdi *v = vdi_of(vd);
     uint32_t block = (uint32_t)(off / v->block_size);
     uint32_t index = v->allocated;
+    struct pending *grown;
+
     if (index >= v->blocks) {
         /* Every index is counted, so some are leaked (a crash, a failed write): reuse
          * one.  Nothing in the file can point at it: the file's entries are a subset of
@@ -412,14 +414,10 @@ static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
         if (rc != RT_OK)
             return rc;
     }
-    if (v->pending_len == v->pending_cap) {
-        size_t cap = v->pending_cap ? v->pending_cap * 2 : 16;
-        struct pending *grown = realloc(v->pending, cap * sizeof(*grown));
-        if (grown == NULL)
-            return RT_ERR_NO_MEMORY;
-        v->pending = grown;
-        v->pending_cap = cap;
-    }
+    grown = rt__vd_grow(v->pending, &v->pending_cap, v->pending_len, sizeof(*grown), 16);
+    if (grown == NULL)
+        return RT_ERR_NO_MEMORY;
+    v->pending = grown;
     if (index == v->allocated)
         v->allocated++;
     v->pending[v->pending_len++] = (struct pending){block, v->bmap[block], 0};

@@ -418,6 +418,14 @@ static void arm_watch(struct uring *uring)
     flush_sq(uring);
 }
 
+/* arm_watch() for a caller without sq_lock. */
+static void arm_watch_unlocked(struct uring *uring)
+{
+    rt__mutex_lock(&uring->sq_lock);
+    arm_watch(uring);
+    rt__mutex_unlock(&uring->sq_lock);
+}
+
 /* How long the waiter sleeps at most when the watch could not be put in the kernel (the
  * SQ is full or the kernel refused the submit): it then looks at the bell this often. */
 #define UNWATCHED_SLEEP_NS 1000000u
@@ -434,9 +442,7 @@ static int uring_sleep(struct rt_aio_ctx *ctx, uint64_t deadline_ns)
     if (now >= deadline_ns)
         return RT_ERR_TIMEOUT;
     if (!atomic_load_explicit(&uring->watch_armed, memory_order_relaxed)) {
-        rt__mutex_lock(&uring->sq_lock);
-        arm_watch(uring);
-        rt__mutex_unlock(&uring->sq_lock);
+        arm_watch_unlocked(uring);
         /* Not armed, or armed but left in the SQ by a refused submit (only the pump
          * retries it, and only after this sleep): look again soon. */
         if ((!atomic_load_explicit(&uring->watch_armed, memory_order_relaxed) ||
@@ -654,11 +660,8 @@ static bool swallow(struct rt_aio_ctx *ctx, struct uring *uring, struct rt_aio_r
     /* The watch's CQE was meant for a waiter that may be asleep in the kernel and has
      * not seen it.  Only the waiter clears the bell, so it is still rung: a new watch
      * completes at once and wakes that waiter. */
-    if (took_watch) {
-        rt__mutex_lock(&uring->sq_lock);
-        arm_watch(uring);
-        rt__mutex_unlock(&uring->sq_lock);
-    }
+    if (took_watch)
+        arm_watch_unlocked(uring);
     return cancelled == 1;
 }
 
