@@ -338,7 +338,8 @@ static void test_ctx_create(void)
     const uint32_t backends[3] = {RT_AIO_CTX_F_BACKEND_LINUX_AIO, RT_AIO_CTX_F_BACKEND_IO_URING,
                                   RT_AIO_CTX_F_BACKEND_THREADS};
     const uint32_t known =
-        RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | backends[0] | backends[1] | backends[2];
+        RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | RT_AIO_CTX_F_SINGLE_THREAD | backends[0] | backends[1] |
+        backends[2];
     rt_aio_ctx_t ctx;
     int rc;
 

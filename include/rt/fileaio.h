@@ -18,7 +18,8 @@
  *
  * Threads: one thread waits on a context at a time.  Submit, cancel, wakeup and the
  * request getters may be called from any thread, concurrently with the waiter and with
- * each other.  Preparing or destroying a request that another thread is submitting at
+ * each other; a context created with RT_AIO_CTX_F_SINGLE_THREAD takes submit, wait,
+ * cancel and buffer registration from its creating thread only.  Preparing or destroying a request that another thread is submitting at
  * the same moment is the caller's race.
  *
  * Backends: "linux-aio" (the kernel's io_submit interface), "io_uring" and "threads" (a
@@ -176,6 +177,8 @@ void *rt_aio_req_get_user(rt_aio_req_t req);
  *                                   it); it completes normally.
  * @retval RT_ERR_AIO_NOT_SUBMITTED  the request is not submitted.
  * @retval RT_ERR_INVALID_HANDLE     not a live request.
+ * @retval RT_ERR_NOT_PERMITTED      its context was created RT_AIO_CTX_F_SINGLE_THREAD
+ *                                   by another thread; nothing changed.
  * Any thread, concurrently with the waiter.  Kernel AIO cannot cancel file I/O, so on
  * linux-aio only requests still queued inside the library can be cancelled.
  */
@@ -209,6 +212,20 @@ int rt_aio_req_get_rc(rt_aio_req_t req, size_t *transferred);
 #define RT_AIO_CTX_F_BACKEND_IO_URING 0x00000020u
 /** Use the portable thread-pool backend. */
 #define RT_AIO_CTX_F_BACKEND_THREADS 0x00000040u
+/**
+ * An extension to the contract: the caller promises that rt_aio_ctx_submit(),
+ * rt_aio_ctx_wait(), rt_aio_req_cancel() and rt_aio_ctx_register_buffers() on this
+ * context all come from the thread that created it, as in a hypervisor's I/O thread
+ * or event loop.  Wakeup, the request getters and destroy stay open to any thread.
+ * Every backend checks the promise: a call from another thread returns
+ * RT_ERR_NOT_PERMITTED and changes nothing.
+ *
+ * io_uring uses it to let the kernel deliver completions where that thread already is,
+ * instead of interrupting it for each one (IORING_SETUP_SINGLE_ISSUER, DEFER_TASKRUN
+ * and COOP_TASKRUN, each dropped where the kernel does not know it).  linux-aio and
+ * threads only check it.
+ */
+#define RT_AIO_CTX_F_SINGLE_THREAD 0x00000100u
 
 /**
  * Creates a context that can have @a max_reqs requests outstanding at once.
@@ -283,6 +300,8 @@ int rt_aio_ctx_associate_with_file(rt_aio_ctx_t ctx, rt_file_t file);
  *                                   NULL, or the kernel could not map a region (EFAULT).
  * @retval RT_ERR_INVALID_PARAMETER  @a count or a region's length is out of range.
  * @retval RT_ERR_AIO_BUSY           requests are outstanding; nothing changed.
+ * @retval RT_ERR_NOT_PERMITTED      RT_AIO_CTX_F_SINGLE_THREAD and not the creating
+ *                                   thread; nothing changed.
  * @retval RT_ERR_NO_MEMORY          the kernel could not pin the memory (older kernels
  *                                   charge it to RLIMIT_MEMLOCK); nothing is registered.
  * Thread-safe; a submit racing with it completes with either registration.
@@ -307,6 +326,8 @@ int rt_aio_ctx_register_buffers(rt_aio_ctx_t ctx, const rt_iovec_t *bufs, size_t
  * @retval RT_ERR_AIO_NOT_SUBMITTED           an entry is fresh or completed (not prepared).
  * @retval RT_ERR_AIO_INSUFFICIENT_RESOURCES  the outstanding count would exceed the
  *                                            capacity.
+ * @retval RT_ERR_NOT_PERMITTED               RT_AIO_CTX_F_SINGLE_THREAD and not the
+ *                                            creating thread; nothing changed.
  * Any thread, concurrently with the waiter.
  */
 int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n);
@@ -334,6 +355,8 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n);
  *                                  cancelled before any came back.  A pending wakeup
  *                                  takes precedence over this.
  * @retval RT_ERR_AIO_BUSY          another thread is already waiting on this context.
+ * @retval RT_ERR_NOT_PERMITTED     RT_AIO_CTX_F_SINGLE_THREAD and not the creating
+ *                                  thread.
  * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a reqs or @a got NULL),
  *         RT_ERR_INVALID_PARAMETER (@a n is 0), RT_ERR_OUT_OF_RANGE (@a min > @a n).
  * One thread at a time.
@@ -348,7 +371,10 @@ int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_re
  * signals.
  *
  * @retval RT_OK, RT_ERR_INVALID_HANDLE.
- * Any thread.
+ * Any thread, also on a RT_AIO_CTX_F_SINGLE_THREAD context.  Async-signal-safe (it
+ * touches only lock-free atomics and write()s one descriptor, and keeps errno), so a
+ * SIGINT handler may end the wait of the thread it interrupted; the context must not be
+ * destroyed while a handler may still call it.
  */
 int rt_aio_ctx_wakeup(rt_aio_ctx_t ctx);
 

@@ -19,6 +19,7 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +43,8 @@ _Static_assert(sizeof(rt_iovec_t) == 2 * sizeof(void *), "rt_iovec_t is {base, l
 
 #define CTX_FLAG_BACKENDS                                                                          \
     (RT_AIO_CTX_F_BACKEND_LINUX_AIO | RT_AIO_CTX_F_BACKEND_IO_URING | RT_AIO_CTX_F_BACKEND_THREADS)
-#define CTX_KNOWN_FLAGS (RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | CTX_FLAG_BACKENDS)
+#define CTX_KNOWN_FLAGS                                                                            \
+    (RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | RT_AIO_CTX_F_SINGLE_THREAD | CTX_FLAG_BACKENDS)
 
 static bool req_is_live(const struct rt_aio_req *req)
 {
@@ -73,6 +75,15 @@ static bool enter(struct rt_aio_ctx *ctx)
 static void leave(struct rt_aio_ctx *ctx)
 {
     atomic_fetch_sub_explicit(&ctx->callers, 1, memory_order_release);
+}
+
+/* Whether this thread may submit, wait, cancel and register buffers on @a ctx: any
+ * thread, unless the context was created RT_AIO_CTX_F_SINGLE_THREAD.  Checked on every
+ * backend alike, so a program that breaks the promise finds out on all of them, not
+ * only where the kernel would refuse (io_uring's single-issuer ring). */
+static bool may_drive(const struct rt_aio_ctx *ctx)
+{
+    return !(ctx->flags & RT_AIO_CTX_F_SINGLE_THREAD) || rt__thread_is_self(&ctx->owner);
 }
 
 static uint32_t req_state(const struct rt_aio_req *req)
@@ -312,6 +323,10 @@ int rt_aio_req_cancel(rt_aio_req_t req)
     ctx = atomic_load_explicit(&req->ctx, memory_order_relaxed);
     if (!ctx_is_live(ctx) || !enter(ctx))
         return RT_ERR_AIO_IN_PROGRESS; /* it completed and moved on meanwhile */
+    if (!may_drive(ctx)) {
+        leave(ctx);
+        return RT_ERR_NOT_PERMITTED;
+    }
     rc = ctx->backend->cancel(ctx, req);
     if (rc == RT_OK) {
         req->rc = RT_ERR_AIO_CANCELED;
@@ -371,6 +386,7 @@ int rt_aio_ctx_create(rt_aio_ctx_t *ctx, uint32_t max_reqs, uint32_t flags)
     if (handle == NULL)
         return RT_ERR_NO_MEMORY;
     handle->flags = flags;
+    handle->owner = rt__thread_self();
     handle->capacity = max_reqs;
     handle->backend = backend;
     atomic_init(&handle->outstanding, 0);
@@ -453,6 +469,8 @@ int rt_aio_ctx_register_buffers(rt_aio_ctx_t ctx, const rt_iovec_t *bufs, size_t
         if (bufs[i].len == 0 || bufs[i].len > RT_AIO_MAX_REGISTERED_BUFFER_SIZE)
             return RT_ERR_INVALID_PARAMETER;
     }
+    if (!may_drive(ctx))
+        return RT_ERR_NOT_PERMITTED;
     if (!enter(ctx))
         return RT_ERR_INVALID_HANDLE;
     if (atomic_load(&ctx->outstanding) != 0)
@@ -500,6 +518,8 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
         return RT_ERR_INVALID_POINTER;
     if (n == 0)
         return RT_ERR_INVALID_PARAMETER;
+    if (!may_drive(ctx))
+        return RT_ERR_NOT_PERMITTED;
     if (!enter(ctx))
         return RT_ERR_INVALID_HANDLE;
 
@@ -698,6 +718,8 @@ int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_re
         return RT_ERR_INVALID_PARAMETER;
     if (min > n)
         return RT_ERR_OUT_OF_RANGE;
+    if (!may_drive(ctx))
+        return RT_ERR_NOT_PERMITTED;
     if (n > UINT32_MAX)
         n = UINT32_MAX; /* *got is 32 bits wide */
     if (!enter(ctx))
@@ -715,12 +737,16 @@ int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_re
     return rc;
 }
 
+/* Async-signal-safe, as the header promises: atomics, one write(), errno kept. */
 int rt_aio_ctx_wakeup(rt_aio_ctx_t ctx)
 {
+    int saved_errno = errno;
+
     if (!ctx_is_live(ctx) || !enter(ctx))
         return RT_ERR_INVALID_HANDLE;
     atomic_store_explicit(&ctx->wakeup_pending, true, memory_order_release);
     rt__doorbell_ring(&ctx->doorbell);
     leave(ctx);
+    errno = saved_errno;
     return RT_OK;
 }

@@ -174,6 +174,8 @@ struct rt_aio_ctx {
     uint32_t capacity; /* granted: max_reqs or RT_AIO_UNLIMITED_REQS */
     const struct rt__aio_backend *backend;
     void *backend_data;
+    rt__thread_t owner; /* the creating thread: with RT_AIO_CTX_F_SINGLE_THREAD, the only
+                           one that may submit, wait, cancel and register buffers */
 
     _Atomic size_t outstanding; /* submitted and not yet completed */
     /* Calls inside the context beyond their handle check (submit, wait, cancel,

@@ -74,6 +74,10 @@ typedef struct rt__thread {
 int rt__thread_create(rt__thread_t *thread, void *(*fn)(void *), void *arg, const char *name);
 /** Waits for the thread to end. @return what its function returned. */
 void *rt__thread_join(rt__thread_t *thread);
+/** The calling thread, as a value rt__thread_is_self() can test later. */
+rt__thread_t rt__thread_self(void);
+/** Whether the calling thread is @a thread. */
+bool rt__thread_is_self(const rt__thread_t *thread);
 
 /* ---- deadlines ----------------------------------------------------------------- */
 /** The monotonic deadline @a timeout_ms from now; UINT64_MAX for RT_INDEFINITE_WAIT. */

@@ -167,3 +167,14 @@ void *rt__thread_join(rt__thread_t *thread)
     check(pthread_join(thread->id, &result), "pthread_join");
     return result;
 }
+
+rt__thread_t rt__thread_self(void)
+{
+    rt__thread_t self = {.id = pthread_self()};
+    return self;
+}
+
+bool rt__thread_is_self(const rt__thread_t *thread)
+{
+    return pthread_equal(thread->id, pthread_self()) != 0;
+}
