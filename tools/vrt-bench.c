@@ -44,6 +44,7 @@
 #endif
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -73,9 +74,8 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
 
-/* How long one rt_aio_ctx_wait may block.  Short enough that a signal or a stuck device
- * is noticed promptly, long enough to cost nothing when I/O flows. */
-#define WAIT_SLICE_MS 100u
+/* The longest --wait-timeout, in milliseconds (an hour). */
+#define MAX_WAIT_TIMEOUT_MS 3600000u
 
 /* How much the layout writes per call. */
 #define LAYOUT_CHUNK (1024u * 1024u)
@@ -127,6 +127,8 @@ struct options {
     uint32_t batch; /* 0 until parsed: then defaults to iodepth */
     bool direct;
     bool fixedbufs;
+    bool single_thread;   /* RT_AIO_CTX_F_SINGLE_THREAD */
+    uint32_t wait_timeout_ms; /* per rt_aio_ctx_wait; RT_INDEFINITE_WAIT: none */
     const char *filename; /* NULL: a temporary file */
     uint64_t size;
     double runtime_s;
@@ -143,6 +145,8 @@ static const struct options default_options = {
     .iodepth = 32,
     .direct = true,
     .fixedbufs = true,
+    .single_thread = true,
+    .wait_timeout_ms = RT_INDEFINITE_WAIT,
     .size = 256ull << 20,
     .runtime_s = 10.0,
     .ramp_s = 1.0,
@@ -170,6 +174,14 @@ static const char usage_text[] =
     "      --fixedbufs=0|1  1: register the I/O buffers with the context\n"
     "                       (rt_aio_ctx_register_buffers; io_uring maps them once as\n"
     "                       fixed buffers, other backends ignore it) (default: 1)\n"
+    "      --single-thread=0|1  1: create the context RT_AIO_CTX_F_SINGLE_THREAD, as\n"
+    "                       this program submits and waits from one thread (io_uring\n"
+    "                       then completes requests without interrupting it, as\n"
+    "                       fio's io_uring engine does); 0: any thread (default: 1)\n"
+    "      --wait-timeout=MS  bound on each rt_aio_ctx_wait, 1..3600000 ms, or none to\n"
+    "                       wait as fio does, for as long as it takes (default: none;\n"
+    "                       SIGINT still ends the run at once, through\n"
+    "                       rt_aio_ctx_wakeup)\n"
     "      --backend=NAME   linux-aio, io_uring or threads (default: the library's\n"
     "                       choice, which the RT_AIO_BACKEND environment variable can\n"
     "                       override); the report names the backend actually used\n"
@@ -329,6 +341,8 @@ enum long_only_option {
     OPT_BATCH,
     OPT_DIRECT,
     OPT_FIXEDBUFS,
+    OPT_SINGLE_THREAD,
+    OPT_WAIT_TIMEOUT,
     OPT_BACKEND,
     OPT_SEED,
     OPT_RAMP,
@@ -343,6 +357,8 @@ static const struct option long_options[] = {
     {"batch", required_argument, NULL, OPT_BATCH},
     {"direct", required_argument, NULL, OPT_DIRECT},
     {"fixedbufs", required_argument, NULL, OPT_FIXEDBUFS},
+    {"single-thread", required_argument, NULL, OPT_SINGLE_THREAD},
+    {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"seed", required_argument, NULL, OPT_SEED},
     {"filename", required_argument, NULL, 'f'},
@@ -357,6 +373,14 @@ static const struct option long_options[] = {
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
+
+/* A 0|1 switch, as fio writes them. */
+static bool option_bool(const char *name, const char *arg)
+{
+    if (strcmp(arg, "0") && strcmp(arg, "1"))
+        usage_error(name, "'%s' must be 0 or 1", arg);
+    return arg[0] == '1';
+}
 
 static void parse_options(int argc, char **argv, struct options *opt)
 {
@@ -373,15 +397,14 @@ static void parse_options(int argc, char **argv, struct options *opt)
         case 'b': opt->bs = option_size("--bs", optarg); break;
         case 'd': opt->iodepth = (uint32_t)option_u64("--iodepth", optarg, 1, MAX_IODEPTH); break;
         case OPT_BATCH: opt->batch = (uint32_t)option_u64("--batch", optarg, 1, MAX_IODEPTH); break;
-        case OPT_DIRECT:
-            if (strcmp(optarg, "0") && strcmp(optarg, "1"))
-                usage_error("--direct", "'%s' must be 0 or 1", optarg);
-            opt->direct = optarg[0] == '1';
-            break;
-        case OPT_FIXEDBUFS:
-            if (strcmp(optarg, "0") && strcmp(optarg, "1"))
-                usage_error("--fixedbufs", "'%s' must be 0 or 1", optarg);
-            opt->fixedbufs = optarg[0] == '1';
+        case OPT_DIRECT: opt->direct = option_bool("--direct", optarg); break;
+        case OPT_FIXEDBUFS: opt->fixedbufs = option_bool("--fixedbufs", optarg); break;
+        case OPT_SINGLE_THREAD: opt->single_thread = option_bool("--single-thread", optarg); break;
+        case OPT_WAIT_TIMEOUT:
+            opt->wait_timeout_ms =
+                strcmp(optarg, "none") == 0
+                    ? RT_INDEFINITE_WAIT
+                    : (uint32_t)option_u64("--wait-timeout", optarg, 1, MAX_WAIT_TIMEOUT_MS);
             break;
         case OPT_BACKEND:
             backend = option_backend(optarg);
@@ -421,8 +444,9 @@ static void print_status(int rc)
 /* ------------------------------------------------------------------------------------
  * Signals.
  *
- * The first SIGINT or SIGTERM asks the run to stop: the engine notices within one wait
- * slice, drains, and reports what it measured.  A second one exits at once.  The
+ * The first SIGINT or SIGTERM asks the run to stop: the handler wakes the engine's wait
+ * (rt_aio_ctx_wakeup is async-signal-safe), which drains and reports what it measured.
+ * A second one exits at once.  The
  * temporary file is unlinked as soon as it is open, so no exit path can leave it behind;
  * only the few microseconds between creating and opening it need the handler's help.
  */
@@ -430,15 +454,24 @@ static void print_status(int rc)
 static volatile sig_atomic_t stop_signal;
 static volatile sig_atomic_t temp_path_live;
 static char temp_path[PATH_MAX];
+/* The context whose wait a stop signal ends; NIL while there is none. */
+static _Atomic(rt_aio_ctx_t) wake_on_signal;
 
 static void on_stop_signal(int sig)
 {
+    int saved_errno = errno;
+    rt_aio_ctx_t ctx;
+
     if (stop_signal) {
         if (temp_path_live)
             unlink(temp_path);
         _exit(128 + sig);
     }
     stop_signal = sig;
+    ctx = atomic_load(&wake_on_signal);
+    if (ctx != RT_AIO_CTX_NIL)
+        rt_aio_ctx_wakeup(ctx);
+    errno = saved_errno;
 }
 
 static void install_signal_handlers(void)
@@ -797,7 +830,8 @@ static int prepare_slot(struct bench *b, struct slot *s)
 static int create_context(struct bench *b)
 {
     const struct options *opt = b->opt;
-    int rc = rt_aio_ctx_create(&b->ctx, opt->iodepth, opt->backend_flag);
+    int rc = rt_aio_ctx_create(&b->ctx, opt->iodepth,
+                               opt->backend_flag | (opt->single_thread ? RT_AIO_CTX_F_SINGLE_THREAD : 0));
 
     if (rc == RT_ERR_NOT_SUPPORTED) {
         const char *name = opt->backend ? opt->backend : getenv("RT_AIO_BACKEND");
@@ -829,6 +863,7 @@ static int create_context(struct bench *b)
         print_status(rc);
         return EXIT_RUNTIME;
     }
+    atomic_store(&wake_on_signal, b->ctx);
     return 0;
 }
 
@@ -953,6 +988,7 @@ static void engine_teardown(struct bench *b)
         for (uint32_t i = 0; i < b->opt->iodepth; i++)
             rt_aio_req_destroy(b->slots[i].req);
     }
+    atomic_store(&wake_on_signal, RT_AIO_CTX_NIL);
     /* Busy only if a wait failed with requests in flight; the process exit then ends
      * them, and the buffers must stay mapped until it does. */
     if (RT_SUCCESS(rt_aio_ctx_destroy(b->ctx)))
@@ -1099,11 +1135,12 @@ static void print_progress(struct bench *b, uint64_t now)
 static bool reap(struct bench *b)
 {
     uint32_t got = 0;
-    int rc = rt_aio_ctx_wait(b->ctx, 1, WAIT_SLICE_MS, b->ready, b->opt->iodepth, &got);
+    int rc = rt_aio_ctx_wait(b->ctx, 1, b->opt->wait_timeout_ms, b->ready, b->opt->iodepth, &got);
     uint64_t now = rt_time_nano_ts();
     bool counted;
 
-    if (RT_FAILURE(rc) && rc != RT_ERR_TIMEOUT) {
+    /* A timeout with nothing back, or a stop signal's wakeup: look at the clock. */
+    if (RT_FAILURE(rc) && rc != RT_ERR_TIMEOUT && rc != RT_ERR_INTERRUPTED) {
         fprintf(stderr, "%s: waiting for completions failed: ", PROG);
         print_status(rc);
         b->failed = true;
@@ -1184,9 +1221,10 @@ static void print_header(const struct bench *b, const struct target *t)
     printf("  workload  %s", rw_descs[opt->rw].name);
     if (opt->rw == RW_RANDRW)
         printf(" (%u%% reads)", opt->rwmixread);
-    printf(", bs %s, iodepth %" PRIu32 ", batch %" PRIu32 ", direct=%d, fixedbufs=%d\n",
+    printf(", bs %s, iodepth %" PRIu32 ", batch %" PRIu32
+           ", direct=%d, fixedbufs=%d, single-thread=%d\n",
            cli_format_size(bs, sizeof(bs), opt->bs), opt->iodepth, opt->batch, opt->direct,
-           opt->fixedbufs);
+           opt->fixedbufs, opt->single_thread);
     printf("  file      %s%s\n", t->path,
            t->temporary   ? " (temporary, removed at exit)"
            : t->is_device ? " (block device)"
@@ -1194,8 +1232,12 @@ static void print_header(const struct bench *b, const struct target *t)
     printf("  size      %s", cli_format_size(size, sizeof(size), opt->size));
     if (t->laid_out)
         printf(", %s laid out before the run", cli_format_size(laid, sizeof(laid), t->laid_out));
-    printf("\n  runtime   %gs after %gs ramp, seed %" PRIu64 "\n\n", opt->runtime_s, opt->ramp_s,
+    printf("\n  runtime   %gs after %gs ramp, seed %" PRIu64 "\n", opt->runtime_s, opt->ramp_s,
            opt->seed);
+    if (opt->wait_timeout_ms == RT_INDEFINITE_WAIT)
+        printf("  waits     no timeout, as fio's\n\n");
+    else
+        printf("  waits     at most %" PRIu32 " ms each\n\n", opt->wait_timeout_ms);
     fflush(stdout);
 }
 
@@ -1222,19 +1264,24 @@ static void print_json_report(const struct bench *b, const struct target *t,
     else
         printf("null");
     printf(",\n    \"rw\": \"%s\", \"rwmixread\": %u, \"bs\": %" PRIu64 ", \"iodepth\": %" PRIu32
-           ", \"batch\": %" PRIu32 ", \"direct\": %s, \"fixedbufs\": %s,\n    \"filename\": ",
+           ", \"batch\": %" PRIu32 ", \"direct\": %s, \"fixedbufs\": %s, \"single_thread\": %s,"
+           "\n    \"filename\": ",
            rw_descs[opt->rw].name,
            opt->rw == RW_RANDRW      ? opt->rwmixread
            : rw_descs[opt->rw].reads ? 100u
                                      : 0u,
            opt->bs, opt->iodepth, opt->batch, opt->direct ? "true" : "false",
-           opt->fixedbufs ? "true" : "false");
+           opt->fixedbufs ? "true" : "false", opt->single_thread ? "true" : "false");
     cli_json_string(t->path);
     printf(", \"temporary_file\": %s, \"block_device\": %s, \"size\": %" PRIu64
            ", \"laid_out_bytes\": %" PRIu64
-           ",\n    \"runtime_s\": %g, \"ramp_s\": %g, \"seed\": %" PRIu64 "\n  },\n",
+           ",\n    \"runtime_s\": %g, \"ramp_s\": %g, \"seed\": %" PRIu64 ", \"wait_timeout_ms\": ",
            t->temporary ? "true" : "false", t->is_device ? "true" : "false", opt->size, t->laid_out,
            opt->runtime_s, opt->ramp_s, opt->seed);
+    if (opt->wait_timeout_ms == RT_INDEFINITE_WAIT)
+        printf("null\n  },\n");
+    else
+        printf("%" PRIu32 "\n  },\n", opt->wait_timeout_ms);
     bench_print_json_results(r, b->stopped_by);
     printf("}\n");
 }
