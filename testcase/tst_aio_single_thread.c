@@ -427,11 +427,14 @@ static atomic_int handler_errno_changed;
 
 static void on_usr1(int sig)
 {
+    int interrupted_errno = errno; /* a handler must give it back as it found it */
+
     (void)sig;
     errno = EDOM;
     rt_aio_ctx_wakeup(atomic_load(&signal_ctx));
     if (errno != EDOM)
         atomic_store(&handler_errno_changed, 1);
+    errno = interrupted_errno;
 }
 
 struct signal_later {

@@ -5,7 +5,9 @@
  * on time and wake promptly when signalled from another thread, that deadlines map
  * RT_INDEFINITE_WAIT to "never", and that a thread gets its argument, runs to the end
  * before join returns, hands its function's result to join, and starts with signals
- * blocked.
+ * blocked; that a thread knows itself and no other (rt__thread_is_self); and that the
+ * waiter's spin budget grows to cover a wait it could have caught, caps, and falls
+ * back to its base after a wait it could not.
  */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
@@ -23,6 +25,7 @@
 #include <rt/time.h>
 #include <rt/types.h>
 
+#include "internal/spin_budget.h"
 #include "internal/sync.h"
 #include "tst_common.h"
 
@@ -440,6 +443,52 @@ static void test_thread_create_keeps_caller_mask(void)
     CU_ASSERT_EQUAL(job.output, 3);
 }
 
+static void *is_self_elsewhere(void *arg)
+{
+    static bool answer;
+    answer = rt__thread_is_self(arg);
+    return &answer;
+}
+
+static void test_thread_self(void)
+{
+    rt__thread_t self = rt__thread_self(), other;
+    bool *elsewhere;
+
+    CU_ASSERT_TRUE(rt__thread_is_self(&self));
+    TST_RC_FATAL(rt__thread_create(&other, is_self_elsewhere, &self, "tst-self"), RT_OK);
+    elsewhere = rt__thread_join(&other);
+    CU_ASSERT_FALSE(*elsewhere); /* the main thread's identity is not the new thread's */
+}
+
+static void test_spin_budget(void)
+{
+    struct rt__spin_budget budget;
+
+    rt__spin_budget_init(&budget, 100000);
+    CU_ASSERT_EQUAL(budget.ns, 0); /* sleeps at once until a wait says otherwise */
+    rt__spin_budget_slept(&budget, 40000); /* caught next time, with a quarter to spare */
+    CU_ASSERT_EQUAL(budget.ns, 50000);
+    rt__spin_budget_slept(&budget, 60000);
+    CU_ASSERT_EQUAL(budget.ns, 75000);
+    rt__spin_budget_slept(&budget, 90000); /* 112500 wanted: capped */
+    CU_ASSERT_EQUAL(budget.ns, 100000);
+    rt__spin_budget_slept(&budget, 100000); /* exactly the cap: still worth covering */
+    CU_ASSERT_EQUAL(budget.ns, 100000);
+    rt__spin_budget_slept(&budget, 30000); /* a spin cut short by a deadline: kept */
+    CU_ASSERT_EQUAL(budget.ns, 100000);
+    rt__spin_budget_slept(&budget, 100001); /* longer than any spin may be: none */
+    CU_ASSERT_EQUAL(budget.ns, 0);
+    rt__spin_budget_slept(&budget, UINT64_MAX);
+    CU_ASSERT_EQUAL(budget.ns, 0);
+
+    /* A cap of 0 means "never spin". */
+    rt__spin_budget_init(&budget, 0);
+    rt__spin_budget_slept(&budget, 1);
+    rt__spin_budget_slept(&budget, 0);
+    CU_ASSERT_EQUAL(budget.ns, 0);
+}
+
 int main(void)
 {
     CU_pSuite mutex = tst_suite("mutex");
@@ -463,6 +512,8 @@ int main(void)
     TST_ADD(misc, test_deadline_from_ms);
     TST_ADD(misc, test_thread_arg_and_result);
     TST_ADD(misc, test_thread_create_keeps_caller_mask);
+    TST_ADD(misc, test_thread_self);
+    TST_ADD(misc, test_spin_budget);
 
     return tst_run();
 }

@@ -45,9 +45,17 @@ static int threads_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
     return rt__tpool_cancel(ctx->backend_data, req);
 }
 
+/* A completion reaches the waiter through the doorbell (an eventfd write and a poll
+ * wake-up), a round trip that costs more than a fast device's whole transfer on a VM:
+ * let the waiter learn to spin across a fast device's latency instead. */
+#ifndef THREADS_SPIN_MAX_NS
+#define THREADS_SPIN_MAX_NS 100000u
+#endif
+
 const struct rt__aio_backend rt__tpool_backend = {
     .name = "threads",
     .flag = RT_AIO_CTX_F_BACKEND_THREADS,
+    .spin_max_ns = THREADS_SPIN_MAX_NS,
     .probe = threads_probe,
     .init = threads_init,
     .fini = threads_fini,

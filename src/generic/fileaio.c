@@ -31,6 +31,7 @@
 #include "internal/cpu.h"
 #include "internal/file.h"
 #include "internal/handle_pool.h"
+#include "internal/spin_budget.h"
 #include "internal/magic.h"
 #include "internal/posix_sys.h"
 
@@ -45,6 +46,14 @@ _Static_assert(sizeof(rt_iovec_t) == 2 * sizeof(void *), "rt_iovec_t is {base, l
     (RT_AIO_CTX_F_BACKEND_LINUX_AIO | RT_AIO_CTX_F_BACKEND_IO_URING | RT_AIO_CTX_F_BACKEND_THREADS)
 #define CTX_KNOWN_FLAGS                                                                            \
     (RT_AIO_CTX_F_WAIT_WITHOUT_PENDING | RT_AIO_CTX_F_SINGLE_THREAD | CTX_FLAG_BACKENDS)
+
+/* The longest the waiter may learn to spin for news before it pays for a sleep and a
+ * wake-up (internal/spin_budget.h), unless its backend says otherwise
+ * (rt__aio_backend.spin_max_ns): a completion that is microseconds away then costs no
+ * system call.  0 turns spinning off. */
+#ifndef SPIN_NS
+#define SPIN_NS 20000u
+#endif
 
 static bool req_is_live(const struct rt_aio_req *req)
 {
@@ -397,6 +406,7 @@ int rt_aio_ctx_create(rt_aio_ctx_t *ctx, uint32_t max_reqs, uint32_t flags)
     atomic_init(&handle->done_stack, NULL);
     atomic_init(&handle->waiter_sleeping, false);
     handle->done_spill = NULL;
+    rt__spin_budget_init(&handle->spin, backend->spin_max_ns ? backend->spin_max_ns : SPIN_NS);
     rc = rt__doorbell_init(&handle->doorbell);
     if (rc != RT_OK)
         goto fail_doorbell;
@@ -624,16 +634,13 @@ static bool has_news(struct rt_aio_ctx *ctx, memory_order order)
            (ctx->backend->has_completions != NULL && ctx->backend->has_completions(ctx));
 }
 
-/* Spins for up to SPIN_NS waiting for news before the waiter pays for a sleep and a
- * wake-up: a completion that is microseconds away costs no system call this way. */
-#ifndef SPIN_NS
-#define SPIN_NS 20000u
-#endif
-
-static void spin_for_news(struct rt_aio_ctx *ctx, uint64_t deadline)
+/* Spins from @a start for the context's spin budget, or until news or @a deadline. */
+static void spin_for_news(struct rt_aio_ctx *ctx, uint64_t start, uint64_t deadline)
 {
-    uint64_t until = rt_time_nano_ts() + SPIN_NS;
+    uint64_t until = start + ctx->spin.ns;
 
+    if (ctx->spin.ns == 0)
+        return;
     if (deadline < until)
         until = deadline;
     while (!has_news(ctx, memory_order_relaxed)) {
@@ -663,6 +670,7 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
                      struct rt_aio_req **reqs, size_t n, size_t *count)
 {
     uint64_t deadline = rt__deadline_from_ms(timeout_ms);
+    uint64_t spin_start;
 
     if (take_wakeup(ctx))
         return RT_ERR_INTERRUPTED;
@@ -682,7 +690,8 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
             return RT_ERR_AIO_NO_REQUEST;
         if (timeout_ms == 0)
             return RT_ERR_TIMEOUT;
-        spin_for_news(ctx, deadline);
+        spin_start = rt_time_nano_ts();
+        spin_for_news(ctx, spin_start, deadline);
         if (has_news(ctx, memory_order_relaxed))
             continue;
 
@@ -699,6 +708,11 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
             return *count >= want ? RT_OK : RT_ERR_TIMEOUT;
         }
         atomic_store_explicit(&ctx->waiter_sleeping, false, memory_order_relaxed);
+        /* Completions (not a wakeup) ended the sleep: would a longer spin have caught
+         * them? */
+        if (!atomic_load_explicit(&ctx->wakeup_pending, memory_order_relaxed) &&
+            has_news(ctx, memory_order_relaxed))
+            rt__spin_budget_slept(&ctx->spin, rt_time_nano_ts() - spin_start);
     }
 }
 

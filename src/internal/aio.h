@@ -29,6 +29,7 @@
 #include <rt/fileaio.h>
 
 #include "internal/doorbell.h"
+#include "internal/spin_budget.h"
 #include "internal/sync.h"
 
 enum rt__aio_op {
@@ -106,6 +107,9 @@ struct rt_aio_ctx;
 struct rt__aio_backend {
     const char *name; /* "linux-aio", "io_uring", "threads" */
     uint32_t flag;    /* its RT_AIO_CTX_F_BACKEND_* flag */
+    /* The longest the waiter may learn to spin before it sleeps
+     * (internal/spin_budget.h); 0: the front end's SPIN_NS. */
+    uint32_t spin_max_ns;
 
     /** RT_OK when this host can run the backend.  Called once, result cached. */
     int (*probe)(void);
@@ -193,6 +197,7 @@ struct rt_aio_ctx {
      * so no ABA), then reverses into done_spill, its private FIFO. */
     _Atomic(struct rt_aio_req *) done_stack;
     struct rt_aio_req *done_spill; /* the waiter's only */
+    struct rt__spin_budget spin;   /* the waiter's only */
     /* Set while the waiter is about to sleep or sleeping: only then must a poster ring
      * the doorbell (see wait_loop for the ordering argument). */
     atomic_bool waiter_sleeping;
