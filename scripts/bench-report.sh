@@ -77,6 +77,10 @@ rows=$(awk -F'\t' 'NR > 1 {
     echo "backend's pool size (min(depth, 16)) with --thread.  \"vrt, mutex queue\" is"
     echo "vrt-bench with the thread pool's lock-free ring switched off"
     echo "(RT_AIO_POOL_QUEUE=locked): the ratio is ring / mutex queue, same run."
+    echo "vrt-bench runs with the same batch as the tuned peers (min(depth, 32)), its"
+    echo "buffers registered (as fio's --fixedbufs), and its defaults: a single-thread"
+    echo "context (RT_AIO_CTX_F_SINGLE_THREAD; fio's io_uring engine sets up its ring the"
+    echo "same way) and waits without a timeout, as fio's."
     echo
     echo "## Machine"
     echo
