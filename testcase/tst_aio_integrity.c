@@ -1008,20 +1008,11 @@ int main(void)
     }
 
     for (unsigned b = 0; b < N_BACKENDS; b++) {
-        rt_aio_ctx_t ctx;
         char name[64];
         CU_pSuite suite;
-        int rc = backend_ctx(&ctx, backend_names[b], 8, 0);
 
-        if (rc == RT_ERR_NOT_SUPPORTED) {
-            printf("SKIP backend %s: %s\n", backend_names[b], rt_strerror(rc));
+        if (!tst_backend_available(backend_names[b]))
             continue;
-        }
-        if (rc != RT_OK) {
-            fprintf(stderr, "cannot create a %s context: %s\n", backend_names[b], rt_strerror(rc));
-            return 1;
-        }
-        rt_aio_ctx_destroy(ctx);
         available++;
         snprintf(name, sizeof name, "aio-integrity-%s", backend_names[b]);
         suite = tst_suite(name);

@@ -381,12 +381,18 @@ struct late_wakeup {
     unsigned delay_ms;
 };
 
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 static void *wake_later(void *arg)
 {
     struct late_wakeup *w = arg;
-    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)w->delay_ms * 1000000L};
 
-    nanosleep(&ts, NULL);
+    sleep_ms(w->delay_ms);
     TST_RC(rt_aio_ctx_wakeup(w->ctx), RT_OK);
     return NULL;
 }
@@ -445,9 +451,8 @@ struct signal_later {
 static void *signal_later(void *arg)
 {
     struct signal_later *s = arg;
-    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)s->delay_ms * 1000000L};
 
-    nanosleep(&ts, NULL);
+    sleep_ms(s->delay_ms);
     pthread_kill(s->target, SIGUSR1);
     return NULL;
 }
@@ -569,20 +574,11 @@ int main(void)
 
     alarm(240);
     for (unsigned b = 0; b < N_BACKENDS; b++) {
-        rt_aio_ctx_t ctx = RT_AIO_CTX_NIL;
         char name[64];
         CU_pSuite suite;
-        int rc = rt_aio_ctx_create(&ctx, 8, tst_backend_flag(backend_names[b]));
 
-        if (rc == RT_ERR_NOT_SUPPORTED) {
-            printf("SKIP backend %s: %s\n", backend_names[b], rt_strerror(rc));
+        if (!tst_backend_available(backend_names[b]))
             continue;
-        }
-        if (rc != RT_OK) {
-            fprintf(stderr, "cannot create a %s context: %s\n", backend_names[b], rt_strerror(rc));
-            return 1;
-        }
-        rt_aio_ctx_destroy(ctx);
         available++;
         snprintf(name, sizeof name, "single-thread-%s", backend_names[b]);
         suite = tst_suite(name);

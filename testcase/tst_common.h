@@ -10,6 +10,7 @@
 
 #include <CUnit/Basic.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,8 +97,9 @@ static inline uint32_t tst_backend_flag(const char *name)
     return 0;
 }
 
-/* Exits 77 with a reason when the backend cannot create a context on this host. */
-static inline void tst_require_backend(const char *name)
+/* Whether the backend can create a context on this host; prints why not.  Any other
+ * failure than "not supported" ends the program. */
+static inline bool tst_backend_available(const char *name)
 {
     rt_aio_ctx_t ctx = RT_AIO_CTX_NIL;
     uint32_t flag = tst_backend_flag(name);
@@ -110,13 +112,21 @@ static inline void tst_require_backend(const char *name)
     if (rc == RT_ERR_NOT_SUPPORTED) {
         printf("SKIP: the %s backend is not available on this host or build (%s)\n", name,
                rt_strerror(rc));
-        exit(TST_SKIP);
+        return false;
     }
     if (rc != RT_OK) {
         fprintf(stderr, "cannot create a %s context: %s\n", name, rt_strerror(rc));
         exit(1);
     }
     rt_aio_ctx_destroy(ctx);
+    return true;
+}
+
+/* Exits 77 with a reason when the backend cannot create a context on this host. */
+static inline void tst_require_backend(const char *name)
+{
+    if (!tst_backend_available(name))
+        exit(TST_SKIP);
 }
 
 /* Runs every registered suite with the basic interface and returns the exit status:
