@@ -124,7 +124,7 @@ struct stranger {
     rt_aio_req_t submitted; /* in flight: cancel is refused */
     rt_aio_req_t prepared;  /* not submitted: submit is refused */
     void *buf;
-    bool destroy;           /* only destroy the context */
+    bool destroy; /* only destroy the context */
     int submit_rc, wait_rc, cancel_rc, register_rc, wakeup_rc, destroy_rc;
     uint32_t got;
 };
@@ -345,8 +345,8 @@ static void owner_at_depth(const char *backend, bool direct)
     rt_iovec_t region;
 
     memset(&b, 0, sizeof b);
-    b.file = scratch(direct ? "depth-direct.dat" : "depth-cached.dat", (uint64_t)BLOCKS * BLOCK,
-                     direct);
+    b.file =
+        scratch(direct ? "depth-direct.dat" : "depth-cached.dat", (uint64_t)BLOCKS * BLOCK, direct);
     b.mem = rt_mem_page_alloc((size_t)DEPTH * BLOCK);
     b.reqs = reqs;
     b.seed = direct ? 11 : 12;
@@ -533,9 +533,18 @@ static void owner_cancels_blocked_read(void)
 /* ------------------------------------------------------------------------------------ */
 
 #define PER_BACKEND(fn)                                                                            \
-    static void fn##_linux_aio(void) { fn("linux-aio"); }                                          \
-    static void fn##_threads(void) { fn("threads"); }                                              \
-    static void fn##_io_uring(void) { fn("io_uring"); }
+    static void fn##_linux_aio(void)                                                               \
+    {                                                                                              \
+        fn("linux-aio");                                                                           \
+    }                                                                                              \
+    static void fn##_threads(void)                                                                 \
+    {                                                                                              \
+        fn("threads");                                                                             \
+    }                                                                                              \
+    static void fn##_io_uring(void)                                                                \
+    {                                                                                              \
+        fn("io_uring");                                                                            \
+    }
 
 static void owner_direct(const char *backend)
 {
@@ -559,16 +568,17 @@ int main(void)
         const char *name;
         CU_TestFunc fn[N_BACKENDS];
     } tests[] = {
-        {"calls from another thread", {foreign_calls_linux_aio, foreign_calls_threads,
-                                       foreign_calls_io_uring}},
-        {"the owner at depth, O_DIRECT", {owner_direct_linux_aio, owner_direct_threads,
-                                          owner_direct_io_uring}},
-        {"the owner at depth, cached", {owner_cached_linux_aio, owner_cached_threads,
-                                        owner_cached_io_uring}},
-        {"the owner asleep: wakeups, timeout", {owner_sleeps_linux_aio, owner_sleeps_threads,
-                                                owner_sleeps_io_uring}},
-        {"wakeup from a signal handler", {wakeup_from_handler_linux_aio, wakeup_from_handler_threads,
-                                          wakeup_from_handler_io_uring}},
+        {"calls from another thread",
+         {foreign_calls_linux_aio, foreign_calls_threads, foreign_calls_io_uring}},
+        {"the owner at depth, O_DIRECT",
+         {owner_direct_linux_aio, owner_direct_threads, owner_direct_io_uring}},
+        {"the owner at depth, cached",
+         {owner_cached_linux_aio, owner_cached_threads, owner_cached_io_uring}},
+        {"the owner asleep: wakeups, timeout",
+         {owner_sleeps_linux_aio, owner_sleeps_threads, owner_sleeps_io_uring}},
+        {"wakeup from a signal handler",
+         {wakeup_from_handler_linux_aio, wakeup_from_handler_threads,
+          wakeup_from_handler_io_uring}},
     };
     unsigned available = 0;
 

@@ -466,7 +466,7 @@ static void test_spin_budget(void)
     struct rt__spin_budget budget;
 
     rt__spin_budget_init(&budget, 100000);
-    CU_ASSERT_EQUAL(budget.ns, 0); /* sleeps at once until a wait says otherwise */
+    CU_ASSERT_EQUAL(budget.ns, 0);         /* sleeps at once until a wait says otherwise */
     rt__spin_budget_slept(&budget, 40000); /* caught next time, with a quarter to spare */
     CU_ASSERT_EQUAL(budget.ns, 50000);
     rt__spin_budget_slept(&budget, 60000);

@@ -44,13 +44,13 @@
 #endif
 
 #include <errno.h>
-#include <stdatomic.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -127,9 +127,9 @@ struct options {
     uint32_t batch; /* 0 until parsed: then defaults to iodepth */
     bool direct;
     bool fixedbufs;
-    bool single_thread;   /* RT_AIO_CTX_F_SINGLE_THREAD */
+    bool single_thread;       /* RT_AIO_CTX_F_SINGLE_THREAD */
     uint32_t wait_timeout_ms; /* per rt_aio_ctx_wait; RT_INDEFINITE_WAIT: none */
-    const char *filename; /* NULL: a temporary file */
+    const char *filename;     /* NULL: a temporary file */
     uint64_t size;
     double runtime_s;
     double ramp_s;
@@ -831,7 +831,8 @@ static int create_context(struct bench *b)
 {
     const struct options *opt = b->opt;
     int rc = rt_aio_ctx_create(&b->ctx, opt->iodepth,
-                               opt->backend_flag | (opt->single_thread ? RT_AIO_CTX_F_SINGLE_THREAD : 0));
+                               opt->backend_flag |
+                                   (opt->single_thread ? RT_AIO_CTX_F_SINGLE_THREAD : 0));
 
     if (rc == RT_ERR_NOT_SUPPORTED) {
         const char *name = opt->backend ? opt->backend : getenv("RT_AIO_BACKEND");

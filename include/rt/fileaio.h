@@ -19,8 +19,9 @@
  * Threads: one thread waits on a context at a time.  Submit, cancel, wakeup and the
  * request getters may be called from any thread, concurrently with the waiter and with
  * each other; a context created with RT_AIO_CTX_F_SINGLE_THREAD takes submit, wait,
- * cancel and buffer registration from its creating thread only.  Preparing or destroying a request that another thread is submitting at
- * the same moment is the caller's race.
+ * cancel and buffer registration from its creating thread only.  Preparing or
+ * destroying a request that another thread is submitting at the same moment is the
+ * caller's race.
  *
  * Backends: "linux-aio" (the kernel's io_submit interface), "io_uring" and "threads" (a
  * portable pool of worker threads).  A context takes the first backend whose probe

@@ -31,9 +31,9 @@
 #include "internal/cpu.h"
 #include "internal/file.h"
 #include "internal/handle_pool.h"
-#include "internal/spin_budget.h"
 #include "internal/magic.h"
 #include "internal/posix_sys.h"
+#include "internal/spin_budget.h"
 
 static struct rt__handle_pool req_pool = RT__HANDLE_POOL_INIT(struct rt_aio_req, next_free);
 static struct rt__handle_pool ctx_pool = RT__HANDLE_POOL_INIT(struct rt_aio_ctx, next_free);

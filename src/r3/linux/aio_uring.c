@@ -663,7 +663,8 @@ static bool uring_has_completions(struct rt_aio_ctx *ctx)
     rt__mutex_lock(&uring->cq_lock);
     ready = io_uring_cq_ready(&uring->ring) > 0;
     rt__mutex_unlock(&uring->cq_lock);
-    return ready || taskrun_pending(uring) || atomic_load_explicit(&uring->sq_left, memory_order_relaxed) ||
+    return ready || taskrun_pending(uring) ||
+           atomic_load_explicit(&uring->sq_left, memory_order_relaxed) ||
            (rt__req_queue_count(&uring->deferred) != 0 &&
             atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots);
 }
