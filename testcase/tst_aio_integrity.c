@@ -1008,14 +1008,11 @@ int main(void)
     }
 
     for (unsigned b = 0; b < N_BACKENDS; b++) {
-        char name[64];
-        CU_pSuite suite;
+        CU_pSuite suite = tst_backend_suite("aio-integrity", backend_names[b]);
 
-        if (!tst_backend_available(backend_names[b]))
+        if (suite == NULL)
             continue;
         available++;
-        snprintf(name, sizeof name, "aio-integrity-%s", backend_names[b]);
-        suite = tst_suite(name);
         if (CU_add_test(suite, "integrity", integrity_tests[b]) == NULL ||
             CU_add_test(suite, "stress", stress_tests[b]) == NULL) {
             fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());

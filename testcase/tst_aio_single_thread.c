@@ -584,14 +584,11 @@ int main(void)
 
     alarm(240);
     for (unsigned b = 0; b < N_BACKENDS; b++) {
-        char name[64];
-        CU_pSuite suite;
+        CU_pSuite suite = tst_backend_suite("single-thread", backend_names[b]);
 
-        if (!tst_backend_available(backend_names[b]))
+        if (suite == NULL)
             continue;
         available++;
-        snprintf(name, sizeof name, "single-thread-%s", backend_names[b]);
-        suite = tst_suite(name);
         for (size_t t = 0; t < sizeof tests / sizeof tests[0]; t++) {
             if (CU_add_test(suite, tests[t].name, tests[t].fn[b]) == NULL) {
                 fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());

@@ -161,6 +161,17 @@ static inline CU_pSuite tst_suite(const char *name)
     return suite;
 }
 
+/* A suite named "PREFIX-BACKEND" when the backend is available here; NULL (with the
+ * reason printed) when it is not. */
+static inline CU_pSuite tst_backend_suite(const char *prefix, const char *backend)
+{
+    char name[64];
+    if (!tst_backend_available(backend))
+        return NULL;
+    snprintf(name, sizeof name, "%s-%s", prefix, backend);
+    return tst_suite(name);
+}
+
 #define TST_ADD(suite, fn)                                                                         \
     do {                                                                                           \
         if (CU_add_test((suite), #fn, (fn)) == NULL) {                                             \
