@@ -1,6 +1,7 @@
 # What the qemu oracle scripts (vd_qemu.sh, vd_qemu_qcow2.sh) share; sourced, not run.
-# Sets img, vd_io and work (a scratch directory removed at exit), exits 77 when
-# qemu-utils is missing, and provides check/expect_exit/gen_script/summary.
+# Sets img and vd_io, exits 77 when qemu-utils is missing, and provides gen_script,
+# ranges and converts_identically on top of checks.sh (work, check, expect_exit,
+# summary).
 
 top_builddir=${top_builddir:-.}
 img="$top_builddir/vrt-img"
@@ -13,34 +14,7 @@ for tool in qemu-img qemu-io; do
     fi
 done
 
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/vrt-qemu.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-# check NAME COMMAND...: runs one check; its output is shown only when it fails.
-check() {
-    local name=$1
-    shift
-    if "$@" >"$work/out" 2>&1; then
-        passed=$((passed + 1))
-        echo "  ok    $name"
-    else
-        failed=$((failed + 1))
-        echo "  FAIL  $name"
-        tail -n 20 "$work/out" | sed 's/^/        /'
-    fi
-}
-
-# expect_exit STATUS COMMAND...: true when COMMAND exits with STATUS.
-expect_exit() {
-    local want=$1
-    shift
-    "$@"
-    local got=$?
-    echo "exit $got, expected $want"
-    [ "$got" -eq "$want" ]
-}
+. "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 # A reproducible random write script in the qemu-io language vd_io understands:
 # write -P / write -z at any offset and length, with a flush now and then.
@@ -93,13 +67,4 @@ converts_identically() {
     local rc=$?
     rm -f "$work/ours.raw" "$work/theirs.raw"
     return $rc
-}
-
-# The CUnit-style summary row the test totals read; the script's exit status.
-summary() {
-    echo
-    echo "Run Summary:    Type  Total    Ran Passed Failed Inactive"
-    printf '               tests %6d %6d %6d %6d %8d\n' $((passed + failed)) $((passed + failed)) \
-        "$passed" "$failed" 0
-    [ "$failed" -eq 0 ]
 }
