@@ -39,6 +39,10 @@
 #include <rt/time.h>
 
 #include "tst_common.h"
+#include "tst_data.h"
+
+/* How the tests open their data files (O_DIRECT added where allowed). */
+#define DATA_FILE_FLAGS (RT_FILE_READWRITE | RT_FILE_ASYNC_IO)
 
 #define BLOCK 4096u
 /* Upper bound for anything that should finish promptly; only a hang reaches it. */
@@ -49,7 +53,6 @@ enum { N_BACKENDS = sizeof backend_names / sizeof backend_names[0] };
 
 /* How long each backend's stress part runs. */
 static unsigned stress_ms = 1000;
-static bool told_no_direct;
 
 /* ------------------------------------------------------------------------------------ */
 /* Helpers                                                                              */
@@ -118,29 +121,6 @@ static void cond_wait_ms(pthread_cond_t *cond, pthread_mutex_t *lock, unsigned m
     ts.tv_sec += ts.tv_nsec / 1000000000L;
     ts.tv_nsec %= 1000000000L;
     pthread_cond_timedwait(cond, lock, &ts);
-}
-
-/* Creates (or replaces) a scratch file of @a size bytes and opens it for AIO, with
- * O_DIRECT where the file system allows it. */
-static rt_file_t open_data_file(const char *name, uint64_t size)
-{
-    const uint32_t flags = RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE | RT_FILE_ASYNC_IO;
-    char path[600];
-    rt_file_t file = RT_FILE_NIL;
-    int rc;
-
-    tst_path(path, sizeof path, name);
-    rc = rt_file_open(&file, path, flags | RT_FILE_NO_CACHE, 0);
-    if (rc == RT_ERR_NOT_SUPPORTED) {
-        if (!told_no_direct)
-            printf("\n    note: %s refuses O_DIRECT (%s); using cached I/O ", tst_dir(),
-                   rt_strerror(rc));
-        told_no_direct = true;
-        rc = rt_file_open(&file, path, flags, 0);
-    }
-    TST_RC_FATAL(rc, RT_OK);
-    TST_RC_FATAL(rt_file_set_size(file, size), RT_OK);
-    return file;
 }
 
 /* A context on @a backend, or NIL (with the reason printed) when the host lacks it. */
@@ -435,7 +415,7 @@ static void integrity(const char *backend)
     CU_ASSERT_PTR_NOT_NULL_FATAL(run);
     rc = backend_ctx(&run->ctx, backend, WRITERS * WRITER_SLOTS, RT_AIO_CTX_F_WAIT_WITHOUT_PENDING);
     TST_RC_FATAL(rc, RT_OK);
-    run->file = open_data_file("integrity", (uint64_t)BLOCKS * BLOCK);
+    run->file = tst_scratch_file("integrity", (uint64_t)BLOCKS * BLOCK, DATA_FILE_FLAGS, true);
     run->expected = (size_t)BLOCKS * GENERATIONS;
     failures_init(&run->fails);
     atomic_init(&run->abort, false);
@@ -860,7 +840,8 @@ static void stress(const char *backend)
     CU_ASSERT_PTR_NOT_NULL_FATAL(run);
     failures_init(&run->fails);
     TST_RC_FATAL(backend_ctx(&run->ctx, backend, N_SLOTS, 0), RT_OK);
-    run->file = open_data_file("stress", (uint64_t)(READ_BLOCKS + N_SLOTS) * BLOCK);
+    run->file = tst_scratch_file("stress", (uint64_t)(READ_BLOCKS + N_SLOTS) * BLOCK,
+                                 DATA_FILE_FLAGS, true);
 
     /* The read region holds a known pattern, so every read can be checked. */
     init = rt_mem_page_alloc((size_t)READ_BLOCKS * BLOCK);

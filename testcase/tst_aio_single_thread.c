@@ -31,6 +31,7 @@
 #include <rt/time.h>
 
 #include "tst_common.h"
+#include "tst_data.h"
 
 #define LONG_MS  10000u
 #define LATE_MS  1500u
@@ -40,31 +41,6 @@ enum { BLOCK = 4096, BLOCKS = 1024, DEPTH = 32 };
 
 static const char *const backend_names[] = {"linux-aio", "threads", "io_uring"};
 #define N_BACKENDS (sizeof backend_names / sizeof backend_names[0])
-
-static bool told_no_direct;
-
-static uint8_t pat(uint64_t off, unsigned seed)
-{
-    uint64_t x = (off + (uint64_t)seed * 0x10001u) * 0x9E3779B97F4A7C15ull;
-    return (uint8_t)(x >> 56);
-}
-
-static void pat_fill(uint8_t *buf, uint64_t off, size_t len, unsigned seed)
-{
-    for (size_t i = 0; i < len; i++)
-        buf[i] = pat(off + i, seed);
-}
-
-static bool pat_check(const uint8_t *buf, uint64_t off, size_t len, unsigned seed)
-{
-    for (size_t i = 0; i < len; i++) {
-        if (buf[i] != pat(off + i, seed)) {
-            fprintf(stderr, "  data mismatch at file offset %llu\n", (unsigned long long)(off + i));
-            return false;
-        }
-    }
-    return true;
-}
 
 static rt_aio_ctx_t owned_ctx(const char *backend, uint32_t max_reqs, uint32_t flags)
 {
@@ -80,28 +56,6 @@ static rt_aio_req_t req_new(void)
     rt_aio_req_t req = RT_AIO_REQ_NIL;
     TST_RC_FATAL(rt_aio_req_create(&req), RT_OK);
     return req;
-}
-
-/* A scratch file of @a size bytes, O_DIRECT where the file system allows it. */
-static rt_file_t scratch(const char *name, uint64_t size, bool direct)
-{
-    char path[512];
-    rt_file_t file = RT_FILE_NIL;
-    uint32_t flags = RT_FILE_READWRITE | RT_FILE_CREATE_REPLACE;
-    int rc = RT_ERR_NOT_SUPPORTED;
-
-    tst_path(path, sizeof path, name);
-    if (direct)
-        rc = rt_file_open(&file, path, flags | RT_FILE_NO_CACHE, 0);
-    if (rc == RT_ERR_NOT_SUPPORTED) {
-        if (direct && !told_no_direct)
-            printf("\n    note: %s refuses O_DIRECT; using cached I/O ", tst_dir());
-        told_no_direct = told_no_direct || direct;
-        rc = rt_file_open(&file, path, flags, 0);
-    }
-    TST_RC_FATAL(rc, RT_OK);
-    TST_RC_FATAL(rt_file_set_size(file, size), RT_OK);
-    return file;
 }
 
 /* Waits until @a req comes back (and nothing else), within LONG_MS. */
@@ -158,7 +112,7 @@ static void as_stranger(struct stranger *s)
 static void foreign_calls(const char *backend)
 {
     rt_aio_ctx_t ctx = owned_ctx(backend, 8, 0);
-    rt_file_t file = scratch("foreign.dat", BLOCK, false);
+    rt_file_t file = tst_scratch_file("foreign.dat", BLOCK, RT_FILE_READWRITE, false);
     uint8_t *buf = rt_mem_page_alloc(2 * BLOCK);
     rt_aio_req_t a = req_new(), b = req_new(), done[4];
     struct stranger s;
@@ -345,8 +299,8 @@ static void owner_at_depth(const char *backend, bool direct)
     rt_iovec_t region;
 
     memset(&b, 0, sizeof b);
-    b.file =
-        scratch(direct ? "depth-direct.dat" : "depth-cached.dat", (uint64_t)BLOCKS * BLOCK, direct);
+    b.file = tst_scratch_file(direct ? "depth-direct.dat" : "depth-cached.dat",
+                              (uint64_t)BLOCKS * BLOCK, RT_FILE_READWRITE, direct);
     b.mem = rt_mem_page_alloc((size_t)DEPTH * BLOCK);
     b.reqs = reqs;
     b.seed = direct ? 11 : 12;

@@ -28,6 +28,7 @@
 #include <rt/time.h>
 
 #include "tst_common.h"
+#include "tst_data.h"
 
 #ifndef TST_BACKEND
 #error "build with -DTST_BACKEND='\"threads\"' (or \"linux-aio\", \"io_uring\")"
@@ -67,34 +68,6 @@ static void sleep_ms(unsigned ms)
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
-}
-
-/* File contents are a function of the offset (and a seed), so any read can be checked
- * without keeping a copy, and a byte landing at the wrong offset shows. */
-static uint8_t pat(uint64_t off, unsigned seed)
-{
-    uint64_t x = (off + (uint64_t)seed * 0x10001u) * 0x9E3779B97F4A7C15ull;
-    return (uint8_t)(x >> 56);
-}
-
-static void pat_fill(void *buf, uint64_t off, size_t len, unsigned seed)
-{
-    uint8_t *p = buf;
-    for (size_t i = 0; i < len; i++)
-        p[i] = pat(off + i, seed);
-}
-
-static bool pat_check(const void *buf, uint64_t off, size_t len, unsigned seed)
-{
-    const uint8_t *p = buf;
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] != pat(off + i, seed)) {
-            fprintf(stderr, "  data mismatch at file offset %llu: 0x%02x, expected 0x%02x\n",
-                    (unsigned long long)(off + i), p[i], pat(off + i, seed));
-            return false;
-        }
-    }
-    return true;
 }
 
 static bool all_bytes(const void *buf, size_t len, uint8_t value)
