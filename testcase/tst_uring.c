@@ -8,6 +8,10 @@
  *  - the same while another thread is blocked in wait on the context.
  *  - more requests than the ring has completion slots: the rest wait on the deferred
  *    list and go in as slots free up.
+ *  - a submit that finds the device short of work goes to the kernel in three parts
+ *    (the first request, the next 8, the rest) and one that finds it busy in one: every
+ *    size around those cuts, and submits while others are in flight (the SQ filling
+ *    after the cuts is test_bounded_beyond_ring's 10000 requests in a 4096-entry SQ).
  */
 #include <config.h>
 
@@ -183,9 +187,10 @@ static void test_cancel_last_request_ends_wait(void)
     rt_file_close(fifo);
 }
 
-/* 6000 reads in one submit: more than an unlimited context's 2048 completion slots
- * and a bounded context's 8192 (capacity 10000): the deferred list carries the rest. */
-static void run_many(uint32_t capacity, unsigned count)
+/* Reads @a count one-byte requests of a file whose byte i is i * 7, submitted in
+ * consecutive submits of @a sizes[] requests (their sum is @a count) before the first
+ * wait, and checks that every one completes with its own byte. */
+static void run_submits(uint32_t capacity, unsigned count, const unsigned *sizes, size_t n_sizes)
 {
     rt_aio_ctx_t ctx;
     rt_aio_req_t *reqs = calloc(count, sizeof *reqs);
@@ -207,7 +212,8 @@ static void run_many(uint32_t capacity, unsigned count)
         TST_RC_FATAL(rt_aio_req_create(&reqs[i]), RT_OK);
         TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, i, &bytes[i], 1, NULL), RT_OK);
     }
-    TST_RC(rt_aio_ctx_submit(ctx, reqs, count), RT_OK);
+    for (size_t i = 0, first = 0; i < n_sizes; first += sizes[i++])
+        TST_RC(rt_aio_ctx_submit(ctx, reqs + first, sizes[i]), RT_OK);
     while (total < count) {
         uint32_t got = 0;
         int rc = rt_aio_ctx_wait(ctx, 1, 10000, done, count, &got);
@@ -228,6 +234,13 @@ static void run_many(uint32_t capacity, unsigned count)
     free(bytes);
 }
 
+static void run_many(uint32_t capacity, unsigned count)
+{
+    run_submits(capacity, count, &count, 1);
+}
+
+/* 6000 reads in one submit: more than an unlimited context's 2048 completion slots
+ * and a bounded context's 8192 (capacity 10000): the deferred list carries the rest. */
 static void test_unlimited_beyond_ring(void)
 {
     run_many(RT_AIO_UNLIMITED_REQS, 6000);
@@ -236,6 +249,24 @@ static void test_unlimited_beyond_ring(void)
 static void test_bounded_beyond_ring(void)
 {
     run_many(10000, 10000);
+}
+
+/* Into an idle ring, each size around the cuts after the first and the ninth request. */
+static void test_submit_sizes_around_the_cuts(void)
+{
+    static const unsigned counts[] = {1, 2, 3, 8, 9, 10, 11, 17, 33, 64};
+
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
+        run_many(64, counts[i]);
+}
+
+/* 40 in flight, then 8 more (a busy device: one part) and 50 more (fewer in flight
+ * than it adds: three parts). */
+static void test_submit_while_busy(void)
+{
+    static const unsigned sizes[] = {40, 8, 50};
+
+    run_submits(128, 98, sizes, 3);
 }
 
 int main(void)
@@ -249,5 +280,7 @@ int main(void)
     TST_ADD(suite, test_cancel_last_request_ends_wait);
     TST_ADD(suite, test_unlimited_beyond_ring);
     TST_ADD(suite, test_bounded_beyond_ring);
+    TST_ADD(suite, test_submit_sizes_around_the_cuts);
+    TST_ADD(suite, test_submit_while_busy);
     return tst_run();
 }
