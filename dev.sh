@@ -60,9 +60,9 @@ check() {
 }
 
 # Totals over every test program of the given build trees.  A CUnit program
-# contributes its test counts from its log; a program that crashed before CUnit's
-# summary, or a plain script, counts as one test; a skipped program (exit 77) counts
-# as skipped.
+# contributes its test counts from its log (a script that runs several contributes
+# all their summaries); a program that crashed before CUnit's summary, or a plain
+# script, counts as one test; a skipped program (exit 77) counts as skipped.
 totals() {
     local passed=0 failed=0 skipped=0
     for dir in "$@"; do
@@ -72,13 +72,15 @@ totals() {
             local result
             result=$(sed -n 's/^:test-result: //p' "$trs" | head -n 1)
             local row
-            row=$(grep -E '^[[:space:]]+tests[[:space:]]+[0-9]+' "$log" 2>/dev/null | tail -n 1 || true)
+            # "passed failed" summed over every CUnit summary in the log, or nothing.
+            row=$(awk '$1 == "tests" && $2 ~ /^[0-9]+$/ { p += $4; f += $5; n++ }
+                END { if (n) print p, f }' "$log" 2>/dev/null || true)
             case "$result" in
             SKIP) skipped=$((skipped + 1)) ;;
             PASS | FAIL | ERROR | XFAIL | XPASS)
                 if [ -n "$row" ]; then
-                    local kind total ran row_passed row_failed
-                    read -r kind total ran row_passed row_failed _ <<<"$row"
+                    local row_passed row_failed
+                    read -r row_passed row_failed <<<"$row"
                     passed=$((passed + row_passed))
                     failed=$((failed + row_failed))
                     # A program that failed outside its tests (a crash after the

@@ -10,6 +10,9 @@
  *  - io_getevents: EINTR; completions carrying EIO, ENOSPC and short counts.
  *  - buffered files never reach io_submit() for reads and writes (they would run
  *    synchronously there), only for flushes.
+ *  - how a submit is cut into io_submit() calls: an idle device gets the first request
+ *    alone, then 8, then the rest; a busy one, two requests, or RT_AIO_SUBMIT=whole get
+ *    one call (internal/early_start.h).
  *
  * Each fault function counts its calls so a test can prove the fault was hit.
  */
@@ -455,6 +458,81 @@ static void test_cancel_deferred_request(void)
     restore();
 }
 
+/* ---- cutting a submit ---------------------------------------------------------------- */
+
+static long submit_sizes[NREQS]; /* the nr of each io_submit() call, calls of them */
+
+static long submit_recording(laio_context_t ctx, long n, struct laio_iocb **iocbs)
+{
+    if (calls < (int)NREQS)
+        submit_sizes[calls] = n;
+    calls++;
+    return real.io_submit(ctx, n, iocbs);
+}
+
+/* Submits requests [0, n) of @a reqs in runs of @a runs[] before reaping any, and
+ * checks that io_submit() saw exactly the calls @a want[] (@a n_want of them). */
+static void check_cuts(const unsigned *runs, size_t n_runs, const long *want, int n_want)
+{
+    rt_aio_ctx_t ctx;
+    rt_aio_req_t reqs[NREQS];
+    unsigned n = 0;
+
+    rt__laio_sys.io_submit = submit_recording;
+    TST_RC_FATAL(rt_aio_ctx_create(&ctx, NREQS, RT_AIO_CTX_F_BACKEND_LINUX_AIO), RT_OK);
+    prepare_reads(reqs, NREQS);
+    for (size_t i = 0; i < n_runs; n += runs[i++])
+        TST_RC(rt_aio_ctx_submit(ctx, reqs + n, runs[i]), RT_OK);
+    CU_ASSERT_EQUAL(reap_all(ctx, n), n);
+    CU_ASSERT_EQUAL(calls, n_want);
+    for (int i = 0; i < n_want && i < calls; i++) {
+        if (submit_sizes[i] != want[i])
+            fprintf(stderr, "  io_submit call %d took %ld, expected %ld\n", i, submit_sizes[i],
+                    want[i]);
+        CU_ASSERT_EQUAL(submit_sizes[i], want[i]);
+    }
+    for (unsigned i = 0; i < n; i++)
+        TST_RC(rt_aio_req_get_rc(reqs[i], NULL), RT_OK);
+    destroy_all(ctx, reqs, NREQS);
+    restore();
+}
+
+static void test_idle_device_starts_early(void)
+{
+    static const unsigned runs[] = {16};
+    static const long want[] = {1, 8, 7};
+
+    check_cuts(runs, 1, want, 3);
+}
+
+/* Nothing is reaped between the submits, so the requests in flight are those submitted
+ * before: 0 < 3 (1, then 2), 3 < 4 (1, then 3), 7 = 7 (one call). */
+static void test_requests_in_flight_decide(void)
+{
+    static const unsigned runs[] = {3, 4, 7};
+    static const long want[] = {1, 2, 1, 3, 7};
+
+    check_cuts(runs, 3, want, 5);
+}
+
+static void test_two_requests_go_together(void)
+{
+    static const unsigned runs[] = {2};
+    static const long want[] = {2};
+
+    check_cuts(runs, 1, want, 1);
+}
+
+static void test_whole_submits_when_asked(void)
+{
+    static const unsigned runs[] = {16};
+    static const long want[] = {16};
+
+    setenv("RT_AIO_SUBMIT", "whole", 1);
+    check_cuts(runs, 1, want, 1);
+    unsetenv("RT_AIO_SUBMIT");
+}
+
 /* ---- buffered files ------------------------------------------------------------------ */
 
 static int kernel_rw_submits;
@@ -551,5 +629,9 @@ int main(void)
     TST_ADD(suite, test_completion_short_read);
     TST_ADD(suite, test_cancel_deferred_request);
     TST_ADD(suite, test_buffered_io_skips_the_kernel);
+    TST_ADD(suite, test_idle_device_starts_early);
+    TST_ADD(suite, test_requests_in_flight_decide);
+    TST_ADD(suite, test_two_requests_go_together);
+    TST_ADD(suite, test_whole_submits_when_asked);
     return tst_run();
 }

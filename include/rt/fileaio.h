@@ -32,9 +32,9 @@
  * more variables when a context is created: RT_AIO_THREADS, the most worker threads
  * (1..1024; default the context's capacity, at most 16), and RT_AIO_POOL_QUEUE=locked,
  * which replaces the lock-free ring between submitters and workers with a mutex queue
- * (for benchmarking one against the other).  The io_uring backend reads
- * RT_AIO_URING_SUBMIT=whole, which hands every submit to the kernel in one system call
- * even when the device is idle (by default such a submit starts with its first request
+ * (for benchmarking one against the other).  The kernel backends read
+ * RT_AIO_SUBMIT=whole, which hands every submit to the kernel in one system call even
+ * when the device is idle (by default such a submit starts with its first request
  * alone, so the device starts sooner; see doc/design.md), again for benchmarking.
  *
  * linux-aio and buffered files: the kernel only runs O_DIRECT reads and writes

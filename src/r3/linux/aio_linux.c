@@ -22,7 +22,8 @@
  *
  * io_submit() stops at the first iocb it cannot take and reports the error only if it
  * is the first of the batch; so a run is looped: count what went in, complete the
- * refused one with its error, go on with the rest.
+ * refused one with its error, go on with the rest.  A run that finds the device idle
+ * goes in as three io_submit() calls, its first request alone (internal/early_start.h).
  *
  * Slots: the kernel gives a context a fixed number of event slots.  A bounded context
  * asks for exactly its capacity, and the front end never lets more be outstanding, so
@@ -56,6 +57,7 @@
 
 #include "internal/aio.h"
 #include "internal/doorbell.h"
+#include "internal/early_start.h"
 #include "internal/req_queue.h"
 #include "internal/sync.h"
 #include "internal/tpool.h"
@@ -78,6 +80,7 @@ struct laio {
     struct laio_ring *ring; /* NULL: reap with io_getevents() */
     uint32_t slots;         /* event slots the kernel granted */
     _Atomic uint32_t in_kernel;
+    bool early_start; /* internal/early_start.h allowed */
 
     rt__mutex_t deferred_lock;
     struct rt__req_queue deferred;
@@ -174,6 +177,7 @@ static int laio_init(struct rt_aio_ctx *ctx, uint32_t capacity)
     }
     laio->ring = usable_ring(laio->kernel_ctx);
     atomic_init(&laio->in_kernel, 0);
+    laio->early_start = rt__early_start_allowed();
     rt__req_queue_init(&laio->deferred);
     atomic_init(&laio->fsync_refused, false);
     rt__mutex_init(&laio->deferred_lock);
@@ -307,9 +311,10 @@ static enum run_outcome submit_run(struct rt_aio_ctx *ctx, struct rt_aio_req **r
 {
     struct laio *laio = laio_of(ctx);
     size_t done = 0;
+    bool early = rt__early_start_wanted(laio->early_start, atomic_load(&laio->in_kernel), n);
 
     while (done < n) {
-        uint32_t taken = take_slots(laio, n - done);
+        uint32_t taken = take_slots(laio, early ? rt__early_start_part(done, n - done) : n - done);
         long ret;
 
         if (taken == 0) {

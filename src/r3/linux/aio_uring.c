@@ -3,8 +3,8 @@
  *
  * One ring per context.  Submitters may be any thread, and liburing's submission queue
  * has a single producer, so SQE preparation and io_uring_submit() run under sq_lock:
- * one io_uring_enter() per rt_aio_ctx_submit() call, except when the device is about to
- * run dry (see "Starting the device early" below) or the SQ fills.
+ * one io_uring_enter() per rt_aio_ctx_submit() call, three when the device is idle
+ * (internal/early_start.h), more if the SQ fills.
  * The waiter reaps the CQ in user space (io_uring_peek_batch_cqe): no system call when
  * completions are already there.
  *
@@ -46,17 +46,6 @@
  * kernel also reports success for a request that finished normally while it retried,
  * so the CQE's own result decides whether the request was really cancelled.
  *
- * Starting the device early: the kernel plugs a submit of three or more requests and
- * hands them to the driver together when the submit ends, which on a virtio disk is one
- * notification of the host after the last.  When the ring holds fewer requests than a
- * submit adds (at depth 32 the device completes whole batches, so vrt-bench's resubmit
- * finds it idle), the first request goes in alone, which the kernel dispatches at once,
- * then the next SPLIT_CHUNK, then the rest: the device works on the first while the
- * others are prepared.  That is two more io_uring_enter() calls for such a submit only;
- * a busy device (a deeper queue) gets the whole submit in one.  Same-run medians,
- * vrt-bench against itself with RT_AIO_URING_SUBMIT=whole (scripts/bench-knobs.sh):
- * see doc/bench/knobs.md and doc/design.md.
- *
  * Fixed buffers: rt_aio_ctx_register_buffers() maps regions into the ring once; a read
  * or write whose buffer lies inside one goes out as READ_FIXED/WRITE_FIXED, so the
  * kernel does not pin and unpin its pages per transfer (the table is sorted by address
@@ -93,6 +82,7 @@
 
 #include "internal/aio.h"
 #include "internal/doorbell.h"
+#include "internal/early_start.h"
 #include "internal/req_queue.h"
 #include "internal/sync.h"
 
@@ -102,8 +92,6 @@
 #define MAX_ENTRIES 4096u
 /* Parked requests moved into the ring per io_uring_enter. */
 #define PUMP_BATCH 64u
-/* Requests in the second io_uring_enter() of a submit split to start the device early. */
-#define SPLIT_CHUNK 8u
 /* CQEs taken per peek. */
 #define REAP_BATCH 64u
 /* user_data of the doorbell watch's CQE: never a request's address. */
@@ -117,7 +105,7 @@ struct uring {
     _Atomic uint32_t in_ring; /* under sq_lock to grow, any lock to shrink */
     atomic_bool sq_left;      /* a failed io_uring_submit() left SQEs for the pump */
     bool sync_cancel;         /* the kernel has IORING_REGISTER_SYNC_CANCEL */
-    bool split_submits;       /* start an idle device early; RT_AIO_URING_SUBMIT=whole: no */
+    bool early_start;         /* internal/early_start.h allowed */
     /* Completions may wait in the kernel until this (the only) thread asks for them:
      * IORING_SQ_TASKRUN then says some are there (IORING_SETUP_TASKRUN_FLAG). */
     bool taskrun_flag;
@@ -225,14 +213,6 @@ static const unsigned single_thread_setups[] = {
     0,
 };
 
-/* Whether RT_AIO_URING_SUBMIT asks for every submit in one io_uring_enter(), as
- * before the early start (for the same-run comparison in scripts/bench-knobs.sh). */
-static bool whole_submits_asked(void)
-{
-    const char *submit = getenv("RT_AIO_URING_SUBMIT");
-    return submit != NULL && strcmp(submit, "whole") == 0;
-}
-
 static int uring_init(struct rt_aio_ctx *ctx, uint32_t capacity)
 {
     struct uring *uring = calloc(1, sizeof *uring);
@@ -270,7 +250,7 @@ static int uring_init(struct rt_aio_ctx *ctx, uint32_t capacity)
     uring->doorbell = &ctx->doorbell;
     uring->sync_cancel = has_sync_cancel(&uring->ring);
     uring->taskrun_flag = (uring->ring.flags & IORING_SETUP_TASKRUN_FLAG) != 0;
-    uring->split_submits = !whole_submits_asked();
+    uring->early_start = rt__early_start_allowed();
     atomic_init(&uring->in_ring, 0);
     atomic_init(&uring->sq_left, false);
     atomic_init(&uring->watch_armed, false);
@@ -384,30 +364,20 @@ static void flush_sq(struct uring *uring)
         rt__doorbell_ring(uring->doorbell); /* nothing else may come to retry it */
 }
 
-/* Whether a submit of @a n requests hands the kernel its first ones early: the device
- * holds fewer than it is about to get (see the head comment).  sq_lock held. */
-static bool starts_early(struct uring *uring, size_t n)
-{
-    return uring->split_submits && n > 2 &&
-           atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < n;
-}
-
-/* Whether an early-starting submit goes to the kernel once @a prepared of its requests
- * are in the SQ: after the first, then after SPLIT_CHUNK more. */
-static bool early_cut(size_t prepared)
-{
-    return prepared == 1 || prepared == 1 + SPLIT_CHUNK;
-}
-
 /*
  * Puts requests into the ring while it has room; returns how many went in.  sq_lock
- * held.  Submits what it prepared: one io_uring_enter, three if the device is about to
- * run dry (starts_early), more if the SQ fills.
+ * held.  Submits what it prepared: one io_uring_enter, three to start an idle device
+ * early (internal/early_start.h), more if the SQ fills.
  */
 static size_t fill_ring(struct uring *uring, struct rt_aio_req **reqs, size_t n)
 {
-    bool early = starts_early(uring, n);
     size_t done = 0;
+    /* Where the next io_uring_enter goes before the end: after the first request of an
+     * early start, else nowhere. */
+    size_t cut = rt__early_start_wanted(uring->early_start,
+                                        atomic_load_explicit(&uring->in_ring, memory_order_relaxed), n)
+                     ? rt__early_start_part(0, n)
+                     : n;
 
     while (done < n && atomic_load_explicit(&uring->in_ring, memory_order_relaxed) < uring->slots) {
         struct io_uring_sqe *sqe = io_uring_get_sqe(&uring->ring);
@@ -419,8 +389,10 @@ static size_t fill_ring(struct uring *uring, struct rt_aio_req **reqs, size_t n)
         }
         prep(uring, sqe, reqs[done++]);
         atomic_fetch_add_explicit(&uring->in_ring, 1, memory_order_release);
-        if (early && done < n && early_cut(done))
+        if (done == cut && done < n) {
             submit_sq(uring);
+            cut = done + rt__early_start_part(done, n - done);
+        }
     }
     flush_sq(uring);
     return done;
