@@ -8,8 +8,13 @@
 #   vrt-bench --single-thread 0  batch 32, a context any thread may drive (no
 #                                DEFER_TASKRUN/COOP_TASKRUN: the kernel interrupts
 #                                the thread for each completion)
+#   RT_AIO_SUBMIT=whole          batch 32, every submit in one io_uring_enter (no early
+#                                start of an idle device)
 #   fio io_uring tuned, iodepth_batch_submit=B, for the same B
 #   fio io_uring tuned without --registerfiles (what registered files buy fio)
+# Depth 32, linux-aio, batch 32: vrt-bench with and without the early start, tuned fio
+# libaio.
+# Depth 128, io_uring, batch 32: vrt-bench with and without the early start, tuned fio.
 # Depth 1, every backend against fio's same engine with default settings:
 #   vrt-bench --wait-timeout none  (the default: waits as fio does)
 #   vrt-bench --wait-timeout 100   (each wait bounded, so each sleep arms a timer)
@@ -17,7 +22,7 @@
 #   scripts/bench-knobs.sh [--reps N] [--runtime S] [--size SIZE] [--dir DIR]
 #
 # Run from a build directory (it uses ./vrt-bench, or VRT_BENCH).  Needs fio and jq
-# (scripts/bench.sh installs them).  Prints two markdown tables.
+# (scripts/bench.sh installs them).  Prints four markdown tables.
 set -euo pipefail
 
 reps=5
@@ -32,7 +37,7 @@ while [ $# -gt 0 ]; do
     --runtime) runtime=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "bench-knobs.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -60,9 +65,10 @@ fio_run() {
         --ioengine="$1" --iodepth="$2" --lat_percentiles=1 "${@:3}" --output-format=json |
         jq -r '.jobs[0].read | "\(.iops) \(.lat_ns.percentile["50.000000"] / 1000)"'
 }
+# fio_tuned DEPTH BATCH ARGS...
 fio_tuned() {
-    fio_run io_uring 32 --fixedbufs --nonvectored=1 --iodepth_batch_submit="$1" \
-        --iodepth_batch_complete_min=1 --iodepth_batch_complete_max=32 "${@:2}"
+    fio_run io_uring "$1" --fixedbufs --nonvectored=1 --iodepth_batch_submit="$2" \
+        --iodepth_batch_complete_min=1 --iodepth_batch_complete_max="$1" "${@:3}"
 }
 # record TABLE NAME "iops p50"
 record() {
@@ -72,10 +78,22 @@ record() {
 for rep in $(seq 1 "$reps"); do
     for b in 32 8 4; do
         record qd32 "vrt-bench --batch $b" "$(vrt io_uring 32 --batch "$b")"
-        record qd32 "fio tuned, iodepth_batch_submit=$b" "$(fio_tuned "$b" --registerfiles)"
+        record qd32 "fio tuned, iodepth_batch_submit=$b" "$(fio_tuned 32 "$b" --registerfiles)"
     done
-    record qd32 "fio tuned without --registerfiles (batch 32)" "$(fio_tuned 32)"
+    record qd32 "fio tuned without --registerfiles (batch 32)" "$(fio_tuned 32 32)"
     record qd32 "vrt-bench --batch 32 --single-thread 0" "$(vrt io_uring 32 --batch 32 --single-thread 0)"
+    record qd32 "vrt-bench --batch 32, RT_AIO_SUBMIT=whole" \
+        "$(RT_AIO_SUBMIT=whole vrt io_uring 32 --batch 32)"
+    record laio32 "vrt-bench --batch 32" "$(vrt linux-aio 32 --batch 32)"
+    record laio32 "vrt-bench --batch 32, RT_AIO_SUBMIT=whole" \
+        "$(RT_AIO_SUBMIT=whole vrt linux-aio 32 --batch 32)"
+    record laio32 "fio libaio tuned, iodepth_batch_submit=32" "$(fio_run libaio 32 \
+        --userspace_reap --iodepth_batch_submit=32 --iodepth_batch_complete_min=0 \
+        --iodepth_batch_complete_max=32)"
+    record qd128 "vrt-bench --batch 32" "$(vrt io_uring 128 --batch 32)"
+    record qd128 "vrt-bench --batch 32, RT_AIO_SUBMIT=whole" \
+        "$(RT_AIO_SUBMIT=whole vrt io_uring 128 --batch 32)"
+    record qd128 "fio tuned, iodepth_batch_submit=32" "$(fio_tuned 128 32 --registerfiles)"
     for pair in io_uring:io_uring linux-aio:libaio threads:psync; do
         backend=${pair%%:*} engine=${pair#*:}
         record qd1 "$backend: vrt-bench --wait-timeout none" "$(vrt "$backend" 1)"
@@ -118,10 +136,17 @@ summary() {
         }' "$results"
 }
 
-echo "| run (4k randread O_DIRECT, depth 32, io_uring) | median IOPS | lowest | highest |"
-echo "|---|---:|---:|---:|"
-summary qd32 | awk -F'|' '{ printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }'
-echo
+# iops_table TABLE "DEPTH, BACKEND": the table's runs with their IOPS
+iops_table() {
+    echo "| run (4k randread O_DIRECT, depth $2) | median IOPS | lowest | highest |"
+    echo "|---|---:|---:|---:|"
+    summary "$1" | awk -F'|' '{ printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }'
+    echo
+}
+
+iops_table qd32 "32, io_uring"
+iops_table laio32 "32, linux-aio"
+iops_table qd128 "128, io_uring"
 echo "| run (4k randread O_DIRECT, depth 1) | median IOPS | lowest | highest | median p50 µs |"
 echo "|---|---:|---:|---:|---:|"
 summary qd1 | awk -F'|' '{ printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5 }'
