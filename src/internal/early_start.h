@@ -9,8 +9,8 @@
  * backend hands the kernel the first request alone, which it dispatches at once, then
  * the next RT__EARLY_START_CHUNK, then the rest: the device works on the first while
  * the others follow.  That costs two more system calls for such a submit only; a busy
- * device gets the whole submit in one.  Measured in doc/design.md ("Kernel backends:
- * starting an idle device early").
+ * device gets the whole submit in one.  Measured in doc/design.md ("Starting an idle
+ * device early").
  *
  * RT_AIO_SUBMIT=whole in the environment, read when a context is created, turns this
  * off: every submit in one system call, for the same-run comparison in
