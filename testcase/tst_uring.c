@@ -187,11 +187,22 @@ static void test_cancel_last_request_ends_wait(void)
     rt_file_close(fifo);
 }
 
-/* Reads @a count one-byte requests of a file whose byte i is i * 7, submitted in
- * consecutive submits of @a sizes[] requests (their sum is @a count) before the first
- * wait, and checks that every one completes with its own byte. */
-static void run_submits(uint32_t capacity, unsigned count, const unsigned *sizes, size_t n_sizes)
+/* Sums @a sizes[0..n). */
+static unsigned total_of(const unsigned *sizes, size_t n)
 {
+    unsigned sum = 0;
+
+    for (size_t i = 0; i < n; i++)
+        sum += sizes[i];
+    return sum;
+}
+
+/* Reads one-byte requests of a file whose byte i is i * 7, submitted in consecutive
+ * submits of @a sizes[] requests before the first wait, and checks that every one
+ * completes with its own byte. */
+static void run_submits(uint32_t capacity, const unsigned *sizes, size_t n_sizes)
+{
+    const unsigned count = total_of(sizes, n_sizes);
     rt_aio_ctx_t ctx;
     rt_aio_req_t *reqs = calloc(count, sizeof *reqs);
     rt_aio_req_t *done = calloc(count, sizeof *done);
@@ -236,7 +247,7 @@ static void run_submits(uint32_t capacity, unsigned count, const unsigned *sizes
 
 static void run_many(uint32_t capacity, unsigned count)
 {
-    run_submits(capacity, count, &count, 1);
+    run_submits(capacity, &count, 1);
 }
 
 /* 6000 reads in one submit: more than an unlimited context's 2048 completion slots
@@ -266,7 +277,7 @@ static void test_submit_while_busy(void)
 {
     static const unsigned sizes[] = {40, 8, 50};
 
-    run_submits(128, 98, sizes, 3);
+    run_submits(128, sizes, 3);
 }
 
 int main(void)
