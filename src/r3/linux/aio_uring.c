@@ -64,7 +64,7 @@
  * lets the caller resubmit them while the others are still on their way.  The device's
  * work then runs in staggered groups (about 14 requests per wait at depth 32, against
  * 29 when reap() fetched until nothing was left), as fio's loop does, which kept the
- * device busier: 2-4% more IOPS at depth 32 for the same CPU (see doc/design.md).
+ * device busier: about 3% more IOPS at depth 32 for the same CPU (doc/design.md).
  *
  * Any other context uses none of these: SINGLE_ISSUER and DEFER_TASKRUN require every
  * submission (and the reaping) to come from one thread, and COOP_TASKRUN lets
