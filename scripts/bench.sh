@@ -98,12 +98,16 @@ workload() {
     esac
 }
 
-# backend -> its peers
+# backend depth -> its peers.  "vrt-nohold" only where requests queue behind the pool
+# (depth above its size): elsewhere the waiter never dozes and the two are one.
 peers() {
     case "$1" in
     linux-aio) echo "libaio libaio-tuned" ;;
     io_uring) echo "io_uring io_uring-tuned" ;;
-    threads) echo "psync posixaio vrt-locked" ;;
+    threads)
+        echo "psync posixaio vrt-locked"
+        if [ "$2" -gt "$(pool_size "$2")" ]; then echo "vrt-nohold"; fi
+        ;;
     esac
 }
 
@@ -119,12 +123,14 @@ busy_jiffies() {
 # run_peer PEER RW BS DEPTH DIRECT -> "iops p50_us ios"
 # "vrt-locked" is vrt-bench itself with the thread pool's lock-free ring switched off
 # (RT_AIO_POOL_QUEUE=locked): the same-run check that the ring beats a mutex queue.
+# "vrt-nohold" is vrt-bench with the waiter's doze switched off (RT_AIO_POOL_HOLD=off):
+# every completion wakes a sleeping waiter, as before the doze.
 run_peer() {
     local peer=$1 rw=$2 bs=$3 depth=$4 direct=$5 batch
-    if [ "$peer" = vrt-locked ]; then
-        RT_AIO_POOL_QUEUE=locked run_vrt threads "$rw" "$bs" "$depth" "$direct"
-        return
-    fi
+    case "$peer" in
+    vrt-locked) RT_AIO_POOL_QUEUE=locked run_vrt threads "$rw" "$bs" "$depth" "$direct"; return ;;
+    vrt-nohold) RT_AIO_POOL_HOLD=off run_vrt threads "$rw" "$bs" "$depth" "$direct"; return ;;
+    esac
     batch=$((depth < 32 ? depth : 32))
     local args=(--name=peer --filename="$file" --size="$size" --rw="$rw" --bs="$bs"
         --direct="$direct" --runtime="$(ms "$runtime")ms" --ramp_time="$(ms "$ramp")ms" --time_based
@@ -180,7 +186,7 @@ for w in $workloads; do
         for rep in $(seq 1 "$reps"); do
             line=$(measure run_vrt "$b" "$rw" "$bs" "$depth" "$direct")
             printf '%s\t%s\tvrt\t%s\t%s\n' "$w" "$b" "$rep" "${line// /$'\t'}" >>"$raw"
-            for p in $(peers "$b"); do
+            for p in $(peers "$b" "$depth"); do
                 line=$(measure run_peer "$p" "$rw" "$bs" "$depth" "$direct")
                 printf '%s\t%s\t%s\t%s\t%s\n' "$w" "$b" "$p" "$rep" "${line// /$'\t'}" >>"$raw"
             done

@@ -40,6 +40,11 @@ static void threads_submit(struct rt_aio_ctx *ctx, struct rt_aio_req **reqs, siz
     rt__tpool_queue(ctx->backend_data, reqs, n);
 }
 
+static int threads_sleep(struct rt_aio_ctx *ctx, uint64_t deadline_ns)
+{
+    return rt__tpool_sleep(ctx->backend_data, &ctx->doorbell, deadline_ns);
+}
+
 static int threads_cancel(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
 {
     return rt__tpool_cancel(ctx->backend_data, req);
@@ -62,5 +67,6 @@ const struct rt__aio_backend rt__tpool_backend = {
     .submit = threads_submit,
     .reap = NULL,
     .has_completions = NULL,
+    .sleep = threads_sleep,
     .cancel = threads_cancel,
 };

@@ -568,7 +568,8 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
     return RT_OK;
 }
 
-void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+/* Pushes @a req onto the done stack (seq_cst: one half of the pair in wait_loop). */
+static void push_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
 {
     struct rt_aio_req *top = atomic_load_explicit(&ctx->done_stack, memory_order_relaxed);
 
@@ -576,6 +577,11 @@ void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
         req->next = top;
     while (!atomic_compare_exchange_weak_explicit(&ctx->done_stack, &top, req, memory_order_seq_cst,
                                                   memory_order_relaxed));
+}
+
+/* The poster's half of the sleep protocol, after its seq_cst push. */
+static void ring_if_sleeping(struct rt_aio_ctx *ctx)
+{
     /* seq_cst push, then seq_cst look at waiter_sleeping: see wait_loop.  Exchanging
      * the flag (not just reading it) makes only the first poster after the waiter fell
      * asleep pay for the ring; the ones behind it find the flag down and know the
@@ -583,6 +589,24 @@ void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
     if (atomic_load_explicit(&ctx->waiter_sleeping, memory_order_seq_cst) &&
         atomic_exchange_explicit(&ctx->waiter_sleeping, false, memory_order_seq_cst))
         rt__doorbell_ring(&ctx->doorbell);
+}
+
+void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
+{
+    push_done(ctx, req);
+    ring_if_sleeping(ctx);
+}
+
+void rt__aio_ctx_post_unless_dozing(struct rt_aio_ctx *ctx, struct rt_aio_req *req,
+                                    const atomic_bool *dozing)
+{
+    push_done(ctx, req);
+    /* seq_cst push, then seq_cst look at *dozing: if it is still up, the waiter has not
+     * yet lowered it after its bounded sleep, so its next look (after the lowering) sees
+     * this request; if it is down, post as usual. */
+    if (atomic_load_explicit(dozing, memory_order_seq_cst))
+        return;
+    ring_if_sleeping(ctx);
 }
 
 /* Takes up to @a max requests off the done list, oldest first.  The waiter only. */

@@ -49,6 +49,7 @@
 
 #include "internal/aio.h"
 #include "internal/cpu.h"
+#include "internal/doorbell.h"
 #include "internal/mpmc_ring.h"
 #include "internal/posix_sys.h"
 #include "internal/req_queue.h"
@@ -74,6 +75,9 @@ struct rt__tpool {
     uint32_t idle_ms;
     atomic_bool stopping;
     atomic_bool spinning; /* a worker is in spin_for_work() */
+    bool hold;                 /* RT_AIO_POOL_HOLD is not "off": the waiter may doze */
+    uint64_t hold_max_ns;      /* the doze's bound (RT__TPOOL_HOLD_MAX_NS) */
+    atomic_bool waiter_dozing; /* the waiter is in rt__tpool_sleep()'s bounded sleep */
     struct worker workers[];
 };
 
@@ -96,6 +100,14 @@ static bool has_work(struct rt__tpool *pool)
 {
     return rt__req_queue_count(&pool->spilled) > 0 ||
            (pool->ring != NULL && rt__mpmc_ring_count(pool->ring) > 0);
+}
+
+/* How many queued requests no worker has taken yet.  A hint (the counts are read
+ * without the lock), which is all a decision to let the waiter sleep on needs. */
+static size_t backlog(struct rt__tpool *pool)
+{
+    return rt__req_queue_count(&pool->spilled) +
+           (pool->ring != NULL ? rt__mpmc_ring_count(pool->ring) : 0);
 }
 
 /* Spins up to WORKER_SPIN_NS for work to arrive.  One worker spins at a time: that is
@@ -197,6 +209,18 @@ static bool leave_if_idle(struct worker *self)
     return true;
 }
 
+/* Hands a finished request to its context.  With a deep backlog a dozing waiter is
+ * left asleep (see rt__tpool_sleep): the workers have enough to do without it. */
+static void post_finished(struct rt__tpool *pool, struct rt_aio_req *req)
+{
+    struct rt_aio_ctx *ctx = atomic_load_explicit(&req->ctx, memory_order_relaxed);
+
+    if (backlog(pool) >= RT__TPOOL_HOLD_BACKLOG)
+        rt__aio_ctx_post_unless_dozing(ctx, req, &pool->waiter_dozing);
+    else
+        rt__aio_ctx_post_done(ctx, req);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *self = arg;
@@ -211,7 +235,7 @@ static void *worker_main(void *arg)
             continue;
         }
         rt__aio_execute(req);
-        rt__aio_ctx_post_done(atomic_load_explicit(&req->ctx, memory_order_relaxed), req);
+        post_finished(pool, req);
     }
 }
 
@@ -246,6 +270,13 @@ static bool ring_switched_off(void)
 {
     const char *queue = getenv("RT_AIO_POOL_QUEUE");
     return queue != NULL && strcmp(queue, "locked") == 0;
+}
+
+/* Whether RT_AIO_POOL_HOLD asks for a waiter that never dozes. */
+static bool hold_switched_off(void)
+{
+    const char *hold = getenv("RT_AIO_POOL_HOLD");
+    return hold != NULL && strcmp(hold, "off") == 0;
 }
 
 /* The ring's size for a pool serving a context of @a capacity requests. */
@@ -285,6 +316,9 @@ int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t cap
     atomic_init(&created->live_workers, 0);
     atomic_init(&created->stopping, false);
     atomic_init(&created->spinning, false);
+    atomic_init(&created->waiter_dozing, false);
+    created->hold = !hold_switched_off();
+    created->hold_max_ns = RT__TPOOL_HOLD_MAX_NS;
     created->max_workers = max_workers;
     created->idle_ms = idle_ms;
     for (unsigned i = 0; i < max_workers; i++)
@@ -411,6 +445,32 @@ int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req)
         rc = RT_OK;
     rt__mutex_unlock(&pool->lock);
     return rc;
+}
+
+int rt__tpool_sleep(struct rt__tpool *pool, struct rt__doorbell *bell, uint64_t deadline_ns)
+{
+    uint64_t until;
+    int rc;
+
+    if (!pool->hold || backlog(pool) < RT__TPOOL_HOLD_BACKLOG)
+        return rt__doorbell_wait(bell, deadline_ns);
+    until = rt_time_nano_ts() + pool->hold_max_ns;
+    if (until > deadline_ns || until < pool->hold_max_ns)
+        until = deadline_ns;
+    /* seq_cst both ways: the other half of rt__aio_ctx_post_unless_dozing()'s pair.  A
+     * poster that saw the flag down rang as usual; one that saw it up pushed before the
+     * flag came down, so the look that follows this call finds its request. */
+    atomic_store_explicit(&pool->waiter_dozing, true, memory_order_seq_cst);
+    rc = rt__doorbell_wait(bell, until);
+    atomic_store_explicit(&pool->waiter_dozing, false, memory_order_seq_cst);
+    if (rc == RT_ERR_TIMEOUT && until < deadline_ns)
+        return RT_OK; /* the doze's bound, not the caller's deadline: look again */
+    return rc;
+}
+
+void rt__tpool_set_hold_max(struct rt__tpool *pool, uint64_t max_ns)
+{
+    pool->hold_max_ns = max_ns;
 }
 
 unsigned rt__tpool_default_workers(uint32_t capacity)

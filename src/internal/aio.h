@@ -212,6 +212,16 @@ struct rt_aio_ctx {
 void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req);
 
 /**
+ * Like rt__aio_ctx_post_done(), but leaves a sleeping waiter asleep while *@a dozing
+ * is set.  The waiter sets *@a dozing only around a bounded sleep of its backend's
+ * sleep() (the threads backend's doze, see aio_threads.c), and clears it before it
+ * looks again: so it finds @a req when that sleep ends, or sooner when a later post
+ * rings.  A waiter that is awake finds it on its next look, as always.  Any thread.
+ */
+void rt__aio_ctx_post_unless_dozing(struct rt_aio_ctx *ctx, struct rt_aio_req *req,
+                                    const atomic_bool *dozing);
+
+/**
  * Carries out a prepared request synchronously with positioned POSIX I/O (pread,
  * pwritev, fsync, ...), setting req->rc and req->transferred.  A read that hits end of
  * file stops there; a write or read is otherwise looped to its full length.
