@@ -68,7 +68,7 @@ rows=$(awk -F'\t' 'NR > 1 {
     while IFS=$'\t' read -r w b p vi pi ratio lo hi vp pp vc pc; do
         label="fio $p"
         [ "$p" = vrt-locked ] && label="vrt, mutex queue"
-        [ "$p" = vrt-nohold ] && label="vrt, no doze"
+        [ "$p" = vrt-nodoze ] && label="vrt, no doze"
         echo "| $(describe "$w") | $b | $label | $vi | $pi | **$ratio** | $lo–$hi | $vp | $pp | $vc | $pc |"
     done <<<"$rows"
     echo
@@ -79,7 +79,7 @@ rows=$(awk -F'\t' 'NR > 1 {
     echo "vrt-bench with the thread pool's lock-free ring switched off"
     echo "(RT_AIO_POOL_QUEUE=locked): the ratio is ring / mutex queue, same run."
     echo "\"vrt, no doze\" is vrt-bench with the waiter's doze switched off"
-    echo "(RT_AIO_POOL_HOLD=off), where requests queue behind the pool: the ratio is"
+    echo "(RT_AIO_POOL_DOZE=off), where requests queue behind the pool: the ratio is"
     echo "doze / no doze, same run."
     echo "vrt-bench runs with the same batch as the tuned peers (min(depth, 32)), its"
     echo "buffers registered (as fio's --fixedbufs), and its defaults: a single-thread"

@@ -98,7 +98,7 @@ workload() {
     esac
 }
 
-# backend depth -> its peers.  "vrt-nohold" only where requests queue behind the pool
+# backend depth -> its peers.  "vrt-nodoze" only where requests queue behind the pool
 # (depth above its size): elsewhere the waiter never dozes and the two are one.
 peers() {
     case "$1" in
@@ -106,7 +106,7 @@ peers() {
     io_uring) echo "io_uring io_uring-tuned" ;;
     threads)
         echo "psync posixaio vrt-locked"
-        if [ "$2" -gt "$(pool_size "$2")" ]; then echo "vrt-nohold"; fi
+        if [ "$2" -gt "$(pool_size "$2")" ]; then echo "vrt-nodoze"; fi
         ;;
     esac
 }
@@ -123,13 +123,13 @@ busy_jiffies() {
 # run_peer PEER RW BS DEPTH DIRECT -> "iops p50_us ios"
 # "vrt-locked" is vrt-bench itself with the thread pool's lock-free ring switched off
 # (RT_AIO_POOL_QUEUE=locked): the same-run check that the ring beats a mutex queue.
-# "vrt-nohold" is vrt-bench with the waiter's doze switched off (RT_AIO_POOL_HOLD=off):
+# "vrt-nodoze" is vrt-bench with the waiter's doze switched off (RT_AIO_POOL_DOZE=off):
 # every completion wakes a sleeping waiter, as before the doze.
 run_peer() {
     local peer=$1 rw=$2 bs=$3 depth=$4 direct=$5 batch
     case "$peer" in
     vrt-locked) RT_AIO_POOL_QUEUE=locked run_vrt threads "$rw" "$bs" "$depth" "$direct"; return ;;
-    vrt-nohold) RT_AIO_POOL_HOLD=off run_vrt threads "$rw" "$bs" "$depth" "$direct"; return ;;
+    vrt-nodoze) RT_AIO_POOL_DOZE=off run_vrt threads "$rw" "$bs" "$depth" "$direct"; return ;;
     esac
     batch=$((depth < 32 ? depth : 32))
     local args=(--name=peer --filename="$file" --size="$size" --rw="$rw" --bs="$bs"

@@ -32,10 +32,10 @@
  * more variables when a context is created: RT_AIO_THREADS, the most worker threads
  * (1..1024; default the context's capacity, at most 16); RT_AIO_POOL_QUEUE=locked,
  * which replaces the lock-free ring between submitters and workers with a mutex queue;
- * and RT_AIO_POOL_HOLD=off, which stops the threads backend's waiter from dozing (while
+ * and RT_AIO_POOL_DOZE=off, which stops the threads backend's waiter from dozing (while
  * at least 4 requests wait for a worker, finished requests are left for a sleeping
- * waiter to find within 1 ms or at the first completion with fewer queued, instead of
- * each waking it; see doc/design.md).  The last two are for benchmarking one design
+ * waiter to find within about 1 ms or at the first completion with fewer queued,
+ * instead of each waking it; see doc/design.md).  The last two are for benchmarking one design
  * against the other.  The kernel backends read
  * RT_AIO_SUBMIT=whole, which hands every submit to the kernel in one system call even
  * when the device is idle (by default such a submit starts with its first request
@@ -371,8 +371,9 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n);
  *
  * Latency: with the threads backend, while at least 4 requests wait for a worker, a
  * sleeping waiter may learn of a finished request up to about 1 ms late (it dozes; see
- * RT_AIO_POOL_HOLD above).  The device has work queued all that time; the timeout,
- * wakeups and every other rule are unchanged.
+ * RT_AIO_POOL_DOZE above).  The device has work queued all that time, unless those
+ * queued requests were cancelled; the timeout, wakeups and every other rule are
+ * unchanged.
  */
 int rt_aio_ctx_wait(rt_aio_ctx_t ctx, size_t min, uint32_t timeout_ms, rt_aio_req_t *reqs, size_t n,
                     uint32_t *got);

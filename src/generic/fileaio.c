@@ -723,7 +723,9 @@ static int wait_loop(struct rt_aio_ctx *ctx, size_t want, uint32_t timeout_ms,
          * (seq_cst): a poster pushes (seq_cst) and then reads waiter_sleeping
          * (seq_cst), so either it sees the flag and rings, or this look sees its
          * request.  Wakeups ring unconditionally; kernel completions either ring too
-         * or wake the backend's own sleep, which also watches the bell. */
+         * or wake the backend's own sleep, which also watches the bell.  A pool worker
+         * may also skip the ring while the threads backend dozes (a bounded sleep; see
+         * rt__aio_ctx_post_unless_dozing()). */
         atomic_store_explicit(&ctx->waiter_sleeping, true, memory_order_seq_cst);
         rt__doorbell_clear(&ctx->doorbell);
         if (!has_news(ctx, memory_order_seq_cst) && sleep_for_news(ctx, deadline) == RT_ERR_TIMEOUT) {

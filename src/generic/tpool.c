@@ -26,6 +26,19 @@
  * `make bench` (backend "threads-locked"), which is how the ring has to keep earning
  * its place.
  *
+ * The waiter's doze (rt__tpool_sleep): while RT__TPOOL_DOZE_BACKLOG or more requests
+ * wait for a worker, the device has work whether or not the waiter hears of a
+ * completion at once, so the waiter sleeps with waiter_dozing raised and a bound of
+ * RT__TPOOL_DOZE_MAX_NS, and a worker that finishes a request with that backlog pushes
+ * it without ringing while the flag is up (rt__aio_ctx_post_unless_dozing).  The first
+ * request finished with a shallower backlog rings, and the waiter comes back to a dozen
+ * completions instead of being woken, across vCPUs, for each.  Ordering: the worker's
+ * push and its look at the flag are seq_cst, as are the waiter's raise and lower around
+ * its sleep; a worker that saw the flag up pushed before it came down, so the waiter's
+ * next look finds the request; one that saw it down rings as usual.  The bound covers a
+ * backlog that is cancelled (tombstones count until a worker skips them) or a device
+ * that stalls while a completion is held.
+ *
  * Cancel: a request still in the ring is turned into a tombstone there (it fails if a
  * worker took it first); one in the spill FIFO is unlinked under the pool lock.
  *
@@ -74,9 +87,9 @@ struct rt__tpool {
     unsigned idle_workers;         /* without the ring: asleep on work_ready (lock) */
     uint32_t idle_ms;
     atomic_bool stopping;
-    atomic_bool spinning; /* a worker is in spin_for_work() */
-    bool hold;                 /* RT_AIO_POOL_HOLD is not "off": the waiter may doze */
-    uint64_t hold_max_ns;      /* the doze's bound (RT__TPOOL_HOLD_MAX_NS) */
+    atomic_bool spinning;      /* a worker is in spin_for_work() */
+    bool doze;                 /* RT_AIO_POOL_DOZE is not "off": the waiter may doze */
+    uint64_t doze_max_ns;      /* the doze's bound (RT__TPOOL_DOZE_MAX_NS) */
     atomic_bool waiter_dozing; /* the waiter is in rt__tpool_sleep()'s bounded sleep */
     struct worker workers[];
 };
@@ -215,7 +228,7 @@ static void post_finished(struct rt__tpool *pool, struct rt_aio_req *req)
 {
     struct rt_aio_ctx *ctx = atomic_load_explicit(&req->ctx, memory_order_relaxed);
 
-    if (backlog(pool) >= RT__TPOOL_HOLD_BACKLOG)
+    if (backlog(pool) >= RT__TPOOL_DOZE_BACKLOG)
         rt__aio_ctx_post_unless_dozing(ctx, req, &pool->waiter_dozing);
     else
         rt__aio_ctx_post_done(ctx, req);
@@ -272,11 +285,11 @@ static bool ring_switched_off(void)
     return queue != NULL && strcmp(queue, "locked") == 0;
 }
 
-/* Whether RT_AIO_POOL_HOLD asks for a waiter that never dozes. */
-static bool hold_switched_off(void)
+/* Whether RT_AIO_POOL_DOZE asks for a waiter that never dozes. */
+static bool doze_switched_off(void)
 {
-    const char *hold = getenv("RT_AIO_POOL_HOLD");
-    return hold != NULL && strcmp(hold, "off") == 0;
+    const char *doze = getenv("RT_AIO_POOL_DOZE");
+    return doze != NULL && strcmp(doze, "off") == 0;
 }
 
 /* The ring's size for a pool serving a context of @a capacity requests. */
@@ -317,8 +330,8 @@ int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t cap
     atomic_init(&created->stopping, false);
     atomic_init(&created->spinning, false);
     atomic_init(&created->waiter_dozing, false);
-    created->hold = !hold_switched_off();
-    created->hold_max_ns = RT__TPOOL_HOLD_MAX_NS;
+    created->doze = !doze_switched_off();
+    created->doze_max_ns = RT__TPOOL_DOZE_MAX_NS;
     created->max_workers = max_workers;
     created->idle_ms = idle_ms;
     for (unsigned i = 0; i < max_workers; i++)
@@ -452,10 +465,10 @@ int rt__tpool_sleep(struct rt__tpool *pool, struct rt__doorbell *bell, uint64_t 
     uint64_t until;
     int rc;
 
-    if (!pool->hold || backlog(pool) < RT__TPOOL_HOLD_BACKLOG)
+    if (!pool->doze || backlog(pool) < RT__TPOOL_DOZE_BACKLOG)
         return rt__doorbell_wait(bell, deadline_ns);
-    until = rt_time_nano_ts() + pool->hold_max_ns;
-    if (until > deadline_ns || until < pool->hold_max_ns)
+    until = rt_time_nano_ts() + pool->doze_max_ns;
+    if (until > deadline_ns || until < pool->doze_max_ns)
         until = deadline_ns;
     /* seq_cst both ways: the other half of rt__aio_ctx_post_unless_dozing()'s pair.  A
      * poster that saw the flag down rang as usual; one that saw it up pushed before the
@@ -468,9 +481,14 @@ int rt__tpool_sleep(struct rt__tpool *pool, struct rt__doorbell *bell, uint64_t 
     return rc;
 }
 
-void rt__tpool_set_hold_max(struct rt__tpool *pool, uint64_t max_ns)
+void rt__tpool_set_doze_max(struct rt__tpool *pool, uint64_t max_ns)
 {
-    pool->hold_max_ns = max_ns;
+    pool->doze_max_ns = max_ns;
+}
+
+bool rt__tpool_waiter_dozing(struct rt__tpool *pool)
+{
+    return atomic_load_explicit(&pool->waiter_dozing, memory_order_relaxed);
 }
 
 unsigned rt__tpool_default_workers(uint32_t capacity)

@@ -146,10 +146,12 @@ struct rt__aio_backend {
 
     /**
      * Sleeps until reap() has something, the context's doorbell rings, or the monotonic
-     * @a deadline_ns passes (UINT64_MAX: none); may return early (a signal).  The waiter
-     * only, after it cleared the doorbell.  NULL: the front end sleeps on the doorbell,
-     * so every completion must ring it.
-     * @retval RT_OK           woken: look again.
+     * @a deadline_ns passes (UINT64_MAX: none); may return early (a signal, or a bound
+     * of its own: the threads backend's doze, see rt__tpool_sleep(), during which
+     * completions may be posted without a ring).  The waiter only, after it cleared the
+     * doorbell.  NULL: the front end sleeps on the doorbell, so every completion must
+     * ring it.
+     * @retval RT_OK           woken, or its own bound passed: look again.
      * @retval RT_ERR_TIMEOUT  the deadline passed.
      */
     int (*sleep)(struct rt_aio_ctx *ctx, uint64_t deadline_ns);
@@ -214,7 +216,7 @@ void rt__aio_ctx_post_done(struct rt_aio_ctx *ctx, struct rt_aio_req *req);
 /**
  * Like rt__aio_ctx_post_done(), but leaves a sleeping waiter asleep while *@a dozing
  * is set.  The waiter sets *@a dozing only around a bounded sleep of its backend's
- * sleep() (the threads backend's doze, see aio_threads.c), and clears it before it
+ * sleep() (the threads backend's doze, see rt__tpool_sleep()), and clears it before it
  * looks again: so it finds @a req when that sleep ends, or sooner when a later post
  * rings.  A waiter that is awake finds it on its next look, as always.  Any thread.
  */

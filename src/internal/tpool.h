@@ -9,6 +9,7 @@
 #ifndef RT_INTERNAL_TPOOL_H
 #define RT_INTERNAL_TPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,12 +52,12 @@ int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req);
  * The threads backend's sleep (rt__aio_backend.sleep) for the waiter of the one context
  * this pool serves: sleeps on @a bell until it rings or @a deadline_ns passes.
  *
- * While at least RT__TPOOL_HOLD_BACKLOG requests wait for a worker, the waiter dozes
+ * While at least RT__TPOOL_DOZE_BACKLOG requests wait for a worker, the waiter dozes
  * instead: workers that finish a request leave it asleep as long as that backlog
- * lasts, and the sleep is bounded by RT__TPOOL_HOLD_MAX_NS (rounded up to poll()'s
+ * lasts, and the sleep is bounded by RT__TPOOL_DOZE_MAX_NS (rounded up to poll()'s
  * millisecond).  The device has work queued, so an earlier wake-up would only cost a
  * cross-CPU wake per request; the first request posted with a shallower backlog rings
- * the bell and brings the waiter back before the workers run dry.  RT_AIO_POOL_HOLD=off
+ * the bell and brings the waiter back before the workers run dry.  RT_AIO_POOL_DOZE=off
  * in the environment (read at create) turns dozing off, for same-run comparisons.
  *
  * @retval RT_OK           rung, or the doze's bound passed: look again.
@@ -65,9 +66,13 @@ int rt__tpool_cancel(struct rt__tpool *pool, struct rt_aio_req *req);
  */
 int rt__tpool_sleep(struct rt__tpool *pool, struct rt__doorbell *bell, uint64_t deadline_ns);
 
-/** Replaces the doze's bound (default RT__TPOOL_HOLD_MAX_NS), so that tests can tell a
- *  held completion from one the bound brought.  While no waiter sleeps. */
-void rt__tpool_set_hold_max(struct rt__tpool *pool, uint64_t max_ns);
+/** Replaces the doze's bound (default RT__TPOOL_DOZE_MAX_NS), so that tests can tell a
+ *  held completion from one the bound brought.  @a max_ns must be above 0 (0 would make
+ *  the waiter loop without sleeping) and well below 2^63.  While no waiter sleeps. */
+void rt__tpool_set_doze_max(struct rt__tpool *pool, uint64_t max_ns);
+
+/** Whether the waiter is in a doze now, so that tests can wait for it.  Any thread. */
+bool rt__tpool_waiter_dozing(struct rt__tpool *pool);
 
 /**
  * The worker cap for a context of @a capacity requests: RT_AIO_THREADS from the
@@ -81,11 +86,11 @@ unsigned rt__tpool_default_workers(uint32_t capacity);
 /* See rt__tpool_sleep().  Four queued requests give the waiter the time of about four
  * completions to wake and resubmit, more than the 10-15 us a cross-vCPU wake-up costs on
  * the reference VM at the rates the pool reaches there. */
-#ifndef RT__TPOOL_HOLD_BACKLOG
-#define RT__TPOOL_HOLD_BACKLOG 4u
+#ifndef RT__TPOOL_DOZE_BACKLOG
+#define RT__TPOOL_DOZE_BACKLOG 4u
 #endif
-#ifndef RT__TPOOL_HOLD_MAX_NS
-#define RT__TPOOL_HOLD_MAX_NS 1000000u
+#ifndef RT__TPOOL_DOZE_MAX_NS
+#define RT__TPOOL_DOZE_MAX_NS 1000000u
 #endif
 
 #endif /* RT_INTERNAL_TPOOL_H */
