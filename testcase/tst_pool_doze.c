@@ -15,7 +15,9 @@
  * With the default bound a held completion arrives although nothing else finishes.
  * Before a gate opens, the test waits until the waiter is seen dozing (or, with dozing
  * off, asleep), so a completion cannot slip in while it is still awake.
- * Wakeups and the caller's timeout end a doze as they end any wait.
+ * Wakeups and the caller's timeout end a doze as they end any wait.  A stress run keeps
+ * 32 reads in flight on 4 workers with a 10 s bound: a completion the ordering loses
+ * would stall a wait for seconds.
  */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
@@ -289,6 +291,117 @@ static void test_doze_wakeup(void)
     rig_finish(&r, 0);
 }
 
+/*
+ * Stress: 4 workers, 32 requests kept in flight, each read delayed 0-200 us, the doze's
+ * bound raised to 10 s, and now and then a cancel by the waiter.  A completion the
+ * ordering lets slip (pushed with the waiter asleep and nobody to ring) stalls a wait
+ * for seconds: no wait may take 1 s, and every request submitted must come back or be
+ * cancelled.  No wakeups here: one would end such a stall and hide it (wakeups during a
+ * doze are test_doze_wakeup's).
+ */
+#define STRESS_DEPTH 32
+#define STRESS_NS    (700 * MS)
+
+static _Thread_local uint64_t delay_seed;
+
+static ssize_t delayed_pread(int fd, void *buf, size_t len, off_t off)
+{
+    struct timespec ts = {0, 0};
+
+    if (delay_seed == 0)
+        delay_seed = (uint64_t)(uintptr_t)&ts | 1u;
+    delay_seed = delay_seed * 6364136223846793005u + 1442695040888963407u;
+    ts.tv_nsec = (long)((delay_seed >> 33) % 200000u);
+    nanosleep(&ts, NULL);
+    return real_pread(fd, buf, len, off);
+}
+
+static void test_doze_stress(void)
+{
+    rt_file_t file;
+    rt_aio_ctx_t ctx;
+    rt_aio_req_t reqs[STRESS_DEPTH], out[STRESS_DEPTH];
+    uint8_t *bufs = malloc(STRESS_DEPTH * BLOCK);
+    uint64_t start, longest = 0, seed = 42;
+    unsigned long submitted = 0, returned = 0, cancelled = 0, in_flight = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bufs);
+    CU_ASSERT_EQUAL_FATAL(setenv("RT_AIO_THREADS", "4", 1), 0);
+    CU_ASSERT_EQUAL_FATAL(unsetenv("RT_AIO_POOL_DOZE"), 0);
+    file = tst_scratch_file("stress.dat", STRESS_DEPTH * BLOCK, RT_FILE_READWRITE, false);
+    TST_RC_FATAL(rt_aio_ctx_create(&ctx, STRESS_DEPTH, RT_AIO_CTX_F_BACKEND_THREADS), RT_OK);
+    rt__tpool_set_doze_max(ctx->backend_data, 10000 * MS);
+    rt__posix_sys_reset();
+    real_pread = rt__posix_sys.pread;
+    rt__posix_sys.pread = delayed_pread;
+    for (int i = 0; i < STRESS_DEPTH; i++) {
+        TST_RC_FATAL(rt_aio_req_create(&reqs[i]), RT_OK);
+        TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, (uint64_t)i * BLOCK, bufs + i * BLOCK,
+                                             BLOCK, NULL),
+                     RT_OK);
+    }
+    TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs, STRESS_DEPTH), RT_OK);
+    submitted = in_flight = STRESS_DEPTH;
+
+    start = rt_time_nano_ts();
+    while (in_flight > 0) {
+        bool more = rt_time_nano_ts() - start < STRESS_NS;
+        uint64_t before = rt_time_nano_ts();
+        uint32_t got = 0;
+        int rc = rt_aio_ctx_wait(ctx, 1, 20000, out, STRESS_DEPTH, &got);
+        uint64_t took = rt_time_nano_ts() - before;
+
+        if (took > longest)
+            longest = took;
+        TST_RC(rc, RT_OK);
+        if (rc != RT_OK)
+            break;
+        returned += got;
+        in_flight -= got;
+        for (uint32_t k = 0; k < got; k++) {
+            size_t done = 0;
+            TST_RC(rt_aio_req_get_rc(out[k], &done), RT_OK);
+            CU_ASSERT_EQUAL(done, BLOCK);
+        }
+        /* Now and then cancel one still in flight: taken back or running, either is
+         * fine, and one taken back is never returned. */
+        seed = seed * 6364136223846793005u + 1442695040888963407u;
+        if ((seed >> 60) == 0) {
+            rt_aio_req_t victim = reqs[(seed >> 33) % STRESS_DEPTH];
+            if (rt_aio_req_cancel(victim) == RT_OK) {
+                cancelled++;
+                in_flight--;
+                out[got++] = victim;
+            }
+        }
+        if (!more || got == 0)
+            continue;
+        for (uint32_t k = 0; k < got; k++) {
+            int i = 0;
+            while (i < STRESS_DEPTH && reqs[i] != out[k])
+                i++;
+            TST_RC_FATAL(rt_aio_req_prepare_read(out[k], file, (uint64_t)i * BLOCK,
+                                                 bufs + (size_t)i * BLOCK, BLOCK, NULL),
+                         RT_OK);
+        }
+        TST_RC_FATAL(rt_aio_ctx_submit(ctx, out, got), RT_OK);
+        submitted += got;
+        in_flight += got;
+    }
+    rt__posix_sys_reset();
+    printf("\n    %lu submitted, %lu returned, %lu cancelled, longest wait %.1f ms ", submitted,
+           returned, cancelled, (double)longest / (double)MS);
+    CU_ASSERT(submitted > 1000);
+    CU_ASSERT_EQUAL(returned + cancelled, submitted);
+    CU_ASSERT(longest < 1000 * MS);
+    for (int i = 0; i < STRESS_DEPTH; i++)
+        TST_RC(rt_aio_req_destroy(reqs[i]), RT_OK);
+    TST_RC(rt_aio_ctx_destroy(ctx), RT_OK);
+    TST_RC(rt_file_close(file), RT_OK);
+    free(bufs);
+    unsetenv("RT_AIO_THREADS");
+}
+
 int main(void)
 {
     CU_pSuite suite;
@@ -302,5 +415,6 @@ int main(void)
     TST_ADD(suite, test_doze_bound_delivers);
     TST_ADD(suite, test_doze_timeout);
     TST_ADD(suite, test_doze_wakeup);
+    TST_ADD(suite, test_doze_stress);
     return tst_run();
 }
