@@ -4,10 +4,10 @@
  * that finish, until one finishes with a shallow backlog, a wakeup arrives, the
  * caller's deadline passes or the doze's own bound does.
  *
- * Every test runs one worker against seven 4 KiB reads whose pread() is gated (the
- * rt__posix_sys table): each read blocks until the test opens its gate, so the test
- * decides which request finishes when and how many are still queued behind it.  The
- * waiter runs in its own thread and reports when its wait returns.
+ * Every test but the stress run uses one worker and seven 4 KiB reads whose pread()
+ * is gated (the rt__posix_sys table): each read blocks until the test opens its gate,
+ * so the test decides which request finishes when and how many are still queued
+ * behind it.  The waiter runs in its own thread and reports when its wait returns.
  *
  * With the bound raised to 10 s, a completion finished with 6, 5 and 4 requests still
  * queued must not end the wait (checked for 200 ms), and the one finished with 3 queued
