@@ -35,11 +35,11 @@
  * and RT_AIO_POOL_DOZE=off, which stops the threads backend's waiter from dozing (while
  * at least 4 requests wait for a worker, finished requests are left for a sleeping
  * waiter to find within about 1 ms or at the first completion with fewer queued,
- * instead of each waking it; see doc/design.md).  The last two are for benchmarking one design
- * against the other.  The kernel backends read
- * RT_AIO_SUBMIT=whole, which hands every submit to the kernel in one system call even
- * when the device is idle (by default such a submit starts with its first request
- * alone, so the device starts sooner; see doc/design.md), again for benchmarking.
+ * instead of each waking it; see doc/design.md).  The last two are for benchmarking
+ * one design against the other.  The kernel backends read RT_AIO_SUBMIT=whole, which
+ * hands every submit to the kernel in one system call even when the device is idle (by
+ * default such a submit starts with its first request alone, so the device starts
+ * sooner; see doc/design.md), again for benchmarking.
  *
  * linux-aio and buffered files: the kernel only runs O_DIRECT reads and writes
  * asynchronously; for a file opened without RT_FILE_NO_CACHE, io_submit() would do the

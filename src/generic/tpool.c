@@ -23,7 +23,7 @@
  * The ring can be switched off (RT_AIO_POOL_QUEUE=locked in the environment): then
  * the spill FIFO is the only queue and workers sleep on a condition variable, the
  * design this pool had before the ring.  It stays for the same-run comparison in
- * `make bench` (backend "threads-locked"), which is how the ring has to keep earning
+ * `make bench` (the peer "vrt, mutex queue"), which is how the ring has to keep earning
  * its place.
  *
  * The waiter's doze (rt__tpool_sleep): while RT__TPOOL_DOZE_BACKLOG or more requests
