@@ -302,6 +302,13 @@ static void test_doze_wakeup(void)
 #define STRESS_DEPTH 32
 #define STRESS_NS    (700 * MS)
 
+/* The next of a 64-bit linear congruential sequence; its high bits are the random ones. */
+static uint64_t next_random(uint64_t *state)
+{
+    *state = *state * 6364136223846793005u + 1442695040888963407u;
+    return *state >> 33;
+}
+
 static _Thread_local uint64_t delay_seed;
 
 static ssize_t delayed_pread(int fd, void *buf, size_t len, off_t off)
@@ -310,8 +317,7 @@ static ssize_t delayed_pread(int fd, void *buf, size_t len, off_t off)
 
     if (delay_seed == 0)
         delay_seed = (uint64_t)(uintptr_t)&ts | 1u;
-    delay_seed = delay_seed * 6364136223846793005u + 1442695040888963407u;
-    ts.tv_nsec = (long)((delay_seed >> 33) % 200000u);
+    ts.tv_nsec = (long)(next_random(&delay_seed) % 200000u);
     nanosleep(&ts, NULL);
     return real_pread(fd, buf, len, off);
 }
@@ -337,7 +343,7 @@ static void test_doze_stress(void)
     for (int i = 0; i < STRESS_DEPTH; i++) {
         TST_RC_FATAL(rt_aio_req_create(&reqs[i]), RT_OK);
         TST_RC_FATAL(rt_aio_req_prepare_read(reqs[i], file, (uint64_t)i * BLOCK, bufs + i * BLOCK,
-                                             BLOCK, NULL),
+                                             BLOCK, (void *)(intptr_t)i),
                      RT_OK);
     }
     TST_RC_FATAL(rt_aio_ctx_submit(ctx, reqs, STRESS_DEPTH), RT_OK);
@@ -365,9 +371,8 @@ static void test_doze_stress(void)
         }
         /* Now and then cancel one still in flight: taken back or running, either is
          * fine, and one taken back is never returned. */
-        seed = seed * 6364136223846793005u + 1442695040888963407u;
-        if ((seed >> 60) == 0) {
-            rt_aio_req_t victim = reqs[(seed >> 33) % STRESS_DEPTH];
+        if (next_random(&seed) % 16 == 0) {
+            rt_aio_req_t victim = reqs[next_random(&seed) % STRESS_DEPTH];
             if (rt_aio_req_cancel(victim) == RT_OK) {
                 cancelled++;
                 in_flight--;
@@ -377,11 +382,9 @@ static void test_doze_stress(void)
         if (!more || got == 0)
             continue;
         for (uint32_t k = 0; k < got; k++) {
-            int i = 0;
-            while (i < STRESS_DEPTH && reqs[i] != out[k])
-                i++;
+            intptr_t i = (intptr_t)rt_aio_req_get_user(out[k]);
             TST_RC_FATAL(rt_aio_req_prepare_read(out[k], file, (uint64_t)i * BLOCK,
-                                                 bufs + (size_t)i * BLOCK, BLOCK, NULL),
+                                                 bufs + (size_t)i * BLOCK, BLOCK, (void *)i),
                          RT_OK);
         }
         TST_RC_FATAL(rt_aio_ctx_submit(ctx, out, got), RT_OK);

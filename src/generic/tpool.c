@@ -228,7 +228,7 @@ static void post_finished(struct rt__tpool *pool, struct rt_aio_req *req)
 {
     struct rt_aio_ctx *ctx = atomic_load_explicit(&req->ctx, memory_order_relaxed);
 
-    if (backlog(pool) >= RT__TPOOL_DOZE_BACKLOG)
+    if (pool->doze && backlog(pool) >= RT__TPOOL_DOZE_BACKLOG)
         rt__aio_ctx_post_unless_dozing(ctx, req, &pool->waiter_dozing);
     else
         rt__aio_ctx_post_done(ctx, req);
@@ -278,18 +278,12 @@ static int start_worker(struct rt__tpool *pool)
     return RT_ERR_TRY_AGAIN;
 }
 
-/* Whether RT_AIO_POOL_QUEUE asks for the pool without the ring. */
-static bool ring_switched_off(void)
+/* Whether the environment variable @a name is set to @a value: the switches
+ * RT_AIO_POOL_QUEUE=locked (the pool without the ring) and RT_AIO_POOL_DOZE=off. */
+static bool env_is(const char *name, const char *value)
 {
-    const char *queue = getenv("RT_AIO_POOL_QUEUE");
-    return queue != NULL && strcmp(queue, "locked") == 0;
-}
-
-/* Whether RT_AIO_POOL_DOZE asks for a waiter that never dozes. */
-static bool doze_switched_off(void)
-{
-    const char *doze = getenv("RT_AIO_POOL_DOZE");
-    return doze != NULL && strcmp(doze, "off") == 0;
+    const char *set = getenv(name);
+    return set != NULL && strcmp(set, value) == 0;
 }
 
 /* The ring's size for a pool serving a context of @a capacity requests. */
@@ -311,7 +305,7 @@ int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t cap
     created = rt__posix_sys.calloc(1, sizeof *created + max_workers * sizeof(struct worker));
     if (created == NULL)
         return RT_ERR_NO_MEMORY;
-    if (!ring_switched_off()) {
+    if (!env_is("RT_AIO_POOL_QUEUE", "locked")) {
         rc = rt__mpmc_ring_create(&created->ring, ring_capacity(capacity), 0);
         if (rc != RT_OK) {
             free(created);
@@ -330,7 +324,7 @@ int rt__tpool_create(struct rt__tpool **pool, unsigned max_workers, uint32_t cap
     atomic_init(&created->stopping, false);
     atomic_init(&created->spinning, false);
     atomic_init(&created->waiter_dozing, false);
-    created->doze = !doze_switched_off();
+    created->doze = !env_is("RT_AIO_POOL_DOZE", "off");
     created->doze_max_ns = RT__TPOOL_DOZE_MAX_NS;
     created->max_workers = max_workers;
     created->idle_ms = idle_ms;
