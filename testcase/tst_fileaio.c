@@ -2114,6 +2114,54 @@ static void test_reuse(void)
     TST_RC(rt_file_close(file), RT_OK);
 }
 
+/* Rule 4: a request is bound to the open it was prepared on.  Closing that file and
+ * opening another, which takes the same descriptor number (and, from the handle pool,
+ * the same handle memory), must not let the request read or write the new file: the
+ * submit is refused, in a batch too, and nothing moves.  Prepared again on the new
+ * file, the same request works. */
+static void test_closed_file_refused(void)
+{
+    enum { BLOCK = 512 };
+    rt_aio_ctx_t ctx = ctx_new(4, 0);
+    rt_aio_req_t stale = req_new(), fine = req_new(), batch[2], out;
+    rt_file_t old_file = scratch(4 * BLOCK, RT_FILE_READWRITE);
+    int old_fd = (int)rt_file_to_native(old_file);
+    uint8_t wbuf[BLOCK], rbuf[BLOCK], check[BLOCK];
+
+    memset(wbuf, 0xa5, BLOCK);
+    TST_RC_FATAL(rt_aio_req_prepare_write(stale, old_file, 0, wbuf, BLOCK, NULL), RT_OK);
+    TST_RC(rt_file_close(old_file), RT_OK);
+    rt_file_t new_file = scratch(4 * BLOCK, RT_FILE_READWRITE);
+    if ((int)rt_file_to_native(new_file) != old_fd || new_file != old_file)
+        printf("\n  note: descriptor %d / handle %p not reused (%d / %p); still checked ",
+               old_fd, (void *)old_file, (int)rt_file_to_native(new_file), (void *)new_file);
+
+    TST_RC(rt_aio_ctx_submit(ctx, &stale, 1), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_aio_req_get_rc(stale, NULL), RT_ERR_AIO_NOT_SUBMITTED);
+    TST_RC_FATAL(rt_aio_req_prepare_read(fine, new_file, 0, rbuf, BLOCK, NULL), RT_OK);
+    batch[0] = fine;
+    batch[1] = stale;
+    TST_RC(rt_aio_ctx_submit(ctx, batch, 2), RT_ERR_INVALID_HANDLE);
+    TST_RC(rt_aio_req_get_rc(fine, NULL), RT_ERR_AIO_NOT_SUBMITTED);
+    expect_idle(ctx, false);
+    /* The new file is untouched: still the pattern scratch() wrote. */
+    TST_RC(rt_file_read_at(new_file, 0, check, BLOCK, NULL), RT_OK);
+    CU_ASSERT(pat_check(check, 0, BLOCK, 0));
+
+    /* Prepared again, on a live file, the same request goes through. */
+    TST_RC_FATAL(rt_aio_req_prepare_write(stale, new_file, 0, wbuf, BLOCK, NULL), RT_OK);
+    TST_RC_FATAL(rt_aio_ctx_submit(ctx, &stale, 1), RT_OK);
+    CU_ASSERT_EQUAL_FATAL(reap(ctx, &out, 1, LONG_MS), 1);
+    TST_RC(rt_aio_req_get_rc(stale, NULL), RT_OK);
+    TST_RC(rt_file_read_at(new_file, 0, check, BLOCK, NULL), RT_OK);
+    CU_ASSERT(all_bytes(check, BLOCK, 0xa5));
+
+    TST_RC(rt_aio_req_destroy(stale), RT_OK);
+    TST_RC(rt_aio_req_destroy(fine), RT_OK);
+    TST_RC(rt_aio_ctx_destroy(ctx), RT_OK);
+    TST_RC(rt_file_close(new_file), RT_OK);
+}
+
 /* Rule 16: a gather write of many odd-sized pieces lands exactly; a flush after it
  * completes RT_OK with 0 bytes; a scatter read with another split, a plain synchronous
  * read and a 1024-entry readv all see the same bytes.  The iovec arrays are scribbled
@@ -2685,6 +2733,7 @@ int main(void)
     TST_ADD(suite, test_cancel);
     TST_ADD(suite, test_destroy_busy);
     TST_ADD(suite, test_reuse);
+    TST_ADD(suite, test_closed_file_refused);
     TST_ADD(suite, test_vectored_integrity);
     TST_ADD(suite, test_no_cache_integrity);
     /* 4 GiB of page faults and copies: 20-30 s on a small VM.  ./dev.sh test runs it in

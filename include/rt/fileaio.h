@@ -326,7 +326,11 @@ int rt_aio_ctx_register_buffers(rt_aio_ctx_t ctx, const rt_iovec_t *bufs, size_t
  *
  * @retval RT_OK                              every request is submitted.
  * @retval RT_ERR_INVALID_HANDLE              @a ctx, or an entry of @a reqs, is NIL or not
- *                                            live.
+ *                                            live; or an entry was prepared on a file
+ *                                            that has been closed since (even if its
+ *                                            descriptor number was reused by another
+ *                                            open: a request is bound to the open it
+ *                                            was prepared on, not to the number).
  * @retval RT_ERR_INVALID_POINTER             @a reqs is NULL.
  * @retval RT_ERR_INVALID_PARAMETER           @a n is 0.
  * @retval RT_ERR_AIO_IN_PROGRESS             an entry is already submitted, or appears

@@ -164,6 +164,8 @@ static void prepare_commit(struct rt_aio_req *req, rt_file_t file, enum rt__aio_
 {
     req->op = (uint8_t)op;
     req->fd = file->fd;
+    req->file = file;
+    req->file_generation = file->generation;
     req->file_flags = file->flags;
     req->off = off;
     req->user = user;
@@ -546,6 +548,13 @@ int rt_aio_ctx_submit(rt_aio_ctx_t ctx, rt_aio_req_t *reqs, size_t n)
             rc = (expected == RT__AIO_SUBMITTED || expected == RT__AIO_SUBMITTING)
                      ? RT_ERR_AIO_IN_PROGRESS
                      : RT_ERR_AIO_NOT_SUBMITTED;
+            break;
+        }
+        /* Prepared on a file that has been closed since: its descriptor number may
+         * name another file by now. */
+        if (!rt__file_is_generation(req->file, req->file_generation)) {
+            claimed++;
+            rc = RT_ERR_INVALID_HANDLE;
             break;
         }
     }

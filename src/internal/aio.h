@@ -71,6 +71,10 @@ struct rt_aio_req {
     uint8_t op;          /* enum rt__aio_op */
     uint32_t file_flags; /* RT_FILE_* flags of the file */
     int fd;
+    /* The open the request was prepared on: submit refuses it once that open is closed
+     * (see struct rt_file.generation), so a reused descriptor number is never hit. */
+    struct rt_file *file;
+    uint64_t file_generation;
     uint64_t off;
     void *buf;       /* read/write */
     size_t len;      /* bytes (total over the iovec for readv/writev) */

@@ -15,13 +15,25 @@ struct rt_file {
     uint32_t magic; /* RT__MAGIC_FILE while open */
     uint32_t flags; /* the RT_FILE_* flags it was opened with */
     int fd;
+    /* Which open this is: handle memory is recycled, so an AIO request bound to a file
+     * keeps the handle and this number, and a submit after the file was closed (even
+     * if the handle or the descriptor number was reused since) is refused. */
+    uint64_t generation;
     struct rt_file *next_free; /* handle-pool link */
 };
+
+
 
 /** True when @a file points at a live file handle. */
 static inline bool rt__file_is_live(const struct rt_file *file)
 {
     return file != NULL && file->magic == RT__MAGIC_FILE;
+}
+
+/** True when @a file is still the open that had @a generation. */
+static inline bool rt__file_is_generation(const struct rt_file *file, uint64_t generation)
+{
+    return rt__file_is_live(file) && file->generation == generation;
 }
 
 #endif /* RT_INTERNAL_FILE_H */

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -23,6 +24,8 @@
 #endif
 
 static struct rt__handle_pool file_pool = RT__HANDLE_POOL_INIT(struct rt_file, next_free);
+/* Numbers each successful open (struct rt_file.generation); 0 is never used. */
+static _Atomic uint64_t open_count;
 
 #define KNOWN_FLAGS                                                                                \
     (RT_FILE_ACCESS_MASK | RT_FILE_DISPOSITION_MASK | RT_FILE_NO_CACHE | RT_FILE_WRITE_THROUGH |   \
@@ -141,6 +144,7 @@ int rt_file_open(rt_file_t *file, const char *path, uint32_t flags, uint32_t mod
 
     handle->fd = fd;
     handle->flags = flags;
+    handle->generation = atomic_fetch_add_explicit(&open_count, 1, memory_order_relaxed) + 1;
     handle->magic = RT__MAGIC_FILE;
     *file = handle;
     return RT_OK;
