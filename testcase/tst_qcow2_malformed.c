@@ -36,6 +36,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <rt/time.h>
 #include <rt/vd.h>
 
 #include "tst_common.h"
@@ -142,7 +143,7 @@ struct base {
     uint64_t file_size, eof_cluster; /* the size, and rounded up to a cluster */
     uint32_t header_length, l1_size, rt_clusters, nb_snapshots;
     uint64_t l1_offset, rt_offset, rb_first, rb_last, l2_first, data_first;
-    uint64_t feature_table, backing_format, backing_name, snapshots, snapshot_l1;
+    uint64_t feature_table, backing_format, backing_name, snapshots, snapshot_l1, snapshot_l2;
 };
 
 static struct base bases[IMAGES] = {
@@ -253,8 +254,10 @@ static void read_layout(struct base *b)
             b->backing_format = at;
         at += 8 + ((len + 7) & ~7u);
     }
-    if (b->nb_snapshots > 0)
+    if (b->nb_snapshots > 0) {
         b->snapshot_l1 = get_be64(f + b->snapshots);
+        b->snapshot_l2 = get_be64(f + b->snapshot_l1) & OFFSET_MASK;
+    }
     free(f);
     /* What the mutations assume. */
     bool ok = b->l2_first != 0 && b->l2_first % b->cluster == 0 && b->rb_first != 0 &&
@@ -452,6 +455,8 @@ enum rel {
     BACKING_NAME, /* the backing file name */
     SNAPSHOTS,    /* the snapshot table */
     SNAPSHOT_L1,  /* the first snapshot's L1 table */
+    SNAPSHOT_L2,  /* the L2 table its entry 0 names */
+    RT_TO_EOF,    /* clusters from the refcount table to EOF_CLUSTER */
 };
 
 /* SETREF: the refcount (16 bits, first refcount block) of the cluster at the offset. */
@@ -516,6 +521,8 @@ static uint64_t base_of(const struct base *b, enum rel rel)
     case BACKING_NAME: return b->backing_name;
     case SNAPSHOTS: return b->snapshots;
     case SNAPSHOT_L1: return b->snapshot_l1;
+    case SNAPSHOT_L2: return b->snapshot_l2;
+    case RT_TO_EOF: return (b->eof_cluster - b->rt_offset) / b->cluster;
     }
     return 0;
 }
@@ -878,6 +885,11 @@ static void test_sizes_and_tables(void)
         BAD("rt clusters past eof", V3_64K, CORRUPT, "refcount table", H32(H_RT_CLUSTERS, 40)),
         BAD("rt clusters past eof 512", V3_512, CORRUPT, "refcount table",
             H32(H_RT_CLUSTERS, 16000)),
+        /* Reaching over the other structures (to the end of the file, and one cluster
+         * past it). */
+        BAD("rt to eof", V3_64K, CORRUPT, "overlaps", {SET32, ABS, H_RT_CLUSTERS, RT_TO_EOF, 0, NULL}),
+        BAD("rt one past eof", V3_512, CORRUPT, "refcount table",
+            {SET32, ABS, H_RT_CLUSTERS, RT_TO_EOF, 1, NULL}),
         BAD("l1 over rt", V3_64K, CORRUPT, "overlaps", H64R(H_L1_OFFSET, RT, 0)),
         BAD("rt over l1", V2_64K, CORRUPT, "overlaps", H64R(H_RT_OFFSET, L1, 0)),
         BAD("rt over header", V3_512, CORRUPT, "refcount table", H64(H_RT_OFFSET, 0)),
@@ -937,6 +949,15 @@ static void test_extensions_and_backing(void)
             H32(H_BACKING_SIZE, 1024)),
         BAD("backing size max", V3_BACKING, CORRUPT, "backing file name",
             H32(H_BACKING_SIZE, 0xffffffff)),
+        /* A name longer than a 512-byte cluster: the bounds check must not wrap. */
+        BAD("backing size above 512 cluster", V3_512, CORRUPT, "backing file name",
+            H64(H_BACKING_OFFSET, 120), H32(H_BACKING_SIZE, 1000)),
+        BAD("backing size 513 in 512 cluster", V3_512, CORRUPT, "backing file name",
+            H64(H_BACKING_OFFSET, 112), H32(H_BACKING_SIZE, 513)),
+        /* One byte past the end of cluster 0 (the name at its end opens: see
+         * test_valid_edges). */
+        BAD("backing name one past cluster", V3_BACKING, CORRUPT, "backing file name",
+            H64R(H_BACKING_OFFSET, CLUSTER, -16ull)),
         BAD("backing name nul", V3_BACKING, CORRUPT, "NUL", AT8(BACKING_NAME, 2, 0)),
         BAD("backing missing", V3_BACKING, RT_ERR_FILE_NOT_FOUND, "backing file",
             AT8(BACKING_NAME, 0, 'X')),
@@ -1106,8 +1127,20 @@ static void test_snapshot_image(void)
         BAD("snap extra data past eof", QEMU_SNAP_LAST, CORRUPT, "snapshot",
             AT32(SNAPSHOTS, 36, 0xffffffff)),
         BAD("snap name past eof", QEMU_SNAP_LAST, CORRUPT, "snapshot", AT16(SNAPSHOTS, 14, 0xffff)),
+        /* The snapshot's L2 table named with the end of the file inside it. */
+        BAD("snap l2 cut by eof", QEMU_SNAP, CORRUPT, "snapshot",
+            AT64(SNAPSHOT_L1, 0, EOF_CLUSTER, -4096ull)),
     };
     RUN(table);
+    /* Reserved bits in an inactive snapshot's L1 entry: the image reads (its active
+     * tables are fine), qemu-img check and ours call it corrupt. */
+    static const struct mutation checked[] = {
+        CHECKED("snap l1 entry reserved bits", QEMU_SNAP, false,
+                AT64(SNAPSHOT_L1, 0, SNAPSHOT_L2, 1ull << 56)),
+        CHECKED("snap l1 entry reserved low bit", QEMU_SNAP, false,
+                AT64(SNAPSHOT_L1, 0, SNAPSHOT_L2, 0x100)),
+    };
+    RUN(checked);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -1215,6 +1248,250 @@ static void test_compressed_reads(void)
     TST_RC(rt_vd_close(vd), RT_OK);
 }
 
+/* Open-time work is bounded by the file: 65536 snapshot entries that all name one
+ * 1 MiB L1 table are refused (their tables overlap) after the table of entries is read,
+ * not after 64 GiB of L1 reads.  Distinct snapshot tables, each read once, open. */
+static void test_snapshot_amplification(void)
+{
+    const struct base *b = &bases[V3_64K];
+    enum { ENTRY = 48, COUNT = 65536, L1_BYTES = 1 << 20 };
+    char path[512];
+    tst_path(path, sizeof path, "many-snapshots.qcow2");
+    copy_file(b->path, path);
+    uint64_t table = b->eof_cluster;
+    uint64_t l1 = table + (uint64_t)COUNT * ENTRY; /* a cluster multiple: 48 * 65536 */
+    uint8_t *entries = calloc(COUNT, ENTRY);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(entries);
+    for (uint32_t i = 0; i < COUNT; i++) {
+        uint8_t *e = entries + (size_t)i * ENTRY;
+        put_be(e, l1, 8);
+        put_be(e + 8, L1_BYTES / 8, 4);
+        put_be(e + 12, 1, 2); /* id "1" */
+        put_be(e + 14, 1, 2); /* name "s" */
+        e[40] = '1';
+        e[41] = 's';
+    }
+    patch(path, table, entries, (size_t)COUNT * ENTRY);
+    resize(path, l1 + L1_BYTES);
+    patch_be(path, H_NB_SNAPSHOTS, COUNT, 4);
+    patch_be(path, H_SNAPSHOTS_OFFSET, table, 8);
+
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    uint64_t start = rt_time_milli_ts();
+    TST_RC(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_ERR_VD_CORRUPT);
+    uint64_t took = rt_time_milli_ts() - start;
+    CU_ASSERT(mentions(err.msg, "overlap"));
+    if (took > 5000)
+        fprintf(stderr, "\n  refusing %u snapshots took %llu ms", COUNT, (unsigned long long)took);
+    CU_ASSERT(took <= 5000);
+
+    /* Two snapshots with L1 tables of their own (zeros: nothing under them) open. */
+    uint64_t second = l1 + L1_BYTES;
+    put_be(entries + ENTRY, second, 8);
+    patch(path, table, entries, 2 * ENTRY);
+    resize(path, second + L1_BYTES);
+    patch_be(path, H_NB_SNAPSHOTS, 2, 4);
+    int rc = rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err);
+    if (rc != RT_OK)
+        fprintf(stderr, "\n  two snapshots: %s", err.msg);
+    TST_RC(rc, RT_OK);
+    if (rc == RT_OK) {
+        CU_ASSERT(reads_as_expected(vd, b));
+        TST_RC(rt_vd_close(vd), RT_OK);
+    }
+    /* One cluster apart but overlapping: the first table is two clusters long. */
+    put_be(entries + ENTRY, l1 + 64 * KIB, 8);
+    patch(path, table, entries, 2 * ENTRY);
+    TST_RC(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_ERR_VD_CORRUPT);
+    CU_ASSERT(mentions(err.msg, "overlap"));
+    free(entries);
+    unlink(path);
+}
+
+/* Where the 16-bit refcount of @a cluster is in @a path (laid out as @a b's file, whose
+ * refcount table is read); 0 when no refcount block covers it. */
+static uint64_t refcount_entry_at(const struct base *b, const char *path, uint64_t cluster)
+{
+    uint64_t rb_entries = (uint64_t)b->cluster * 8u / 16u;
+    uint64_t block = read_be(path, b->rt_offset + 8u * (cluster / rb_entries), 8);
+    return block != 0 ? block + 2u * (cluster % rb_entries) : 0;
+}
+
+/* The refcount table moved to the end of the file, as the last structure in it.  With
+ * one cluster, wholly inside the file, the image is valid: writes allocate after it and
+ * both checkers call it clean.  With two clusters the second starts exactly at the end
+ * of the file (or the file ends inside it): the allocator, which starts at the end of
+ * the file, would hand that cluster out as data and guest writes would land in the
+ * table, so the open is refused. */
+static void test_refcount_table_at_eof(void)
+{
+    const enum image images[] = {V3_64K, V3_512};
+    for (size_t i = 0; i < sizeof images / sizeof images[0]; i++) {
+        const struct base *b = &bases[images[i]];
+        char path[512];
+        tst_path(path, sizeof path, "rt-at-eof.qcow2");
+        copy_file(b->path, path);
+        uint64_t size = 0;
+        uint8_t *f = slurp(path, &size);
+        uint64_t moved = b->eof_cluster;
+        resize(path, moved);
+        patch(path, moved, f + b->rt_offset, b->cluster); /* the table's only cluster */
+        free(f);
+        patch_be(path, H_RT_OFFSET, moved, 8);
+        /* Counts: the new place is in use, the old one free. */
+        uint64_t new_count = refcount_entry_at(b, b->path, moved / b->cluster);
+        CU_ASSERT_FATAL(new_count != 0);
+        patch_be(path, new_count, 1, 2);
+        patch_be(path, refcount_entry_at(b, b->path, b->rt_offset / b->cluster), 0, 2);
+
+        rt_vd_t vd = RT_VD_NIL;
+        rt_vd_error_t err;
+        rt_vd_check_result_t res;
+        uint8_t data[8192];
+        memset(data, 0x3c, sizeof data);
+        uint64_t guest = b->size / 2 + 64 * KIB; /* unallocated */
+        int rc = rt_vd_open(&vd, path, "qcow2", 0, &err);
+        if (rc != RT_OK)
+            fprintf(stderr, "\n  %s, table last: %s", b->file, err.msg);
+        TST_RC_FATAL(rc, RT_OK);
+        TST_RC(rt_vd_write(vd, guest, data, sizeof data), RT_OK);
+        TST_RC(rt_vd_close(vd), RT_OK);
+        TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+        uint8_t back[8192];
+        TST_RC(rt_vd_read(vd, guest, back, sizeof back), RT_OK);
+        CU_ASSERT(memcmp(back, data, sizeof data) == 0);
+        TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+        if (res.corruptions + res.leaks)
+            fprintf(stderr, "\n  %s, table last: %s", b->file, res.first_problem);
+        CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
+        TST_RC(rt_vd_close(vd), RT_OK);
+        int q = qemu_img_check_status(path);
+        CU_ASSERT(q <= 0);
+
+        /* Two clusters: the second at the end of the file, then cut by it. */
+        copy_file(b->path, path);
+        resize(path, moved);
+        f = slurp(b->path, &size);
+        patch(path, moved, f + b->rt_offset, b->cluster);
+        free(f);
+        patch_be(path, H_RT_OFFSET, moved, 8);
+        patch_be(path, H_RT_CLUSTERS, 2, 4);
+        for (int cut = 0; cut < 2; cut++) {
+            if (cut)
+                resize(path, moved + b->cluster + 100);
+            const uint32_t flags[] = {RT_VD_OPEN_READ_ONLY, 0};
+            for (int k = 0; k < 2; k++) {
+                TST_RC(rt_vd_open(&vd, path, "qcow2", flags[k], &err), RT_ERR_VD_CORRUPT);
+                CU_ASSERT(mentions(err.msg, "refcount table") && mentions(err.msg, "end of the file"));
+            }
+        }
+        unlink(path);
+    }
+}
+
+/* A crash can leave refcounts on clusters past the end of the file (the refcount block
+ * was committed, the data that would have extended the file was not).  The next writer
+ * must not hand those clusters out again: counted twice, they would read "refcount 2,
+ * reference 1" to both checkers, and the next free would drop a live cluster. */
+static void test_allocator_skips_counted_clusters(void)
+{
+    const enum image images[] = {V3_512, V3_64K};
+    for (size_t i = 0; i < sizeof images / sizeof images[0]; i++) {
+        const struct base *b = &bases[images[i]];
+        char path[512];
+        tst_path(path, sizeof path, "counted-past-eof.qcow2");
+        copy_file(b->path, path);
+        uint64_t first = b->eof_cluster / b->cluster;
+        for (uint64_t k = 0; k < 3; k++) {
+            uint64_t at = refcount_entry_at(b, path, first + k);
+            CU_ASSERT_FATAL(at != 0);
+            patch_be(path, at, 1, 2);
+        }
+
+        rt_vd_t vd = RT_VD_NIL;
+        rt_vd_error_t err;
+        uint8_t data[4096];
+        memset(data, 0x6b, sizeof data);
+        uint64_t guest = b->size / 2 + 64 * KIB; /* unallocated in both images */
+        TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
+        TST_RC(rt_vd_write(vd, guest, data, sizeof data), RT_OK);
+        TST_RC(rt_vd_flush(vd), RT_OK);
+        rt_vd_extent_t ext;
+        TST_RC(rt_vd_block_status(vd, guest, sizeof data, &ext), RT_OK);
+        CU_ASSERT(ext.flags & RT_VD_EXTENT_DATA);
+        if (ext.host_offset < b->eof_cluster + 3 * b->cluster)
+            fprintf(stderr, "\n  %s: host 0x%llx, eof 0x%llx", b->file,
+                    (unsigned long long)ext.host_offset, (unsigned long long)b->eof_cluster);
+        CU_ASSERT(ext.host_offset >= b->eof_cluster + 3 * b->cluster);
+        TST_RC(rt_vd_close(vd), RT_OK);
+
+        TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+        uint8_t back[4096];
+        TST_RC(rt_vd_read(vd, guest, back, sizeof back), RT_OK);
+        CU_ASSERT(memcmp(back, data, sizeof data) == 0);
+        rt_vd_check_result_t res;
+        TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+        if (res.corruptions != 0)
+            fprintf(stderr, "\n  %s: %s", b->file, res.first_problem);
+        CU_ASSERT_EQUAL(res.corruptions, 0);
+        CU_ASSERT(res.leaks >= 3);
+        TST_RC(rt_vd_close(vd), RT_OK);
+        int q = qemu_img_check_status(path);
+        CU_ASSERT(q < 0 || q == 3);
+        unlink(path);
+    }
+}
+
+/* A repair reclaims leaks only when it can see everything: an extension this library
+ * does not know (it may own the leaked-looking clusters), or a corruption, makes it
+ * change nothing and say why.  The same leak is reclaimed once the cause is gone. */
+static void test_repair_refused(void)
+{
+    const struct base *b = &bases[V3_64K];
+    char path[512];
+    tst_path(path, sizeof path, "repair-refused.qcow2");
+    for (int variant = 0; variant < 3; variant++) {
+        copy_file(b->path, path);
+        /* A leak: one more cluster at the end of the file, counted, referenced by none. */
+        uint64_t leaked = b->eof_cluster / b->cluster;
+        resize(path, b->eof_cluster + b->cluster);
+        patch_be(path, b->rb_first + 2 * leaked, 1, 2);
+        const char *why = NULL;
+        if (variant == 0) {
+            patch_be(path, b->feature_table, 0x12345678, 4); /* an unknown extension */
+            why = "extension";
+        } else if (variant == 1) {
+            patch_be(path, b->rb_first + 2 * (b->data_first / b->cluster), 0, 2);
+            why = "corruption";
+        }
+        uint64_t before_size = 0, after_size = 0;
+        uint8_t *before = slurp(path, &before_size);
+        rt_vd_t vd = RT_VD_NIL;
+        rt_vd_error_t err;
+        rt_vd_check_result_t res;
+        TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
+        TST_RC(rt_vd_check(vd, RT_VD_CHECK_REPAIR_LEAKS, &res), RT_OK);
+        /* leaks counts what is left after the repair. */
+        CU_ASSERT_EQUAL(res.leaks, why != NULL ? 1u : 0u);
+        if (why != NULL) {
+            CU_ASSERT_EQUAL(res.leaks_fixed, 0);
+            CU_ASSERT(mentions(res.repair_refused, why));
+        } else {
+            CU_ASSERT_EQUAL(res.leaks_fixed, 1);
+            CU_ASSERT_EQUAL(res.repair_refused[0], '\0');
+        }
+        CU_ASSERT(variant == 1 ? res.corruptions > 0 : res.corruptions == 0);
+        TST_RC(rt_vd_close(vd), RT_OK);
+        uint8_t *after = slurp(path, &after_size);
+        bool same = after_size == before_size && memcmp(before, after, (size_t)before_size) == 0;
+        CU_ASSERT(why != NULL ? same : !same);
+        free(before);
+        free(after);
+    }
+    unlink(path);
+}
+
 static void test_autoclear(void)
 {
     const struct base *b = &bases[V3_64K];
@@ -1235,8 +1512,18 @@ static void test_autoclear(void)
     CU_ASSERT(after_size == before_size && memcmp(before, after, (size_t)before_size) == 0);
     free(after);
 
-    /* Writable: the bits are cleared at open (before any write), nothing else changes. */
+    /* Writable but not written (a read, a check): the bits stay. */
     TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
+    CU_ASSERT(reads_as_expected(vd, b));
+    rt_vd_check_result_t res;
+    TST_RC(rt_vd_check(vd, RT_VD_CHECK_REPAIR_LEAKS, &res), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    CU_ASSERT_EQUAL(read_be(path, H_AUTOCLEAR, 8), 3);
+
+    /* Written: the bits are cleared, durably, before the first guest byte changes;
+     * nothing else in the header changes.  The write puts back what was there. */
+    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
+    TST_RC(rt_vd_write(vd, 0, b->want, 512), RT_OK);
     CU_ASSERT_EQUAL(read_be(path, H_AUTOCLEAR, 8), 0);
     CU_ASSERT(reads_as_expected(vd, b));
     TST_RC(rt_vd_close(vd), RT_OK);
@@ -1274,10 +1561,14 @@ int main(void)
     TST_ADD(refused, test_table_entries);
     TST_ADD(refused, test_truncation);
     TST_ADD(refused, test_snapshot_image);
+    TST_ADD(refused, test_snapshot_amplification);
 
     TST_ADD(in_use, test_l2_entries);
     TST_ADD(in_use, test_compressed_garbage);
     TST_ADD(in_use, test_check_finds);
+    TST_ADD(in_use, test_repair_refused);
+    TST_ADD(in_use, test_allocator_skips_counted_clusters);
+    TST_ADD(in_use, test_refcount_table_at_eof);
 
     int rc = tst_run();
     for (int i = 0; i < IMAGES; i++)

@@ -10,6 +10,7 @@
 #include <rt/vd.h>
 
 #include <stdbool.h>
+#include <sys/stat.h>
 
 #define MIB (1024u * 1024u)
 #define DISK_SIZE (8u * MIB)
@@ -102,6 +103,118 @@ static void test_open_errors(void)
     TST_RC(rt_vd_get_info(vd, &info), RT_OK);
     CU_ASSERT_STRING_EQUAL(info.format, "raw");
     TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+/* Neither a regular file nor a block device: a FIFO would hang an open for reading
+ * until a writer came (qemu-img hangs there), a directory would read as a tiny raw
+ * disk.  Each is refused at once, with a message saying what it is, also when an
+ * image names it as its backing file.  A watchdog alarm turns a hang into a failure. */
+static void test_open_not_a_disk(void)
+{
+    char fifo[600], dir[600], overlay[600];
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    tst_path(fifo, sizeof fifo, "a-fifo");
+    tst_path(dir, sizeof dir, "a-dir");
+    unlink(fifo);
+    rmdir(dir);
+    CU_ASSERT_FATAL(mkfifo(fifo, 0600) == 0);
+    CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+    alarm(20);
+
+    const char *formats[] = {NULL, "raw", "qcow2", "vdi"};
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+        /* Probing is for read-only opens only. */
+        uint32_t flags[] = {RT_VD_OPEN_READ_ONLY, 0};
+        size_t n_flags = formats[i] == NULL ? 1 : 2;
+        for (size_t f = 0; f < n_flags; f++) {
+            TST_RC(rt_vd_open(&vd, fifo, formats[i], flags[f], &err), RT_ERR_NOT_SUPPORTED);
+            CU_ASSERT_PTR_NULL(vd);
+            CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "FIFO"));
+            int rc = rt_vd_open(&vd, dir, formats[i], flags[f], &err);
+            /* A writable open of a directory fails in open(2) already (EISDIR). */
+            TST_RC(rc, RT_ERR_IS_A_DIRECTORY);
+            CU_ASSERT_PTR_NULL(vd);
+            if (flags[f] == RT_VD_OPEN_READ_ONLY)
+                CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "directory"));
+        }
+    }
+
+    /* The same as a backing file: refused, not read as zeros or waited on. */
+    const char *targets[] = {fifo, dir};
+    const char *words[] = {"FIFO", "directory"};
+    for (size_t t = 0; t < 2; t++) {
+        tst_path(overlay, sizeof overlay, "over-not-a-disk.qcow2");
+        unlink(overlay);
+        rt_vd_create_opts_t opts = {.size = MIB, .backing_file = targets[t],
+                                    .backing_format = "raw"};
+        TST_RC_FATAL(rt_vd_create(overlay, "qcow2", &opts, &err), RT_OK);
+        int rc = rt_vd_open(&vd, overlay, "qcow2", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING,
+                            &err);
+        CU_ASSERT(rc == RT_ERR_NOT_SUPPORTED || rc == RT_ERR_IS_A_DIRECTORY);
+        CU_ASSERT_PTR_NULL(vd);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, words[t]));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "backing file"));
+        /* Creating an overlay that takes its size from such a file fails too. */
+        unlink(overlay);
+        rt_vd_create_opts_t sized = {.backing_file = targets[t], .backing_format = "raw"};
+        rc = rt_vd_create(overlay, "qcow2", &sized, &err);
+        CU_ASSERT(rc == RT_ERR_NOT_SUPPORTED || rc == RT_ERR_IS_A_DIRECTORY);
+        CU_ASSERT(access(overlay, F_OK) != 0);
+    }
+    alarm(0);
+    unlink(fifo);
+    rmdir(dir);
+    unlink(overlay);
+}
+
+/* A QCOW2 backing name must fit in cluster 0 after the header and the extensions:
+ * with 512-byte clusters a version 3 header (112 bytes) and the end marker (8) leave
+ * 392 bytes, 376 with a backing format extension ("raw": 16 bytes).  Exactly that fits
+ * and is stored whole; one byte more, and the 505..1023-byte names whose room once
+ * wrapped around (writing past the header buffer), are refused and leave no file. */
+static void test_create_qcow2_backing_name_room(void)
+{
+    char path[600];
+    char name[1100];
+    rt_vd_error_t err;
+    tst_path(path, sizeof path, "room.qcow2");
+    struct {
+        size_t len;
+        const char *format;
+        int want;
+    } cases[] = {
+        {392, NULL, RT_OK},     {393, NULL, RT_ERR_INVALID_PARAMETER},
+        {376, "raw", RT_OK},    {377, "raw", RT_ERR_INVALID_PARAMETER},
+        {505, "raw", RT_ERR_INVALID_PARAMETER}, {511, NULL, RT_ERR_INVALID_PARAMETER},
+        {1023, "raw", RT_ERR_INVALID_PARAMETER}, {1024, NULL, RT_ERR_INVALID_PARAMETER},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memset(name, 'n', cases[i].len);
+        name[cases[i].len] = '\0';
+        unlink(path);
+        rt_vd_create_opts_t opts = {.size = MIB, .block_size = 512, .version = 3,
+                                    .backing_file = name, .backing_format = cases[i].format};
+        int rc = rt_vd_create(path, "qcow2", &opts, &err);
+        if (rc != cases[i].want)
+            fprintf(stderr, "  name of %zu bytes: %s\n", cases[i].len, err.msg);
+        TST_RC(rc, cases[i].want);
+        if (cases[i].want != RT_OK) {
+            CU_ASSERT_EQUAL(access(path, F_OK), -1);
+            continue;
+        }
+        /* Stored whole: the open names it (and refuses to follow it). */
+        rt_vd_t vd = RT_VD_NIL;
+        TST_RC(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_ERR_ACCESS_DENIED);
+        name[100] = '\0'; /* the message shows a prefix of it */
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, name));
+    }
+    /* An unknown backing format is refused, as qemu-img refuses it. */
+    unlink(path);
+    rt_vd_create_opts_t bad = {.size = MIB, .backing_file = "b.raw", .backing_format = "foo"};
+    TST_RC(rt_vd_create(path, "qcow2", &bad, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "foo"));
+    CU_ASSERT_EQUAL(access(path, F_OK), -1);
 }
 
 static void test_create_errors(void)
@@ -785,10 +898,16 @@ static void test_raw_block_status(void)
     TST_RC(rt_vd_write(vd, 4 * MIB, data, sizeof data), RT_OK);
     TST_RC(rt_vd_flush(vd), RT_OK);
     rt_vd_extent_t ext;
+    /* Every field is set, whatever the caller's memory held (depth was once left as
+     * it was: "backing file, depth 32765"). */
+    memset(&ext, 0xa5, sizeof ext);
     TST_RC(rt_vd_block_status(vd, 4 * MIB, UINT64_MAX, &ext), RT_OK);
     CU_ASSERT_TRUE(ext.flags & RT_VD_EXTENT_DATA);
     CU_ASSERT_EQUAL(ext.host_offset, 4 * MIB);
+    CU_ASSERT_EQUAL(ext.depth, 0);
+    memset(&ext, 0x5a, sizeof ext);
     TST_RC(rt_vd_block_status(vd, 0, UINT64_MAX, &ext), RT_OK);
+    CU_ASSERT_EQUAL(ext.depth, 0);
     if (ext.flags & RT_VD_EXTENT_DATA) {
         /* The file system does not report holes: all data is the correct fallback. */
         printf("(no SEEK_HOLE here) ");
@@ -838,7 +957,9 @@ int main(void)
     CU_pSuite inspect = tst_suite("inspection");
 
     TST_ADD(api, test_open_errors);
+    TST_ADD(api, test_open_not_a_disk);
     TST_ADD(api, test_create_errors);
+    TST_ADD(api, test_create_qcow2_backing_name_room);
     TST_ADD(api, test_io_errors);
     TST_ADD(api, test_queue_errors);
     TST_ADD(api, test_callback_reentry);

@@ -205,6 +205,8 @@ int img_check_main(int argc, char **argv)
         return IMG_EXIT_ERROR; /* a repair may not have reached the disk */
     if (report.res.first_problem[0])
         fprintf(stderr, "%s\n", report.res.first_problem);
+    if (report.res.repair_refused[0])
+        fprintf(stderr, "%s: leaks not repaired: %s\n", PROG, report.res.repair_refused);
     if (output == OUTPUT_JSON)
         print_json(&report);
     else if (!quiet)

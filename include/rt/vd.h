@@ -245,10 +245,18 @@ typedef struct rt_vd_check_result {
     uint64_t blocks_allocated, blocks_total;
     /** The first problem found, in words; empty when clean. */
     char first_problem[256];
+    /** Why RT_VD_CHECK_REPAIR_LEAKS reclaimed nothing although leaks were found: the
+     *  check also found corruptions (the references it counted may be incomplete), or
+     *  the image holds a structure this library does not know (it may own the clusters
+     *  that look leaked).  Empty when the repair ran or was not asked for. */
+    char repair_refused[160];
 } rt_vd_check_result_t;
 
 /**
- * Checks the image's metadata for consistency.  Repairing needs a writable image.
+ * Checks the image's metadata for consistency.  Repairing needs a writable image.  A
+ * repair reclaims leaks only when it is safe: with corruptions found, or a structure the
+ * library does not know in the image, it changes nothing and says why in
+ * @a res->repair_refused (the call still returns RT_OK: the check ran).
  *
  * @retval RT_OK  the check ran (read @a res for what it found).
  * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER, RT_ERR_INVALID_PARAMETER (an

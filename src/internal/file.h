@@ -36,4 +36,17 @@ static inline bool rt__file_is_generation(const struct rt_file *file, uint64_t g
     return rt__file_is_live(file) && file->generation == generation;
 }
 
+/**
+ * rt_file_open() of an existing file that must be a regular file or a block device
+ * (a disk image, or the file behind one).  The open does not wait: a FIFO opened for
+ * reading would block until a writer came.  Anything else is closed again and refused.
+ *
+ * @param flags  as rt_file_open(), with the RT_FILE_OPEN disposition.
+ * @param kind   optional; on a refusal, what the file is ("a directory", "a FIFO (named
+ *               pipe)", "a socket", "a character device"), static storage; else NULL.
+ * @retval RT_OK, the statuses of rt_file_open(), RT_ERR_IS_A_DIRECTORY, and
+ *         RT_ERR_NOT_SUPPORTED for a FIFO, socket or character device.
+ */
+int rt__file_open_disk(rt_file_t *file, const char *path, uint32_t flags, const char **kind);
+
 #endif /* RT_INTERNAL_FILE_H */

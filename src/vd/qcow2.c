@@ -88,8 +88,24 @@ static int parse_extensions(struct qcow2 *s, uint32_t start, uint32_t end, rt_vd
                 s->features[i].name[46] = '\0';
             }
             break;
+        case QCOW2_EXT_BITMAPS:
+            if (len != 24 || vd_be32(data + 4) != 0)
+                return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                                   "QCOW2 bitmaps extension of %u bytes is invalid (24 bytes, "
+                                   "reserved field zero)",
+                                   len);
+            s->nb_bitmaps = vd_be32(data);
+            s->bitmap_dir_size = vd_be64(data + 8);
+            s->bitmap_dir_offset = vd_be64(data + 16);
+            break;
+        case QCOW2_EXT_CRYPTO:
+        case QCOW2_EXT_DATA_FILE:
+            break; /* the features they belong to are refused by name */
         default:
-            break; /* unknown extensions are skipped, as the specification says */
+            /* Skipped, as the specification says; but a structure we cannot see may own
+             * clusters, so a repair would not be safe. */
+            s->unknown_extensions++;
+            break;
         }
         at += (len + 7u) & ~7u;
     }
@@ -168,7 +184,8 @@ static int parse_header(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_e
     uint32_t ext_end = s->cluster_size;
     if (backing_offset != 0) {
         if (backing_size == 0 || backing_size > QCOW2_MAX_BACKING_NAME ||
-            backing_offset > s->cluster_size - backing_size || backing_offset < header_length)
+            !vd_inside(backing_offset, backing_size, s->cluster_size) ||
+            backing_offset < header_length)
             return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                                "QCOW2 backing file name (%u bytes at %llu) is not inside cluster 0 "
                                "after the header, or longer than %u bytes",
@@ -218,12 +235,15 @@ static int parse_header(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_e
     if (s->rt_clusters == 0 || (uint64_t)s->rt_clusters * s->cluster_size > QCOW2_MAX_RT_BYTES)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "QCOW2 refcount table of %u clusters is invalid",
                            s->rt_clusters);
-    if (s->rt_offset % s->cluster_size != 0 || s->rt_offset == 0 || s->rt_offset > file_size ||
-        (uint64_t)s->rt_clusters * s->cluster_size > file_size - s->rt_offset + s->cluster_size)
+    /* Wholly inside the file: the allocator starts at the end of the file, so a table
+     * reaching past it would be handed out as data. */
+    if (s->rt_offset % s->cluster_size != 0 || s->rt_offset == 0 ||
+        !vd_table_inside(s->rt_offset, s->rt_clusters, s->cluster_size, file_size, NULL))
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
-                           "QCOW2 refcount table offset 0x%llx is unaligned or past the end of the "
-                           "file",
-                           (unsigned long long)s->rt_offset);
+                           "QCOW2 refcount table offset 0x%llx (%u clusters) is unaligned or the "
+                           "table runs past the end of the file (%llu bytes)",
+                           (unsigned long long)s->rt_offset, s->rt_clusters,
+                           (unsigned long long)file_size);
     uint64_t l1_end = s->l1_offset + (uint64_t)s->l1_size * 8u;
     uint64_t rt_end = s->rt_offset + (uint64_t)s->rt_clusters * s->cluster_size;
     if (s->l1_size > 0 && s->l1_offset < rt_end && s->rt_offset < l1_end)
@@ -247,7 +267,8 @@ static int load_tables(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_er
     uint8_t *raw = malloc(l1_bytes ? l1_bytes : 1);
     s->l1 = calloc(s->l1_size ? s->l1_size : 1, sizeof(*s->l1));
     s->l2 = calloc(s->l1_size ? s->l1_size : 1, sizeof(*s->l2));
-    if (raw == NULL || s->l1 == NULL || s->l2 == NULL) {
+    s->l2_rewritten = calloc(s->l1_size ? s->l1_size : 1, 1);
+    if (raw == NULL || s->l1 == NULL || s->l2 == NULL || s->l2_rewritten == NULL) {
         free(raw);
         return RT_ERR_NO_MEMORY;
     }
@@ -255,8 +276,8 @@ static int load_tables(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_er
     for (uint32_t i = 0; rc == RT_OK && i < s->l1_size; i++) {
         s->l1[i] = vd_be64(raw + 8u * i);
         uint64_t l2 = s->l1[i] & QCOW2_OFFSET_MASK;
-        if ((s->l1[i] & ~(QCOW2_OFFSET_MASK | QCOW2_COPIED)) != 0 || l2 % s->cluster_size != 0 ||
-            l2 > file_size || (l2 != 0 && s->cluster_size > file_size - l2))
+        if ((s->l1[i] & QCOW2_L1_RESERVED) != 0 || l2 % s->cluster_size != 0 ||
+            (l2 != 0 && !vd_inside(l2, s->cluster_size, file_size)))
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                              "QCOW2 L1 entry %u (0x%016llx) is unaligned, has reserved bits set or "
                              "points past the end of the file",
@@ -275,16 +296,10 @@ static int load_tables(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_er
         return RT_ERR_NO_MEMORY;
     }
     rc = rt__vd_meta_read(vd, s->rt_offset, raw, (size_t)s->rt_entries * 8u);
-    if (rc == RT_ERR_EOF) {
-        /* The table's last cluster may be cut by the end of the file: zeros. */
-        uint64_t avail = file_size - s->rt_offset;
-        memset(raw, 0, (size_t)s->rt_entries * 8u);
-        rc = rt__vd_meta_read(vd, s->rt_offset, raw, (size_t)avail);
-    }
     for (uint64_t i = 0; rc == RT_OK && i < s->rt_entries; i++) {
         s->rt[i] = vd_be64(raw + 8u * i);
-        if (s->rt[i] % s->cluster_size != 0 || s->rt[i] > file_size ||
-            (s->rt[i] != 0 && s->cluster_size > file_size - s->rt[i]))
+        if (s->rt[i] % s->cluster_size != 0 ||
+            (s->rt[i] != 0 && !vd_inside(s->rt[i], s->cluster_size, file_size)))
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                              "QCOW2 refcount table entry %llu (0x%llx) is unaligned or points past "
                              "the end of the file",
@@ -292,116 +307,6 @@ static int load_tables(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_er
     }
     free(raw);
     return rc;
-}
-
-/* Metadata roles, kept in the low bits of each index entry. */
-enum { ROLE_FIXED, ROLE_L2 };
-
-static int note_range(struct qcow2 *s, size_t *cap, uint64_t off, uint64_t bytes, int role)
-{
-    if (bytes == 0)
-        return RT_OK;
-    for (uint64_t c = off >> s->cluster_bits; c <= (off + bytes - 1) >> s->cluster_bits; c++) {
-        uint64_t *grown = rt__vd_grow(s->metadata, cap, s->metadata_len, sizeof(*grown), 64);
-        if (grown == NULL)
-            return RT_ERR_NO_MEMORY;
-        s->metadata = grown;
-        s->metadata[s->metadata_len++] = c << 3 | (uint64_t)role;
-    }
-    return RT_OK;
-}
-
-static int compare_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* The L1 tables of the internal snapshots and the L2 tables they name. */
-static int note_snapshots(rt_vd_t vd, struct qcow2 *s, size_t *cap, uint64_t file_size,
-                          rt_vd_error_t *err)
-{
-    uint64_t at = s->snapshots_offset;
-    int rc = RT_OK;
-    for (uint32_t n = 0; rc == RT_OK && n < s->nb_snapshots; n++) {
-        uint8_t fixed[40];
-        if (at > file_size || file_size - at < sizeof(fixed))
-            return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
-                               "QCOW2 snapshot table entry %u runs past the end of the file", n);
-        if ((rc = rt__vd_meta_read(vd, at, fixed, sizeof(fixed))) != RT_OK)
-            return rc;
-        uint64_t l1_offset = vd_be64(fixed);
-        uint32_t l1_size = vd_be32(fixed + 8);
-        uint64_t entry_len =
-            sizeof(fixed) + vd_be32(fixed + 36) + vd_be16(fixed + 12) + vd_be16(fixed + 14);
-        if (entry_len > file_size - at) /* the padding after the last entry may be cut */
-            return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
-                               "QCOW2 snapshot table entry %u (its extra data, id or name) runs "
-                               "past the end of the file",
-                               n);
-        at += (entry_len + 7u) & ~7ull;
-        if ((uint64_t)l1_size * 8u > QCOW2_MAX_L1_BYTES || l1_offset % s->cluster_size != 0 ||
-            l1_offset > file_size || (uint64_t)l1_size * 8u > file_size - l1_offset)
-            return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
-                               "QCOW2 snapshot %u has an invalid L1 table (%u entries at 0x%llx)", n,
-                               l1_size, (unsigned long long)l1_offset);
-        if ((rc = note_range(s, cap, l1_offset, (uint64_t)l1_size * 8u, ROLE_FIXED)) != RT_OK)
-            return rc;
-        uint8_t *raw = malloc((size_t)l1_size * 8u + 1);
-        if (raw == NULL)
-            return RT_ERR_NO_MEMORY;
-        rc = rt__vd_meta_read(vd, l1_offset, raw, (size_t)l1_size * 8u);
-        for (uint32_t i = 0; rc == RT_OK && i < l1_size; i++) {
-            uint64_t l2 = vd_be64(raw + 8u * i) & QCOW2_OFFSET_MASK;
-            if (l2 % s->cluster_size != 0 || l2 >= file_size)
-                rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
-                                 "QCOW2 snapshot %u: L1 entry %u points at a bad L2 table", n, i);
-            else if (l2 != 0)
-                rc = note_range(s, cap, l2, s->cluster_size, ROLE_L2);
-        }
-        free(raw);
-    }
-    if (rc == RT_OK && s->nb_snapshots > 0)
-        rc = note_range(s, cap, s->snapshots_offset, at - s->snapshots_offset, ROLE_FIXED);
-    return rc;
-}
-
-/* Every metadata cluster, sorted; two structures in one cluster refuse the open (an L2
- * table may be shared by the image and its snapshots, nothing else may). */
-static int index_metadata(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_error_t *err)
-{
-    size_t cap = 0;
-    int rc = note_range(s, &cap, 0, s->cluster_size, ROLE_FIXED);
-    if (rc == RT_OK)
-        rc = note_range(s, &cap, s->l1_offset, (uint64_t)s->l1_size * 8u, ROLE_FIXED);
-    if (rc == RT_OK)
-        rc = note_range(s, &cap, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size,
-                        ROLE_FIXED);
-    for (uint64_t i = 0; rc == RT_OK && i < s->rt_entries; i++)
-        if (s->rt[i] != 0)
-            rc = note_range(s, &cap, s->rt[i], s->cluster_size, ROLE_FIXED);
-    for (uint32_t i = 0; rc == RT_OK && i < s->l1_size; i++)
-        if (s->l1[i] & QCOW2_OFFSET_MASK)
-            rc = note_range(s, &cap, s->l1[i] & QCOW2_OFFSET_MASK, s->cluster_size, ROLE_L2);
-    if (rc == RT_OK)
-        rc = note_snapshots(vd, s, &cap, file_size, err);
-    if (rc != RT_OK)
-        return rc;
-    qsort(s->metadata, s->metadata_len, sizeof(*s->metadata), compare_u64);
-    size_t kept = 0;
-    for (size_t i = 0; i < s->metadata_len; i++) {
-        if (kept > 0 && s->metadata[kept - 1] >> 3 == s->metadata[i] >> 3) {
-            bool shared_l2 = (s->metadata[kept - 1] & 7) == ROLE_L2 && (s->metadata[i] & 7) == ROLE_L2;
-            if (!shared_l2)
-                return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
-                                   "QCOW2 metadata overlaps: cluster %llu holds two structures",
-                                   (unsigned long long)(s->metadata[i] >> 3));
-            continue;
-        }
-        s->metadata[kept++] = s->metadata[i];
-    }
-    s->metadata_len = kept;
-    return RT_OK;
 }
 
 static void free_state(struct qcow2 *s)
@@ -425,6 +330,8 @@ static void free_state(struct qcow2 *s)
     free(s->decrements);
     free(s->inflated);
     free(s->metadata);
+    free(s->new_metadata);
+    free(s->l2_rewritten);
     free(s);
 }
 
@@ -465,7 +372,7 @@ static int qcow2_open(rt_vd_t vd, rt_vd_error_t *err)
         rt__vd_fail(err, rc, "cannot read the QCOW2 header");
     else if ((rc = parse_header(vd, s, file_size, err)) == RT_OK &&
              (rc = load_tables(vd, s, file_size, err)) == RT_OK)
-        rc = index_metadata(vd, s, file_size, err);
+        rc = rt__qcow2_index_metadata(vd, s, file_size, err);
     if (rc == RT_OK && !vd->read_only) {
         if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
@@ -489,21 +396,25 @@ static int qcow2_open(rt_vd_t vd, rt_vd_error_t *err)
     vd->alloc_unit = s->cluster_size;
     uint64_t bits_align = (uint64_t)s->cluster_size | 4096u;
     vd->data_align = (uint32_t)(bits_align & -bits_align);
-
-    /* Autoclear bits name features whose data we would not keep up to date (bitmaps):
-     * clearing them before the first write tells the next reader not to trust it. */
-    if (!vd->read_only && s->version == 3 && s->autoclear != 0) {
-        s->autoclear = 0;
-        rc = rt__qcow2_header_write(vd);
-        if (rc == RT_OK)
-            rc = rt_file_flush(vd->file);
-        if (rc != RT_OK) {
-            vd->priv = NULL;
-            free_state(s);
-            return rt__vd_fail(err, rc, "cannot clear the QCOW2 autoclear features");
-        }
-    }
     return RT_OK;
+}
+
+/* Autoclear bits name features whose data we would not keep up to date (bitmaps):
+ * clearing them, durably, before the first write of guest data tells the next reader
+ * not to trust that data.  Until then (reads, a leak repair) they stay valid. */
+static int qcow2_begin_write(rt_vd_t vd)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    if (s->version != 3 || s->autoclear == 0)
+        return RT_OK;
+    uint64_t keep = s->autoclear;
+    s->autoclear = 0;
+    int rc = rt__qcow2_header_write(vd);
+    if (rc == RT_OK)
+        rc = rt_file_flush(vd->file);
+    if (rc != RT_OK)
+        s->autoclear = keep;
+    return rc;
 }
 
 static void qcow2_close(rt_vd_t vd)
@@ -515,9 +426,8 @@ static void qcow2_close(rt_vd_t vd)
 /* ---------------------------------------------------------------------------------- */
 /* Map and reads. */
 
-/* The metadata cache holds L2 tables up to this many bytes; beyond, tables are dropped
- * (clock order) to make room.  Tables changed since open always stay: a table read from
- * the file is then always as it was at open, which is what its checks assume. */
+/* The metadata cache holds L2 tables up to this many bytes; beyond, clean tables are
+ * dropped (clock order) to make room.  Tables with changes not yet in the file stay. */
 #ifndef L2_CACHE_BYTES
 #define L2_CACHE_BYTES (32u << 20) /* -DL2_CACHE_BYTES=... to test eviction */
 #endif
@@ -528,7 +438,7 @@ static void evict_one(struct qcow2 *s, uint32_t keep)
         uint32_t i = s->evict_hand;
         s->evict_hand = (s->evict_hand + 1) % s->l1_size;
         struct qcow2_l2 *t = s->l2[i];
-        if (i == keep || t == NULL || t->dirty || t->pending > 0 || t->modified)
+        if (i == keep || t == NULL || t->dirty || t->pending > 0)
             continue;
         free(t->entries);
         free(t);
@@ -538,31 +448,20 @@ static void evict_one(struct qcow2 *s, uint32_t keep)
     }
 }
 
-static bool is_metadata(const struct qcow2 *s, uint64_t cluster)
+/* An L2 entry as read from the file: inside @a limit, never into metadata (a write in
+ * place there would destroy it), no reserved bits.  For a table as the image had it,
+ * @a limit is the file's size at open: an entry past it is corrupt even if that cluster
+ * has been handed out since.  For a table this driver wrote, it is the allocator's
+ * mark, below which the clusters it handed out lie. */
+static bool entry_valid(const struct qcow2 *s, uint64_t entry, uint64_t limit)
 {
-    size_t lo = 0, hi = s->metadata_len;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->metadata[mid] >> 3 < cluster)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < s->metadata_len && s->metadata[lo] >> 3 == cluster;
-}
-
-/* An L2 entry as read from the file: only what the file held at open, never metadata
- * (a write in place there would destroy it), no reserved bits. */
-static bool entry_valid(const struct qcow2 *s, uint64_t entry)
-{
-    uint64_t end = s->file_size_at_open;
     if (entry & QCOW2_COMPRESSED) {
         uint64_t host, bytes;
         rt__qcow2_compressed_span(s, entry, &host, &bytes);
-        if (host >= end || bytes > end - host + 511u) /* the last sector may be cut */
+        if (host >= limit || bytes > limit - host + 511u) /* the last sector may be cut */
             return false;
         for (uint64_t c = host >> s->cluster_bits; c <= (host + bytes - 1) >> s->cluster_bits; c++)
-            if (is_metadata(s, c))
+            if (rt__qcow2_is_metadata(s, c))
                 return false;
         return true;
     }
@@ -573,7 +472,7 @@ static bool entry_valid(const struct qcow2 *s, uint64_t entry)
     if (host == 0)
         return true;
     /* The file may end inside the last data cluster (QEMU skips writing zeros). */
-    return host < end && !is_metadata(s, host >> s->cluster_bits);
+    return host < limit && !rt__qcow2_is_metadata(s, host >> s->cluster_bits);
 }
 
 struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
@@ -597,10 +496,11 @@ struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
         *rc = RT_ERR_NO_MEMORY;
         return NULL;
     }
+    uint64_t limit = s->l2_rewritten[l1_index] ? s->next_free : s->file_size_at_open;
     *rc = rt__vd_meta_read(vd, host, raw, s->cluster_size);
     for (uint32_t i = 0; *rc == RT_OK && i < s->l2_entries; i++) {
         t->entries[i] = vd_be64(raw + 8u * i);
-        if (!entry_valid(s, t->entries[i]))
+        if (!entry_valid(s, t->entries[i], limit))
             *rc = RT_ERR_VD_CORRUPT;
     }
     free(raw);
@@ -774,6 +674,7 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .alloc_done = rt__qcow2_alloc_done,
     .commit = rt__qcow2_commit,
     .read_compressed = qcow2_read_compressed,
+    .begin_write = qcow2_begin_write,
     .check = rt__qcow2_check,
     .info = qcow2_info,
     .write_compressed = rt__qcow2_write_compressed,

@@ -2,6 +2,9 @@
  * QCOW2 inside: the in-memory image state shared by the driver's files.
  *
  *   qcow2.c           header and extensions, open, map, reads (compressed too), info
+ *   qcow2_metadata.c  the metadata index: every cluster a structure occupies (snapshot
+ *                     and bitmap tables included), read at open with work bounded by
+ *                     the file's size, and grown by every metadata allocation
  *   qcow2_refcount.c  refcounts: lookup, change, new blocks, table growth; the cluster
  *                     allocator
  *   qcow2_write.c     allocation (new and copied L2 tables, copy-on-write of shared
@@ -61,25 +64,39 @@ enum {
 #define QCOW2_EXT_BACKING_FMT  0xe2792acau
 #define QCOW2_EXT_FEATURE_NAME 0x6803f857u
 #define QCOW2_EXT_DATA_FILE    0x44415441u
+#define QCOW2_EXT_BITMAPS      0x23852875u
+#define QCOW2_EXT_CRYPTO       0x0537be77u
+
+/* Autoclear bits: bitmaps (their extension is valid only while set). */
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+/* Compatible bits: lazy refcounts. */
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
 
 /* Table entries. */
 #define QCOW2_COPIED      (1ull << 63)
 #define QCOW2_COMPRESSED  (1ull << 62)
 #define QCOW2_ZERO        (1ull << 0)
 #define QCOW2_OFFSET_MASK 0x00fffffffffffe00ull /* bits 9..55 */
+/* Bits an L1 entry must have clear (all but the offset and COPIED). */
+#define QCOW2_L1_RESERVED 0x7f000000000001ffull
+/* Bits a bitmap table entry must have clear (all but the offset and bit 0, "all ones"
+ * when the offset is 0). */
+#define QCOW2_BITMAP_RESERVED 0xff000000000001feull
 
 /* Limits, as QEMU's: what a sane image never exceeds. */
 #define QCOW2_MAX_L1_BYTES     (32u << 20)
 #define QCOW2_MAX_RT_BYTES     (8u << 20)
 #define QCOW2_MAX_BACKING_NAME 1023u
 #define QCOW2_MAX_SNAPSHOTS    65536u
+#define QCOW2_MAX_BITMAPS      65535u
+#define QCOW2_MAX_BITMAP_DIR   (64u << 20)
+#define QCOW2_MAX_BITMAP_TABLE (0x8000000u) /* entries */
 
 /* An L2 table in memory. */
 struct qcow2_l2 {
     uint64_t host_off;
     uint64_t *entries; /* host order */
     bool dirty;        /* the file's copy is older than what commit would write */
-    bool modified;     /* changed since open: never evicted (see rt__qcow2_l2_get) */
     uint32_t pending;  /* allocations in it not yet committed */
 };
 
@@ -136,6 +153,13 @@ struct qcow2 {
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
 
+    /* The bitmaps extension, when the header has one (nb_bitmaps 0 otherwise). */
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_dir_offset, bitmap_dir_size;
+    /* Header extensions this driver does not know (a repair refuses to run: they may
+     * own clusters nothing here counts). */
+    uint32_t unknown_extensions;
+
     char backing_name[QCOW2_MAX_BACKING_NAME + 1];
     char backing_format[32];
 
@@ -147,11 +171,21 @@ struct qcow2 {
     uint32_t nb_features;
 
     uint64_t file_size_at_open;
-    /* Clusters that held metadata at open (header, L1 and refcount tables and blocks,
-     * L2 tables, snapshot tables), sorted: no data entry may point at one. */
+    /* The metadata index (qcow2_metadata.c): clusters that held a structure at open
+     * (header, L1 and refcount tables and blocks, L2 tables, snapshot and bitmap tables),
+     * sorted, as cluster << 3 | role; and those allocated for metadata since, in
+     * allocation order (which is address order).  No data entry may point at one, and
+     * the allocator never hands one out. */
     uint64_t *metadata;
     size_t metadata_len;
-    uint64_t next_free; /* bump allocator: first cluster never handed out */
+    uint64_t *new_metadata;
+    size_t new_metadata_len, new_metadata_cap;
+    /* The allocator: clusters are handed out upwards from here (never below), skipping
+     * any in the index or with a refcount above zero. */
+    uint64_t next_free;
+    /* By L1 index: the L2 table has been written since open, so its entries may point
+     * at clusters allocated since (below next_free) when it is read back. */
+    uint8_t *l2_rewritten;
     uint64_t compressed_cursor; /* next free byte for compressed data, 0: none */
 
     struct qcow2_pending *pending;
@@ -207,11 +241,38 @@ void rt__qcow2_compressed_span(const struct qcow2 *s, uint64_t entry, uint64_t *
  * entry is empty (rc RT_OK) or bad. */
 struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc);
 
+/* The metadata index (qcow2_metadata.c). */
+/* Called for each snapshot, with its L1 table read and in host order. */
+typedef int rt__qcow2_snapshot_fn(void *ctx, uint32_t snapshot, uint64_t l1_offset,
+                                  const uint64_t *l1, uint32_t entries);
+/* Called for each structure of the bitmaps extension. */
+typedef int rt__qcow2_range_fn(void *ctx, uint64_t off, uint64_t bytes, const char *what);
+/* Walks the snapshot table: every entry inside the file, every L1 table aligned, inside
+ * the file and disjoint from the others (checked before any is read, so each is read
+ * once), @a fn called for each.  *@a table_end receives the end of the table.  The first
+ * problem fails with RT_ERR_VD_CORRUPT and a message. */
+int rt__qcow2_walk_snapshots(rt_vd_t vd, struct qcow2 *s, uint64_t file_size,
+                             rt__qcow2_snapshot_fn *fn, void *ctx, uint64_t *table_end,
+                             rt_vd_error_t *err);
+/* Walks the bitmaps extension, while the autoclear bit says it is valid: @a fn for the
+ * directory, each bitmap table and each data cluster a table names, each checked
+ * (aligned, inside the file, reserved bits clear, tables disjoint) before use. */
+int rt__qcow2_walk_bitmaps(rt_vd_t vd, struct qcow2 *s, uint64_t file_size,
+                           rt__qcow2_range_fn *fn, void *ctx, rt_vd_error_t *err);
+/* Builds the index at open; refuses overlapping structures and tables outside the file.
+ * Reads the snapshot and bitmap tables, each at most once. */
+int rt__qcow2_index_metadata(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_error_t *err);
+bool rt__qcow2_is_metadata(const struct qcow2 *s, uint64_t cluster);
+/* Adds @a count clusters from @a host, just handed out for metadata, to the index. */
+int rt__qcow2_note_metadata(struct qcow2 *s, uint64_t host, uint64_t count);
+
 /* Refcounts (qcow2_refcount.c). */
 int rt__qcow2_refcount_get(rt_vd_t vd, uint64_t cluster, uint64_t *refcount);
 int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta);
-/* Hands out @a count contiguous new clusters (refcount 1 each); returns the offset. */
-int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, uint64_t *host_off);
+/* Hands out @a count contiguous free clusters (refcount 1 each); returns the offset.
+ * A free cluster is one at or past next_free, outside the metadata index, with a
+ * refcount of 0.  @a metadata adds them to the index. */
+int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, bool metadata, uint64_t *host_off);
 /* Writes dirty refcount blocks, then the refcount table and header if they changed. */
 int rt__qcow2_refcount_flush(rt_vd_t vd);
 /* Queues a refcount decrement of @a cluster for the commit that makes pending

@@ -1,12 +1,18 @@
 /*
- * QCOW2 check: rebuild every cluster's reference count from the metadata (header, L1
- * and L2 tables of the image and of each internal snapshot, the snapshot table, the
- * refcount table and blocks) and compare it with the stored count, as qemu-img check
- * does: stored below references is a corruption (a cluster could be handed out twice),
- * stored above is a leak.  Also: references past the end of the file or unaligned,
- * and COPIED flags of the active tables that disagree with the refcount.
+ * QCOW2 check: rebuild every cluster's reference count from the metadata and compare it
+ * with the stored count, as qemu-img check does: stored below references is a
+ * corruption (a cluster could be handed out twice), stored above is a leak.  Counted:
+ * the header, the active L1 and L2 tables, the refcount table and blocks, the snapshot
+ * table and each snapshot's L1 and L2 tables, and the bitmap directory, bitmap tables and
+ * bitmap data clusters (while the bitmaps autoclear bit says they are valid, as QEMU
+ * counts them).  Also: references past the end of the file or unaligned, reserved bits
+ * in any L1 or L2 entry (active or a snapshot's), and COPIED flags of the active tables
+ * that disagree with the refcount.
  *
- * Repair (leaks only) lowers each leaked count to the references found.
+ * Repair (leaks only) lowers each leaked count to the references found.  It refuses to
+ * run when the check found a corruption, or when the header has an extension this
+ * driver does not know: a structure it cannot see may own clusters that look leaked, and
+ * freeing them would hand live data out again.
  */
 #include "config.h"
 
@@ -76,8 +82,10 @@ static void count_entry(struct census *c, uint64_t entry)
     count_range(c, host, s->cluster_size, "data cluster");
 }
 
-/* Counts an L1 table and everything under it; @a active also counts allocations. */
-static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool active)
+/* Counts an L1 table and everything under it; @a active also counts allocations.
+ * @a snapshot names the table's owner in messages (UINT32_MAX: the active one). */
+static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool active,
+                    uint32_t snapshot)
 {
     struct qcow2 *s = c->s;
     uint8_t *raw = malloc(s->cluster_size);
@@ -85,6 +93,14 @@ static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool
         return RT_ERR_NO_MEMORY;
     int rc = RT_OK;
     for (uint32_t i = 0; rc == RT_OK && i < l1_size; i++) {
+        if (l1[i] & QCOW2_L1_RESERVED) {
+            if (active)
+                problem(c, "L1 entry %u (0x%016llx) has reserved bits set", i,
+                        (unsigned long long)l1[i]);
+            else
+                problem(c, "snapshot %u: L1 entry %u (0x%016llx) has reserved bits set",
+                        snapshot, i, (unsigned long long)l1[i]);
+        }
         uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
         if (l2 == 0)
             continue;
@@ -102,6 +118,10 @@ static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool
         }
         for (uint32_t j = 0; j < s->l2_entries; j++) {
             uint64_t e = vd_be64(raw + 8u * j);
+            uint64_t reserved = ~(QCOW2_OFFSET_MASK | QCOW2_COPIED | QCOW2_ZERO);
+            if (!(e & QCOW2_COMPRESSED) && (e & reserved))
+                problem(c, "L2 table at 0x%llx: entry %u (0x%016llx) has reserved bits set",
+                        (unsigned long long)l2, j, (unsigned long long)e);
             count_entry(c, e);
             bool in_disk = ((uint64_t)i << s->l2_bits) + j < c->res->blocks_total;
             if (active && in_disk &&
@@ -113,50 +133,46 @@ static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool
     return rc;
 }
 
-static int count_snapshots(struct census *c)
+static int count_snapshot(void *ctx, uint32_t snapshot, uint64_t l1_offset, const uint64_t *l1,
+                          uint32_t entries)
+{
+    struct census *c = ctx;
+    count_range(c, l1_offset, (uint64_t)entries * 8u, "snapshot L1 table");
+    return count_l1(c, l1, entries, false, snapshot);
+}
+
+/* The snapshot table and the tables it names.  Open has checked their layout; if the
+ * file changed since, the problem is counted and what it left uncounted makes the
+ * repair refuse (a corruption was found). */
+static int count_snapshots(struct census *c, uint64_t file_size)
 {
     struct qcow2 *s = c->s;
-    uint64_t at = s->snapshots_offset;
-    uint64_t file_end = c->clusters << s->cluster_bits;
-    int rc = RT_OK;
-    for (uint32_t n = 0; rc == RT_OK && n < s->nb_snapshots; n++) {
-        uint8_t fixed[40];
-        if (at > file_end - sizeof(fixed)) {
-            problem(c, "snapshot %llu of %llu runs past the end of the file",
-                    (unsigned long long)n, (unsigned long long)s->nb_snapshots);
-            return RT_OK;
-        }
-        if ((rc = rt__vd_meta_read(c->vd, at, fixed, sizeof(fixed))) != RT_OK)
-            return rc;
-        uint64_t l1_offset = vd_be64(fixed);
-        uint32_t l1_size = vd_be32(fixed + 8);
-        uint64_t entry_len = sizeof(fixed) + vd_be32(fixed + 36) + vd_be16(fixed + 12) +
-                             vd_be16(fixed + 14);
-        at += (entry_len + 7u) & ~7ull;
-        if ((uint64_t)l1_size * 8u > QCOW2_MAX_L1_BYTES || l1_offset % s->cluster_size != 0 ||
-            l1_offset > file_end || (uint64_t)l1_size * 8u > file_end - l1_offset) {
-            problem(c, "snapshot %llu has a bad L1 table at 0x%llx", (unsigned long long)n,
-                    (unsigned long long)l1_offset);
-            continue;
-        }
-        count_range(c, l1_offset, (uint64_t)l1_size * 8u, "snapshot L1 table");
-        uint8_t *raw = malloc((size_t)l1_size * 8u + 1);
-        uint64_t *l1 = malloc(((size_t)l1_size + 1) * sizeof(*l1));
-        if (raw == NULL || l1 == NULL) {
-            free(raw);
-            free(l1);
-            return RT_ERR_NO_MEMORY;
-        }
-        rc = rt__vd_meta_read(c->vd, l1_offset, raw, (size_t)l1_size * 8u);
-        for (uint32_t i = 0; i < l1_size; i++)
-            l1[i] = vd_be64(raw + 8u * i);
-        if (rc == RT_OK)
-            rc = count_l1(c, l1, l1_size, false);
-        free(raw);
-        free(l1);
+    rt_vd_error_t err = {{0}};
+    uint64_t table_end = s->snapshots_offset;
+    int rc = rt__qcow2_walk_snapshots(c->vd, s, file_size, count_snapshot, c, &table_end, &err);
+    if (rc == RT_ERR_VD_CORRUPT) {
+        problem(c, "%s", err.msg);
+        return RT_OK;
     }
-    if (s->nb_snapshots > 0)
-        count_range(c, s->snapshots_offset, at - s->snapshots_offset, "snapshot table");
+    if (rc == RT_OK && s->nb_snapshots > 0)
+        count_range(c, s->snapshots_offset, table_end - s->snapshots_offset, "snapshot table");
+    return rc;
+}
+
+static int count_bitmap_range(void *ctx, uint64_t off, uint64_t bytes, const char *what)
+{
+    count_range(ctx, off, bytes, what);
+    return RT_OK;
+}
+
+static int count_bitmaps(struct census *c, uint64_t file_size)
+{
+    rt_vd_error_t err = {{0}};
+    int rc = rt__qcow2_walk_bitmaps(c->vd, c->s, file_size, count_bitmap_range, c, &err);
+    if (rc == RT_ERR_VD_CORRUPT) {
+        problem(c, "%s", err.msg);
+        return RT_OK;
+    }
     return rc;
 }
 
@@ -202,6 +218,47 @@ static int check_copied(struct census *c)
     return RT_OK;
 }
 
+/* Stored against found, over every cluster either side knows of: the file's, and those
+ * of each refcount block that exists (an absent block counts zeros).  Counts (or, with
+ * @a repair, lowers) each leak. */
+static int compare(struct census *c, bool repair)
+{
+    struct qcow2 *s = c->s;
+    rt_vd_check_result_t *res = c->res;
+    uint64_t last = c->clusters;
+    for (uint64_t i = 0; i < s->rt_entries; i++)
+        if (s->rt[i] != 0 && (i + 1) * s->rb_entries > last)
+            last = (i + 1) * s->rb_entries;
+    uint64_t leaked_first = UINT64_MAX;
+    int rc = RT_OK;
+    for (uint64_t k = 0; rc == RT_OK && k < last; k++) {
+        uint64_t index = k / s->rb_entries;
+        if (index < s->rt_entries && s->rt[index] == 0 && k >= c->clusters) {
+            k = (index + 1) * s->rb_entries - 1; /* nothing stored, nothing found */
+            continue;
+        }
+        uint64_t stored;
+        if ((rc = rt__qcow2_refcount_get(c->vd, k, &stored)) != RT_OK)
+            break;
+        uint64_t found = k < c->clusters ? c->refs[k] : 0;
+        if (stored < found && !repair) {
+            problem(c, "cluster %llu has refcount %llu but %llu references",
+                    (unsigned long long)k, (unsigned long long)stored, (unsigned long long)found);
+        } else if (stored > found && repair) {
+            rc = rt__qcow2_refcount_add(c->vd, k, -(int64_t)(stored - found));
+            if (rc == RT_OK)
+                res->leaks_fixed++;
+        } else if (stored > found && res->leaks++ == 0) {
+            leaked_first = k;
+        }
+    }
+    if (!repair && res->leaks > 0 && res->first_problem[0] == '\0')
+        snprintf(res->first_problem, sizeof(res->first_problem),
+                 "%llu clusters are leaked (the first is cluster %llu)",
+                 (unsigned long long)res->leaks, (unsigned long long)leaked_first);
+    return rc;
+}
+
 int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
 {
     struct qcow2 *s = qcow2_of(vd);
@@ -217,9 +274,11 @@ int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
 
     count_range(&c, 0, s->cluster_size, "header");
     count_range(&c, s->l1_offset, (uint64_t)s->l1_size * 8u, "L1 table");
-    rc = count_l1(&c, s->l1, s->l1_size, true);
+    rc = count_l1(&c, s->l1, s->l1_size, true, UINT32_MAX);
     if (rc == RT_OK)
-        rc = count_snapshots(&c);
+        rc = count_snapshots(&c, file_size);
+    if (rc == RT_OK)
+        rc = count_bitmaps(&c, file_size);
     count_range(&c, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size, "refcount table");
     for (uint64_t i = 0; i < s->rt_entries; i++)
         if (s->rt[i] != 0)
@@ -227,40 +286,21 @@ int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
     if (rc == RT_OK)
         rc = check_copied(&c);
 
-    /* Stored against found, over every cluster either side knows of: the file's, and
-     * those of each refcount block that exists (an absent block counts zeros). */
-    uint64_t last = c.clusters;
-    for (uint64_t i = 0; i < s->rt_entries; i++)
-        if (s->rt[i] != 0 && (i + 1) * s->rb_entries > last)
-            last = (i + 1) * s->rb_entries;
-    uint64_t leaked_first = UINT64_MAX;
-    for (uint64_t k = 0; rc == RT_OK && k < last; k++) {
-        uint64_t index = k / s->rb_entries;
-        if (index < s->rt_entries && s->rt[index] == 0 && k >= c.clusters) {
-            k = (index + 1) * s->rb_entries - 1; /* nothing stored, nothing found */
-            continue;
-        }
-        uint64_t stored;
-        if ((rc = rt__qcow2_refcount_get(vd, k, &stored)) != RT_OK)
-            break;
-        uint64_t found = k < c.clusters ? c.refs[k] : 0;
-        if (stored < found) {
-            problem(&c, "cluster %llu has refcount %llu but %llu references",
-                    (unsigned long long)k, (unsigned long long)stored, (unsigned long long)found);
-        } else if (stored > found) {
-            if (res->leaks++ == 0)
-                leaked_first = k;
-            if (flags & RT_VD_CHECK_REPAIR_LEAKS) {
-                rc = rt__qcow2_refcount_add(vd, k, -(int64_t)(stored - found));
-                if (rc == RT_OK)
-                    res->leaks_fixed++;
-            }
-        }
+    if (rc == RT_OK)
+        rc = compare(&c, false);
+    if (rc == RT_OK && res->leaks > 0 && (flags & RT_VD_CHECK_REPAIR_LEAKS)) {
+        if (res->corruptions > 0)
+            snprintf(res->repair_refused, sizeof(res->repair_refused),
+                     "leaks are not reclaimed while the image has corruptions: the "
+                     "references counted may be incomplete");
+        else if (s->unknown_extensions > 0)
+            snprintf(res->repair_refused, sizeof(res->repair_refused),
+                     "the image has %u header extension(s) this library does not know, which "
+                     "may own the clusters that look leaked",
+                     s->unknown_extensions);
+        else
+            rc = compare(&c, true);
     }
-    if (res->leaks > 0 && res->first_problem[0] == '\0')
-        snprintf(res->first_problem, sizeof(res->first_problem),
-                 "%llu clusters are leaked (the first is cluster %llu)",
-                 (unsigned long long)res->leaks, (unsigned long long)leaked_first);
     if (rc == RT_OK && res->leaks_fixed > 0) {
         rc = rt__qcow2_refcount_flush(vd);
         if (rc == RT_OK)

@@ -20,17 +20,18 @@ static uint64_t div_up(uint64_t a, uint64_t b)
     return (a + b - 1) / b;
 }
 
-/* Appends one header extension at *at; false when cluster 0 has no room. */
+/* Appends one header extension at *at, ending at or before @a room; false when it
+ * does not fit. */
 static bool put_extension(uint8_t *h, uint32_t room, uint32_t *at, uint32_t type,
-                          const void *data, uint32_t len)
+                          const void *data, size_t len)
 {
-    uint32_t padded = (len + 7u) & ~7u;
-    if (*at + 8 + padded > room)
+    uint64_t padded = ((uint64_t)len + 7u) & ~7ull;
+    if (!vd_inside(*at, 8u + padded, room))
         return false;
     vd_put_be32(h + *at, type);
-    vd_put_be32(h + *at + 4, len);
+    vd_put_be32(h + *at + 4, (uint32_t)len);
     memcpy(h + *at + 8, data, len);
-    *at += 8 + padded;
+    *at += (uint32_t)(8u + padded);
     return true;
 }
 
@@ -113,12 +114,20 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
         vd_put_be32(h + QH_HEADER_LENGTH, header_length);
     }
     uint32_t at = header_length;
-    /* Room for the end marker and the backing name must stay. */
-    uint32_t room = cluster - 8u - (uint32_t)backing_len;
+    /* Cluster 0 holds the header, the extensions, their end marker and the backing
+     * name; the extensions get what the others leave. */
     int rc = RT_OK;
-    if (opts->backing_format != NULL &&
+    uint32_t room = 0;
+    if ((uint64_t)header_length + 8u + backing_len > cluster)
+        rc = rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                         "the backing file name (%zu bytes) does not fit in a %u-byte cluster "
+                         "after the %u-byte header",
+                         backing_len, cluster, header_length);
+    else
+        room = cluster - 8u - (uint32_t)backing_len;
+    if (rc == RT_OK && opts->backing_format != NULL &&
         !put_extension(h, room, &at, QCOW2_EXT_BACKING_FMT, opts->backing_format,
-                       (uint32_t)strlen(opts->backing_format)))
+                       strlen(opts->backing_format)))
         rc = rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                          "the backing format name does not fit in a %u-byte cluster", cluster);
     if (rc == RT_OK && version == 3) {
@@ -131,9 +140,6 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
         /* Optional: small clusters may leave no room for it. */
         put_extension(h, room, &at, QCOW2_EXT_FEATURE_NAME, table_data, sizeof(table_data));
     }
-    if (rc == RT_OK && at + 8 + backing_len > cluster)
-        rc = rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
-                         "the backing file name does not fit in a %u-byte cluster", cluster);
     if (rc == RT_OK && backing_len > 0) {
         at += 8; /* the end marker, already zero */
         vd_put_be64(h + QH_BACKING_OFFSET, at);

@@ -1,12 +1,18 @@
 /*
  * QCOW2 refcounts and the cluster allocator.
  *
- * Clusters are handed out from the end of the file (a bump allocator): a freed
- * cluster is never reused while the image is open, so a cluster that the file still
- * references from an older, committed table can never be handed out again before the
- * commit that drops the reference is durable.  Refcount blocks and table growth come
- * from the same allocator; the in-memory refcounts are always at least the number of
- * references the file holds, so writing them at any moment is safe.
+ * Clusters are handed out upwards from a mark that starts at the end of the file and
+ * never moves down: a freed cluster is never reused while the image is open, so a
+ * cluster that the file still references from an older, committed table can never be
+ * handed out again before the commit that drops the reference is durable.
+ *
+ * The end of the file is only where the search starts.  A cluster is handed out only
+ * when it is outside the metadata index and its refcount is zero: a crash can leave
+ * refcounts on clusters past the end of the file (the refcount blocks were committed,
+ * the data that extended the file was not), and a table may end past it; handing such a
+ * cluster out would count it twice or write data over the table.  Refcount blocks and
+ * table growth come from the same search.  The in-memory refcounts are always at least
+ * the number of references the file holds, so writing them at any moment is safe.
  */
 #include "config.h"
 
@@ -77,6 +83,41 @@ int rt__qcow2_decrement_after(struct qcow2 *s, uint64_t cluster, uint32_t id)
     return RT_OK;
 }
 
+/* The refcount of @a cluster as the blocks in memory or in the file say; 0 where no
+ * block covers it. */
+static int refcount_of(rt_vd_t vd, struct qcow2 *s, uint64_t cluster, uint64_t *refcount);
+
+/* Finds @a count contiguous clusters at or above the allocator's mark that are free
+ * (outside the metadata index, refcount 0), moves the mark past them and returns the
+ * first one's offset.  Their refcounts are the caller's to raise.  Every cluster looked
+ * at is left behind for good, so the work over the life of an open image is bounded by
+ * the clusters the refcount blocks can count. */
+static int claim_run(rt_vd_t vd, struct qcow2 *s, uint64_t count, uint64_t *host)
+{
+    /* Host offsets are 56 bits (bits 9..55 of an entry). */
+    uint64_t max_cluster = (QCOW2_OFFSET_MASK | 511u) >> s->cluster_bits;
+    uint64_t start = s->next_free >> s->cluster_bits;
+    uint64_t found = 0;
+    while (found < count) {
+        uint64_t cluster = start + found;
+        if (cluster > max_cluster)
+            return RT_ERR_FILE_TOO_BIG;
+        uint64_t refcount = 0;
+        int rc = rt__qcow2_is_metadata(s, cluster) ? RT_OK : refcount_of(vd, s, cluster, &refcount);
+        if (rc != RT_OK)
+            return rc;
+        if (refcount != 0 || rt__qcow2_is_metadata(s, cluster)) {
+            start = cluster + 1;
+            found = 0;
+            continue;
+        }
+        found++;
+    }
+    s->next_free = (start + count) << s->cluster_bits;
+    *host = start << s->cluster_bits;
+    return RT_OK;
+}
+
 /* Makes the refcount table cover index @a needed: a bigger table at the end of the
  * file; the old one is freed once the header points at the new one. */
 static int grow_table(rt_vd_t vd, struct qcow2 *s, uint64_t needed)
@@ -98,23 +139,24 @@ static int grow_table(rt_vd_t vd, struct qcow2 *s, uint64_t needed)
     memset(s->rt + s->rt_entries, 0, (size_t)(entries - s->rt_entries) * sizeof(*rt));
     memset(s->rblocks + s->rt_entries, 0,
            (size_t)(entries - s->rt_entries) * sizeof(*rblocks));
-    for (uint64_t c = 0; c < s->rt_clusters; c++) {
-        int rc = rt__qcow2_decrement_after(s, (s->rt_offset >> s->cluster_bits) + c, 0);
-        if (rc != RT_OK)
-            return rc;
-    }
+    /* Where the new table goes is chosen while the old one still describes the file;
+     * nothing has changed if that fails. */
+    uint64_t host;
+    int rc = claim_run(vd, s, clusters, &host);
+    if (rc == RT_OK)
+        rc = rt__qcow2_note_metadata(s, host, clusters);
+    for (uint64_t c = 0; rc == RT_OK && c < s->rt_clusters; c++)
+        rc = rt__qcow2_decrement_after(s, (s->rt_offset >> s->cluster_bits) + c, 0);
+    if (rc != RT_OK)
+        return rc;
     s->rt_entries = entries;
-    s->rt_offset = s->next_free;
+    s->rt_offset = host;
     s->rt_clusters = (uint32_t)clusters;
-    s->next_free += clusters * s->cluster_size;
     s->rt_dirty = true;
     s->header_dirty = true;
-    for (uint64_t c = 0; c < clusters; c++) {
-        int rc = rt__qcow2_refcount_add(vd, (s->rt_offset >> s->cluster_bits) + c, 1);
-        if (rc != RT_OK)
-            return rc;
-    }
-    return RT_OK;
+    for (uint64_t c = 0; rc == RT_OK && c < clusters; c++)
+        rc = rt__qcow2_refcount_add(vd, (s->rt_offset >> s->cluster_bits) + c, 1);
+    return rc;
 }
 
 /* The refcount block at table index @a index: loaded, or (with @a create) new. */
@@ -144,20 +186,30 @@ static int block_get(rt_vd_t vd, struct qcow2 *s, uint64_t index, bool create,
         return RT_OK;
     }
     /* A new block, counted in itself when it covers its own cluster. */
-    uint64_t host = s->next_free;
-    s->next_free += s->cluster_size;
+    uint64_t host;
+    int rc = claim_run(vd, s, 1, &host);
+    if (rc == RT_OK)
+        rc = rt__qcow2_note_metadata(s, host, 1);
+    if (rc != RT_OK) {
+        free(data);
+        return rc;
+    }
     s->rt[index] = host;
     s->rt_dirty = true;
     s->rblocks[index].data = data;
     s->rblocks[index].dirty = true;
-    int rc = rt__qcow2_refcount_add(vd, host >> s->cluster_bits, 1);
+    rc = rt__qcow2_refcount_add(vd, host >> s->cluster_bits, 1);
     *out = &s->rblocks[index];
     return rc;
 }
 
 int rt__qcow2_refcount_get(rt_vd_t vd, uint64_t cluster, uint64_t *refcount)
 {
-    struct qcow2 *s = qcow2_of(vd);
+    return refcount_of(vd, qcow2_of(vd), cluster, refcount);
+}
+
+static int refcount_of(rt_vd_t vd, struct qcow2 *s, uint64_t cluster, uint64_t *refcount)
+{
     uint64_t index = cluster / s->rb_entries;
     *refcount = 0;
     if (index >= s->rt_entries)
@@ -191,18 +243,18 @@ int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta)
     return RT_OK;
 }
 
-int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, uint64_t *host_off)
+int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, bool metadata, uint64_t *host_off)
 {
     struct qcow2 *s = qcow2_of(vd);
-    uint64_t host = s->next_free;
-    s->next_free += (uint64_t)count * s->cluster_size;
-    for (uint32_t i = 0; i < count; i++) {
-        int rc = rt__qcow2_refcount_add(vd, (host >> s->cluster_bits) + i, 1);
-        if (rc != RT_OK)
-            return rc;
-    }
-    *host_off = host;
-    return RT_OK;
+    uint64_t host;
+    int rc = claim_run(vd, s, count, &host);
+    if (rc == RT_OK && metadata)
+        rc = rt__qcow2_note_metadata(s, host, count);
+    for (uint32_t i = 0; rc == RT_OK && i < count; i++)
+        rc = rt__qcow2_refcount_add(vd, (host >> s->cluster_bits) + i, 1);
+    if (rc == RT_OK)
+        *host_off = host;
+    return rc;
 }
 
 int rt__qcow2_header_write(rt_vd_t vd)

@@ -88,7 +88,7 @@ static int writable_l2(rt_vd_t vd, struct qcow2 *s, uint32_t l1_index, struct qc
         return RT_ERR_NO_MEMORY;
     }
     uint64_t host;
-    if ((rc = rt__qcow2_alloc_clusters(vd, 1, &host)) != RT_OK)
+    if ((rc = rt__qcow2_alloc_clusters(vd, 1, true, &host)) != RT_OK)
         goto fail;
     if (old != NULL) {
         /* Shared with a snapshot.  A cluster's refcount counts the L1 tables that reach
@@ -106,7 +106,6 @@ static int writable_l2(rt_vd_t vd, struct qcow2 *s, uint32_t l1_index, struct qc
     }
     t->host_off = host;
     t->dirty = true;
-    t->modified = true;
     s->l2[l1_index] = t;
     s->l1[l1_index] = host | QCOW2_COPIED;
     s->l1_dirty = true;
@@ -142,7 +141,6 @@ static int repoint(rt_vd_t vd, uint64_t cluster, uint64_t new_entry, uint64_t se
         return rc;
     t->entries[l2_index] = new_entry;
     t->pending++;
-    t->modified = true;
     return RT_OK;
 }
 
@@ -151,7 +149,7 @@ int rt__qcow2_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
     struct qcow2 *s = qcow2_of(vd);
     uint64_t cluster = off >> s->cluster_bits;
     uint64_t host;
-    int rc = rt__qcow2_alloc_clusters(vd, 1, &host);
+    int rc = rt__qcow2_alloc_clusters(vd, 1, false, &host);
     if (rc != RT_OK)
         return rc;
     uint32_t id;
@@ -233,8 +231,10 @@ static int write_l2_tables(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
                     vd_put_be64(raw + 8u * p->l2_index, p->old_entry);
             }
         rc = rt__vd_meta_write(vd, t->host_off, raw, s->cluster_size);
-        if (rc == RT_OK)
+        if (rc == RT_OK) {
             t->dirty = false;
+            s->l2_rewritten[i] = 1; /* read back, its entries may name new clusters */
+        }
     }
     free(raw);
     free(want);
@@ -361,23 +361,30 @@ int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf)
         free(packed);
         return 1; /* incompressible: the caller writes it plainly */
     }
-    /* Compressed data is packed byte after byte; it continues in the last cluster
-     * handed out when that is still the newest, else starts a fresh one. */
+    /* Compressed data is packed byte after byte: it continues in the last cluster
+     * handed out when that is still the newest, spilling into the clusters right after
+     * it if they are free; otherwise it starts a fresh run. */
     uint64_t start = s->compressed_cursor;
     uint64_t cluster_end = (start | (s->cluster_size - 1)) + 1;
+    bool continues = start != 0 && start % s->cluster_size != 0 && cluster_end == s->next_free;
     int rc = RT_OK;
-    if (start == 0 || start % s->cluster_size == 0 || cluster_end != s->next_free) {
-        rc = rt__qcow2_alloc_clusters(vd, 1, &start);
-        cluster_end = start + s->cluster_size;
-    } else {
-        rc = rt__qcow2_refcount_add(vd, start >> s->cluster_bits, 1);
-    }
-    if (rc == RT_OK && start + bytes > cluster_end) {
+    if (continues && start + bytes > cluster_end) {
         uint64_t more = (start + bytes - cluster_end + s->cluster_size - 1) >> s->cluster_bits;
         uint64_t next;
-        rc = rt__qcow2_alloc_clusters(vd, (uint32_t)more, &next);
-        if (rc == RT_OK && next != cluster_end)
-            rc = RT_ERR_GENERAL_FAILURE; /* the allocator is a bump: cannot happen */
+        rc = rt__qcow2_alloc_clusters(vd, (uint32_t)more, false, &next);
+        if (rc == RT_OK && next != cluster_end) {
+            /* The allocator skipped a cluster in use: give the run back (it stays
+             * unused, refcount 0) and start afresh. */
+            for (uint64_t c = 0; rc == RT_OK && c < more; c++)
+                rc = rt__qcow2_refcount_add(vd, (next >> s->cluster_bits) + c, -1);
+            continues = false;
+        }
+    }
+    if (rc == RT_OK && continues) {
+        rc = rt__qcow2_refcount_add(vd, start >> s->cluster_bits, 1);
+    } else if (rc == RT_OK) {
+        uint64_t clusters = (bytes + s->cluster_size - 1) >> s->cluster_bits;
+        rc = rt__qcow2_alloc_clusters(vd, (uint32_t)clusters, false, &start);
     }
     if (rc == RT_OK)
         rc = rt__vd_meta_write(vd, start, packed, bytes);

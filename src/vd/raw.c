@@ -71,6 +71,7 @@ static int raw_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent
     int fd = (int)rt_file_to_native(vd->file);
     uint64_t end = off + len;
     ext->offset = off;
+    ext->depth = 0;
     off_t data = lseek(fd, (off_t)off, SEEK_DATA);
     if (data < 0 && errno != ENXIO) {
         ext->length = len;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "internal/file.h"
 #include "internal/handle_pool.h"
 #include "internal/magic.h"
 #include "vd/vd_internal.h"
@@ -189,7 +190,13 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
     if (flags & RT_VD_OPEN_NO_CACHE)
         file_flags |= RT_FILE_NO_CACHE;
     rt_file_t file = RT_FILE_NIL;
-    int rc = rt_file_open(&file, path, file_flags, 0);
+    const char *kind = NULL;
+    int rc = rt__file_open_disk(&file, path, file_flags, &kind);
+    if (rc != RT_OK && kind != NULL)
+        return rt__vd_fail(err, rc,
+                           "%s is %s, not a disk image: images are regular files or block "
+                           "devices",
+                           path, kind);
     if (rc != RT_OK)
         return rt__vd_fail(err, rc, "%s: %s", path, rt_strerror(rc));
     if (driver == NULL && (rc = probe(file, path, &driver, err)) != RT_OK)
@@ -339,6 +346,10 @@ int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t
         strcmp(driver->name, "qcow2") != 0)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "%s images have no version or backing file", driver->name);
+    if (shape.backing_format != NULL && rt__vd_driver_find(shape.backing_format) == NULL)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "unknown backing file format '%.64s'",
+                           shape.backing_format);
     if (shape.size == 0 && shape.backing_file != NULL) {
         int rc = backing_size(path, &shape, err);
         if (rc != RT_OK)
@@ -431,11 +442,23 @@ int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *i
     return check_range(vd, off, *total);
 }
 
+int rt__vd_begin_write(rt_vd_t vd)
+{
+    if (vd->write_begun || vd->driver->begin_write == NULL)
+        return RT_OK;
+    int rc = vd->driver->begin_write(vd);
+    if (rc == RT_OK)
+        vd->write_begun = true;
+    return rc;
+}
+
 static int sync_rw(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
 {
     uint64_t total = 0;
     int rc = rt__vd_check_request(vd, kind, off, iov, iovcnt, &total);
     if (rc != RT_OK || total == 0)
+        return rc;
+    if (kind == VD_IO_WRITE && (rc = rt__vd_begin_write(vd)) != RT_OK)
         return rc;
     return rt__vd_sync_io(vd, kind, off, iov, iovcnt);
 }
@@ -489,11 +512,14 @@ int rt_vd_write_compressed(rt_vd_t vd, uint64_t off, const void *buf, size_t len
     uint64_t whole = vd->size - off < unit ? vd->size - off : unit;
     if (off % unit != 0 || len != whole)
         return RT_ERR_INVALID_PARAMETER;
+    int rc = rt__vd_begin_write(vd);
+    if (rc != RT_OK)
+        return rc;
     uint8_t *padded = calloc(1, unit);
     if (padded == NULL)
         return RT_ERR_NO_MEMORY;
     memcpy(padded, buf, len);
-    int rc = vd->driver->write_compressed(vd, off, padded);
+    rc = vd->driver->write_compressed(vd, off, padded);
     free(padded);
     if (rc == 1)
         rc = rt_vd_write(vd, off, buf, len);
@@ -559,6 +585,9 @@ int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *e
         return RT_ERR_OUT_OF_RANGE;
     if (len > vd->size - off)
         len = vd->size - off;
+    /* Every field defined, whatever the driver fills in. */
+    memset(ext, 0, sizeof(*ext));
+    ext->host_offset = UINT64_MAX;
     int rc = vd->driver->block_status != NULL ? vd->driver->block_status(vd, off, len, ext)
                                               : rt__vd_map_status(vd, off, len, ext);
     if (rc != RT_OK || (ext->flags & RT_VD_EXTENT_ALLOCATED) || vd->backing == NULL)

@@ -75,6 +75,11 @@ struct vd_driver {
     /* Writes the unit at @a off (a whole unit, zero-padded) compressed; 1 when it does
      * not shrink (the layer then writes it plainly).  NULL: not supported. */
     int (*write_compressed)(rt_vd_t vd, uint64_t off, const void *buf);
+    /* Called once, before the first request that changes guest data (NULL: nothing
+     * to do).  QCOW2 clears here the autoclear bits of structures it would not keep
+     * current (dirty bitmaps): not at open, so that a read-only use or a repair of a
+     * writable open leaves them valid. */
+    int (*begin_write)(rt_vd_t vd);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */
@@ -94,6 +99,7 @@ struct rt_vd {
     bool read_only;
     bool no_cache;
     bool allow_backing;
+    bool write_begun; /* driver->begin_write() has run */
     /* Guest-visible size. */
     uint64_t size;
     /* O_DIRECT transfers must be multiples of this, at offsets and addresses that are
@@ -146,6 +152,9 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
 int rt__vd_meta_read(rt_vd_t vd, uint64_t off, void *buf, size_t len);
 int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
 
+/* Runs the driver's begin_write() before the first write of the image. */
+int rt__vd_begin_write(rt_vd_t vd);
+
 /* Validation shared by the synchronous and asynchronous entries (vd.c). */
 int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov,
                          unsigned iovcnt, uint64_t *total);
@@ -158,6 +167,39 @@ int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, un
 void rt__vd_queue_release_sync(rt_vd_t vd);
 
 enum vd_io_kind { VD_IO_READ, VD_IO_WRITE, VD_IO_FLUSH };
+
+/* Checked arithmetic for values read from an image: every offset + length, count x
+ * entry size and table extent a driver computes from a field goes through these, so a
+ * hostile field fails a check instead of wrapping past it.  Each returns false (and
+ * leaves *out undefined) when the true result does not fit. */
+static inline bool vd_add(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+static inline bool vd_mul(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+
+/* True when the @a len bytes at @a off lie wholly inside [0, @a limit). */
+static inline bool vd_inside(uint64_t off, uint64_t len, uint64_t limit)
+{
+    return off <= limit && len <= limit - off;
+}
+
+/* True when @a count entries of @a size bytes at @a off lie wholly inside [0, @a limit);
+ * stores their byte length in *@a bytes when it fits. */
+static inline bool vd_table_inside(uint64_t off, uint64_t count, uint64_t size, uint64_t limit,
+                                   uint64_t *bytes)
+{
+    uint64_t len;
+    if (!vd_mul(count, size, &len))
+        return false;
+    if (bytes != NULL)
+        *bytes = len;
+    return vd_inside(off, len, limit);
+}
 
 /* Little-endian field access for on-disk structures. */
 static inline uint32_t vd_le32(const uint8_t *p)

@@ -857,6 +857,8 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
         return RT_ERR_INVALID_POINTER;
     if (vd->busy_queue != NULL && vd->busy_queue != q)
         return RT_ERR_BUSY;
+    if (kind == VD_IO_WRITE && total > 0 && (rc = rt__vd_begin_write(vd)) != RT_OK)
+        return rc;
     struct vd_io *io = calloc(1, sizeof(*io));
     if (io == NULL)
         return RT_ERR_NO_MEMORY;

@@ -574,6 +574,9 @@ static int vdi_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
     if (res->leaks > 0 && res->first_problem[0] == '\0')
         snprintf(res->first_problem, sizeof(res->first_problem),
                  "%llu data blocks are allocated but unused", (unsigned long long)res->leaks);
+    if ((flags & RT_VD_CHECK_REPAIR_LEAKS) && res->leaks > 0 && res->corruptions > 0)
+        snprintf(res->repair_refused, sizeof(res->repair_refused),
+                 "leaks are not reclaimed while the block map has corruptions");
     if ((flags & RT_VD_CHECK_REPAIR_LEAKS) && res->leaks > 0 && res->corruptions == 0) {
         rc = repair_leaks(vd, v, owner, referenced);
         if (rc == RT_OK) {

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -114,7 +115,27 @@ static int open_no_leftovers(const char *path, int oflags, mode_t mode, int *rc)
     return fd;
 }
 
-int rt_file_open(rt_file_t *file, const char *path, uint32_t flags, uint32_t mode)
+/* What a descriptor that is neither a regular file nor a block device is, in words;
+ * NULL for those two. */
+static const char *not_a_disk(const struct stat *st)
+{
+    if (S_ISREG(st->st_mode) || S_ISBLK(st->st_mode))
+        return NULL;
+    if (S_ISDIR(st->st_mode))
+        return "a directory";
+    if (S_ISFIFO(st->st_mode))
+        return "a FIFO (named pipe)";
+    if (S_ISSOCK(st->st_mode))
+        return "a socket";
+    if (S_ISCHR(st->st_mode))
+        return "a character device";
+    return "not a regular file";
+}
+
+/* Opens @a path; with @a disk_only it must be a regular file or a block device (see
+ * rt__file_open_disk). */
+static int open_handle(rt_file_t *file, const char *path, uint32_t flags, uint32_t mode,
+                       bool disk_only, const char **kind)
 {
     struct rt_file *handle;
     int oflags;
@@ -131,16 +152,38 @@ int rt_file_open(rt_file_t *file, const char *path, uint32_t flags, uint32_t mod
     oflags = open_flags(flags);
     if (oflags == -2)
         return RT_ERR_NOT_SUPPORTED;
-    if (oflags < 0)
+    if (oflags < 0 || (disk_only && (oflags & O_CREAT)))
         return RT_ERR_INVALID_PARAMETER;
 
     handle = rt__handle_alloc(&file_pool);
     if (handle == NULL)
         return RT_ERR_NO_MEMORY;
 
-    fd = open_no_leftovers(path, oflags, mode != 0 ? (mode_t)mode : 0644, &rc);
+    /* Without waiting: opening a FIFO for reading would block until a writer came. */
+    fd = open_no_leftovers(path, disk_only ? oflags | O_NONBLOCK : oflags,
+                           mode != 0 ? (mode_t)mode : 0644, &rc);
     if (fd < 0)
         goto fail;
+    if (disk_only) {
+        struct stat st;
+        int fl;
+        const char *what = NULL;
+        if (rt__posix_sys.fstat(fd, &st) != 0) {
+            rc = rt_err_from_errno(errno);
+        } else if ((what = not_a_disk(&st)) != NULL) {
+            rc = S_ISDIR(st.st_mode) ? RT_ERR_IS_A_DIRECTORY : RT_ERR_NOT_SUPPORTED;
+            if (kind != NULL)
+                *kind = what;
+        } else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+            rc = rt_err_from_errno(errno);
+        } else {
+            rc = RT_OK;
+        }
+        if (rc != RT_OK) {
+            rt__posix_sys.close(fd);
+            goto fail;
+        }
+    }
 
     handle->fd = fd;
     handle->flags = flags;
@@ -153,6 +196,18 @@ fail:
     handle->magic = RT__MAGIC_DEAD;
     rt__handle_free(&file_pool, handle);
     return rc;
+}
+
+int rt_file_open(rt_file_t *file, const char *path, uint32_t flags, uint32_t mode)
+{
+    return open_handle(file, path, flags, mode, false, NULL);
+}
+
+int rt__file_open_disk(rt_file_t *file, const char *path, uint32_t flags, const char **kind)
+{
+    if (kind != NULL)
+        *kind = NULL;
+    return open_handle(file, path, flags, 0, true, kind);
 }
 
 int rt_file_close(rt_file_t file)
