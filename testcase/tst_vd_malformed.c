@@ -503,7 +503,8 @@ static void test_map_entries(void)
 {
     /* Blocks 1, 4, 6 hold data blocks 0, 1, 2; the rest are free. */
     static const struct mutation table[] = {
-        {"entry at allocated", DYN, ENTRY, 2, 3, 0, 0, CORRUPT, "entry 2", PROBE_SAME},
+        /* Data block 3: the file holds only 0..2. */
+        {"entry past the file", DYN, ENTRY, 2, 3, 0, 0, CORRUPT, "entry 2", PROBE_SAME},
         {"entry huge", DYN, ENTRY, 0, 0x7fffffff, 0, 0, CORRUPT, "entry 0", PROBE_SAME},
         {"entry fffffffd", DYN, ENTRY, 7, 0xfffffffd, 0, 0, CORRUPT, "entry 7", PROBE_SAME},
         /* The count admits data block 3, but the file ends before it. */
@@ -751,6 +752,57 @@ static void test_check_two_holes(void)
     free(want);
 }
 
+/* An entry at or past the header's count, inside the file: what a machine crash can
+ * leave of a commit's one write (the map sector landed, the header sector not).  It
+ * opens and reads; check reports the count (another writer would append onto a block
+ * in use); this driver appends past it and writes a right count at its next commit. */
+static void test_entry_above_count(void)
+{
+    char path[512];
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    rt_vd_check_result_t res;
+
+    tst_path(path, sizeof path, "above-count.vdi");
+    copy_file(dyn_path, path);
+    resize(path, dyn_data + (uint64_t)(DYN_WRITTEN + 1) * BLOCK);
+    uint8_t mark[4096];
+    memset(mark, 0x6e, sizeof mark);
+    patch(path, dyn_data + (uint64_t)DYN_WRITTEN * BLOCK, mark, sizeof mark);
+    patch32(path, dyn_bmap + 4 * 2, DYN_WRITTEN); /* guest block 2 -> data block 3 */
+    uint8_t *want = dyn_expected();
+    memcpy(want + 2 * (uint64_t)BLOCK, mark, sizeof mark);
+
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    uint8_t *got = read_all(vd, DYN_SIZE);
+    CU_ASSERT(memcmp(got, want, DYN_SIZE) == 0);
+    free(got);
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT(res.corruptions > 0);
+    CU_ASSERT(mentions(res.first_problem, "counts"));
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    /* A write needing a block takes data block 4, and the count covers all of them. */
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", 0, &err), RT_OK);
+    uint8_t small[4096];
+    memset(small, 0x33, sizeof small);
+    TST_RC(rt_vd_write(vd, 7 * (uint64_t)BLOCK, small, sizeof small), RT_OK);
+    memcpy(want + 7 * (uint64_t)BLOCK, small, sizeof small);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    CU_ASSERT_EQUAL(read32(path, OFF_ALLOCATED), DYN_WRITTEN + 2);
+    CU_ASSERT_EQUAL(read32(path, dyn_bmap + 4 * 7), DYN_WRITTEN + 1);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    got = read_all(vd, DYN_SIZE);
+    CU_ASSERT(memcmp(got, want, DYN_SIZE) == 0);
+    free(got);
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    free(want);
+    if (qemu_img_clean(path) == 0)
+        CU_FAIL("qemu-img check after the count was rewritten");
+}
+
 /* Every data block counted, some only by leaks (a crash can leave that): a write that
  * needs a new block is refused or done, never lands on a used block; after the repair
  * it is done. */
@@ -819,6 +871,7 @@ int main(void)
     TST_ADD(check, test_check_hole_leak);
     TST_ADD(check, test_check_two_holes);
     TST_ADD(check, test_full_count_with_leaks);
+    TST_ADD(check, test_entry_above_count);
 
     return tst_run();
 }

@@ -526,6 +526,7 @@ static int classify(rt_vd_t vd, uint64_t entry, struct vd_map *map)
             return RT_ERR_VD_CORRUPT;
         map->kind = VD_MAP_COMPRESSED;
         map->host_off = host;
+        map->stored_len = bytes;
         return RT_OK;
     }
     uint64_t host = entry & QCOW2_OFFSET_MASK;
@@ -607,39 +608,37 @@ static int inflate_cluster(struct qcow2 *s, const uint8_t *in, uint64_t in_len, 
                : RT_ERR_VD_CORRUPT;
 }
 
-static int qcow2_read_compressed(rt_vd_t vd, uint64_t off, void *buf, size_t len)
+static int qcow2_read_compressed(rt_vd_t vd, const struct vd_map *map, uint64_t in_unit,
+                                 void *buf, size_t len)
 {
     struct qcow2 *s = qcow2_of(vd);
-    uint64_t cluster = off >> s->cluster_bits;
-    int rc;
-    struct qcow2_l2 *t = rt__qcow2_l2_get(vd, (uint32_t)(cluster >> s->l2_bits), &rc);
-    if (t == NULL)
-        return rc != RT_OK ? rc : RT_ERR_VD_CORRUPT;
-    uint64_t entry = t->entries[cluster & (s->l2_entries - 1)];
-    if (!(entry & QCOW2_COMPRESSED))
+    if (map->kind != VD_MAP_COMPRESSED || in_unit > s->cluster_size ||
+        len > s->cluster_size - in_unit)
         return RT_ERR_VD_CORRUPT;
     if (s->inflated == NULL && (s->inflated = malloc(s->cluster_size)) == NULL)
         return RT_ERR_NO_MEMORY;
-    if (s->inflated_entry != entry) {
-        uint64_t host, bytes;
-        rt__qcow2_compressed_span(s, entry, &host, &bytes);
+    /* Stored bytes are never rewritten in place while the image is open (the allocator
+     * never reuses a cluster), so where they are names what they inflate to. */
+    if (!s->inflated_valid || s->inflated_host != map->host_off) {
+        uint64_t host = map->host_off, bytes = map->stored_len;
         uint8_t *in = malloc((size_t)bytes);
         if (in == NULL)
             return RT_ERR_NO_MEMORY;
         /* The last sector of compressed data may be cut by the end of the file. */
         uint64_t avail = s->next_free - host < bytes ? s->next_free - host : bytes;
         memset(in, 0, (size_t)bytes);
-        rc = rt__vd_meta_read(vd, host, in, (size_t)avail);
+        int rc = rt__vd_meta_read(vd, host, in, (size_t)avail);
         if (rc == RT_ERR_EOF)
             rc = RT_OK;
         if (rc == RT_OK)
             rc = inflate_cluster(s, in, bytes, s->inflated);
         free(in);
-        s->inflated_entry = rc == RT_OK ? entry : 0;
+        s->inflated_valid = rc == RT_OK;
+        s->inflated_host = host;
         if (rc != RT_OK)
             return rc;
     }
-    memcpy(buf, s->inflated + (off & (s->cluster_size - 1)), len);
+    memcpy(buf, s->inflated + in_unit, len);
     return RT_OK;
 }
 

@@ -194,8 +194,10 @@ struct qcow2 {
     struct qcow2_decrement *decrements;
     size_t decrements_len, decrements_cap;
 
-    /* The last cluster inflated, for sequential reads of compressed images. */
-    uint64_t inflated_entry;
+    /* The last cluster inflated (by where its stored bytes are), for sequential reads of
+     * compressed images and for filling a unit around a partial write. */
+    bool inflated_valid;
+    uint64_t inflated_host;
     uint8_t *inflated;
 };
 

@@ -6,6 +6,8 @@
 
 #include <rt/mem.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +105,24 @@ int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
     if (vd->align > 1)
         return meta_bounce(vd, off, NULL, buf, len);
     return rt_file_write_at(vd->file, off, buf, len, NULL);
+}
+
+int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len)
+{
+    if (vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+#if defined(HAVE_FALLOCATE) && HAVE_DECL_FALLOC_FL_PUNCH_HOLE && HAVE_DECL_FALLOC_FL_KEEP_SIZE
+    int fd = (int)rt_file_to_native(vd->file);
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+        return RT_OK;
+    if (errno == EOPNOTSUPP || errno == ENOSYS)
+        return RT_ERR_NOT_SUPPORTED;
+    return rt_err_from_errno(errno);
+#else
+    (void)off;
+    (void)len;
+    return RT_ERR_NOT_SUPPORTED;
+#endif
 }
 
 /* ---------------------------------------------------------------------------------- */

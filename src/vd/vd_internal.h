@@ -29,7 +29,8 @@ enum vd_map_kind {
 struct vd_map {
     enum vd_map_kind kind;
     uint64_t length;   /* bytes from the asked offset with this answer; > 0 */
-    uint64_t host_off; /* VD_MAP_DATA only */
+    uint64_t host_off; /* VD_MAP_DATA; VD_MAP_COMPRESSED: where the stored bytes start */
+    uint64_t stored_len; /* VD_MAP_COMPRESSED: how many bytes are stored */
     /* VD_MAP_DATA that must not be written in place (a cluster an internal snapshot
      * shares): a write allocates a new unit, filled from this one. */
     bool shared;
@@ -69,9 +70,12 @@ struct vd_driver {
      * sequence number <= @a upto.  The layer has made that data durable before the call
      * and flushes the file after it.  NULL when there is never any. */
     int (*commit)(rt_vd_t vd, uint64_t upto);
-    /* Fills @a buf with the guest bytes [off, off + len), which map() answered
-     * VD_MAP_COMPRESSED for (one compressed unit at most).  Synchronous. */
-    int (*read_compressed)(rt_vd_t vd, uint64_t off, void *buf, size_t len);
+    /* Fills @a buf with @a len guest bytes from @a in_unit bytes into the compressed
+     * unit that @a map (a VD_MAP_COMPRESSED answer) describes.  Works from the map, not
+     * the guest offset, so it still reads what a unit held after alloc() repointed it.
+     * Synchronous. */
+    int (*read_compressed)(rt_vd_t vd, const struct vd_map *map, uint64_t in_unit, void *buf,
+                           size_t len);
     /* Writes the unit at @a off (a whole unit, zero-padded) compressed; 1 when it does
      * not shrink (the layer then writes it plainly).  NULL: not supported. */
     int (*write_compressed)(rt_vd_t vd, uint64_t off, const void *buf);
@@ -90,6 +94,7 @@ struct vd_driver {
 
 struct rt_vd_queue;
 struct vd_io;
+struct vd_job;
 
 struct rt_vd {
     uint32_t magic; /* RT__MAGIC_VD while open */
@@ -122,6 +127,14 @@ struct rt_vd {
     struct vd_io *active_head;   /* accepted requests in arrival order */
     struct vd_io *active_tail;
     uint64_t alloc_seq; /* bumped as each allocation's data is written */
+    /* Allocation jobs not yet finished, oldest first, and how many were ever begun:
+     * a flush waits for those begun before it. */
+    struct vd_job *jobs_head, *jobs_tail;
+    uint64_t jobs_created;
+    struct vd_io *flush_waiters;
+    /* RT_OK, or the status of the fsync or commit that failed: every later write and
+     * flush fails with it until the image is reopened. */
+    int poisoned;
     struct rt_vd_queue *sync_queue;
 };
 
@@ -154,6 +167,11 @@ int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
 
 /* Runs the driver's begin_write() before the first write of the image. */
 int rt__vd_begin_write(rt_vd_t vd);
+
+/* Makes [off, off + len) of the image file read as zeros without writing them (and
+ * without needing free space): a punched hole, the file's size kept.
+ * RT_ERR_NOT_SUPPORTED where the host or file system cannot. */
+int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len);
 
 /* Validation shared by the synchronous and asynchronous entries (vd.c). */
 int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov,

@@ -2,34 +2,59 @@
  * The request engine: every read, write and flush of every image goes through here,
  * the synchronous calls included (they run on a private queue of the image).
  *
- * A guest request (struct vd_io) moves through stages, and each stage is a byte range
- * walked by a cursor.  At each step the driver maps the range under the cursor and the
- * engine turns the answer into one kernel request (struct vd_op) or does it inline:
+ * A guest request (struct vd_io) walks its byte range with a cursor.  At each step the
+ * driver maps the range under the cursor and the engine turns the answer into one
+ * kernel request (struct vd_op) or does it inline:
  *
- *   read   MAIN: data -> read op; zero / unallocated -> memset
- *   write  HEAD (only when bouncing an unaligned write): read the partial first and last
- *          sectors into the bounce buffer, then copy the guest data over them
- *          MAIN: data -> write op; zero / unallocated -> alloc() a unit, fill a unit
- *          buffer with zeros and the guest bytes, one write op for the whole unit
- *   flush  FLUSH1 (fsync) -> driver commit() -> FLUSH2 (fsync)
+ *   read    data -> read op (into the guest's buffers, or a bounce chunk)
+ *           zero / unallocated / compressed -> filled inline, straight into the
+ *           guest's buffers (zeros, the backing file's bytes, inflated bytes)
+ *   write   data -> write op (from the guest's buffers, or a bounce chunk whose partial
+ *           first or last sector is read first: the op's RMW phases)
+ *           anything else -> alloc() a unit: an allocation job (struct vd_job) whose
+ *           ops write the whole unit, the guest's bytes and what the guest saw there
+ *           before (zeros from one shared zero chunk, or the old contents read into a
+ *           chunk); the job ends when its last op does, and only then does the driver
+ *           learn the outcome (alloc_done)
+ *   flush   wait for the allocation jobs begun before it -> fsync op -> driver commit
+ *           -> fsync op
  *
- * Ops are a fixed pool (the queue's depth); a request whose next step finds no free op
- * stays on the ready list and continues when one comes back.  So a 1 GiB request does
- * not need 1 GiB of anything, and hundreds of requests share one AIO context fairly.
+ * Bounded memory.  Ops are a fixed pool (the queue's depth) and each holds at most one
+ * chunk of CHUNK bytes, taken from the queue's chunk pool; a request holds only its own
+ * small struct and a copy of its iovec array; a job only its struct.  So engine memory
+ * per queue is at most depth x (CHUNK + an op's iovec array) plus the shared zero chunk,
+ * whatever the request sizes (a 1 GiB unaligned request included) and the unit size (a
+ * VDI block of 64 MiB is written by several ops of at most MAX_OP_BYTES, none copying
+ * more than a chunk).  A request whose next step finds no free op waits on the ready
+ * list and continues when one comes back.
  *
  * Ordering.  The kernel reorders freely, so two requests must not be in flight together
  * when one could clobber the other beyond the bytes it was asked to write:
- *   - a write that allocates writes its whole unit (zeros around the guest bytes), and
- *   - a read-modify-write rewrites whole sectors around an unaligned write.
+ *   - a write that allocates writes its whole unit (old contents around the guest
+ *     bytes), and
+ *   - a bounced unaligned write rewrites whole sectors around its bytes.
  * Such a request is "exclusive" over its widened range [lo, hi).  Every image keeps its
  * requests in arrival order; a request starts only when no earlier request overlapping
  * it is exclusive, and an exclusive one only when no earlier overlapping request at all
  * is left.  Plain aligned reads and writes of allocated data never wait.
  *
- * Durability.  Allocation metadata reaches the file only at a flush: FLUSH1 makes the
- * data durable, then the driver writes the metadata of exactly the allocations whose data
- * was complete before FLUSH1 started (tracked by a sequence number), then FLUSH2.  So no
- * crash, of the process or of the machine, can leave metadata pointing at unwritten data.
+ * Dependents of an allocation.  The in-memory map points at a unit as soon as alloc()
+ * reserved it, before its data is written.  A write admitted meanwhile would see "data"
+ * and go in as a plain write into a unit that the allocation's failure (a full disk)
+ * would then forget.  So a write overlapping an earlier allocating request counts as
+ * allocating too: it waits for that request, and when it starts it maps again and
+ * follows the outcome (writes in place, or allocates the unit itself).
+ *
+ * Durability.  Allocation metadata reaches the file only at a flush.  The flush first
+ * waits for every allocation job begun before it (so the driver never has to commit
+ * around a hole, which VDI's header count cannot describe), then FLUSH1 makes their
+ * data durable, then the driver writes the metadata of exactly the allocations whose
+ * data was complete before FLUSH1 started (tracked by a sequence number), then FLUSH2.
+ * No crash, of the process or of the machine, can leave metadata pointing at unwritten
+ * data.  An fsync or commit that fails poisons the image: Linux reports a writeback
+ * error once and then drops the pages, so a later fsync would succeed over lost data;
+ * every later write and flush of the image fails with the same status until it is
+ * reopened (QEMU's rule after fdatasync fails).
  */
 #include "config.h"
 
@@ -46,17 +71,31 @@
 
 /* The longest single kernel request the engine issues. */
 #define MAX_OP_BYTES (4u << 20)
+/* Bounce and fill buffers: the most an op copies. */
+#define CHUNK (256u << 10)
+/* The kernel's limit on iovec entries per request. */
+#define MAX_OP_IOV 1024u
 #define DEFAULT_DEPTH 128u
 #define MAX_DEPTH 4096u
 #define SYNC_DEPTH 32u
 #define INLINE_IOV 4u
 
-enum io_stage { STAGE_HEAD, STAGE_MAIN, STAGE_FLUSH1, STAGE_FLUSH2, STAGE_DONE };
+enum io_stage { STAGE_MAIN, STAGE_FLUSH_WAIT, STAGE_FLUSH1, STAGE_FLUSH2, STAGE_DONE };
 enum op_kind { OP_READ, OP_WRITE, OP_FLUSH };
+/* What an op does when its transfer completes. */
+enum op_phase {
+    PHASE_PLAIN,     /* done */
+    PHASE_COPY_OUT,  /* a bounced read: copy the guest's part out of the chunk */
+    PHASE_RMW_HEAD,  /* read the first sector of the window, then the tail or write */
+    PHASE_RMW_TAIL,  /* read the last sector, then write */
+};
+
+struct vd_job;
 
 struct vd_io {
     struct vd_io *next_active, *prev_active; /* the image's arrival-order list */
-    struct vd_io *next_ready;                /* the queue's ready or done list */
+    struct vd_io *next_ready;                /* the queue's ready or done list, or the
+                                                image's flush waiters */
     bool on_ready, running;
     rt_vd_t vd;
     struct rt_vd_queue *queue;
@@ -70,23 +109,18 @@ struct vd_io {
 
     /* Ordering. */
     bool exclusive;
+    bool allocates; /* decided at admission: may allocate units */
     uint64_t lo, hi;
-
-    /* Where stage data lives: the guest's iov (base = off) or one bounce buffer
-     * covering the aligned window (base = window start). */
-    const rt_iovec_t *target;
-    unsigned target_cnt;
-    uint64_t target_base;
-    rt_iovec_t bounce_iov;
-    uint8_t *bounce;
-    size_t bounce_len;
+    /* O_DIRECT and unaligned (offset, length or buffers): data ops go through chunks. */
+    bool bounce;
 
     enum io_stage stage;
     uint64_t cursor, cursor_end;
-    uint64_t tail_lo; /* HEAD: the second sector to read, or UINT64_MAX */
-    uint32_t pending; /* ops in flight */
+    struct vd_job *job; /* the allocation whose ops are still being made */
+    uint32_t pending;   /* ops in flight */
     int status;
-    uint64_t flush_seq;
+    uint64_t flush_seq; /* FLUSH1: allocations up to this are committed */
+    uint64_t job_mark;  /* FLUSH_WAIT: jobs numbered up to this must end first */
 };
 
 /* A FIFO of requests, linked through next_ready (a request is on one at a time). */
@@ -94,19 +128,37 @@ struct io_list {
     struct vd_io *head, *tail;
 };
 
+/* An allocation in progress: alloc() reserved a unit; its ops write all of it. */
+struct vd_job {
+    struct vd_job *next, *prev; /* the image's unfinished jobs, oldest first */
+    struct vd_io *io;
+    uint64_t number; /* creation order within the image */
+    struct vd_alloc alloc;
+    struct vd_map old;           /* what the unit held, host_off at the unit's start */
+    uint64_t guest_lo, guest_hi; /* the guest's bytes in the unit */
+    uint64_t emit;               /* virtual offset of the next byte to put in an op */
+    uint32_t ops_pending;
+    bool emitted; /* every op made, or the job abandoned */
+    int status;
+};
+
 struct vd_op {
     struct vd_op *next_free;
     rt_aio_req_t req;
     struct vd_io *io;
+    struct vd_job *job; /* the allocation it writes part of, or NULL */
     int kind;
+    enum op_phase phase;
     uint64_t host_off;
     uint64_t len;
     rt_iovec_t *iov;
     unsigned iovcnt, iovcap;
-    /* An allocating write owns its unit buffer and reservation. */
-    bool is_alloc;
-    struct vd_alloc alloc;
-    uint8_t *unit;
+    uint8_t *chunk; /* from the queue's pool, or NULL */
+    /* A bounced op: the chunk holds the aligned window [win_lo, win_lo + win_len) of
+     * the guest disk, stored at host_base; it covers the guest's bytes
+     * [guest_lo, guest_hi) of it. */
+    uint64_t win_lo, win_len, host_base, guest_lo, guest_hi;
+    bool rmw_tail; /* after the head read (or instead of it), read the last sector */
 };
 
 struct rt_vd_queue {
@@ -124,6 +176,11 @@ struct rt_vd_queue {
     rt_aio_req_t *batch;
     uint32_t batch_len;
     rt_aio_req_t *reaped;
+    /* Chunks not in use (linked through their first bytes), and how many exist. */
+    void *free_chunks;
+    uint32_t chunks;
+    uint8_t *zeros; /* one chunk of zeros, read-only, shared by every op */
+    struct vd_job *free_jobs;
 };
 
 static struct rt__handle_pool queue_pool = RT__HANDLE_POOL_INIT(struct rt_vd_queue, next_free);
@@ -138,6 +195,11 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
 static uint64_t round_down(uint64_t v, uint64_t unit)
 {
     return v - v % unit;
@@ -149,14 +211,17 @@ static uint64_t round_up(uint64_t v, uint64_t unit)
 }
 
 /* ---------------------------------------------------------------------------------- */
-/* Scatter/gather helpers over an io's target. */
+/* Scatter/gather helpers over the guest's buffers (guest offset io->off is byte 0). */
 
-/* Describes [skip, skip + len) of @a iov in @a out (room for @a iovcnt entries). */
+/* Describes [skip, skip + len) of @a iov in at most @a room entries of @a out; returns
+ * the entries used and, in *@a taken, the bytes they cover (less than @a len when the
+ * room ran out). */
 static unsigned iov_slice(const rt_iovec_t *iov, unsigned iovcnt, uint64_t skip, uint64_t len,
-                          rt_iovec_t *out)
+                          rt_iovec_t *out, unsigned room, uint64_t *taken)
 {
     unsigned n = 0;
-    for (unsigned i = 0; i < iovcnt && len > 0; i++) {
+    uint64_t got = 0;
+    for (unsigned i = 0; i < iovcnt && len > 0 && n < room; i++) {
         if (skip >= iov[i].len) {
             skip -= iov[i].len;
             continue;
@@ -166,12 +231,14 @@ static unsigned iov_slice(const rt_iovec_t *iov, unsigned iovcnt, uint64_t skip,
         out[n].len = take;
         n++;
         len -= take;
+        got += take;
         skip = 0;
     }
+    *taken = got;
     return n;
 }
 
-/* Copies between a flat buffer and [skip, skip + len) of @a iov. */
+/* Copies between a flat buffer and [skip, skip + len) of @a iov (flat NULL: zeros). */
 static void iov_copy(const rt_iovec_t *iov, unsigned iovcnt, uint64_t skip, uint8_t *flat,
                      uint64_t len, bool to_iov)
 {
@@ -193,11 +260,6 @@ static void iov_copy(const rt_iovec_t *iov, unsigned iovcnt, uint64_t skip, uint
         len -= take;
         skip = 0;
     }
-}
-
-static void target_zero(struct vd_io *io, uint64_t voff, uint64_t len)
-{
-    iov_copy(io->target, io->target_cnt, voff - io->target_base, NULL, len, true);
 }
 
 static bool iov_aligned(const rt_iovec_t *iov, unsigned iovcnt, uint32_t align)
@@ -248,11 +310,6 @@ static struct vd_io *ready_pop(struct rt_vd_queue *q)
     return io;
 }
 
-static void done_push(struct rt_vd_queue *q, struct vd_io *io)
-{
-    list_push(&q->done, io);
-}
-
 static void active_append(rt_vd_t vd, struct vd_io *io)
 {
     io->next_active = NULL;
@@ -277,7 +334,52 @@ static void active_remove(rt_vd_t vd, struct vd_io *io)
 }
 
 /* ---------------------------------------------------------------------------------- */
+/* Chunks and jobs: per-queue pools, so no op allocates. */
+
+static uint8_t *chunk_get(struct rt_vd_queue *q)
+{
+    void *chunk = q->free_chunks;
+    if (chunk != NULL) {
+        memcpy(&q->free_chunks, chunk, sizeof(void *));
+        return chunk;
+    }
+    chunk = rt_mem_page_alloc(CHUNK);
+    if (chunk != NULL)
+        q->chunks++;
+    return chunk;
+}
+
+static void chunk_put(struct rt_vd_queue *q, uint8_t *chunk)
+{
+    memcpy(chunk, &q->free_chunks, sizeof(void *));
+    q->free_chunks = chunk;
+}
+
+static struct vd_job *job_get(struct rt_vd_queue *q)
+{
+    struct vd_job *job = q->free_jobs;
+    if (job != NULL)
+        q->free_jobs = job->next;
+    else
+        job = malloc(sizeof(*job));
+    if (job != NULL)
+        memset(job, 0, sizeof(*job));
+    return job;
+}
+
+static void job_put(struct rt_vd_queue *q, struct vd_job *job)
+{
+    job->next = q->free_jobs;
+    q->free_jobs = job;
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* Admission and ordering. */
+
+static bool overlaps(const struct vd_io *a, uint64_t lo, uint64_t hi)
+{
+    return a->lo < hi && lo < a->hi;
+}
 
 static bool conflicts(const struct vd_io *earlier, const struct vd_io *io)
 {
@@ -285,12 +387,12 @@ static bool conflicts(const struct vd_io *earlier, const struct vd_io *io)
         return false;
     if (!earlier->exclusive && !io->exclusive)
         return false;
-    return earlier->lo < io->hi && io->lo < earlier->hi;
+    return overlaps(earlier, io->lo, io->hi);
 }
 
-/* Does the aligned window of a write need units allocated?  Decided on admission from
- * the in-memory map; a request that turns out not to allocate when it runs is only
- * more careful than it needed to be. */
+/* Does the aligned window of a write need units allocated?  From the in-memory map;
+ * a request that turns out not to allocate when it runs was only more careful than it
+ * needed to be. */
 static int write_allocates(rt_vd_t vd, uint64_t lo, uint64_t hi, bool *allocates)
 {
     *allocates = false;
@@ -307,6 +409,14 @@ static int write_allocates(rt_vd_t vd, uint64_t lo, uint64_t hi, bool *allocates
         }
         pos += map.length;
     }
+    /* The map may point at a unit whose allocation is still in flight (its failure
+     * would take the mapping back): depend on it. */
+    uint64_t ulo = round_down(lo, vd->alloc_unit), uhi = round_up(hi, vd->alloc_unit);
+    for (const struct vd_io *e = vd->active_tail; e != NULL; e = e->prev_active)
+        if (e->allocates && overlaps(e, ulo, uhi)) {
+            *allocates = true;
+            break;
+        }
     return RT_OK;
 }
 
@@ -318,20 +428,14 @@ static void try_start(struct vd_io *io)
         if (conflicts(e, io))
             return;
     io->running = true;
-    if (io->kind == VD_IO_FLUSH)
-        start_stage(io, STAGE_FLUSH1);
-    else
-        start_stage(io, io->tail_lo != UINT64_MAX || io->cursor < io->cursor_end ? STAGE_HEAD
-                                                                               : STAGE_MAIN);
+    start_stage(io, io->kind == VD_IO_FLUSH ? STAGE_FLUSH_WAIT : STAGE_MAIN);
     ready_push(io->queue, io);
 }
 
-/* Sets up targets, bounce buffer and ordering range; the io is not yet started. */
+/* Decides how the request moves and what it must not overlap; it is not yet started. */
 static int plan(struct vd_io *io)
 {
     rt_vd_t vd = io->vd;
-    io->tail_lo = UINT64_MAX;
-    io->cursor = io->cursor_end = 0;
     if (io->kind == VD_IO_FLUSH)
         return RT_OK;
     uint64_t align = vd->align;
@@ -339,43 +443,17 @@ static int plan(struct vd_io *io)
     uint64_t whi = round_up(io->off + io->len, align);
     io->lo = wlo;
     io->hi = whi;
-    io->target = io->iov;
-    io->target_cnt = io->iovcnt;
-    io->target_base = io->off;
     bool partial = wlo != io->off || whi != io->off + io->len;
-    if (align > 1 && (partial || !iov_aligned(io->iov, io->iovcnt, vd->align))) {
-        io->bounce_len = (size_t)(whi - wlo);
-        io->bounce = rt_mem_page_alloc(io->bounce_len);
-        if (io->bounce == NULL)
-            return RT_ERR_NO_MEMORY;
-        io->bounce_iov.base = io->bounce;
-        io->bounce_iov.len = io->bounce_len;
-        io->target = &io->bounce_iov;
-        io->target_cnt = 1;
-        io->target_base = wlo;
-    }
+    io->bounce = align > 1 && (partial || !iov_aligned(io->iov, io->iovcnt, vd->align));
     if (io->kind != VD_IO_WRITE)
         return RT_OK;
-    if (partial && io->bounce != NULL) {
-        /* The sectors the guest only partly covers are read first. */
+    /* A bounced write rewrites the sectors the guest only partly covers. */
+    if (io->bounce && partial)
         io->exclusive = true;
-        if (wlo != io->off) {
-            io->cursor = wlo;
-            io->cursor_end = wlo + align;
-        }
-        if (whi != io->off + io->len && !(io->cursor_end == whi && io->cursor == whi - align))
-            io->tail_lo = whi - align;
-        if (io->cursor == io->cursor_end && io->tail_lo != UINT64_MAX) {
-            io->cursor = io->tail_lo;
-            io->cursor_end = io->tail_lo + align;
-            io->tail_lo = UINT64_MAX;
-        }
-    }
-    bool allocates = false;
-    int rc = write_allocates(vd, wlo, whi, &allocates);
+    int rc = write_allocates(vd, wlo, whi, &io->allocates);
     if (rc != RT_OK)
         return rc;
-    if (allocates) {
+    if (io->allocates) {
         io->exclusive = true;
         io->lo = round_down(wlo, vd->alloc_unit);
         io->hi = round_up(whi, vd->alloc_unit);
@@ -389,78 +467,98 @@ static int plan(struct vd_io *io)
 static void start_stage(struct vd_io *io, enum io_stage stage)
 {
     io->stage = stage;
+    io->cursor = io->cursor_end = 0;
     switch (stage) {
-    case STAGE_HEAD:
-        break; /* cursor set by plan() */
     case STAGE_MAIN:
-        if (io->kind == VD_IO_WRITE && io->bounce != NULL)
-            iov_copy(io->iov, io->iovcnt, 0, io->bounce + (io->off - io->target_base), io->len,
-                     false);
-        io->cursor = io->target_base;
-        io->cursor_end = io->bounce != NULL ? io->target_base + io->bounce_len : io->off + io->len;
+        /* A write or flush admitted before the image was poisoned fails now. */
+        if (io->kind == VD_IO_WRITE && io->vd->poisoned != RT_OK) {
+            io->status = io->vd->poisoned;
+            return;
+        }
+        io->cursor = io->off;
+        io->cursor_end = io->off + io->len;
+        break;
+    case STAGE_FLUSH_WAIT:
+        io->job_mark = io->vd->jobs_created;
         break;
     case STAGE_FLUSH1:
         io->flush_seq = io->vd->alloc_seq;
-        io->cursor = 0;
         io->cursor_end = 1;
         break;
     case STAGE_FLUSH2:
-        io->cursor = 0;
         io->cursor_end = 1;
         break;
     case STAGE_DONE:
-        io->cursor = io->cursor_end = 0;
         break;
     }
 }
 
 static void finish(struct vd_io *io)
 {
-    if (io->status == RT_OK && io->kind == VD_IO_READ && io->bounce != NULL)
-        iov_copy(io->iov, io->iovcnt, 0, io->bounce + (io->off - io->target_base), io->len,
-                 true);
     io->stage = STAGE_DONE;
-    done_push(io->queue, io);
+    list_push(&io->queue->done, io);
 }
 
-/* The current stage has no work left and nothing in flight: move on. */
-static void next_stage(struct vd_io *io)
+/* A failed fsync or commit: see "Durability" above. */
+static void poison(struct vd_io *io, int rc)
 {
+    if (io->vd->poisoned == RT_OK)
+        io->vd->poisoned = rc;
+    if (io->status == RT_OK)
+        io->status = rc;
+}
+
+/* Is a job begun before this flush still unfinished? */
+static bool flush_must_wait(const struct vd_io *io)
+{
+    const struct vd_job *oldest = io->vd->jobs_head;
+    return oldest != NULL && oldest->number <= io->job_mark;
+}
+
+/* The current stage has no work left and nothing in flight: move on.  Returns false
+ * when the request is parked (a flush waiting for jobs). */
+static bool next_stage(struct vd_io *io)
+{
+    rt_vd_t vd = io->vd;
     if (io->status != RT_OK) {
         finish(io);
-        return;
+        return true;
     }
     switch (io->stage) {
-    case STAGE_HEAD:
-        if (io->tail_lo != UINT64_MAX) {
-            io->cursor = io->tail_lo;
-            io->cursor_end = io->tail_lo + io->vd->align;
-            io->tail_lo = UINT64_MAX;
-            return;
+    case STAGE_FLUSH_WAIT:
+        if (vd->poisoned != RT_OK) {
+            io->status = vd->poisoned;
+            finish(io);
+        } else if (flush_must_wait(io)) {
+            io->next_ready = vd->flush_waiters;
+            vd->flush_waiters = io;
+            return false;
+        } else {
+            start_stage(io, STAGE_FLUSH1);
         }
-        start_stage(io, STAGE_MAIN);
-        return;
+        return true;
     case STAGE_FLUSH1:
-        if (io->vd->driver->commit != NULL) {
-            int rc = io->vd->driver->commit(io->vd, io->flush_seq);
+        if (vd->driver->commit != NULL) {
+            int rc = vd->driver->commit(vd, io->flush_seq);
             if (rc < 0) {
-                io->status = rc;
+                poison(io, rc);
                 finish(io);
             } else if (rc > 0) {
                 start_stage(io, STAGE_FLUSH2);
             } else {
                 finish(io);
             }
-            return;
+            return true;
         }
         finish(io);
-        return;
+        return true;
     case STAGE_MAIN:
     case STAGE_FLUSH2:
     case STAGE_DONE:
         finish(io);
-        return;
+        return true;
     }
+    return true;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -478,13 +576,21 @@ static int op_reserve_iov(struct vd_op *op, unsigned need)
     return RT_OK;
 }
 
+static void op_reset(struct vd_op *op)
+{
+    op->iovcnt = 0;
+    op->len = 0;
+    op->chunk = NULL;
+    op->job = NULL;
+    op->phase = PHASE_PLAIN;
+    op->rmw_tail = false;
+}
+
 static void op_release(struct rt_vd_queue *q, struct vd_op *op)
 {
-    if (op->unit != NULL) {
-        rt_mem_page_free(op->unit, op->alloc.size);
-        op->unit = NULL;
-    }
-    op->is_alloc = false;
+    if (op->chunk != NULL)
+        chunk_put(q, op->chunk);
+    op_reset(op);
     op->io = NULL;
     op->next_free = q->free_ops;
     q->free_ops = op;
@@ -502,13 +608,54 @@ static int op_prepare(struct vd_op *op, rt_file_t file)
     }
 }
 
+/* Appends @a len bytes of @a base to the op's iovec. */
+static void op_add(struct vd_op *op, void *base, uint64_t len)
+{
+    op->iov[op->iovcnt].base = base;
+    op->iov[op->iovcnt].len = (size_t)len;
+    op->iovcnt++;
+    op->len += len;
+}
+
+/* Appends zeros from the shared zero chunk; returns the bytes added (the iovec may
+ * fill up first). */
+static uint64_t op_add_zeros(struct rt_vd_queue *q, struct vd_op *op, uint64_t len)
+{
+    uint64_t added = 0;
+    while (added < len && op->iovcnt < MAX_OP_IOV) {
+        uint64_t piece = min_u64(len - added, CHUNK);
+        op_add(op, q->zeros, piece);
+        added += piece;
+    }
+    return added;
+}
+
+/* Appends [voff, voff + len) of the guest's buffers; returns the bytes added. */
+static uint64_t op_add_guest(struct vd_io *io, struct vd_op *op, uint64_t voff, uint64_t len)
+{
+    uint64_t taken = 0;
+    unsigned n = iov_slice(io->iov, io->iovcnt, voff - io->off, len, op->iov + op->iovcnt,
+                           MAX_OP_IOV - op->iovcnt, &taken);
+    op->iovcnt += n;
+    op->len += taken;
+    return taken;
+}
+
+/* The op's iovec can take @a entries more (grown on demand, kept across uses). */
+static int op_room(struct vd_op *op, struct vd_io *io)
+{
+    unsigned want = io->iovcnt + MAX_OP_BYTES / CHUNK + 8;
+    return op_reserve_iov(op, want < MAX_OP_IOV ? want : MAX_OP_IOV);
+}
+
 /* Reads guest bytes [voff, voff + len) that are not plain data in this image into
- * @a buf: zeros, the backing file's bytes (zeros past its end), or decompressed. */
+ * @a buf: zeros, the backing file's bytes (zeros past its end), the old contents of a
+ * shared unit, or inflated.  Synchronous (the engine issue moves these onto the queue). */
 static int read_special(rt_vd_t vd, const struct vd_map *map, uint64_t voff, uint8_t *buf,
                         uint64_t len)
 {
     if (map->kind == VD_MAP_COMPRESSED)
-        return vd->driver->read_compressed(vd, voff, buf, (size_t)len);
+        return vd->driver->read_compressed(vd, map, voff % vd->alloc_unit, buf, (size_t)len);
     if (map->kind == VD_MAP_DATA)
         return rt__vd_meta_read(vd, map->host_off, buf, (size_t)len);
     memset(buf, 0, (size_t)len);
@@ -519,46 +666,260 @@ static int read_special(rt_vd_t vd, const struct vd_map *map, uint64_t voff, uin
     return RT_OK;
 }
 
-/* A read step that needs no kernel op of this image. */
-static int read_inline(struct vd_io *io, const struct vd_map *map, uint64_t pos, uint64_t len)
+/* A read step that needs no kernel op of this image: [pos, pos + len) straight into
+ * the guest's buffers.  @a scratch lends its iovec array. */
+static int read_inline(struct vd_io *io, const struct vd_map *map, uint64_t pos, uint64_t len,
+                       struct vd_op *scratch)
 {
     rt_vd_t vd = io->vd;
-    if (map->kind == VD_MAP_ZERO || (map->kind == VD_MAP_UNALLOCATED && vd->backing == NULL)) {
-        target_zero(io, pos, len);
-        return RT_OK;
+    uint64_t skip = pos - io->off;
+    if (map->kind == VD_MAP_ZERO || map->kind == VD_MAP_UNALLOCATED) {
+        iov_copy(io->iov, io->iovcnt, skip, NULL, len, true);
+        if (map->kind == VD_MAP_ZERO || vd->backing == NULL || pos >= vd->backing->size)
+            return RT_OK;
+        /* The backing file's part, through its own engine. */
+        uint64_t from_backing = min_u64(len, vd->backing->size - pos), taken = 0;
+        int rc = op_room(scratch, io);
+        if (rc != RT_OK)
+            return rc;
+        for (uint64_t done = 0; rc == RT_OK && done < from_backing; done += taken) {
+            unsigned n = iov_slice(io->iov, io->iovcnt, skip + done, from_backing - done,
+                                   scratch->iov, scratch->iovcap, &taken);
+            rc = rt_vd_readv(vd->backing, pos + done, scratch->iov, n);
+        }
+        return rc;
     }
-    uint8_t *flat = malloc((size_t)len);
-    if (flat == NULL)
-        return RT_ERR_NO_MEMORY;
-    int rc = read_special(vd, map, pos, flat, len);
-    if (rc == RT_OK)
-        iov_copy(io->target, io->target_cnt, pos - io->target_base, flat, len, true);
-    free(flat);
-    return rc;
+    /* Compressed: the driver inflates the unit once and copies out piece by piece. */
+    for (unsigned i = 0, done = 0; i < io->iovcnt && done < len; i++) {
+        if (skip >= io->iov[i].len) {
+            skip -= io->iov[i].len;
+            continue;
+        }
+        size_t take = (size_t)min_u64(io->iov[i].len - skip, len - done);
+        int rc = read_special(vd, map, pos + done, (uint8_t *)io->iov[i].base + skip, take);
+        if (rc != RT_OK)
+            return rc;
+        done += (unsigned)take;
+        skip = 0;
+    }
+    return RT_OK;
 }
 
-/* Fills a new unit's buffer with the unit's current guest contents, as @a map (asked at
- * @a pos inside the unit) describes them; the unit is uniform, so one answer holds for
- * all of it.  Past the virtual size the unit stays zero. */
-static int fill_unit(rt_vd_t vd, const struct vd_map *map, uint64_t pos, uint64_t unit_off,
-                     uint8_t *unit, uint64_t write_end)
+/* A bounced data op over the aligned window at @a pos: [win_lo, win_lo + win_len) of
+ * the guest disk, at most a chunk, inside the data run @a map (asked at win_lo). */
+static int bounced_op(struct vd_io *io, struct vd_op *op, const struct vd_map *map, uint64_t pos)
 {
-    uint64_t span = min_u64(vd->alloc_unit, vd->size - unit_off);
-    memset(unit + span, 0, vd->alloc_unit - span);
-    if (pos <= unit_off && write_end >= unit_off + span) {
-        /* The write covers the whole unit: what was there does not matter (and need
-         * not even be readable). */
-        memset(unit, 0, span);
-        return RT_OK;
+    rt_vd_t vd = io->vd;
+    uint64_t align = vd->align;
+    uint64_t end = io->off + io->len;
+    uint64_t wlo = round_down(pos, align);
+    /* Runs are whole sectors (open checks every data offset against the granule). */
+    uint64_t run = round_down(min_u64(map->length, CHUNK), align);
+    if (run == 0)
+        return RT_ERR_VD_CORRUPT;
+    uint64_t whi = min_u64(round_up(end, align), wlo + run);
+    if (op_reserve_iov(op, 1) != RT_OK || (op->chunk = chunk_get(io->queue)) == NULL)
+        return RT_ERR_NO_MEMORY;
+    op->win_lo = wlo;
+    op->win_len = whi - wlo;
+    op->host_base = map->host_off;
+    op->guest_lo = max_u64(wlo, io->off);
+    op->guest_hi = min_u64(whi, end);
+    op->host_off = map->host_off;
+    op->iovcnt = 0;
+    op->len = 0;
+    if (io->kind == VD_IO_READ) {
+        op->kind = OP_READ;
+        op->phase = PHASE_COPY_OUT;
+        op_add(op, op->chunk, op->win_len);
+    } else {
+        bool head = wlo < io->off, tail = whi > end;
+        op->kind = OP_READ;
+        if (head) {
+            op->phase = PHASE_RMW_HEAD;
+            op->rmw_tail = tail && whi - wlo > align;
+            op_add(op, op->chunk, align);
+        } else if (tail) {
+            op->phase = PHASE_RMW_TAIL;
+            op->host_off = map->host_off + (whi - align - wlo);
+            op_add(op, op->chunk + (whi - align - wlo), align);
+        } else {
+            /* Nothing to read first: copy and write. */
+            iov_copy(io->iov, io->iovcnt, op->guest_lo - io->off,
+                     op->chunk + (op->guest_lo - wlo), op->guest_hi - op->guest_lo, false);
+            op->kind = OP_WRITE;
+            op_add(op, op->chunk, op->win_len);
+        }
     }
-    struct vd_map whole = *map;
-    if (whole.kind == VD_MAP_DATA)
-        whole.host_off -= pos - unit_off;
-    return read_special(vd, &whole, unit_off, unit, span);
+    io->cursor = op->guest_hi;
+    return 1;
 }
 
-/* Plans one step of @a io at its cursor.  Either does it inline, or fills @a op and
- * returns 1 (the op is to be submitted), or fails the io. */
+/* ---------------------------------------------------------------------------------- */
+/* Allocation jobs. */
+
+/* The job's old contents at guest offset @a voff into @a buf: read as the map said,
+ * zeros past the virtual size. */
+static int read_old(struct vd_job *job, uint64_t voff, uint8_t *buf, uint64_t len)
+{
+    rt_vd_t vd = job->io->vd;
+    uint64_t inside = voff < vd->size ? min_u64(len, vd->size - voff) : 0;
+    memset(buf + inside, 0, (size_t)(len - inside));
+    if (inside == 0)
+        return RT_OK;
+    struct vd_map at = job->old;
+    if (at.kind == VD_MAP_DATA)
+        at.host_off += voff - job->alloc.virt_off;
+    return read_special(vd, &at, voff, buf, inside);
+}
+
+/* Are the old contents from @a voff to the unit's end zeros, whatever is read? */
+static bool old_is_zero(const struct vd_job *job, uint64_t voff)
+{
+    rt_vd_t vd = job->io->vd;
+    if (voff >= vd->size || job->old.kind == VD_MAP_ZERO)
+        return true;
+    return job->old.kind == VD_MAP_UNALLOCATED &&
+           (vd->backing == NULL || voff >= vd->backing->size);
+}
+
+/* Fills @a op with the next piece of the job's unit: zeros, old contents, the guest's
+ * bytes, as many as one op takes (at most one chunk of them copied). */
+static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
+{
+    rt_vd_t vd = io->vd;
+    uint64_t unit_lo = job->alloc.virt_off, unit_hi = unit_lo + job->alloc.size;
+    /* With bouncing, the guest's zone is whole sectors: the partial ones get the old
+     * contents around the guest's bytes, in the chunk. */
+    uint64_t zone_lo = io->bounce ? round_down(job->guest_lo, vd->align) : job->guest_lo;
+    uint64_t zone_hi =
+        io->bounce ? min_u64(round_up(job->guest_hi, vd->align), unit_hi) : job->guest_hi;
+    int rc = op_room(op, io);
+    if (rc != RT_OK)
+        return rc;
+    op->kind = OP_WRITE;
+    op->host_off = job->alloc.host_off + (job->emit - unit_lo);
+    op->iovcnt = 0;
+    op->len = 0;
+    while (job->emit < unit_hi && op->len < MAX_OP_BYTES && op->iovcnt < MAX_OP_IOV) {
+        uint64_t v = job->emit, room = MAX_OP_BYTES - op->len, added;
+        if (v >= zone_lo && v < zone_hi && !io->bounce) {
+            added = op_add_guest(io, op, v, min_u64(zone_hi - v, room));
+        } else if (v >= zone_lo && v < zone_hi) {
+            if (op->chunk != NULL)
+                break;
+            if ((op->chunk = chunk_get(io->queue)) == NULL)
+                return RT_ERR_NO_MEMORY;
+            uint64_t n = min_u64(min_u64(zone_hi - v, room), CHUNK);
+            uint64_t glo = max_u64(v, job->guest_lo), ghi = min_u64(v + n, job->guest_hi);
+            if (glo > v && (rc = read_old(job, v, op->chunk, glo - v)) != RT_OK)
+                return rc;
+            if (ghi < v + n && (rc = read_old(job, ghi, op->chunk + (ghi - v), v + n - ghi)) != RT_OK)
+                return rc;
+            iov_copy(io->iov, io->iovcnt, glo - io->off, op->chunk + (glo - v), ghi - glo, false);
+            op_add(op, op->chunk, n);
+            added = n;
+        } else {
+            /* Old contents up to the guest's zone, or to the unit's end (zeros past the
+             * end of the virtual disk: read_old() fills them). */
+            uint64_t stop = v < zone_lo ? zone_lo : unit_hi;
+            uint64_t n = min_u64(stop - v, room);
+            if (old_is_zero(job, v)) {
+                added = op_add_zeros(io->queue, op, n);
+            } else {
+                if (op->chunk != NULL)
+                    break;
+                if ((op->chunk = chunk_get(io->queue)) == NULL)
+                    return RT_ERR_NO_MEMORY;
+                n = min_u64(n, CHUNK);
+                if ((rc = read_old(job, v, op->chunk, n)) != RT_OK)
+                    return rc;
+                op_add(op, op->chunk, n);
+                added = n;
+            }
+        }
+        if (added == 0)
+            break; /* the iovec is full */
+        job->emit += added;
+    }
+    op->job = job;
+    job->ops_pending++;
+    if (job->emit == unit_hi) {
+        job->emitted = true;
+        io->job = NULL;
+        io->cursor = max_u64(io->cursor, job->guest_hi);
+    }
+    return 1;
+}
+
+/* The job's last op is back (or it was abandoned with none in flight): the driver
+ * learns the outcome, and flushes waiting for the job may go on. */
+static void job_finish(struct rt_vd_queue *q, struct vd_job *job)
+{
+    rt_vd_t vd = job->io->vd;
+    uint64_t seq = job->status == RT_OK ? ++vd->alloc_seq : 0;
+    vd->driver->alloc_done(vd, &job->alloc, job->status, seq);
+    if (job->status != RT_OK && job->io->status == RT_OK)
+        job->io->status = job->status;
+    bool was_oldest = vd->jobs_head == job;
+    if (job->prev != NULL)
+        job->prev->next = job->next;
+    else
+        vd->jobs_head = job->next;
+    if (job->next != NULL)
+        job->next->prev = job->prev;
+    else
+        vd->jobs_tail = job->prev;
+    job_put(q, job);
+    if (was_oldest) {
+        /* Flushes parked behind it look again. */
+        struct vd_io *w = vd->flush_waiters;
+        vd->flush_waiters = NULL;
+        while (w != NULL) {
+            struct vd_io *next = w->next_ready;
+            ready_push(q, w);
+            w = next;
+        }
+    }
+}
+
+/* Reserves the unit under @a pos and makes the job that writes it; @a map is what the
+ * unit held, as asked at @a at (pos, or the start of its sector). */
+static int job_start(struct vd_io *io, const struct vd_map *map, uint64_t at, uint64_t pos)
+{
+    rt_vd_t vd = io->vd;
+    struct vd_job *job = job_get(io->queue);
+    if (job == NULL)
+        return RT_ERR_NO_MEMORY;
+    int rc = vd->driver->alloc(vd, pos, &job->alloc);
+    if (rc != RT_OK) {
+        job_put(io->queue, job);
+        return rc;
+    }
+    job->io = io;
+    job->old = *map;
+    if (job->old.kind == VD_MAP_DATA)
+        job->old.host_off -= at - job->alloc.virt_off;
+    uint64_t unit_hi = job->alloc.virt_off + job->alloc.size;
+    job->guest_lo = max_u64(io->off, job->alloc.virt_off);
+    job->guest_hi = min_u64(io->off + io->len, unit_hi);
+    job->emit = job->alloc.virt_off;
+    job->number = ++vd->jobs_created;
+    job->prev = vd->jobs_tail;
+    if (vd->jobs_tail != NULL)
+        vd->jobs_tail->next = job;
+    else
+        vd->jobs_head = job;
+    vd->jobs_tail = job;
+    io->job = job;
+    return RT_OK;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Steps. */
+
+/* Plans one step of @a io at its cursor.  Either does it inline (0), or fills @a op
+ * to be submitted (1), or fails the io (< 0). */
 static int step(struct vd_io *io, struct vd_op *op)
 {
     rt_vd_t vd = io->vd;
@@ -568,136 +929,102 @@ static int step(struct vd_io *io, struct vd_op *op)
         op->len = 0;
         return 1;
     }
+    if (io->job != NULL)
+        return job_step(io, io->job, op);
     uint64_t pos = io->cursor;
+    /* A bounced data op works on whole sectors: map from the one pos is in. */
+    uint64_t at = io->bounce ? round_down(pos, vd->align) : pos;
+    uint64_t to = io->bounce ? round_up(io->cursor_end, vd->align) : io->cursor_end;
     struct vd_map map = {0};
-    int rc = vd->driver->map(vd, pos, io->cursor_end - pos, &map);
+    int rc = vd->driver->map(vd, at, to - at, &map);
     if (rc != RT_OK)
         return rc;
-    uint64_t len = min_u64(min_u64(map.length, io->cursor_end - pos), MAX_OP_BYTES);
-    bool reading = io->kind == VD_IO_READ || io->stage == STAGE_HEAD;
-    if (map.kind == VD_MAP_DATA && (reading || !map.shared)) {
-        unsigned need = io->target_cnt;
-        if ((rc = op_reserve_iov(op, need)) != RT_OK)
+    bool writing = io->kind == VD_IO_WRITE;
+    if (map.kind == VD_MAP_DATA && !(writing && map.shared)) {
+        if (io->bounce)
+            return bounced_op(io, op, &map, pos);
+        if ((rc = op_room(op, io)) != RT_OK)
             return rc;
-        op->iovcnt = iov_slice(io->target, io->target_cnt, pos - io->target_base, len, op->iov);
-        op->kind = reading ? OP_READ : OP_WRITE;
+        op->kind = writing ? OP_WRITE : OP_READ;
         op->host_off = map.host_off;
-        op->len = len;
-        io->cursor = pos + len;
+        op->iovcnt = 0;
+        op->len = 0;
+        io->cursor = pos + op_add_guest(io, op, pos, min_u64(min_u64(map.length, MAX_OP_BYTES),
+                                                             io->cursor_end - pos));
         return 1;
     }
-    if (reading) {
-        if ((rc = read_inline(io, &map, pos, len)) != RT_OK)
+    if (!writing) {
+        uint64_t len = min_u64(min_u64(map.length, io->cursor_end - pos), MAX_OP_BYTES);
+        if ((rc = read_inline(io, &map, pos, len, op)) != RT_OK)
             return rc;
         io->cursor = pos + len;
         return 0;
     }
-    /* A write into a unit that is not plain data: allocate, and write the whole unit,
-     * filled with what the guest saw there before. */
-    uint64_t unit_off = round_down(pos, vd->alloc_unit);
-    uint8_t *unit = rt_mem_page_alloc(vd->alloc_unit);
-    if (unit == NULL)
-        return RT_ERR_NO_MEMORY;
-    if ((rc = fill_unit(vd, &map, pos, unit_off, unit, io->cursor_end)) != RT_OK) {
-        rt_mem_page_free(unit, vd->alloc_unit);
+    if ((rc = job_start(io, &map, at, pos)) != RT_OK)
         return rc;
+    return job_step(io, io->job, op);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Completion. */
+
+/* An op is over with @a rc: its request and its job learn it; the op goes back. */
+static void op_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
+{
+    struct vd_io *io = op->io;
+    struct vd_job *job = op->job;
+    if (rc != RT_OK && op->kind == OP_FLUSH)
+        poison(io, rc);
+    else if (rc != RT_OK && io->status == RT_OK)
+        io->status = rc;
+    if (job != NULL) {
+        if (rc != RT_OK && job->status == RT_OK)
+            job->status = rc;
+        job->ops_pending--;
     }
-    struct vd_alloc alloc;
-    if ((rc = vd->driver->alloc(vd, pos, &alloc)) != RT_OK) {
-        rt_mem_page_free(unit, vd->alloc_unit);
-        return rc;
+    io->pending--;
+    op_release(q, op);
+    if (job != NULL && job->emitted && job->ops_pending == 0)
+        job_finish(q, job);
+    if (io->pending == 0)
+        ready_push(q, io);
+}
+
+/* Resubmits @a op as it now stands; false when that failed. */
+static bool resubmit(struct rt_vd_queue *q, struct vd_op *op)
+{
+    if (op_prepare(op, op->io->vd->file) != RT_OK || rt_aio_ctx_submit(q->ctx, &op->req, 1) != RT_OK)
+        return false;
+    q->in_flight++;
+    return true;
+}
+
+/* A bounced write's read phase is done: read the tail next, or copy the guest's bytes
+ * into the chunk and write the window. */
+static bool rmw_next(struct rt_vd_queue *q, struct vd_op *op)
+{
+    struct vd_io *io = op->io;
+    op->iovcnt = 0;
+    op->len = 0;
+    if (op->phase == PHASE_RMW_HEAD && op->rmw_tail) {
+        uint64_t tail = op->win_len - io->vd->align;
+        op->phase = PHASE_RMW_TAIL;
+        op->host_off = op->host_base + tail;
+        op_add(op, op->chunk + tail, io->vd->align);
+        return resubmit(q, op);
     }
-    len = min_u64(io->cursor_end, alloc.virt_off + alloc.size) - pos;
-    iov_copy(io->target, io->target_cnt, pos - io->target_base, unit + (pos - alloc.virt_off),
-             len, false);
-    if ((rc = op_reserve_iov(op, 1)) != RT_OK) {
-        rt_mem_page_free(unit, alloc.size);
-        vd->driver->alloc_done(vd, &alloc, rc, 0);
-        return rc;
-    }
-    op->iov[0].base = unit;
-    op->iov[0].len = alloc.size;
-    op->iovcnt = 1;
+    iov_copy(io->iov, io->iovcnt, op->guest_lo - io->off, op->chunk + (op->guest_lo - op->win_lo),
+             op->guest_hi - op->guest_lo, false);
     op->kind = OP_WRITE;
-    op->host_off = alloc.host_off;
-    op->len = alloc.size;
-    op->is_alloc = true;
-    op->alloc = alloc;
-    op->unit = unit;
-    io->cursor = pos + len;
-    return 1;
-}
-
-static void submit_batch(struct rt_vd_queue *q)
-{
-    if (q->batch_len == 0)
-        return;
-    int rc = rt_aio_ctx_submit(q->ctx, q->batch, q->batch_len);
-    if (rc == RT_OK) {
-        q->in_flight += q->batch_len;
-    } else {
-        /* Nothing was submitted: every op fails its request. */
-        for (uint32_t i = 0; i < q->batch_len; i++) {
-            struct vd_op *op = rt_aio_req_get_user(q->batch[i]);
-            struct vd_io *io = op->io;
-            if (op->is_alloc)
-                io->vd->driver->alloc_done(io->vd, &op->alloc, rc, 0);
-            if (io->status == RT_OK)
-                io->status = rc;
-            io->pending--;
-            op_release(q, op);
-            ready_push(q, io);
-        }
-    }
-    q->batch_len = 0;
-}
-
-/* Advances every ready request as far as free ops allow, then submits. */
-static void pump(struct rt_vd_queue *q)
-{
-    struct vd_io *io;
-    while (q->free_ops != NULL && (io = ready_pop(q)) != NULL) {
-        for (;;) {
-            while (io->status == RT_OK && io->cursor < io->cursor_end && q->free_ops != NULL) {
-                struct vd_op *op = q->free_ops;
-                int rc = step(io, op);
-                if (rc < 0) {
-                    io->status = rc;
-                    break;
-                }
-                if (rc == 0)
-                    continue;
-                q->free_ops = op->next_free;
-                op->io = io;
-                rc = op_prepare(op, io->vd->file);
-                if (rc != RT_OK) {
-                    if (op->is_alloc)
-                        io->vd->driver->alloc_done(io->vd, &op->alloc, rc, 0);
-                    op_release(q, op);
-                    io->status = rc;
-                    break;
-                }
-                io->pending++;
-                q->batch[q->batch_len++] = op->req;
-            }
-            if (io->status == RT_OK && io->cursor < io->cursor_end) {
-                ready_push(q, io); /* out of ops: continue later */
-                break;
-            }
-            if (io->pending > 0)
-                break; /* completions bring it back */
-            next_stage(io);
-            if (io->stage == STAGE_DONE)
-                break;
-        }
-    }
-    submit_batch(q);
+    op->phase = PHASE_PLAIN;
+    op->host_off = op->host_base;
+    op_add(op, op->chunk, op->win_len);
+    return resubmit(q, op);
 }
 
 static void op_complete(struct rt_vd_queue *q, struct vd_op *op)
 {
     struct vd_io *io = op->io;
-    rt_vd_t vd = io->vd;
     size_t done = 0;
     int rc = rt_aio_req_get_rc(op->req, &done);
     q->in_flight--;
@@ -709,31 +1036,102 @@ static void op_complete(struct rt_vd_queue *q, struct vd_op *op)
             rc = RT_ERR_DISK_FULL;
         } else {
             /* A short write: send the rest. */
-            rt_iovec_t *rest = op->iov;
-            unsigned n = iov_slice(op->iov, op->iovcnt, done, op->len - done, rest);
-            op->iovcnt = n;
+            uint64_t taken;
+            op->iovcnt = iov_slice(op->iov, op->iovcnt, done, op->len - done, op->iov,
+                                   op->iovcnt, &taken);
             op->host_off += done;
             op->len -= done;
-            if (op_prepare(op, vd->file) == RT_OK &&
-                rt_aio_ctx_submit(q->ctx, &op->req, 1) == RT_OK) {
-                q->in_flight++;
+            if (resubmit(q, op))
                 return;
-            }
             rc = RT_ERR_IO;
         }
     }
-    if (op->is_alloc) {
-        uint64_t seq = 0;
-        if (rc == RT_OK)
-            seq = ++vd->alloc_seq;
-        vd->driver->alloc_done(vd, &op->alloc, rc, seq);
+    if (rc == RT_OK && (op->phase == PHASE_RMW_HEAD || op->phase == PHASE_RMW_TAIL)) {
+        if (rmw_next(q, op))
+            return;
+        rc = RT_ERR_IO;
     }
-    if (rc != RT_OK && io->status == RT_OK)
-        io->status = rc;
-    io->pending--;
-    op_release(q, op);
-    if (io->pending == 0)
-        ready_push(q, io);
+    if (rc == RT_OK && op->phase == PHASE_COPY_OUT)
+        iov_copy(io->iov, io->iovcnt, op->guest_lo - io->off,
+                 op->chunk + (op->guest_lo - op->win_lo), op->guest_hi - op->guest_lo, true);
+    op_finished(q, op, rc);
+}
+
+static void submit_batch(struct rt_vd_queue *q)
+{
+    if (q->batch_len == 0)
+        return;
+    uint32_t n = q->batch_len;
+    q->batch_len = 0;
+    int rc = rt_aio_ctx_submit(q->ctx, q->batch, n);
+    if (rc == RT_OK) {
+        q->in_flight += n;
+        return;
+    }
+    /* Nothing was submitted: every op fails its request. */
+    for (uint32_t i = 0; i < n; i++)
+        op_finished(q, rt_aio_req_get_user(q->batch[i]), rc);
+}
+
+/* A request stops stepping after a failure: a job it was still making ops for gets no
+ * more, and ends when those in flight are back. */
+static void abandon_job(struct rt_vd_queue *q, struct vd_io *io)
+{
+    struct vd_job *job = io->job;
+    if (job == NULL)
+        return;
+    io->job = NULL;
+    job->emitted = true;
+    if (job->status == RT_OK)
+        job->status = io->status;
+    if (job->ops_pending == 0)
+        job_finish(q, job);
+}
+
+/* Advances every ready request as far as free ops allow, then submits. */
+static void pump(struct rt_vd_queue *q)
+{
+    struct vd_io *io;
+    while (q->free_ops != NULL && (io = ready_pop(q)) != NULL) {
+        for (;;) {
+            while (io->status == RT_OK && (io->job != NULL || io->cursor < io->cursor_end) &&
+                   q->free_ops != NULL) {
+                struct vd_op *op = q->free_ops;
+                op_reset(op);
+                op->io = io;
+                int rc = step(io, op);
+                if (rc == 0)
+                    continue;
+                if (rc < 0) {
+                    if (op->chunk != NULL) {
+                        chunk_put(q, op->chunk);
+                        op->chunk = NULL;
+                    }
+                    io->status = rc;
+                    break;
+                }
+                q->free_ops = op->next_free;
+                io->pending++;
+                rc = op_prepare(op, io->vd->file);
+                if (rc != RT_OK) {
+                    op_finished(q, op, rc);
+                    break;
+                }
+                q->batch[q->batch_len++] = op->req;
+            }
+            if (io->status != RT_OK)
+                abandon_job(q, io);
+            if (io->status == RT_OK && (io->job != NULL || io->cursor < io->cursor_end)) {
+                ready_push(q, io); /* out of ops: continue later */
+                break;
+            }
+            if (io->pending > 0 || io->on_ready)
+                break; /* completions bring it back */
+            if (!next_stage(io) || io->stage == STAGE_DONE)
+                break;
+        }
+    }
+    submit_batch(q);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -741,8 +1139,6 @@ static void op_complete(struct rt_vd_queue *q, struct vd_op *op)
 
 static void io_free(struct vd_io *io)
 {
-    if (io->bounce != NULL)
-        rt_mem_page_free(io->bounce, io->bounce_len);
     if (io->iov != io->iov_inline)
         free(io->iov);
     free(io);
@@ -785,6 +1181,15 @@ static void queue_free(struct rt_vd_queue *q)
         rt_aio_req_destroy(q->ops[i].req);
         free(q->ops[i].iov);
     }
+    while (q->free_chunks != NULL)
+        rt_mem_page_free(chunk_get(q), CHUNK);
+    while (q->free_jobs != NULL) {
+        struct vd_job *job = q->free_jobs;
+        q->free_jobs = job->next;
+        free(job);
+    }
+    if (q->zeros != NULL)
+        rt_mem_page_free(q->zeros, CHUNK);
     free(q->ops);
     free(q->batch);
     free(q->reaped);
@@ -810,7 +1215,8 @@ int rt_vd_queue_create(rt_vd_queue_t *queue, uint32_t depth)
     q->ops = calloc(depth, sizeof(*q->ops));
     q->batch = calloc(depth, sizeof(*q->batch));
     q->reaped = calloc(depth, sizeof(*q->reaped));
-    if (q->ops == NULL || q->batch == NULL || q->reaped == NULL)
+    q->zeros = rt_mem_page_alloc(CHUNK); /* zero-filled */
+    if (q->ops == NULL || q->batch == NULL || q->reaped == NULL || q->zeros == NULL)
         goto fail;
     for (uint32_t i = 0; i < depth; i++) {
         if ((rc = rt_aio_req_create(&q->ops[i].req)) != RT_OK)
@@ -857,6 +1263,8 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
         return RT_ERR_INVALID_POINTER;
     if (vd->busy_queue != NULL && vd->busy_queue != q)
         return RT_ERR_BUSY;
+    if (kind != VD_IO_READ && !vd->read_only && vd->poisoned != RT_OK)
+        return vd->poisoned;
     if (kind == VD_IO_WRITE && total > 0 && (rc = rt__vd_begin_write(vd)) != RT_OK)
         return rc;
     struct vd_io *io = calloc(1, sizeof(*io));
@@ -893,7 +1301,7 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
     if (trivial) {
         io->running = true;
         io->stage = STAGE_DONE;
-        done_push(q, io);
+        list_push(&q->done, io);
     } else {
         try_start(io);
     }

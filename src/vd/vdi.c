@@ -9,19 +9,42 @@
  *   data   block i at offset_data + i * block_size
  *
  * Every field is checked before use, as strictly as VirtualBox does, and the whole
- * block map is checked on open (indices below the allocated count, inside the file,
- * none used twice), so no later read or write can go out of bounds.
+ * block map is checked on open (indices below the block count, their blocks inside the
+ * file, none used twice), so no later read or write can go out of bounds.
  *
- * Allocation takes the next data block (the allocated count) and points the in-memory
- * map at it.  The engine writes the whole block, and only at a flush does commit() write
- * the new count into the header, flush, then write the map entries: a crash leaves at
- * worst a count above the entries that use it (leaked blocks, which check reports and
- * `check -r leaks` reclaims), never an entry pointing at unwritten data.
+ * The header's allocated count is what the next writer of any implementation appends
+ * at (VirtualBox and QEMU take data block <count> for a new block), and qemu-img check
+ * calls any difference between it and the number of map entries a corruption ("allocated
+ * blocks mismatch").  So the count this driver writes is always exactly the number of
+ * entries the file's map has after the write, and those entries are always the dense set
+ * 0 .. count-1:
+ *
+ *   - an allocation takes the next index above every entry, pending ones included; its
+ *     entry and the count reach the file only at a flush, after its data (the engine
+ *     waits for the allocations begun before the flush, so none is still in flight below
+ *     one that commits);
+ *   - an allocation whose data write failed (a full disk) leaves a hole below the ones
+ *     that succeeded.  The next commit plugs it: the hole's block is punched to zeros
+ *     (no space needed) and given to a guest block that reads as zeros anyway (free or
+ *     zero), so the guest sees no change and the map stays dense;
+ *   - commit writes the header and the changed map sectors in one write when the map
+ *     starts right after the header and the changes lie in its first MiB (the images
+ *     QEMU, VirtualBox and this driver create): one system call, so a process killed at
+ *     any moment leaves either the old count and entries or the new ones.  Otherwise the
+ *     count goes first, then a flush, then the entries: a crash between leaves a count
+ *     above the entries, which is safe for every writer (they append past it) and which
+ *     check reports as leaked blocks.
+ *
+ * Open accepts entries at or past the count (what a machine crash could leave of the
+ * one write, sectors landing out of order): readers lose nothing, this driver appends
+ * past them and rewrites the count at its next commit, and check reports the count as
+ * a corruption, since another writer would reuse a block in use.
  */
 #include "config.h"
 
 #include <rt/mem.h>
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,13 +106,18 @@ struct vdi {
     uint32_t type;
     uint32_t block_size;
     uint32_t blocks;
-    uint32_t allocated;         /* data blocks handed out, in memory */
-    uint32_t allocated_on_disk; /* the count the header holds */
+    uint32_t next_index;    /* above every data block index in use or reserved */
+    uint32_t count_on_disk; /* the allocated count the header holds */
     uint64_t offset_bmap;
     uint64_t offset_data;
-    uint32_t *bmap; /* host order */
+    uint32_t *bmap;      /* host order, with pending allocations */
+    uint32_t *bmap_disk; /* the entries the file holds (host order) */
     struct pending *pending;
     size_t pending_len, pending_cap;
+    /* Data block indices below next_index that no entry uses and no allocation holds:
+     * failed allocations, and the leaks an image had at open. */
+    uint32_t *holes;
+    size_t holes_len, holes_cap;
 };
 
 static struct vdi *vdi_of(rt_vd_t vd)
@@ -174,11 +202,11 @@ static int check_header(struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "VDI disk size %llu exceeds its %u blocks of %u bytes",
                            (unsigned long long)disk_size, v->blocks, v->block_size);
-    v->allocated = v->allocated_on_disk = vd_le32(h + OFF_ALLOCATED);
-    if (v->allocated > v->blocks)
+    v->count_on_disk = vd_le32(h + OFF_ALLOCATED);
+    if (v->count_on_disk > v->blocks)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "VDI allocated block count %u exceeds the %u blocks in the image",
-                           v->allocated, v->blocks);
+                           v->count_on_disk, v->blocks);
     v->offset_bmap = vd_le32(h + OFF_BMAP);
     v->offset_data = vd_le32(h + OFF_DATA);
     if (v->offset_bmap % VDI_SECTOR != 0 || v->offset_bmap < OFF_HEADER_SIZE + header_size)
@@ -203,35 +231,48 @@ static int check_header(struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
     return RT_OK;
 }
 
+static int push_hole(struct vdi *v, uint32_t index)
+{
+    uint32_t *grown = rt__vd_grow(v->holes, &v->holes_cap, v->holes_len, sizeof(*grown), 16);
+    if (grown == NULL)
+        return RT_ERR_NO_MEMORY;
+    v->holes = grown;
+    v->holes[v->holes_len++] = index;
+    return RT_OK;
+}
+
 static int load_bmap(rt_vd_t vd, struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
 {
     size_t bytes = (size_t)v->blocks * 4u;
     /* Read in place: the little-endian bytes become host-order entries one by one. */
     v->bmap = malloc(bytes ? bytes : 1);
+    v->bmap_disk = malloc(bytes ? bytes : 1);
     uint8_t *raw = (uint8_t *)v->bmap;
-    uint8_t *used = calloc(v->allocated ? v->allocated : 1, 1);
-    uint32_t *owner = malloc((v->allocated ? v->allocated : 1) * sizeof(*owner));
+    uint8_t *used = calloc(v->blocks ? v->blocks : 1, 1);
+    uint32_t *owner = malloc((v->blocks ? v->blocks : 1) * sizeof(*owner));
     int rc = RT_ERR_NO_MEMORY;
-    if (v->bmap == NULL || used == NULL || owner == NULL)
+    if (v->bmap == NULL || v->bmap_disk == NULL || used == NULL || owner == NULL)
         goto out;
     if (bytes > 0 && (rc = rt__vd_meta_read(vd, v->offset_bmap, raw, bytes)) != RT_OK) {
         rt__vd_fail(err, rc, "cannot read the VDI block map");
         goto out;
     }
     rc = RT_OK;
+    v->next_index = 0;
     for (uint32_t i = 0; i < v->blocks; i++) {
         uint32_t e = vd_le32(raw + 4u * i);
         v->bmap[i] = e;
         if (e == VDI_FREE || e == VDI_ZERO)
             continue;
-        if (e >= v->allocated) {
+        if (e >= v->blocks) {
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
-                             "VDI block map entry %u points at data block %u, but only %u "
-                             "are allocated",
-                             i, e, v->allocated);
+                             "VDI block map entry %u points at data block %u, but the image "
+                             "has only %u blocks",
+                             i, e, v->blocks);
             break;
         }
-        if (block_host_off(v, e) + v->block_size > file_size) {
+        uint64_t end;
+        if (!vd_add(block_host_off(v, e), v->block_size, &end) || end > file_size) {
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                              "VDI block map entry %u points at data block %u, past the end "
                              "of the file",
@@ -246,7 +287,15 @@ static int load_bmap(rt_vd_t vd, struct vdi *v, uint64_t file_size, rt_vd_error_
         }
         used[e] = 1;
         owner[e] = i;
+        if (e + 1 > v->next_index)
+            v->next_index = e + 1;
     }
+    if (rc == RT_OK)
+        memcpy(v->bmap_disk, v->bmap, bytes);
+    /* Unused indices below the highest one in use are holes: plugged at a commit. */
+    for (uint32_t e = 0; rc == RT_OK && e < v->next_index; e++)
+        if (!used[e])
+            rc = push_hole(v, e);
 out:
     free(used);
     free(owner);
@@ -272,6 +321,8 @@ static int vdi_open(rt_vd_t vd, rt_vd_error_t *err)
         rc = load_bmap(vd, v, file_size, err);
     if (rc != RT_OK) {
         free(v->bmap);
+        free(v->bmap_disk);
+        free(v->holes);
         free(v);
         return rc;
     }
@@ -288,7 +339,9 @@ static void vdi_close(rt_vd_t vd)
 {
     struct vdi *v = vdi_of(vd);
     free(v->bmap);
+    free(v->bmap_disk);
     free(v->pending);
+    free(v->holes);
     free(v);
 }
 
@@ -380,46 +433,26 @@ static int vdi_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
     return RT_OK;
 }
 
-/* The lowest data block index no map entry uses. */
-static int leaked_index(const struct vdi *v, uint32_t *index)
-{
-    uint8_t *used = calloc(v->allocated ? v->allocated : 1, 1);
-    if (used == NULL)
-        return RT_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < v->blocks; i++)
-        if (entry_kind(v->bmap[i]) == VD_MAP_DATA && v->bmap[i] < v->allocated)
-            used[v->bmap[i]] = 1;
-    uint32_t free_index = 0;
-    while (free_index < v->allocated && used[free_index])
-        free_index++;
-    free(used);
-    if (free_index == v->allocated)
-        return RT_ERR_VD_CORRUPT; /* all used: then the map would not say unallocated */
-    *index = free_index;
-    return RT_OK;
-}
-
 static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
 {
     struct vdi *v = vdi_of(vd);
     uint32_t block = (uint32_t)(off / v->block_size);
-    uint32_t index = v->allocated;
     struct pending *grown;
 
-    if (index >= v->blocks) {
-        /* Every index is counted, so some are leaked (a crash, a failed write): reuse
-         * one.  Nothing in the file can point at it: the file's entries are a subset of
-         * the in-memory ones, and allocation only replaces free and zero entries. */
-        int rc = leaked_index(v, &index);
-        if (rc != RT_OK)
-            return rc;
-    }
     grown = rt__vd_grow(v->pending, &v->pending_cap, v->pending_len, sizeof(*grown), 16);
     if (grown == NULL)
         return RT_ERR_NO_MEMORY;
     v->pending = grown;
-    if (index == v->allocated)
-        v->allocated++;
+    uint32_t index;
+    if (v->next_index < v->blocks) {
+        index = v->next_index++;
+    } else if (v->holes_len > 0) {
+        /* Every index is taken, so a hole is left: this allocation fills it.  Nothing
+         * in the file points at it (holes are never entries), so nothing is lost. */
+        index = v->holes[--v->holes_len];
+    } else {
+        return RT_ERR_VD_CORRUPT; /* every block in use: then the map would not say free */
+    }
     v->pending[v->pending_len++] = (struct pending){block, v->bmap[block], 0};
     v->bmap[block] = index;
     alloc->virt_off = (uint64_t)block * v->block_size;
@@ -438,56 +471,179 @@ static void vdi_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status,
             continue;
         if (status == RT_OK) {
             p->seq = seq;
-        } else {
-            /* The data block stays counted but unused: a leak, never a bad pointer. */
-            v->bmap[p->block] = p->previous;
-            v->pending[i] = v->pending[--v->pending_len];
+            return;
         }
+        /* The data never made it: the guest block maps as before, and its data block
+         * becomes a hole for the next commit to plug (or, at the top, is taken back). */
+        uint32_t index = v->bmap[p->block];
+        v->bmap[p->block] = p->previous;
+        v->pending[i] = v->pending[--v->pending_len];
+        if (index + 1 == v->next_index)
+            v->next_index--;
+        else
+            (void)push_hole(v, index); /* without memory for it the index stays unused */
         return;
     }
 }
 
-static int write_header_count(rt_vd_t vd, struct vdi *v)
+/* The highest data block index the file's map holds after the committable allocations
+ * (those with seq <= @a upto) are in it, plus one: the count to write. */
+static uint32_t count_after(const struct vdi *v, uint64_t upto)
 {
-    if (v->allocated_on_disk == v->allocated)
+    uint32_t count = 0;
+    for (uint32_t i = 0; i < v->blocks; i++) {
+        uint32_t e = v->bmap_disk[i];
+        if (entry_kind(e) == VD_MAP_DATA && e + 1 > count)
+            count = e + 1;
+    }
+    for (size_t i = 0; i < v->pending_len; i++) {
+        const struct pending *p = &v->pending[i];
+        if (p->seq != 0 && p->seq <= upto && v->bmap[p->block] + 1 > count)
+            count = v->bmap[p->block] + 1;
+    }
+    return count;
+}
+
+/* A guest block that reads as zeros and has no allocation pending: the one a plugged
+ * hole is given to.  Searched from the end of the disk. */
+static bool zero_guest_block(const struct vdi *v, uint32_t *block)
+{
+    for (uint32_t i = v->blocks; i-- > 0;)
+        if (entry_kind(v->bmap[i]) != VD_MAP_DATA) {
+            *block = i;
+            return true;
+        }
+    return false;
+}
+
+/* Makes data block @a index read as zeros: punched where the file system can (which
+ * needs no space, the point after a full disk), else written with zeros. */
+static int zero_data_block(rt_vd_t vd, struct vdi *v, uint32_t index)
+{
+    uint64_t off = block_host_off(v, index);
+    int rc = rt__vd_punch(vd, off, v->block_size);
+    if (rc != RT_ERR_NOT_SUPPORTED)
+        return rc;
+    uint8_t *zeros = rt_mem_page_alloc(64u << 10);
+    if (zeros == NULL)
+        return RT_ERR_NO_MEMORY;
+    rc = RT_OK;
+    for (uint64_t done = 0; rc == RT_OK && done < v->block_size; done += 64u << 10)
+        rc = rt__vd_meta_write(vd, off + done, zeros,
+                               (size_t)(v->block_size - done < (64u << 10) ? v->block_size - done
+                                                                          : (64u << 10)));
+    rt_mem_page_free(zeros, 64u << 10);
+    return rc;
+}
+
+/* The header sector and the map sectors up to the one holding entry @a last, from
+ * what the file is to hold, in one write: when the map follows the header and that span
+ * is small (*@a done says whether it applied). */
+#define ONE_WRITE_MAX (1u << 20)
+
+static int write_header_and_map(rt_vd_t vd, struct vdi *v, uint32_t last, bool *done)
+{
+    *done = false;
+    uint64_t map_end = v->offset_bmap + 4u * (uint64_t)v->blocks;
+    uint64_t end = v->offset_bmap + 4u * ((uint64_t)last + 1);
+    end = (end + VDI_SECTOR - 1) / VDI_SECTOR * VDI_SECTOR;
+    if (v->offset_bmap != VDI_HEADER_LEN || end > ONE_WRITE_MAX)
         return RT_OK;
-    vd_put_le32(v->header + OFF_ALLOCATED, v->allocated);
-    int rc = rt__vd_meta_write(vd, 0, v->header, VDI_HEADER_LEN);
+    uint8_t *buf = calloc(1, (size_t)end);
+    if (buf == NULL)
+        return RT_ERR_NO_MEMORY;
+    memcpy(buf, v->header, VDI_HEADER_LEN);
+    for (uint64_t i = 0; i < v->blocks && v->offset_bmap + 4u * i + 4u <= end; i++)
+        vd_put_le32(buf + v->offset_bmap + 4u * i, v->bmap_disk[i]);
+    int rc = RT_OK;
+    if (end > map_end) /* the last map sector's padding: keep the file's bytes */
+        rc = rt__vd_meta_read(vd, map_end, buf + map_end, (size_t)(end - map_end));
     if (rc == RT_OK)
-        rc = rt_file_flush(vd->file);
-    if (rc == RT_OK)
-        v->allocated_on_disk = v->allocated;
+        rc = rt__vd_meta_write(vd, 0, buf, (size_t)end);
+    free(buf);
+    *done = rc == RT_OK;
     return rc;
 }
 
 static int write_entry(rt_vd_t vd, struct vdi *v, uint32_t block)
 {
     uint8_t le[4];
-    vd_put_le32(le, v->bmap[block]);
+    vd_put_le32(le, v->bmap_disk[block]);
     return rt__vd_meta_write(vd, v->offset_bmap + 4u * (uint64_t)block, le, sizeof(le));
+}
+
+/* Writes the count in the header and the entries of @a changed (@a n of them, the
+ * highest @a last) in the order the head comment gives. */
+static int write_count_and_entries(rt_vd_t vd, struct vdi *v, uint32_t count,
+                                   const uint32_t *changed, size_t n, uint32_t last)
+{
+    vd_put_le32(v->header + OFF_ALLOCATED, count);
+    bool done = false;
+    int rc = n > 0 ? write_header_and_map(vd, v, last, &done) : RT_OK;
+    if (rc == RT_OK && !done) {
+        if (count != v->count_on_disk) {
+            rc = rt__vd_meta_write(vd, 0, v->header, VDI_HEADER_LEN);
+            if (rc == RT_OK && n > 0)
+                rc = rt_file_flush(vd->file);
+        }
+        for (size_t i = 0; rc == RT_OK && i < n; i++)
+            rc = write_entry(vd, v, changed[i]);
+    }
+    if (rc == RT_OK)
+        v->count_on_disk = count;
+    return rc;
 }
 
 static int vdi_commit(rt_vd_t vd, uint64_t upto)
 {
     struct vdi *v = vdi_of(vd);
-    bool any = false;
+    size_t committable = 0;
     for (size_t i = 0; i < v->pending_len; i++)
         if (v->pending[i].seq != 0 && v->pending[i].seq <= upto)
-            any = true;
-    if (!any)
+            committable++;
+    if (committable == 0)
         return 0;
-    /* The count first: entries must never point past it. */
-    int rc = write_header_count(vd, v);
+    uint32_t count = count_after(v, upto);
+    uint32_t *changed = malloc((committable + v->holes_len) * sizeof(*changed));
+    if (changed == NULL)
+        return RT_ERR_NO_MEMORY;
+    size_t n = 0;
+    uint32_t last = 0;
+
+    /* Holes below the new count get a guest block that reads as zeros, their data
+     * punched to zeros first and made durable before the entry that points at them. */
+    int rc = RT_OK;
+    size_t plugged = 0;
+    for (size_t i = 0; rc == RT_OK && i < v->holes_len;) {
+        uint32_t hole = v->holes[i], block;
+        if (hole >= count || !zero_guest_block(v, &block)) {
+            i++;
+            continue;
+        }
+        if ((rc = zero_data_block(vd, v, hole)) != RT_OK)
+            break;
+        v->bmap[block] = v->bmap_disk[block] = hole;
+        changed[n++] = block;
+        last = block > last ? block : last;
+        v->holes[i] = v->holes[--v->holes_len];
+        plugged++;
+    }
+    if (rc == RT_OK && plugged > 0)
+        rc = rt_file_flush(vd->file);
     for (size_t i = 0; rc == RT_OK && i < v->pending_len;) {
         struct pending *p = &v->pending[i];
         if (p->seq == 0 || p->seq > upto) {
             i++;
             continue;
         }
-        rc = write_entry(vd, v, p->block);
-        if (rc == RT_OK)
-            *p = v->pending[--v->pending_len];
+        v->bmap_disk[p->block] = v->bmap[p->block];
+        changed[n++] = p->block;
+        last = p->block > last ? p->block : last;
+        *p = v->pending[--v->pending_len];
     }
+    if (rc == RT_OK)
+        rc = write_count_and_entries(vd, v, count, changed, n, last);
+    free(changed);
     return rc == RT_OK ? 1 : rc;
 }
 
@@ -495,29 +651,35 @@ static int vdi_commit(rt_vd_t vd, uint64_t upto)
 /* Check and leak repair. */
 
 /* Moves data block @a from to the unused block @a to and repoints @a owner's entry:
- * copy, flush, repoint, flush.  A crash at any point leaves a leak, never a loss. */
+ * copy (a MiB at a time), flush, repoint, flush.  A crash at any point leaves a leak,
+ * never a loss. */
 static int move_block(rt_vd_t vd, struct vdi *v, uint32_t owner, uint32_t from, uint32_t to)
 {
-    uint8_t *buf = rt_mem_page_alloc(v->block_size);
+    uint32_t piece = v->block_size < (1u << 20) ? v->block_size : (1u << 20);
+    uint8_t *buf = rt_mem_page_alloc(piece);
     if (buf == NULL)
         return RT_ERR_NO_MEMORY;
-    int rc = rt__vd_meta_read(vd, block_host_off(v, from), buf, v->block_size);
-    if (rc == RT_OK)
-        rc = rt__vd_meta_write(vd, block_host_off(v, to), buf, v->block_size);
-    rt_mem_page_free(buf, v->block_size);
+    int rc = RT_OK;
+    for (uint32_t done = 0; rc == RT_OK && done < v->block_size; done += piece) {
+        rc = rt__vd_meta_read(vd, block_host_off(v, from) + done, buf, piece);
+        if (rc == RT_OK)
+            rc = rt__vd_meta_write(vd, block_host_off(v, to) + done, buf, piece);
+    }
+    rt_mem_page_free(buf, piece);
     if (rc == RT_OK)
         rc = rt_file_flush(vd->file);
     if (rc != RT_OK)
         return rc;
-    v->bmap[owner] = to;
+    v->bmap[owner] = v->bmap_disk[owner] = to;
     rc = write_entry(vd, v, owner);
     return rc == RT_OK ? rt_file_flush(vd->file) : rc;
 }
 
-static int repair_leaks(rt_vd_t vd, struct vdi *v, uint32_t *owner, uint32_t referenced)
+/* Fills each hole below the referenced count with the highest block above it, then
+ * lowers the count and cuts the file after the last block. */
+static int repair_leaks(rt_vd_t vd, struct vdi *v, uint32_t *owner, uint32_t top,
+                        uint32_t referenced)
 {
-    /* Fill each hole below the referenced count with the highest block above it. */
-    uint32_t top = v->allocated;
     for (uint32_t hole = 0; hole < referenced; hole++) {
         if (owner[hole] != VDI_FREE)
             continue;
@@ -530,13 +692,30 @@ static int repair_leaks(rt_vd_t vd, struct vdi *v, uint32_t *owner, uint32_t ref
         owner[hole] = owner[from];
         owner[from] = VDI_FREE;
     }
-    v->allocated = referenced;
-    int rc = write_header_count(vd, v);
+    v->next_index = referenced;
+    v->holes_len = 0;
+    int rc = write_count_and_entries(vd, v, referenced, NULL, 0, 0);
+    if (rc == RT_OK)
+        rc = rt_file_flush(vd->file);
     if (rc == RT_OK)
         rc = rt_file_set_size(vd->file, block_host_off(v, referenced));
     return rc == RT_OK ? rt_file_flush(vd->file) : rc;
 }
 
+static void check_problem(rt_vd_check_result_t *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void check_problem(rt_vd_check_result_t *res, const char *fmt, ...)
+{
+    if (res->corruptions++ == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(res->first_problem, sizeof(res->first_problem), fmt, ap);
+        va_end(ap);
+    }
+}
+
+/* Checks the map as the file holds it (the layer has committed first). */
 static int vdi_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
 {
     struct vdi *v = vdi_of(vd);
@@ -544,31 +723,36 @@ static int vdi_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
     int rc = rt_file_get_size(vd->file, &file_size);
     if (rc != RT_OK)
         return rc;
-    uint32_t *owner = malloc((v->allocated ? v->allocated : 1) * sizeof(*owner));
+    uint32_t count = v->count_on_disk;
+    uint32_t top = count > v->next_index ? count : v->next_index;
+    uint32_t *owner = malloc((top ? top : 1) * sizeof(*owner));
     if (owner == NULL)
         return RT_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < v->allocated; i++)
+    for (uint32_t i = 0; i < top; i++)
         owner[i] = VDI_FREE;
-    uint32_t referenced = 0;
+    uint32_t referenced = 0, above = 0;
     for (uint32_t i = 0; i < v->blocks; i++) {
-        uint32_t e = v->bmap[i];
+        uint32_t e = v->bmap_disk[i];
         if (e == VDI_FREE || e == VDI_ZERO)
             continue;
-        if (e >= v->allocated || owner[e] != VDI_FREE) {
+        if (e >= top || owner[e] != VDI_FREE) {
             /* Open refuses both; seen here only if memory was overwritten. */
-            if (res->corruptions++ == 0)
-                snprintf(res->first_problem, sizeof(res->first_problem),
-                         "block map entry %u points at data block %u twice or out of range", i,
-                         e);
+            check_problem(res, "block map entry %u points at data block %u twice or out of range",
+                          i, e);
             continue;
         }
+        if (e >= count && above++ == 0)
+            check_problem(res,
+                          "the header counts %u allocated blocks, but block map entry %u uses "
+                          "data block %u: another writer would hand it out again",
+                          count, i, e);
         owner[e] = i;
         referenced++;
     }
     res->blocks_allocated = referenced;
     res->blocks_total = v->blocks;
-    res->leaks = v->allocated - referenced;
-    uint64_t end = block_host_off(v, v->allocated);
+    res->leaks = count > referenced ? count - referenced : 0;
+    uint64_t end = block_host_off(v, top);
     if (file_size > end)
         res->leaks += (file_size - end + v->block_size - 1) / v->block_size;
     if (res->leaks > 0 && res->first_problem[0] == '\0')
@@ -578,7 +762,7 @@ static int vdi_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
         snprintf(res->repair_refused, sizeof(res->repair_refused),
                  "leaks are not reclaimed while the block map has corruptions");
     if ((flags & RT_VD_CHECK_REPAIR_LEAKS) && res->leaks > 0 && res->corruptions == 0) {
-        rc = repair_leaks(vd, v, owner, referenced);
+        rc = repair_leaks(vd, v, owner, top, referenced);
         if (rc == RT_OK) {
             res->leaks_fixed = res->leaks;
             res->leaks = 0;
