@@ -75,6 +75,46 @@ check "vrt-img convert skips zeros: one block allocated" \
     bash -c "'$img' convert -f raw -O vdi '$work/sparse.raw' '$work/sparse.vdi' &&
              test \"\$(qemu-img map -f vdi --output=json '$work/sparse.vdi' | grep -c '\"data\": true')\" = 1"
 
+# --- a convert stopped mid-copy never leaves a destination that looks finished -------
+# The copy goes to a temporary name and is renamed into place after its final flush:
+# killed at any moment (SIGKILL: no cleanup), DST is either absent or the whole copy.
+qemu-img create -q -f raw "$work/big.raw" 384M
+qemu-io -f raw -c 'write -P 0x3c 0 380M' "$work/big.raw" >/dev/null
+killed_mid_copy=0
+kill_convert() {
+    local delay=$1 dst="$work/killed-$1.qcow2"
+    "$img" convert -q -f raw -O qcow2 "$work/big.raw" "$dst" &
+    local pid=$!
+    sleep "$delay"
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    if [ -e "$dst" ]; then
+        echo "delay $delay: the destination exists: it must be the whole copy"
+        qemu-img compare -q -f raw -F qcow2 "$work/big.raw" "$dst" || return 1
+    else
+        echo "delay $delay: no destination (killed mid-copy)"
+        killed_mid_copy=$((killed_mid_copy + 1))
+        ls -a "$work" | grep -q "^\.killed-$delay\.qcow2\.vrt-" || ls -a "$work"
+    fi
+    rm -f "$dst" "$work"/.killed-*
+}
+for delay in 0 0.05 0.2 0.5 1; do
+    check "convert killed with SIGKILL after ${delay}s: no destination, or the whole copy" \
+        kill_convert "$delay"
+done
+check "some of those kills struck mid-copy (the test saw the case it is for)" \
+    test "$killed_mid_copy" -gt 0
+check "convert stopped with SIGTERM mid-copy: neither the destination nor a temporary file" \
+    bash -c "'$img' convert -q -f raw -O qcow2 '$work/big.raw' '$work/termed.qcow2' & pid=\$!;
+             sleep 0.1; kill -TERM \$pid; wait \$pid; rc=\$?; echo exit \$rc;
+             test \$rc -ne 0 && test ! -e '$work/termed.qcow2' &&
+             ! ls -a '$work' | grep -q '^\.termed'"
+check "convert: the finished copy is in place, no temporary file left" \
+    bash -c "'$img' convert -q -f raw -O qcow2 '$work/big.raw' '$work/done.qcow2' &&
+             qemu-img compare -q -f raw -F qcow2 '$work/big.raw' '$work/done.qcow2' &&
+             ! ls -a '$work' | grep -q '^\.done'"
+rm -f "$work/big.raw" "$work/done.qcow2"
+
 # --- the same writes by qemu-io and by us ------------------------------------------
 for fmt in vdi raw; do
     qemu-img create -q -f "$fmt" "$work/base.$fmt" "$size"

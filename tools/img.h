@@ -128,6 +128,21 @@ void img_free_create_names(rt_vd_create_opts_t *opts);
 /** The create options in words, for "Formatting ..." and -o help. */
 void img_print_create_options_help(void);
 
+/**
+ * A name for a new file beside @a path, in the same folder (so a rename can publish it
+ * atomically): ".NAME.vrt-XXXXXX" with a random suffix, that does not exist yet.
+ * @return a malloc'ed string, or NULL (out of memory).
+ */
+char *img_temp_beside(const char *path);
+
+/**
+ * Puts the finished file @a tmp in place at @a path, never replacing a file that is
+ * there (renameat2 RENAME_NOREPLACE, or link and unlink where there is none), then
+ * makes the folder's entry durable.  On failure @a tmp is left for the caller.
+ * @return 0, or an errno value (EEXIST: @a path exists).
+ */
+int img_publish(const char *tmp, const char *path);
+
 /** True when @a buf (of @a len bytes) holds only zero bytes. */
 bool img_is_zero(const void *buf, size_t len);
 

@@ -6,12 +6,15 @@
 #include <config.h>
 #endif
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <rt/err.h>
@@ -360,4 +363,67 @@ void img_install_stop_handler(void)
 int img_stop_requested(void)
 {
     return stop_signal;
+}
+
+char *img_temp_beside(const char *path)
+{
+    static const char letters[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    const char *slash = strrchr(path, '/');
+    size_t dir_len = slash ? (size_t)(slash - path) + 1 : 0;
+    const char *base = path + dir_len;
+    size_t room = strlen(path) + 32;
+    char *tmp = malloc(room);
+    if (tmp == NULL)
+        return NULL;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned char random[6];
+        char suffix[7];
+        if (getrandom(random, sizeof random, 0) != sizeof random)
+            for (size_t i = 0; i < sizeof random; i++)
+                random[i] = (unsigned char)(rand() + attempt);
+        for (size_t i = 0; i < sizeof random; i++)
+            suffix[i] = letters[random[i] % (sizeof letters - 1)];
+        suffix[6] = '\0';
+        snprintf(tmp, room, "%.*s.%s.vrt-%s", (int)dir_len, path, base, suffix);
+        if (access(tmp, F_OK) != 0 && errno == ENOENT)
+            return tmp;
+    }
+    free(tmp);
+    errno = EEXIST;
+    return NULL;
+}
+
+/* The folder holding @a path, opened for fsync; -1 when it cannot be. */
+static int open_folder(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
+    if (dir == NULL)
+        return -1;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    return fd;
+}
+
+int img_publish(const char *tmp, const char *path)
+{
+#ifdef RENAME_NOREPLACE
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) != 0) {
+        if (errno != EINVAL && errno != ENOSYS)
+            return errno;
+#else
+    {
+#endif
+        /* No atomic no-replace rename here: link refuses an existing name, then the
+         * temporary name goes. */
+        if (link(tmp, path) != 0)
+            return errno;
+        unlink(tmp);
+    }
+    int fd = open_folder(path);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return 0;
 }

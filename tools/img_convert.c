@@ -30,17 +30,22 @@
  * Reads still overlap through the queue; the writes go in whatever order pieces
  * finish, which a format that appends compressed clusters does not mind.
  *
- * On any failure, or SIGINT/SIGTERM, no new piece starts, everything in flight is
- * drained, and the half-written destination is removed: a partial copy that looks
- * like a good image is worse than none.
+ * The copy is made under a temporary name beside DST (".DST.vrt-XXXXXX") and renamed
+ * to DST only after its final flush, without replacing a file that appeared there
+ * meanwhile: DST never holds a partial copy that looks finished, whatever stops the
+ * convert (a partial copy that looks like a good image is worse than none).  On any
+ * failure, or SIGINT/SIGTERM, no new piece starts, everything in flight is drained,
+ * and the temporary file is removed; only a SIGKILL or a power loss leaves it.
  */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
 #endif
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -75,7 +80,9 @@ static const char usage_text[] =
     "              zeros are skipped in whole clusters of DST, whatever SIZE (unless 0)\n"
     "  -h, --help  print this text and exit\n"
     "\n"
-    "DST must not exist.  If the copy fails or is interrupted, DST is removed.\n";
+    "DST must not exist.  The copy is made under a temporary name beside DST\n"
+    "(.DST.vrt-XXXXXX) and renamed to DST only when complete and flushed; if it fails\n"
+    "or is interrupted the temporary file is removed and DST never appears.\n";
 
 enum slot_state { SLOT_FREE, SLOT_READING, SLOT_READ_DONE, SLOT_WRITING };
 
@@ -93,6 +100,11 @@ struct slot {
 
 struct copy {
     const char *src_path, *dst_path;
+    /* Where the copy is made: a temporary name beside dst_path, renamed to it only
+     * once the copy is complete and durable, so dst_path never holds a partial copy
+     * that looks finished (a convert killed by SIGKILL or a power loss leaves the
+     * temporary file, named as such). */
+    char *tmp_path;
     rt_vd_t src, dst;
     rt_vd_queue_t queue;
     uint64_t size;     /* the source's virtual size */
@@ -382,17 +394,25 @@ static int create_destination(struct copy *c, const char *format, rt_vd_create_o
 
     opts->size = (c->size + IMG_SECTOR - 1) / IMG_SECTOR * IMG_SECTOR;
     c->dst_size = opts->size;
-    rc = rt_vd_create(c->dst_path, format, opts, &err);
+    snprintf(what, sizeof(what), "creating '%s'", c->dst_path);
+    if (access(c->dst_path, F_OK) == 0) {
+        img_report(what, RT_ERR_ALREADY_EXISTS, NULL);
+        fprintf(stderr, "  (convert never overwrites; remove it first)\n");
+        return RT_ERR_ALREADY_EXISTS;
+    }
+    c->tmp_path = img_temp_beside(c->dst_path);
+    if (c->tmp_path == NULL) {
+        img_report(what, rt_err_from_errno(errno), NULL);
+        return RT_ERR_NO_MEMORY;
+    }
+    rc = rt_vd_create(c->tmp_path, format, opts, &err);
     if (RT_FAILURE(rc)) {
-        snprintf(what, sizeof(what), "creating '%s'", c->dst_path);
         img_report(what, rc, &err);
-        if (rc == RT_ERR_ALREADY_EXISTS)
-            fprintf(stderr, "  (convert never overwrites; remove it first)\n");
         return rc;
     }
-    rc = img_open(&c->dst, c->dst_path, format, 0, NULL);
+    rc = img_open(&c->dst, c->tmp_path, format, 0, NULL);
     if (RT_FAILURE(rc))
-        unlink(c->dst_path);
+        unlink(c->tmp_path);
     return rc;
 }
 
@@ -438,7 +458,7 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
         rc = setup(c);
     if (RT_FAILURE(rc)) {
         rt_vd_close(c->dst);
-        unlink(c->dst_path);
+        unlink(c->tmp_path);
         goto out;
     }
 
@@ -458,12 +478,25 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
         if (RT_FAILURE(rc) && RT_SUCCESS(c->status))
             c->status = rc;
     }
+    if (RT_SUCCESS(c->status) && idle) {
+        int error = img_publish(c->tmp_path, c->dst_path);
+        if (error != 0) {
+            char what[IMG_WHAT_MAX];
+            snprintf(what, sizeof(what), "putting the copy in place at '%s'", c->dst_path);
+            c->status = rt_err_from_errno(error);
+            cli_progress_end(&c->progress, false);
+            c->progress.enabled = false;
+            img_report(what, c->status, NULL);
+        }
+    }
     if (RT_FAILURE(c->status))
-        unlink(c->dst_path);
+        unlink(c->tmp_path);
     else
         cli_progress_end(&c->progress, true);
     rc = c->status;
 out:
+    free(c->tmp_path);
+    c->tmp_path = NULL;
     if (idle) {
         rt_vd_queue_destroy(c->queue);
         rt_vd_close(c->src);
