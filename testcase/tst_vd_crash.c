@@ -39,13 +39,25 @@
  *                                                check, read all, repair, read again,
  *                                                qemu-img check
  *
- * Images continue across a few rounds (after repair) and are then recreated,
- * alternating two allocation unit sizes (VDI: 1 MiB and 64 KiB blocks; QCOW2 version 3:
- * 64 KiB and 4 KiB clusters); each format has a second series with
- * RT_VD_OPEN_NO_CACHE when the file system takes O_DIRECT.  For QCOW2 a crash can
- * strike between any two of commit's steps (refcounts, L2 tables, L1 table,
- * decrements): the check must find leaks at worst, never a corruption.  Set
- * TST_VD_CRASH_SEED to replay a round's random choices (the kill timing stays random).
+ * Images continue across a few rounds (after repair, so each round writes into the
+ * image the last crash left) and are then recreated with the next allocation unit size
+ * of the series: VDI 1 MiB and 64 KiB blocks; QCOW2 version 3 every cluster size from
+ * 512 bytes to 2 MiB.  Each format has a second series with RT_VD_OPEN_NO_CACHE when
+ * the file system takes O_DIRECT.  For QCOW2 a crash can strike between any two of
+ * commit's steps (refcounts, L2 tables, L1 table, decrements).  After every round,
+ * before anything touches the image, both checkers judge it: ours must find no
+ * corruption, qemu-img check must exit 0 or 3 (QCOW2) or 0 (VDI, which it reads with
+ * 1 MiB blocks only and for which it knows no leaks).
+ *
+ * Built with -DTST_ENOSPC (tst_vd_enospc) the rounds run on a small tmpfs the test
+ * mounts (as root; exit 77 with the reason where it cannot): the image fills the file
+ * system mid-run, writes fail with a full disk (the child carries on: a failed write
+ * is not durable, nothing else changes), the parent frees space by deleting a ballast
+ * file at a random moment, and the kill comes after.  Every write whose flush returned
+ * RT_OK must still read back.
+ *
+ * Set TST_VD_CRASH_SEED to replay a round's random choices (the kill timing stays
+ * random), TST_VD_CRASH_ROUNDS to run more rounds per unit size (a soak).
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -71,16 +83,24 @@
 #define QUEUE_DEPTH   64u
 /* A child left alone stops by itself after this long (the parent kills it far sooner). */
 #define CHILD_MAX_MS    20000u
-/* Rounds per series: each series sees both unit sizes (SERIES rounds each). */
-#define ROUNDS_CACHED   6
-#define ROUNDS_NO_CACHE 6
-/* Rounds an image lives before it is recreated. */
-#define SERIES             3
+/* Rounds an image lives before it is recreated with the next unit size (more with
+ * TST_VD_CRASH_ROUNDS). */
+#define SERIES             2
 #define KILL_MIN_MS        20u
 #define KILL_MAX_MS        1200u
 #define FIRST_FLUSH_MAX_MS 15000u
 
 #define SECTOR_MAGIC 0x31485352435f5456ull /* "VT_CRSH1" */
+
+/* Where the child writes: all of the disk, or (on the small file system) 20 MiB more
+ * of it each round an image lives, so that each round both fills the file system and,
+ * once the ballast is gone, makes progress.  Set by the parent before the fork. */
+#ifdef TST_ENOSPC
+#define SPAN_STEP (20ull << 20)
+#else
+#define SPAN_STEP DISK_SIZE
+#endif
+static uint64_t write_span = SPAN_STEP;
 
 /* The head of every payload sector. */
 struct sector_head {
@@ -94,12 +114,13 @@ _Static_assert(sizeof(struct sector_head) == 40, "no padding in the sector head"
 _Static_assert((SECTOR - sizeof(struct sector_head)) % 8 == 0, "body is whole words");
 
 /* A child's report record. */
-enum { REPORT_WRITE = 1, REPORT_DURABLE = 2 };
+enum { REPORT_WRITE = 1, REPORT_DURABLE = 2, REPORT_FAILED = 3 };
 struct report {
     uint32_t kind;
     uint32_t len; /* REPORT_WRITE: bytes */
     uint64_t gen; /* REPORT_WRITE: generation */
-    uint64_t off; /* REPORT_WRITE: guest offset; REPORT_DURABLE: writes durable */
+    uint64_t off; /* REPORT_WRITE: guest offset; REPORT_DURABLE: writes durable;
+                   * REPORT_FAILED: writes that failed so far (a full disk) */
 };
 _Static_assert(sizeof(struct report) == 24, "report records are packed");
 
@@ -186,6 +207,7 @@ struct child {
     size_t durable; /* the first @a durable of log are covered by a completed flush */
     size_t sent;    /* log records sent */
     size_t sent_durable;
+    uint64_t failed; /* writes that failed (TST_ENOSPC) */
 };
 
 static void child_fail(const char *what, int rc)
@@ -196,12 +218,32 @@ static void child_fail(const char *what, int rc)
 
 static struct child *the_child; /* the child's state (one per child process) */
 
+/* On a file system that fills up, a write may fail (and then any later one, once a
+ * failed commit has poisoned the image): it is simply not durable. */
+#ifdef TST_ENOSPC
+static const bool tolerate_full = true;
+#else
+static const bool tolerate_full = false;
+#endif
+
+static bool tolerated(int status)
+{
+    return tolerate_full && (status == RT_ERR_DISK_FULL || status == RT_ERR_IO);
+}
+
 static void on_write_done(void *user, int status)
 {
     struct child_write *w = user;
     struct child *c = the_child;
-    if (status != RT_OK)
+    if (status != RT_OK && !tolerated(status))
         child_fail("write", status);
+    if (status != RT_OK) {
+        rt_mem_page_free(w->buf, w->len);
+        w->busy = false;
+        c->in_flight--;
+        c->failed++;
+        return;
+    }
     if (c->log_len == c->log_cap) {
         c->log_cap = c->log_cap ? 2 * c->log_cap : 4096;
         c->log = realloc(c->log, c->log_cap * sizeof(*c->log));
@@ -218,9 +260,9 @@ static void on_flush_done(void *user, int status)
 {
     struct child_flush *f = user;
     struct child *c = the_child;
-    if (status != RT_OK)
+    if (status != RT_OK && !tolerated(status))
         child_fail("flush", status);
-    if (f->covers > c->durable)
+    if (status == RT_OK && f->covers > c->durable)
         c->durable = f->covers;
     f->busy = false;
     c->flushes_in_flight--;
@@ -242,7 +284,7 @@ static bool pick_range(struct child *c, uint64_t *off, uint32_t *len)
                                     : 1 + child_random(c, MAX_WRITE / SECTOR);
         uint64_t bytes = sectors * SECTOR;
         uint64_t align = child_random(c, 10) < 7 ? 4096 : SECTOR;
-        uint64_t o = child_random(c, (DISK_SIZE - bytes) / align + 1) * align;
+        uint64_t o = child_random(c, (write_span - bytes) / align + 1) * align;
         bool clash = false;
         for (unsigned i = 0; i < MAX_IN_FLIGHT && !clash; i++) {
             const struct child_write *w = &c->writes[i];
@@ -277,6 +319,10 @@ static void child_issue_write(struct child *c)
         fill_sector(w->buf + s, off + s, w->gen, off, len);
     rt_iovec_t iov = {w->buf, len};
     int rc = rt_vd_queue_write(c->queue, c->vd, off, &iov, 1, on_write_done, w);
+    if (rc != RT_OK && tolerated(rc)) {
+        rt_mem_page_free(w->buf, len);
+        return; /* a poisoned image refuses at once */
+    }
     if (rc != RT_OK)
         child_fail("rt_vd_queue_write", rc);
     w->busy = true;
@@ -291,6 +337,8 @@ static void child_issue_flush(struct child *c)
             continue;
         f->covers = c->log_len;
         int rc = rt_vd_queue_flush(c->queue, c->vd, on_flush_done, f);
+        if (rc != RT_OK && tolerated(rc))
+            return;
         if (rc != RT_OK)
             child_fail("rt_vd_queue_flush", rc);
         f->busy = true;
@@ -325,6 +373,10 @@ static void child_report(struct child *c)
     c->sent = c->durable;
     struct report marker = {REPORT_DURABLE, 0, 0, c->durable};
     send_all(c->report_fd, &marker, sizeof marker);
+    if (tolerate_full) {
+        struct report failed = {REPORT_FAILED, 0, 0, c->failed};
+        send_all(c->report_fd, &failed, sizeof failed);
+    }
     c->sent_durable = c->durable;
 }
 
@@ -358,6 +410,10 @@ static void child_main(const char *path, const char *format, uint32_t open_flags
             flush_after = c.log_len + 4 + child_random(&c, 60);
         }
         rc = rt_vd_queue_run(c.queue, 1, 100, NULL);
+        if (rc == RT_ERR_AIO_NO_REQUEST && tolerate_full) {
+            usleep(1000); /* everything refused (a poisoned image): wait for the kill */
+            rc = RT_OK;
+        }
         if (rc != RT_OK && rc != RT_ERR_TIMEOUT)
             child_fail("rt_vd_queue_run", rc);
         child_report(&c);
@@ -383,6 +439,7 @@ static uint64_t *seen_gen;
 struct round_stats {
     size_t durable, bad;
     uint64_t leaks;
+    uint64_t failed; /* writes the child saw fail (a full disk) */
 };
 
 /* Reads every sector and judges it against floor_gen: exactly floor_gen[s], or a
@@ -566,15 +623,73 @@ static int qemu_img_check_status(const char *path, const char *format)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
 }
 
-/* A series of rounds: one format, one way of opening, two unit sizes in turn. */
+/* A series of rounds: one format, one way of opening, its unit sizes in turn. */
+#define MAX_UNITS 13
 struct series {
     const char *file;
     const char *format;
     uint32_t version; /* rt_vd_create_opts_t.version */
     uint32_t open_flags;
-    uint32_t units[2];
-    int rounds;
+    uint32_t units[MAX_UNITS]; /* 0-terminated when shorter */
 };
+
+/* Where the images live: the scratch directory, or the small tmpfs (TST_ENOSPC). */
+static char image_dir[512];
+/* Rounds per image (SERIES, or TST_VD_CRASH_ROUNDS). */
+static int rounds_per_unit = SERIES;
+
+#ifdef TST_ENOSPC
+#include <sys/mount.h>
+#include <sys/statvfs.h>
+/* The file system fills up: a ballast file takes all but a little of what is free at
+ * the start of a round, and is deleted mid-round. */
+#define FS_SIZE      "48m"
+#define BALLAST_LEFT (1u << 20)
+static bool mounted;
+
+static void unmount_fs(void)
+{
+    if (mounted && umount2(image_dir, MNT_DETACH) != 0)
+        fprintf(stderr, "warning: cannot unmount %s: %s\n", image_dir, strerror(errno));
+}
+
+/* Mounts the small tmpfs; false (with the reason printed) when it cannot be made. */
+static bool mount_small_fs(void)
+{
+    tst_path(image_dir, sizeof image_dir, "small-fs");
+    if (mkdir(image_dir, 0700) != 0) {
+        printf("SKIP: cannot create %s: %s\n", image_dir, strerror(errno));
+        return false;
+    }
+    if (mount("tmpfs", image_dir, "tmpfs", MS_NOSUID | MS_NODEV, "size=" FS_SIZE) != 0) {
+        printf("SKIP: cannot mount a %s tmpfs to fill up (%s; the ENOSPC rounds need root "
+               "or CAP_SYS_ADMIN)\n",
+               FS_SIZE, strerror(errno));
+        return false;
+    }
+    mounted = true;
+    atexit(unmount_fs);
+    return true;
+}
+
+/* Fills all but BALLAST_LEFT of the free space with the ballast file. */
+static void make_ballast(const char *ballast)
+{
+    static uint8_t chunk[64u << 10];
+    struct statvfs fs;
+    if (statvfs(image_dir, &fs) != 0)
+        return;
+    uint64_t free_bytes = (uint64_t)fs.f_bavail * fs.f_frsize;
+    uint64_t want = free_bytes > BALLAST_LEFT ? free_bytes - BALLAST_LEFT : 0;
+    memset(chunk, 0xba, sizeof chunk);
+    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    for (uint64_t done = 0; fd >= 0 && done < want; done += sizeof chunk)
+        if (write(fd, chunk, sizeof chunk) != (ssize_t)sizeof chunk)
+            break;
+    if (fd >= 0)
+        close(fd);
+}
+#endif
 
 /* One round: child, kill, check, verify, repair, verify again. */
 static void crash_round(const struct series *sr, const char *path, int round, bool fresh,
@@ -591,6 +706,11 @@ static void crash_round(const struct series *sr, const char *path, int round, bo
     }
     uint64_t first_gen = ((uint64_t)round + 1) << 32;
     uint64_t child_seed = xorshift(&parent_rng);
+#ifdef TST_ENOSPC
+    char ballast[600];
+    snprintf(ballast, sizeof ballast, "%s/ballast", image_dir);
+    make_ballast(ballast);
+#endif
 
     int fds[2];
     CU_ASSERT_FATAL(pipe(fds) == 0);
@@ -606,6 +726,11 @@ static void crash_round(const struct series *sr, const char *path, int round, bo
     close(fds[1]);
     uint8_t *reports = NULL;
     size_t len = 0, cap = 0;
+#ifdef TST_ENOSPC
+    /* Let the disk fill, then give the child room again before the kill. */
+    drain(fds[0], &reports, &len, &cap, rt_time_milli_ts() + 50 + parent_random(600));
+    unlink(ballast);
+#endif
     /* Every other round the kill waits for a first completed flush (a loaded machine can
      * take seconds to fsync), so that durable data is at stake in every series; the
      * other rounds kill at any moment, early ones included. */
@@ -633,6 +758,8 @@ static void crash_round(const struct series *sr, const char *path, int round, bo
     for (size_t i = 0; i < records; i++) {
         if (r[i].kind == REPORT_WRITE) {
             writes++;
+        } else if (r[i].kind == REPORT_FAILED) {
+            st->failed = r[i].off;
         } else if (r[i].kind == REPORT_DURABLE) {
             CU_ASSERT(r[i].off == writes);
             durable = r[i].off;
@@ -651,15 +778,18 @@ static void crash_round(const struct series *sr, const char *path, int round, bo
                 floor_gen[s] = r[i].gen;
     }
 
-    /* qemu-img's verdict on the crashed QCOW2 image, before anything touches it: leaks
-     * at worst (its own check, independent of ours). */
+    /* qemu-img's verdict on the crashed image, before anything touches it (its own
+     * check, independent of ours): QCOW2 clean or leaks; VDI clean, since it calls
+     * any leak an "allocated blocks mismatch".  It reads VDI with 1 MiB blocks only. */
     bool is_qcow2 = strcmp(sr->format, "qcow2") == 0;
-    int before = is_qcow2 ? qemu_img_check_status(path, "qcow2") : -1;
-    if (before > 0 && before != 3) {
+    bool qemu_reads = is_qcow2 || block_size == (1u << 20);
+    int before = qemu_reads ? qemu_img_check_status(path, sr->format) : -1;
+    bool before_ok = before <= 0 || (is_qcow2 && before == 3);
+    if (!before_ok) {
         fprintf(stderr, "\n  round %d: qemu-img check after the crash: status %d", round, before);
-        qemu_img_clean_as(path, "qcow2"); /* shows what it says */
+        qemu_img_clean_as(path, sr->format); /* shows what it says */
     }
-    CU_ASSERT(before <= 0 || before == 3);
+    CU_ASSERT(before_ok);
 
     /* Check, read all, repair, read all again (exactly what the first read found). */
     rt_vd_t vd = RT_VD_NIL;
@@ -691,80 +821,114 @@ static void crash_round(const struct series *sr, const char *path, int round, bo
     CU_ASSERT_EQUAL(verify(vd, UINT64_MAX, "after the repair", false), 0);
     TST_RC(rt_vd_close(vd), RT_OK);
 
-    /* qemu reads VDI with 1 MiB blocks only; QCOW2 with every cluster size. */
-    bool qemu_reads = is_qcow2 || block_size == (1u << 20);
     int clean = qemu_reads ? qemu_img_clean_as(path, sr->format) : -1;
     if (clean == 0)
         fprintf(stderr, "\n  round %d: qemu-img check is not clean", round);
     CU_ASSERT(clean != 0);
 }
 
-static void run_series(const struct series *sr)
+static size_t unit_count(const struct series *sr)
 {
-    char path[512];
-    tst_path(path, sizeof path, sr->file);
-    size_t durable_total = 0;
-    for (int round = 0; round < sr->rounds; round++) {
-        bool fresh = round % SERIES == 0;
-        uint32_t block = sr->units[(round / SERIES) % 2];
-        struct round_stats st;
-        uint64_t t0 = rt_time_milli_ts();
-        crash_round(sr, path, round, fresh, block, &st);
-        printf("\n    round %d (%s, %u KiB %s): %zu writes reported durable, "
-               "%llu leaks, %zu bad sectors, %llu ms",
-               round, fresh ? "new image" : "same image", block >> 10,
-               strcmp(sr->format, "qcow2") == 0 ? "clusters" : "blocks", st.durable,
-               (unsigned long long)st.leaks, st.bad, (unsigned long long)(rt_time_milli_ts() - t0));
-        durable_total += st.durable;
-    }
-    printf("\n  ");
-    /* Kills are random, but over the rounds some flushes must have completed, or the
-     * test proved nothing. */
-    CU_ASSERT(durable_total > 0);
-    unlink(path);
+    size_t n = 0;
+    while (n < MAX_UNITS && sr->units[n] != 0)
+        n++;
+    return n;
 }
 
-static const struct series vdi_cached = {.file = "crash-cached.vdi",
-                                         .format = "vdi",
-                                         .units = {1u << 20, 64u << 10},
-                                         .rounds = ROUNDS_CACHED};
-static const struct series vdi_direct = {.file = "crash-direct.vdi",
-                                         .format = "vdi",
-                                         .open_flags = RT_VD_OPEN_NO_CACHE,
-                                         .units = {1u << 20, 64u << 10},
-                                         .rounds = ROUNDS_NO_CACHE};
-static const struct series qcow2_cached = {.file = "crash-cached.qcow2",
-                                           .format = "qcow2",
-                                           .version = 3,
-                                           .units = {64u << 10, 4u << 10},
-                                           .rounds = ROUNDS_CACHED};
-static const struct series qcow2_direct = {.file = "crash-direct.qcow2",
-                                           .format = "qcow2",
-                                           .version = 3,
-                                           .open_flags = RT_VD_OPEN_NO_CACHE,
-                                           .units = {64u << 10, 4u << 10},
-                                           .rounds = ROUNDS_NO_CACHE};
-
-/* Does the scratch file system take O_DIRECT for this format?  Says why not. */
-static bool direct_io_works(const char *format)
+static const char *unit_text(uint32_t unit, char *buf, size_t room)
 {
-    char path[512];
+    if (unit >= (1u << 20))
+        snprintf(buf, room, "%u MiB", unit >> 20);
+    else if (unit >= 1024)
+        snprintf(buf, room, "%u KiB", unit >> 10);
+    else
+        snprintf(buf, room, "%u B", unit);
+    return buf;
+}
+
+/* Does this file system take O_DIRECT for this format and unit?  Says why not. */
+static bool direct_io_works(const char *format, uint32_t unit)
+{
+    char path[600];
     rt_vd_error_t err;
     rt_vd_t vd = RT_VD_NIL;
-    rt_vd_create_opts_t opts = {.size = DISK_SIZE};
-    tst_path(path, sizeof path, "crash-probe-direct");
+    rt_vd_create_opts_t opts = {.size = DISK_SIZE, .block_size = unit};
+    snprintf(path, sizeof path, "%s/crash-probe-direct", image_dir);
     unlink(path);
     TST_RC_FATAL(rt_vd_create(path, format, &opts, &err), RT_OK);
     int rc = rt_vd_open(&vd, path, format, RT_VD_OPEN_NO_CACHE, &err);
     unlink(path);
     if (rc != RT_OK) {
-        printf("\n  note: no O_DIRECT on %s (%s: %s), uncached rounds skipped ", tst_dir(),
-               rt_status_name(rc), err.msg);
+        printf("\n  note: %s with %u-byte units uncached on %s: %s (%s): skipped ", format, unit,
+               image_dir, rt_status_name(rc), err.msg);
         return false;
     }
     rt_vd_close(vd);
     return true;
 }
+
+static void run_series(const struct series *sr)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", image_dir, sr->file);
+    size_t durable_total = 0;
+    uint64_t failed_total = 0;
+    size_t units = unit_count(sr);
+    int round = 0;
+    for (size_t u = 0; u < units; u++) {
+        uint32_t unit = sr->units[u];
+        if ((sr->open_flags & RT_VD_OPEN_NO_CACHE) && !direct_io_works(sr->format, unit))
+            continue;
+        for (int k = 0; k < rounds_per_unit; k++, round++) {
+            struct round_stats st;
+            char text[32];
+            uint64_t t0 = rt_time_milli_ts();
+            write_span = SPAN_STEP * (uint64_t)(k + 1) < DISK_SIZE ? SPAN_STEP * (uint64_t)(k + 1)
+                                                                   : DISK_SIZE;
+            crash_round(sr, path, round, k == 0, unit, &st);
+            printf("\n    round %d (%s, %s %s): %zu writes reported durable, %llu leaks, %zu "
+                   "bad sectors, %llu ms",
+                   round, k == 0 ? "new image" : "same image", unit_text(unit, text, sizeof text),
+                   strcmp(sr->format, "qcow2") == 0 ? "clusters" : "blocks", st.durable,
+                   (unsigned long long)st.leaks, st.bad,
+                   (unsigned long long)(rt_time_milli_ts() - t0));
+            durable_total += st.durable;
+            failed_total += st.failed;
+            if (tolerate_full)
+                printf(", %llu writes failed (disk full)", (unsigned long long)st.failed);
+        }
+    }
+    printf("\n  ");
+    /* On the small file system the disk must have filled at least once. */
+    CU_ASSERT(!tolerate_full || round == 0 || failed_total > 0);
+    /* Kills are random, but over the rounds some flushes must have completed, or the
+     * test proved nothing. */
+    CU_ASSERT(round == 0 || durable_total > 0);
+    unlink(path);
+}
+
+#define KIB(n) ((n) * 1024u)
+#define MIB(n) ((n) * 1024u * 1024u)
+
+#ifndef TST_ENOSPC
+static const struct series vdi_cached = {
+    .file = "crash-cached.vdi", .format = "vdi", .units = {MIB(1), KIB(64)}};
+static const struct series vdi_direct = {.file = "crash-direct.vdi",
+                                         .format = "vdi",
+                                         .open_flags = RT_VD_OPEN_NO_CACHE,
+                                         .units = {MIB(1), KIB(64)}};
+/* Every cluster size QCOW2 has. */
+static const struct series qcow2_cached = {
+    .file = "crash-cached.qcow2",
+    .format = "qcow2",
+    .version = 3,
+    .units = {512, KIB(1), KIB(2), KIB(4), KIB(8), KIB(16), KIB(32), KIB(64), KIB(128), KIB(256),
+              KIB(512), MIB(1), MIB(2)}};
+static const struct series qcow2_direct = {.file = "crash-direct.qcow2",
+                                           .format = "qcow2",
+                                           .version = 3,
+                                           .open_flags = RT_VD_OPEN_NO_CACHE,
+                                           .units = {512, KIB(4), KIB(64), MIB(2)}};
 
 static void test_crash_cached(void)
 {
@@ -773,8 +937,7 @@ static void test_crash_cached(void)
 
 static void test_crash_no_cache(void)
 {
-    if (direct_io_works("vdi"))
-        run_series(&vdi_direct);
+    run_series(&vdi_direct);
 }
 
 static void test_crash_qcow2_cached(void)
@@ -784,9 +947,24 @@ static void test_crash_qcow2_cached(void)
 
 static void test_crash_qcow2_no_cache(void)
 {
-    if (direct_io_works("qcow2"))
-        run_series(&qcow2_direct);
+    run_series(&qcow2_direct);
 }
+#else
+static const struct series vdi_full = {
+    .file = "full.vdi", .format = "vdi", .units = {MIB(1)}};
+static const struct series qcow2_full = {
+    .file = "full.qcow2", .format = "qcow2", .version = 3, .units = {KIB(64), KIB(4), 512}};
+
+static void test_enospc_vdi(void)
+{
+    run_series(&vdi_full);
+}
+
+static void test_enospc_qcow2(void)
+{
+    run_series(&qcow2_full);
+}
+#endif
 
 int main(void)
 {
@@ -800,18 +978,30 @@ int main(void)
         fprintf(stderr, "no memory for the sector model\n");
         return 1;
     }
+    const char *rounds_env = getenv("TST_VD_CRASH_ROUNDS");
+    if (rounds_env != NULL && atoi(rounds_env) > 0)
+        rounds_per_unit = atoi(rounds_env);
     if (access(QEMU_IMG, X_OK) != 0)
         printf("note: %s not installed: images are not cross-checked with qemu-img\n", QEMU_IMG);
     else
         printf("note: qemu-img checks the QCOW2 rounds and the VDI rounds with 1 MiB blocks "
                "(it reads no other VDI block size)\n");
 
+#ifndef TST_ENOSPC
+    snprintf(image_dir, sizeof image_dir, "%s", tst_dir());
     CU_pSuite suite = tst_suite("VDI crash consistency (SIGKILL)");
     TST_ADD(suite, test_crash_cached);
     TST_ADD(suite, test_crash_no_cache);
     CU_pSuite qcow2 = tst_suite("QCOW2 crash consistency (SIGKILL)");
     TST_ADD(qcow2, test_crash_qcow2_cached);
     TST_ADD(qcow2, test_crash_qcow2_no_cache);
+#else
+    if (!mount_small_fs())
+        return TST_SKIP;
+    CU_pSuite suite = tst_suite("crash consistency on a file system that fills up");
+    TST_ADD(suite, test_enospc_vdi);
+    TST_ADD(suite, test_enospc_qcow2);
+#endif
     int rc = tst_run();
     free(floor_gen);
     free(seen_gen);

@@ -411,7 +411,7 @@ static int qcow2_begin_write(rt_vd_t vd)
     s->autoclear = 0;
     int rc = rt__qcow2_header_write(vd);
     if (rc == RT_OK)
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
     if (rc != RT_OK)
         s->autoclear = keep;
     return rc;

@@ -304,7 +304,7 @@ int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
     if (rc == RT_OK && res->leaks_fixed > 0) {
         rc = rt__qcow2_refcount_flush(vd);
         if (rc == RT_OK)
-            rc = rt_file_flush(vd->file);
+            rc = rt__vd_meta_flush(vd);
         if (rc == RT_OK)
             res->leaks -= res->leaks_fixed;
     }

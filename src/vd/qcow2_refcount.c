@@ -299,7 +299,7 @@ int rt__qcow2_refcount_flush(rt_vd_t vd)
     }
     /* The header points at a moved table only once the table is written. */
     if (rc == RT_OK && s->header_dirty) {
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
         if (rc == RT_OK)
             rc = rt__qcow2_header_write(vd);
     }

@@ -303,15 +303,15 @@ int rt__qcow2_commit(rt_vd_t vd, uint64_t upto)
         return 0;
     int rc = rt__qcow2_refcount_flush(vd);
     if (rc == RT_OK)
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
     if (rc == RT_OK)
         rc = write_l2_tables(vd, s, upto);
     if (rc == RT_OK)
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
     if (rc == RT_OK)
         rc = write_l1(vd, s);
     if (rc == RT_OK)
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
     if (rc == RT_OK)
         rc = apply_decrements(vd, s, upto);
     if (rc == RT_OK)

@@ -107,6 +107,16 @@ int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
     return rt_file_write_at(vd->file, off, buf, len, NULL);
 }
 
+int rt__vd_meta_flush(rt_vd_t vd)
+{
+    if (vd->poisoned != RT_OK)
+        return vd->poisoned;
+    int rc = rt_file_flush(vd->file);
+    if (rc != RT_OK)
+        vd->poisoned = rc;
+    return rc;
+}
+
 int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len)
 {
     if (vd->read_only)

@@ -168,6 +168,10 @@ int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
 /* Runs the driver's begin_write() before the first write of the image. */
 int rt__vd_begin_write(rt_vd_t vd);
 
+/* An fsync of the image file for a driver's write ordering.  A failure poisons the
+ * image (see vd_queue.c, "Durability"): the kernel may have dropped the pages. */
+int rt__vd_meta_flush(rt_vd_t vd);
+
 /* Makes [off, off + len) of the image file read as zeros without writing them (and
  * without needing free space): a punched hole, the file's size kept.
  * RT_ERR_NOT_SUPPORTED where the host or file system cannot. */

@@ -51,10 +51,12 @@
  * data durable, then the driver writes the metadata of exactly the allocations whose
  * data was complete before FLUSH1 started (tracked by a sequence number), then FLUSH2.
  * No crash, of the process or of the machine, can leave metadata pointing at unwritten
- * data.  An fsync or commit that fails poisons the image: Linux reports a writeback
- * error once and then drops the pages, so a later fsync would succeed over lost data;
- * every later write and flush of the image fails with the same status until it is
- * reopened (QEMU's rule after fdatasync fails).
+ * data.  An fsync that fails poisons the image: Linux reports a writeback error once
+ * and then drops the pages, so a later fsync would succeed over lost data; every later
+ * write and flush of the image fails with the same status until it is reopened (QEMU's
+ * rule after fdatasync fails).  So does a commit that fails, except for a metadata
+ * write that found the disk full: it wrote nothing, the commit's steps are ordered so
+ * what did reach the file is consistent, and the next flush tries again.
  */
 #include "config.h"
 
@@ -541,7 +543,14 @@ static bool next_stage(struct vd_io *io)
         if (vd->driver->commit != NULL) {
             int rc = vd->driver->commit(vd, io->flush_seq);
             if (rc < 0) {
-                poison(io, rc);
+                /* A write that found the disk full changed nothing and the commit may
+                 * be tried again (its steps are ordered: what reached the file is
+                 * consistent); any other failure, or a failed fsync inside it (the
+                 * driver's rt__vd_meta_flush poisoned the image already), poisons. */
+                if (rc == RT_ERR_DISK_FULL && vd->poisoned == RT_OK)
+                    io->status = rc;
+                else
+                    poison(io, vd->poisoned != RT_OK ? vd->poisoned : rc);
                 finish(io);
             } else if (rc > 0) {
                 start_stage(io, STAGE_FLUSH2);

@@ -23,10 +23,13 @@
  *     entry and the count reach the file only at a flush, after its data (the engine
  *     waits for the allocations begun before the flush, so none is still in flight below
  *     one that commits);
- *   - an allocation whose data write failed (a full disk) leaves a hole below the ones
- *     that succeeded.  The next commit plugs it: the hole's block is punched to zeros
- *     (no space needed) and given to a guest block that reads as zeros anyway (free or
- *     zero), so the guest sees no change and the map stays dense;
+ *   - an allocation whose data write failed (a full disk) keeps its block, punched to
+ *     zeros (which needs no space): the guest block read as zeros before, so it still
+ *     does, and no hole opens below the allocations that succeeded.  Where the file
+ *     system cannot punch, the block becomes a hole that the next commit plugs the same
+ *     way: punched or written with zeros, and given to a guest block that reads as
+ *     zeros anyway (free or zero), so the guest sees no change and the map stays dense
+ *     (holes an image has at open are plugged the same way);
  *   - commit writes the header and the changed map sectors in one write when the map
  *     starts right after the header and the changes lie in its first MiB (the images
  *     QEMU, VirtualBox and this driver create): one system call, so a process killed at
@@ -462,6 +465,19 @@ static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
     return RT_OK;
 }
 
+/* Makes data block @a index read as zeros without needing space: punched, and the file
+ * extended (sparsely) to cover it when the failed write never got that far. */
+static int zero_block_in_place(rt_vd_t vd, struct vdi *v, uint32_t index)
+{
+    uint64_t off = block_host_off(v, index), size = 0;
+    int rc = rt__vd_punch(vd, off, v->block_size);
+    if (rc == RT_OK)
+        rc = rt_file_get_size(vd->file, &size);
+    if (rc == RT_OK && size < off + v->block_size)
+        rc = rt_file_set_size(vd->file, off + v->block_size);
+    return rc;
+}
+
 static void vdi_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq)
 {
     struct vdi *v = vdi_of(vd);
@@ -473,9 +489,18 @@ static void vdi_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status,
             p->seq = seq;
             return;
         }
-        /* The data never made it: the guest block maps as before, and its data block
-         * becomes a hole for the next commit to plug (or, at the top, is taken back). */
+        /* The data never made it.  The guest block read as zeros before (VDI allocates
+         * only free and zero blocks), so the data block punched to zeros keeps what the
+         * guest sees, and stays allocated: no hole in the map for a full disk to leave
+         * (the punch needs no space).  The next flush makes the punch durable before the
+         * entry, as for any allocation. */
         uint32_t index = v->bmap[p->block];
+        if (zero_block_in_place(vd, v, index) == RT_OK) {
+            p->seq = ++vd->alloc_seq;
+            return;
+        }
+        /* Where nothing can punch: the guest block maps as before, and its data block
+         * becomes a hole for the next commit to plug (or, at the top, is taken back). */
         v->bmap[p->block] = p->previous;
         v->pending[i] = v->pending[--v->pending_len];
         if (index + 1 == v->next_index)
@@ -521,7 +546,7 @@ static bool zero_guest_block(const struct vdi *v, uint32_t *block)
 static int zero_data_block(rt_vd_t vd, struct vdi *v, uint32_t index)
 {
     uint64_t off = block_host_off(v, index);
-    int rc = rt__vd_punch(vd, off, v->block_size);
+    int rc = zero_block_in_place(vd, v, index);
     if (rc != RT_ERR_NOT_SUPPORTED)
         return rc;
     uint8_t *zeros = rt_mem_page_alloc(64u << 10);
@@ -584,7 +609,7 @@ static int write_count_and_entries(rt_vd_t vd, struct vdi *v, uint32_t count,
         if (count != v->count_on_disk) {
             rc = rt__vd_meta_write(vd, 0, v->header, VDI_HEADER_LEN);
             if (rc == RT_OK && n > 0)
-                rc = rt_file_flush(vd->file);
+                rc = rt__vd_meta_flush(vd);
         }
         for (size_t i = 0; rc == RT_OK && i < n; i++)
             rc = write_entry(vd, v, changed[i]);
@@ -629,7 +654,7 @@ static int vdi_commit(rt_vd_t vd, uint64_t upto)
         plugged++;
     }
     if (rc == RT_OK && plugged > 0)
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
     for (size_t i = 0; rc == RT_OK && i < v->pending_len;) {
         struct pending *p = &v->pending[i];
         if (p->seq == 0 || p->seq > upto) {
@@ -667,12 +692,12 @@ static int move_block(rt_vd_t vd, struct vdi *v, uint32_t owner, uint32_t from, 
     }
     rt_mem_page_free(buf, piece);
     if (rc == RT_OK)
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
     if (rc != RT_OK)
         return rc;
     v->bmap[owner] = v->bmap_disk[owner] = to;
     rc = write_entry(vd, v, owner);
-    return rc == RT_OK ? rt_file_flush(vd->file) : rc;
+    return rc == RT_OK ? rt__vd_meta_flush(vd) : rc;
 }
 
 /* Fills each hole below the referenced count with the highest block above it, then
@@ -696,10 +721,10 @@ static int repair_leaks(rt_vd_t vd, struct vdi *v, uint32_t *owner, uint32_t top
     v->holes_len = 0;
     int rc = write_count_and_entries(vd, v, referenced, NULL, 0, 0);
     if (rc == RT_OK)
-        rc = rt_file_flush(vd->file);
+        rc = rt__vd_meta_flush(vd);
     if (rc == RT_OK)
         rc = rt_file_set_size(vd->file, block_host_off(v, referenced));
-    return rc == RT_OK ? rt_file_flush(vd->file) : rc;
+    return rc == RT_OK ? rt__vd_meta_flush(vd) : rc;
 }
 
 static void check_problem(rt_vd_check_result_t *res, const char *fmt, ...)
