@@ -43,5 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_open_read_only(path, "raw");
     fuzz_open_read_only(path, NULL);
     check_contents(path, data, size);
+    if (getenv("FUZZ_NO_WRITE") == NULL) {
+        fuzz_image(data, size);
+        fuzz_writable(path, "raw");
+    }
     return 0;
 }

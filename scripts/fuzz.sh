@@ -15,6 +15,10 @@
 #   FUZZ_BUILD     build directory (default SRCDIR/build-fuzz, which git ignores)
 #   FUZZ_CC        the compiler (default clang)
 #   FUZZ_ARGS      extra libFuzzer flags, e.g. "-jobs=2 -workers=2"
+#   FUZZ_RECORD    where the run's table goes (default SRCDIR/doc/fuzz.md): per
+#                  harness, seconds, executions, corpus, coverage and findings, with the
+#                  command and machine; "none" writes nothing
+#   FUZZ_NO_WRITE  set: skip each harness's writable pass (read-only opens only)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -70,6 +74,8 @@ incs="-I$here/include -I$here/src -I$lib -I$lib/src"
 # shellcheck disable=SC2086 # $cflags, $incs, $libs are word lists
 "$cc" $cflags $warn -fsanitize=fuzzer-no-link $incs "$here/fuzz/gen_seeds.c" $libs -o "$build/gen_seeds"
 
+record=${FUZZ_RECORD:-$here/doc/fuzz.md}
+rows=()
 status=0
 for d in $drivers; do
     src="$here/fuzz/fuzz_$d.c"
@@ -96,8 +102,12 @@ for d in $drivers; do
         "${dict[@]}" ${FUZZ_ARGS:-} "$corpus" "$seeds" >"$build/fuzz-$d.log" 2>&1 || rc=$?
     grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)' \
         "$build/fuzz-$d.log" || true
-    echo "$d: corpus $(find "$corpus" -type f | wc -l) inputs," \
-        "coverage $(grep -oE 'cov: [0-9]+' "$build/fuzz-$d.log" | tail -n 1)"
+    inputs=$(find "$corpus" -type f | wc -l)
+    cov=$(grep -oE 'cov: [0-9]+' "$build/fuzz-$d.log" | tail -n 1 | sed 's/cov: //')
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$build/fuzz-$d.log" | tail -n 1)
+    findings=$(find "$artifacts" -type f | wc -l)
+    echo "$d: corpus $inputs inputs, coverage ${cov:-?}, $execs executions, $findings findings"
+    rows+=("| $d | $seconds | ${execs:-?} | $inputs | ${cov:-?} | $findings |")
     if [ "$rc" -ne 0 ]; then
         echo "$d: FOUND A PROBLEM (exit $rc); input(s) in $artifacts:" >&2
         ls -l "$artifacts" >&2
@@ -106,4 +116,22 @@ for d in $drivers; do
         status=1
     fi
 done
+if [ "$record" != none ]; then
+    {
+        echo "# make fuzz: the last recorded run"
+        echo
+        echo "Command: \`FUZZ_SECONDS=$seconds make fuzz\` (scripts/fuzz.sh), $(date -u '+%Y-%m-%d %H:%M UTC')."
+        echo "Machine: $(nproc) CPUs, $(uname -sr), $("$cc" --version | head -n 1)."
+        echo "Each harness opens every input read-only (named and probed) and reads it every"
+        echo "way a reader can, then opens it writable, writes, flushes, checks, repairs and"
+        echo "reopens it (fuzz/fuzz_common.h)${FUZZ_NO_WRITE:+ -- this run without the writable pass}."
+        echo "A finding is an input that crashed, tripped ASan/UBSan, or broke an oracle;"
+        echo "it is kept in build-fuzz/artifacts-DRIVER/."
+        echo
+        echo "| harness | seconds | executions | corpus inputs | coverage (edges) | findings |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        printf '%s\n' "${rows[@]}"
+    } >"$record"
+    echo "recorded in $record"
+fi
 exit $status

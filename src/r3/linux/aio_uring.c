@@ -315,7 +315,8 @@ static void prep(const struct uring *uring, struct io_uring_sqe *sqe, struct rt_
     size_t left = req->len - done;
     unsigned chunk = left > MAX_CHUNK ? MAX_CHUNK : (unsigned)left;
     uint64_t off = req->off + done;
-    char *buf = (char *)req->buf + done;
+    /* Vectored requests have no buf: arithmetic on NULL is undefined even for + 0. */
+    char *buf = req->buf != NULL ? (char *)req->buf + done : NULL;
     int fixed = -1;
 
     if (uring->n_fixed > 0 && (req->op == RT__AIO_OP_READ || req->op == RT__AIO_OP_WRITE))
