@@ -1,6 +1,6 @@
 /*
- * Virtual disks: open, create, read, write, flush and inspect disk images (raw, VDI)
- * through one interface, synchronously or asynchronously on the file AIO API.
+ * Virtual disks: open, create, read, write, flush and inspect disk images (raw, VDI,
+ * QCOW2) through one interface, synchronously or asynchronously on the file AIO API.
  *
  * Offsets and lengths are in bytes of the guest-visible (virtual) disk and need no
  * alignment: the layer rounds to the image's sectors, bounces through aligned memory
@@ -65,6 +65,10 @@ typedef struct rt_vd_error {
  *                                   (a VDI differencing image), or NO_CACHE refused.
  * @retval RT_ERR_ACCESS_DENIED      the image names another file and
  *                                   RT_VD_OPEN_ALLOW_BACKING is not set; or the OS said so.
+ * @retval RT_ERR_IS_A_DIRECTORY     @a path (or a backing file) is a directory.
+ * @retval RT_ERR_NOT_SUPPORTED      ... or it is a FIFO, socket or character device:
+ *                                   images are regular files or block devices.  The
+ *                                   open never waits (a FIFO does not block it).
  * @retval RT_ERR_NO_MEMORY, and the statuses of rt_file_open() and rt_file_read_at().
  */
 int rt_vd_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
@@ -130,6 +134,10 @@ int rt_vd_close(rt_vd_t vd);
  * Reads or writes guest bytes, waiting for the result.  Any offset and length inside
  * the virtual size; a length of 0 does nothing.
  *
+ * A write that fails changed nothing the guest can see (a new allocation unit whose
+ * data write failed is forgotten, or for VDI kept but zeroed, as it read before).
+ * After a failed flush (see rt_vd_flush()) every write fails with that flush's status.
+ *
  * @retval RT_OK
  * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a buf NULL with @a len > 0)
  * @retval RT_ERR_OUT_OF_RANGE    the range ends past the virtual size.
@@ -148,7 +156,15 @@ int rt_vd_writev(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcn
 /**
  * Makes every completed write durable, together with the metadata that points at it.
  *
- * @retval RT_OK, RT_ERR_INVALID_HANDLE, RT_ERR_BUSY (see rt_vd_read()), RT_ERR_IO.
+ * A flush whose fsync fails (or whose metadata commit fails other than for a full
+ * disk) poisons the image: the kernel may have dropped the data it could not write,
+ * so a later fsync would succeed over lost data.  Every later write and flush of the
+ * image then fails with the same status, until it is closed and opened again; reads
+ * go on working.  A commit that found the disk full wrote nothing and fails only that
+ * flush: the next one tries again.
+ *
+ * @retval RT_OK, RT_ERR_INVALID_HANDLE, RT_ERR_BUSY (see rt_vd_read()), RT_ERR_IO,
+ *         RT_ERR_DISK_FULL, or the status of the failure that poisoned the image.
  */
 int rt_vd_flush(rt_vd_t vd);
 
@@ -313,7 +329,9 @@ int rt_vd_queue_read(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iov
                      unsigned iovcnt, rt_vd_done_t *done, void *user);
 int rt_vd_queue_write(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
                       unsigned iovcnt, rt_vd_done_t *done, void *user);
-/** A flush covers every write whose callback ran before the flush was started. */
+/** A flush covers every write whose callback ran before the flush was started; the
+ *  poisoning rule of rt_vd_flush() applies (a poisoned image refuses writes and flushes
+ *  here at once, with its status). */
 int rt_vd_queue_flush(rt_vd_queue_t queue, rt_vd_t vd, rt_vd_done_t *done, void *user);
 
 /**

@@ -224,7 +224,7 @@ static int parse_header(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_e
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "QCOW2 L1 table of %u entries is too large",
                            s->l1_size);
     if (s->l1_offset % s->cluster_size != 0 || s->l1_offset == 0 ||
-        s->l1_offset > file_size || (uint64_t)s->l1_size * 8u > file_size - s->l1_offset)
+        !vd_table_inside(s->l1_offset, s->l1_size, 8, file_size, NULL))
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "QCOW2 L1 table offset 0x%llx is unaligned or the table runs past the "
                            "end of the file",

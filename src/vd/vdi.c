@@ -216,13 +216,14 @@ static int check_header(struct vdi *v, uint64_t file_size, rt_vd_error_t *err)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "VDI block map offset 0x%llx is unaligned or overlaps the header",
                            (unsigned long long)v->offset_bmap);
-    uint64_t bmap_end = v->offset_bmap + (uint64_t)v->blocks * 4u;
-    if (bmap_end > file_size)
+    uint64_t bmap_end = 0;
+    if (!vd_table_inside(v->offset_bmap, v->blocks, 4, file_size, &bmap_end))
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "VDI block map (%u entries at 0x%llx) extends past the end of the "
                            "file (%llu bytes)",
                            v->blocks, (unsigned long long)v->offset_bmap,
                            (unsigned long long)file_size);
+    bmap_end += v->offset_bmap;
     if (v->offset_data % VDI_SECTOR != 0 || v->offset_data < bmap_end)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "VDI data offset 0x%llx is unaligned or overlaps the block map "
