@@ -115,17 +115,6 @@ static uint64_t read_be(const char *path, uint64_t off, unsigned bytes)
     return v;
 }
 
-/* qemu-img check's exit status on @a path (0 clean, 2 corrupt, 3 leaks only), quietly;
- * -1 when qemu-img is not installed. */
-static int qemu_img_check_status(const char *path)
-{
-    if (access(QEMU_IMG, X_OK) != 0)
-        return -1;
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "%s check -f qcow2 '%s' >/dev/null 2>&1", QEMU_IMG, path);
-    int status = system(cmd);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
-}
 
 /* ---------------------------------------------------------------------------------- */
 /* The valid images. */
@@ -419,7 +408,7 @@ static void test_valid_images(void)
             CU_ASSERT_EQUAL(res.leaks, 0);
             TST_RC(rt_vd_close(vd), RT_OK);
         }
-        int q = qemu_img_check_status(b->path);
+        int q = qemu_img_check_status(b->path, "qcow2");
         if (q > 0)
             CU_ASSERT_EQUAL(qemu_img_clean_as(b->path, "qcow2"), 1);
     }
@@ -733,7 +722,7 @@ static void run_mutation(const struct mutation *m)
             expect_check_corrupt(m, vd);
             rt_vd_close(vd);
         }
-        int q = qemu_img_check_status(path);
+        int q = qemu_img_check_status(path, "qcow2");
         if (q == 0 || q == 3)
             fprintf(stderr, "\n  %s: qemu-img check finds no corruption (status %d)", m->name, q);
         CU_ASSERT(q != 0 && q != 3);
@@ -1366,7 +1355,7 @@ static void test_refcount_table_at_eof(void)
             fprintf(stderr, "\n  %s, table last: %s", b->file, res.first_problem);
         CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
         TST_RC(rt_vd_close(vd), RT_OK);
-        int q = qemu_img_check_status(path);
+        int q = qemu_img_check_status(path, "qcow2");
         CU_ASSERT(q <= 0);
 
         /* Two clusters: the second at the end of the file, then cut by it. */
@@ -1437,7 +1426,7 @@ static void test_allocator_skips_counted_clusters(void)
         CU_ASSERT_EQUAL(res.corruptions, 0);
         CU_ASSERT(res.leaks >= 3);
         TST_RC(rt_vd_close(vd), RT_OK);
-        int q = qemu_img_check_status(path);
+        int q = qemu_img_check_status(path, "qcow2");
         CU_ASSERT(q < 0 || q == 3);
         unlink(path);
     }
@@ -1536,7 +1525,7 @@ static void test_autoclear(void)
     patch(path, 0, after, 512); /* back to the cleared header */
     free(after);
     free(before);
-    if (qemu_img_check_status(path) >= 0)
+    if (qemu_img_check_status(path, "qcow2") >= 0)
         CU_ASSERT_EQUAL(qemu_img_clean_as(path, "qcow2"), 1);
     /* A v2 header has no autoclear field: those bytes are extensions (here: none). */
 }

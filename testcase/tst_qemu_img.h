@@ -5,6 +5,8 @@
 #ifndef TST_QEMU_IMG_H
 #define TST_QEMU_IMG_H
 
+#include <sys/wait.h>
+
 #include "tst_common.h"
 
 #define QEMU_IMG "/usr/bin/qemu-img"
@@ -26,6 +28,18 @@ static inline int qemu_img_clean_as(const char *path, const char *format)
             fprintf(stderr, "    (cannot show %s)\n", log);
     }
     return status == 0;
+}
+
+/* qemu-img check's exit status on @a path (0 clean, 2 corrupt, 3 leaks only), quietly;
+ * -1 when qemu-img is not installed. */
+static inline int qemu_img_check_status(const char *path, const char *format)
+{
+    if (access(QEMU_IMG, X_OK) != 0)
+        return -1;
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s check -f %s '%s' >/dev/null 2>&1", QEMU_IMG, format, path);
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
 }
 
 #endif /* TST_QEMU_IMG_H */

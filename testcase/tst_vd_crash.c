@@ -611,17 +611,6 @@ static void explain_loss(rt_vd_t vd, const char *path, const char *format, int r
     }
 }
 
-/* qemu-img check's exit status (0 clean, 2 corrupt, 3 leaks only), quietly; -1 when it
- * is not installed. */
-static int qemu_img_check_status(const char *path, const char *format)
-{
-    if (access(QEMU_IMG, X_OK) != 0)
-        return -1;
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "%s check -f %s '%s' >/dev/null 2>&1", QEMU_IMG, format, path);
-    int status = system(cmd);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
-}
 
 /* A series of rounds: one format, one way of opening, its unit sizes in turn. */
 #define MAX_UNITS 13

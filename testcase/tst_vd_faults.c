@@ -161,16 +161,6 @@ static bool all_bytes(const uint8_t *p, size_t len, uint8_t value)
     return true;
 }
 
-/* qemu-img check's exit status (0 clean, 2 corrupt, 3 leaks), -1 without qemu-img. */
-static int qemu_check(const char *path, const char *format)
-{
-    if (access(QEMU_IMG, X_OK) != 0)
-        return -1;
-    char cmd[1400];
-    snprintf(cmd, sizeof cmd, "%s check -f %s '%s' >/dev/null 2>&1", QEMU_IMG, format, path);
-    int status = system(cmd);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
-}
 
 /* ---------------------------------------------------------------------------------- */
 /* A full disk under an allocation that later writes depend on. */
@@ -243,7 +233,7 @@ static void dependents_follow_failed_allocation(const char *format, uint32_t uni
     TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
     CU_ASSERT_EQUAL(res.corruptions, 0);
     TST_RC(rt_vd_close(vd), RT_OK);
-    int q_rc = qemu_check(path, format);
+    int q_rc = qemu_img_check_status(path, format);
     CU_ASSERT(q_rc <= 0 || (q_rc == 3 && strcmp(format, "qcow2") == 0));
     unlink(path);
 }
@@ -312,7 +302,7 @@ static void poisoned_after(const char *format, int skip_fsyncs, bool header_writ
     CU_ASSERT(memcmp(back, data, sizeof data) == 0);
     TST_RC(rt_vd_close(vd), RT_OK);
     if (strcmp(format, "raw") != 0) {
-        int q_rc = qemu_check(path, format);
+        int q_rc = qemu_img_check_status(path, format);
         CU_ASSERT(q_rc <= 0 || q_rc == 3);
     }
     unlink(path);
@@ -373,7 +363,7 @@ static void test_vdi_failed_allocation_leaves_no_hole(void)
     TST_RC(rt_vd_flush(vd), RT_OK);
 
     /* What the file holds now (no close yet: a crash here leaves this). */
-    int clean = qemu_check(path, "vdi");
+    int clean = qemu_img_check_status(path, "vdi");
     if (clean > 0)
         qemu_img_clean_as(path, "vdi"); /* shows qemu-img's words */
     CU_ASSERT(clean <= 0);
@@ -400,7 +390,7 @@ static void test_vdi_failed_allocation_leaves_no_hole(void)
     TST_RC(rt_vd_write(vd, 2 * MIB, a, 4096), RT_OK);
     TST_RC(rt_vd_queue_destroy(q), RT_OK);
     TST_RC(rt_vd_close(vd), RT_OK);
-    CU_ASSERT(qemu_check(path, "vdi") <= 0);
+    CU_ASSERT(qemu_img_check_status(path, "vdi") <= 0);
     unlink(path);
 }
 
