@@ -1379,6 +1379,40 @@ static void test_refcount_table_at_eof(void)
     }
 }
 
+/* A leak on a data cluster whose one L2 entry lacks COPIED (consistent while the count
+ * is 2): the repair brings the count to 1, which makes that entry the owner, so it
+ * sets COPIED too; otherwise both checkers would call the repaired image corrupt.
+ * Found by the writable fuzz pass. */
+static void test_repair_sets_copied(void)
+{
+    const struct base *b = &bases[V3_64K];
+    char path[512];
+    tst_path(path, sizeof path, "repair-copied.qcow2");
+    copy_file(b->path, path);
+    uint64_t entry = read_be(path, b->l2_first, 8);
+    patch_be(path, b->l2_first, entry & ~COPIED, 8);
+    patch_be(path, refcount_entry_at(b, path, b->data_first / b->cluster), 2, 2);
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    rt_vd_check_result_t res;
+    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions, 0);
+    CU_ASSERT_EQUAL(res.leaks, 1);
+    TST_RC(rt_vd_check(vd, RT_VD_CHECK_REPAIR_LEAKS, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.leaks_fixed, 1);
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    if (res.corruptions + res.leaks)
+        fprintf(stderr, "\n  after the repair: %s", res.first_problem);
+    CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
+    CU_ASSERT(reads_as_expected(vd, b));
+    TST_RC(rt_vd_close(vd), RT_OK);
+    CU_ASSERT((read_be(path, b->l2_first, 8) & COPIED) != 0);
+    int q = qemu_img_check_status(path, "qcow2");
+    CU_ASSERT(q <= 0);
+    unlink(path);
+}
+
 /* A crash can leave refcounts on clusters past the end of the file (the refcount block
  * was committed, the data that would have extended the file was not).  The next writer
  * must not hand those clusters out again: counted twice, they would read "refcount 2,
@@ -1557,6 +1591,7 @@ int main(void)
     TST_ADD(in_use, test_check_finds);
     TST_ADD(in_use, test_repair_refused);
     TST_ADD(in_use, test_allocator_skips_counted_clusters);
+    TST_ADD(in_use, test_repair_sets_copied);
     TST_ADD(in_use, test_refcount_table_at_eof);
 
     int rc = tst_run();

@@ -176,8 +176,10 @@ static int count_bitmaps(struct census *c, uint64_t file_size)
     return rc;
 }
 
-/* COPIED must be set exactly where the refcount is 1 (active tables only). */
-static int check_copied(struct census *c)
+/* COPIED must be set exactly where the refcount is 1 (active tables only).  With
+ * @a fix (after a leak repair, which can bring a count down to 1) a missing COPIED on an
+ * entry whose only reference it is gets set; *@a fixed counts them. */
+static int walk_copied(struct census *c, bool fix, uint64_t *fixed)
 {
     struct qcow2 *s = c->s;
     for (uint32_t i = 0; i < s->l1_size; i++) {
@@ -188,16 +190,22 @@ static int check_copied(struct census *c)
         int rc = rt__qcow2_refcount_get(c->vd, l2 >> s->cluster_bits, &refcount);
         if (rc != RT_OK)
             return rc;
-        if ((refcount == 1) != !!(s->l1[i] & QCOW2_COPIED))
+        if (fix && refcount == 1 && !(s->l1[i] & QCOW2_COPIED)) {
+            s->l1[i] |= QCOW2_COPIED;
+            s->l1_dirty = true;
+            (*fixed)++;
+        } else if (!fix && (refcount == 1) != !!(s->l1[i] & QCOW2_COPIED)) {
             problem(c, "L1 entry %llu: COPIED flag disagrees with refcount %llu",
                     (unsigned long long)i, (unsigned long long)refcount);
+        }
         struct qcow2_l2 *t = rt__qcow2_l2_get(c->vd, i, &rc);
         if (rc == RT_ERR_VD_CORRUPT) {
             /* Refused on load (an entry out of bounds or into metadata): counted as
              * such, and the references it holds were counted from the file already. */
-            problem(c, "L2 table of L1 entry %llu has an entry past the end of the file, "
-                       "into metadata, or with reserved bits set",
-                    (unsigned long long)i);
+            if (!fix)
+                problem(c, "L2 table of L1 entry %llu has an entry past the end of the file, "
+                           "into metadata, or with reserved bits set",
+                        (unsigned long long)i);
             rc = RT_OK;
             continue;
         }
@@ -208,9 +216,14 @@ static int check_copied(struct census *c)
                 continue;
             if ((rc = rt__qcow2_refcount_get(c->vd, host >> s->cluster_bits, &refcount)) != RT_OK)
                 return rc;
-            if ((refcount == 1) != !!(e & QCOW2_COPIED))
+            if (fix && refcount == 1 && !(e & QCOW2_COPIED)) {
+                t->entries[j] = e | QCOW2_COPIED;
+                t->dirty = true;
+                (*fixed)++;
+            } else if (!fix && (refcount == 1) != !!(e & QCOW2_COPIED)) {
                 problem(c, "L2 entry for data at 0x%llx: COPIED flag disagrees with refcount %llu",
                         (unsigned long long)host, (unsigned long long)refcount);
+            }
         }
         if (rc != RT_OK)
             return rc;
@@ -283,8 +296,9 @@ int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
     for (uint64_t i = 0; i < s->rt_entries; i++)
         if (s->rt[i] != 0)
             count_range(&c, s->rt[i], s->cluster_size, "refcount block");
+    uint64_t copied_fixed = 0;
     if (rc == RT_OK)
-        rc = check_copied(&c);
+        rc = walk_copied(&c, false, &copied_fixed);
 
     if (rc == RT_OK)
         rc = compare(&c, false);
@@ -302,9 +316,19 @@ int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
             rc = compare(&c, true);
     }
     if (rc == RT_OK && res->leaks_fixed > 0) {
-        rc = rt__qcow2_refcount_flush(vd);
+        /* A count brought down to 1 makes the entry holding that one reference the
+         * cluster's owner: its COPIED flag goes on (after the counts, so that a crash
+         * between leaves a flag missing, which only costs a copy on the next write). */
+        rc = walk_copied(&c, true, &copied_fixed);
+        if (rc == RT_OK)
+            rc = rt__qcow2_refcount_flush(vd);
         if (rc == RT_OK)
             rc = rt__vd_meta_flush(vd);
+        if (rc == RT_OK && copied_fixed > 0) {
+            int committed = rt__qcow2_commit(vd, vd->alloc_seq);
+            if (committed < 0)
+                rc = committed;
+        }
         if (rc == RT_OK)
             res->leaks -= res->leaks_fixed;
     }
