@@ -168,9 +168,10 @@ static void fuzz_fail(const char *what, int rc)
 /* The writable pass: open @a path writable as @a format; write three small ranges
  * (start, middle, end of the disk: allocations on top of whatever map the input holds),
  * flush, check and repair, close, reopen read-only.  What any image that opened owes:
- * no crash and only documented statuses; the bytes written read back, before the close
- * and after the reopen; the file reopens.  An input that checked clean before the
- * writes must check clean after them (no corruption; after the repair, no leaks). */
+ * no crash and only documented statuses; the file reopens.  An input that checked clean
+ * before the writes must check clean after them (no corruption; after the repair, no
+ * leaks), and the bytes written read back, before the close and after the reopen (a
+ * corrupt input may map two guest ranges to one cluster, as QEMU would read it too). */
 static void fuzz_writable(const char *path, const char *format)
 {
     rt_vd_t vd = RT_VD_NIL;
@@ -246,7 +247,8 @@ static void fuzz_writable(const char *path, const char *format)
             continue;
         if ((rc = rt_vd_read(vd, offs[i], back, (size_t)lens[i])) != RT_OK)
             fuzz_fail("read back", rc);
-        if (memcmp(back, pattern[i], (size_t)lens[i]) != 0) {
+        /* A corrupt image may map two guest ranges to one cluster (so may QEMU's). */
+        if (clean_before && memcmp(back, pattern[i], (size_t)lens[i]) != 0) {
             fprintf(stderr, "writable pass: range %d (%llu+%llu) reads back different\n", i,
                     (unsigned long long)offs[i], (unsigned long long)lens[i]);
             abort();
@@ -266,7 +268,7 @@ static void fuzz_writable(const char *path, const char *format)
             continue;
         if ((rc = rt_vd_read(vd, offs[i], back, (size_t)lens[i])) != RT_OK)
             fuzz_fail("read after reopen", rc);
-        if (memcmp(back, pattern[i], (size_t)lens[i]) != 0) {
+        if (clean_before && memcmp(back, pattern[i], (size_t)lens[i]) != 0) {
             fprintf(stderr, "writable pass: range %d differs after reopen\n", i);
             abort();
         }
