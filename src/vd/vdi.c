@@ -102,6 +102,7 @@ struct pending {
     uint32_t block;
     uint32_t previous; /* the entry before allocation, restored if the data write fails */
     uint64_t seq;      /* 0 while the data write is in flight */
+    bool from_hole;    /* its index was a hole below others (the index space was full) */
 };
 
 struct vdi {
@@ -448,16 +449,18 @@ static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
         return RT_ERR_NO_MEMORY;
     v->pending = grown;
     uint32_t index;
+    bool from_hole = false;
     if (v->next_index < v->blocks) {
         index = v->next_index++;
     } else if (v->holes_len > 0) {
+        from_hole = true;
         /* Every index is taken, so a hole is left: this allocation fills it.  Nothing
          * in the file points at it (holes are never entries), so nothing is lost. */
         index = v->holes[--v->holes_len];
     } else {
         return RT_ERR_VD_CORRUPT; /* every block in use: then the map would not say free */
     }
-    v->pending[v->pending_len++] = (struct pending){block, v->bmap[block], 0};
+    v->pending[v->pending_len++] = (struct pending){block, v->bmap[block], 0, from_hole};
     v->bmap[block] = index;
     alloc->virt_off = (uint64_t)block * v->block_size;
     alloc->host_off = block_host_off(v, index);
@@ -512,9 +515,36 @@ static void vdi_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status,
     }
 }
 
-/* The highest data block index the file's map holds after the committable allocations
- * (those with seq <= @a upto) are in it, plus one: the count to write. */
-static uint32_t count_after(const struct vdi *v, uint64_t upto)
+/* Does @a p go into the file at this commit?  It must be complete before the flush's
+ * FLUSH1 (seq <= @a upto), and below @a barrier: an allocation begun after the flush
+ * started may complete before one begun earlier but still in flight, and committing the
+ * later one would leave a hole at the earlier one's index.  It waits for the next flush,
+ * which is allowed: no write begun after a flush started is owed by it, and every
+ * allocation begun before it is complete (the engine waited) and below any later one. */
+static bool commit_now(const struct vdi *v, const struct pending *p, uint64_t upto,
+                       uint32_t barrier)
+{
+    return p->seq != 0 && p->seq <= upto && v->bmap[p->block] < barrier;
+}
+
+/* The lowest index an allocation that is not committable holds (UINT32_MAX: none).  One
+ * that took a hole below others (the index space was full) does not count: it may lie
+ * below allocations the flush owes, and those come first (a hole in the file's map is
+ * then possible until it commits, which every writer survives). */
+static uint32_t commit_barrier(const struct vdi *v, uint64_t upto)
+{
+    uint32_t barrier = UINT32_MAX;
+    for (size_t i = 0; i < v->pending_len; i++) {
+        const struct pending *p = &v->pending[i];
+        if ((p->seq == 0 || p->seq > upto) && !p->from_hole && v->bmap[p->block] < barrier)
+            barrier = v->bmap[p->block];
+    }
+    return barrier;
+}
+
+/* The highest data block index the file's map holds after this commit, plus one: the
+ * count to write. */
+static uint32_t count_after(const struct vdi *v, uint64_t upto, uint32_t barrier)
 {
     uint32_t count = 0;
     for (uint32_t i = 0; i < v->blocks; i++) {
@@ -524,7 +554,7 @@ static uint32_t count_after(const struct vdi *v, uint64_t upto)
     }
     for (size_t i = 0; i < v->pending_len; i++) {
         const struct pending *p = &v->pending[i];
-        if (p->seq != 0 && p->seq <= upto && v->bmap[p->block] + 1 > count)
+        if (commit_now(v, p, upto, barrier) && v->bmap[p->block] + 1 > count)
             count = v->bmap[p->block] + 1;
     }
     return count;
@@ -623,13 +653,14 @@ static int write_count_and_entries(rt_vd_t vd, struct vdi *v, uint32_t count,
 static int vdi_commit(rt_vd_t vd, uint64_t upto)
 {
     struct vdi *v = vdi_of(vd);
+    uint32_t barrier = commit_barrier(v, upto);
     size_t committable = 0;
     for (size_t i = 0; i < v->pending_len; i++)
-        if (v->pending[i].seq != 0 && v->pending[i].seq <= upto)
+        if (commit_now(v, &v->pending[i], upto, barrier))
             committable++;
     if (committable == 0)
         return 0;
-    uint32_t count = count_after(v, upto);
+    uint32_t count = count_after(v, upto, barrier);
     uint32_t *changed = malloc((committable + v->holes_len) * sizeof(*changed));
     if (changed == NULL)
         return RT_ERR_NO_MEMORY;
@@ -658,7 +689,7 @@ static int vdi_commit(rt_vd_t vd, uint64_t upto)
         rc = rt__vd_meta_flush(vd);
     for (size_t i = 0; rc == RT_OK && i < v->pending_len;) {
         struct pending *p = &v->pending[i];
-        if (p->seq == 0 || p->seq > upto) {
+        if (!commit_now(v, p, upto, barrier)) {
             i++;
             continue;
         }
