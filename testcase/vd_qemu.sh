@@ -48,7 +48,12 @@ for variant in raw vdi vdi-static; do
     check "qemu-made $variant: convert to raw is byte-identical" converts_identically "$fmt" "$file"
     check "qemu-made $variant: map data ranges agree with qemu-img map" same_data_map "$fmt" "$file"
     check "qemu-made $variant: virtual size agrees with qemu-img info" same_virtual_size "$fmt" "$file"
-    check "qemu-made $variant: vrt-img check is clean" "$img" check -f "$fmt" "$file"
+    if [ "$fmt" = raw ]; then
+        check "qemu-made raw: vrt-img check has nothing to check (exit 63, as qemu-img)" \
+            bash -c "'$img' check -f raw '$file'; test \$? -eq 63; qemu-img check -f raw '$file'; test \$? -eq 63"
+    else
+        check "qemu-made $variant: vrt-img check is clean" "$img" check -f "$fmt" "$file"
+    fi
 done
 
 # --- we create, qemu verifies -----------------------------------------------------

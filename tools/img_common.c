@@ -227,6 +227,33 @@ void img_free_create_names(rt_vd_create_opts_t *opts)
     free((char *)opts->backing_format);
     opts->backing_file = NULL;
     opts->backing_format = NULL;
+    for (size_t i = 0; opts->options != NULL && opts->options[i] != NULL; i++)
+        free((char *)opts->options[i]);
+    free((void *)opts->options);
+    opts->options = NULL;
+}
+
+/* A format's own option: kept as "key=value" for the library, which knows the format's
+ * options and says what is wrong with one. */
+static bool add_format_option(const char *key, const char *value, rt_vd_create_opts_t *opts)
+{
+    size_t n = 0;
+    while (opts->options != NULL && opts->options[n] != NULL)
+        n++;
+    const char **grown = realloc((void *)opts->options, (n + 2) * sizeof(*grown));
+    char *item = malloc(strlen(key) + strlen(value) + 2);
+    if (grown == NULL || item == NULL) {
+        free(item);
+        if (grown != NULL)
+            opts->options = grown;
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return false;
+    }
+    sprintf(item, "%s=%s", key, value);
+    grown[n] = item;
+    grown[n + 1] = NULL;
+    opts->options = grown;
+    return true;
 }
 
 static bool set_name(const char *cmd, const char *key, const char *value, const char **name)
@@ -278,8 +305,7 @@ static bool apply_create_option(const char *cmd, const char *key, const char *va
         return set_name(cmd, key, value, &opts->backing_file);
     if (!strcmp(key, "backing_fmt"))
         return set_name(cmd, key, value, &opts->backing_format);
-    img_usage_error(cmd, "-o: unknown option '%s' (try -o help)", key);
-    return false;
+    return add_format_option(key, value, opts);
 bad_value:
     img_usage_error(cmd, "-o: invalid value '%s' for '%s' (try -o help)", value, key);
     return false;
@@ -329,6 +355,14 @@ void img_print_create_options_help(void)
           "  backing_fmt=FMT                  the backing file's format, recorded in the\n"
           "                                   image (readers probe it when absent)\n",
           stdout);
+    for (const char *const *f = rt_vd_formats(); *f != NULL; f++) {
+        const rt_vd_option_t *o = rt_vd_format_options(*f, RT_VD_OPTIONS_CREATE);
+        if (o == NULL || o->name == NULL)
+            continue;
+        printf("The %s format's own options:\n", *f);
+        for (; o->name != NULL; o++)
+            printf("  %s=%s\n      %s\n", o->name, o->value, o->help);
+    }
 }
 
 bool img_is_zero(const void *buf, size_t len)

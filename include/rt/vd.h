@@ -74,12 +74,26 @@ typedef struct rt_vd_error {
 int rt_vd_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
                rt_vd_error_t *err);
 
+/**
+ * rt_vd_open() with format options: "name=value" strings ending with NULL, each one
+ * the format lists in rt_vd_format_options(format, RT_VD_OPTIONS_OPEN) (QCOW2:
+ * "l2-cache-size=1M").  A probed open (@a format NULL) takes none.
+ *
+ * @retval the statuses of rt_vd_open(), and RT_ERR_INVALID_PARAMETER for an option the
+ *         format does not take or a value it refuses (named in @a err).
+ */
+int rt_vd_open_with(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+                    const char *const *options, rt_vd_error_t *err);
+
 /* rt_vd_create_opts_t.flags */
 /** Allocate every block at creation (VDI "static"; raw: reserve the space). */
 #define RT_VD_CREATE_STATIC 0x00000001u
 
 /** What to create.  Zero every field you do not set. */
 typedef struct rt_vd_create_opts {
+    /** sizeof(rt_vd_create_opts_t) as the caller knows it, or 0 (the same): fields past
+     *  it, added by later versions, are taken as zero. */
+    uint32_t struct_size;
     /** Virtual size in bytes; a multiple of 512. */
     uint64_t size;
     /** RT_VD_CREATE_* bits. */
@@ -95,7 +109,31 @@ typedef struct rt_vd_create_opts {
     /** QCOW2: the backing file's format, recorded in the image; NULL to leave it out
      *  (readers then probe it). */
     const char *backing_format;
+    /** The format's own options, "name=value" strings ending with NULL (NULL: none);
+     *  rt_vd_format_options() lists what each format takes. */
+    const char *const *options;
 } rt_vd_create_opts_t;
+
+/** One option a format takes, as rt_vd_format_options() lists them. */
+typedef struct rt_vd_option {
+    const char *name;  /**< "refcount_bits" */
+    const char *value; /**< what it takes, in words: "1, 2, 4, 8, 16, 32 or 64" */
+    const char *help;  /**< what it does */
+} rt_vd_option_t;
+
+/* rt_vd_format_options() kinds */
+#define RT_VD_OPTIONS_CREATE 0 /**< for rt_vd_create_opts_t.options */
+#define RT_VD_OPTIONS_OPEN   1 /**< for rt_vd_open_with() */
+
+/**
+ * The options a format takes at create or at open.
+ *
+ * @param format  a driver name ("qcow2").
+ * @param kind    RT_VD_OPTIONS_CREATE or RT_VD_OPTIONS_OPEN.
+ * @return an array ending with an entry whose name is NULL (static storage), or NULL
+ *         for an unknown format or kind.  Any thread.
+ */
+const rt_vd_option_t *rt_vd_format_options(const char *format, int kind);
 
 /**
  * Creates an image; it is not left open.  An existing file is not replaced.
@@ -109,7 +147,8 @@ typedef struct rt_vd_create_opts {
  * @retval RT_ERR_INVALID_PARAMETER  size not a multiple of 512, zero (without a backing
  *                                   file) or too large for the format; block size not a
  *                                   supported power of two; unknown flag bit; a version,
- *                                   backing file or flag the format does not have.
+ *                                   backing file, flag or option the format does not
+ *                                   have, or an option value it refuses.
  * @retval RT_ERR_VD_UNKNOWN_FORMAT  no such driver.
  * @retval RT_ERR_ALREADY_EXISTS, RT_ERR_DISK_FULL, and the statuses of rt_file_open().
  *         On failure no file is left behind.
@@ -275,6 +314,7 @@ typedef struct rt_vd_check_result {
  * @a res->repair_refused (the call still returns RT_OK: the check ran).
  *
  * @retval RT_OK  the check ran (read @a res for what it found).
+ * @retval RT_ERR_NOT_SUPPORTED  the format has nothing to check (raw).
  * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER, RT_ERR_INVALID_PARAMETER (an
  *         unknown flag), RT_ERR_VD_READ_ONLY (repair asked on a read-only image),
  *         RT_ERR_BUSY (asynchronous requests outstanding), RT_ERR_IO.

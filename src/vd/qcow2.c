@@ -23,11 +23,11 @@
 
 #include "vd/qcow2.h"
 
-static int qcow2_probe(const uint8_t *head, size_t len, uint64_t file_size)
+static int qcow2_probe(const struct vd_probe *p)
 {
-    if (len < 8 || vd_be32(head + QH_MAGIC) != QCOW2_MAGIC)
+    if (p->head_len < 8 || vd_be32(p->head + QH_MAGIC) != QCOW2_MAGIC)
         return 0;
-    uint32_t version = vd_be32(head + QH_VERSION);
+    uint32_t version = vd_be32(p->head + QH_VERSION);
     return version == 2 || version == 3 ? 100 : 50;
 }
 
@@ -40,6 +40,9 @@ void rt__qcow2_compressed_span(const struct qcow2 *s, uint64_t entry, uint64_t *
     *host = entry & offset_mask;
     *bytes = sectors * 512u - (*host & 511u);
 }
+
+/* The default of the l2-cache-size open option. */
+#define L2_CACHE_BYTES (32u << 20)
 
 /* ---------------------------------------------------------------------------------- */
 /* Header. */
@@ -335,8 +338,25 @@ static void free_state(struct qcow2 *s)
     free(s);
 }
 
-static int qcow2_open(rt_vd_t vd, rt_vd_error_t *err)
+static const rt_vd_option_t open_options[] = {
+    {"l2-cache-size", "a size (default 32M)",
+     "the most memory the cache of L2 tables takes; clean tables beyond it are dropped"},
+    {NULL, NULL, NULL},
+};
+
+static const rt_vd_option_t create_options[] = {
+    {"refcount_bits", "1, 2, 4, 8, 16, 32 or 64 (default 16)",
+     "the width of a cluster's reference count; other than 16 needs compat=1.1"},
+    {NULL, NULL, NULL},
+};
+
+static int qcow2_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err)
 {
+    uint64_t cache = L2_CACHE_BYTES;
+    const char *cache_text = rt__vd_option(options, "l2-cache-size");
+    if (cache_text != NULL && !rt__vd_parse_size(cache_text, &cache))
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "l2-cache-size: '%s' is not a size",
+                           cache_text);
     uint64_t file_size = 0;
     int rc = rt_file_get_size(vd->file, &file_size);
     if (rc != RT_OK)
@@ -390,6 +410,7 @@ static int qcow2_open(rt_vd_t vd, rt_vd_error_t *err)
         return rc;
     }
     s->file_size_at_open = file_size;
+    s->l2_cache_bytes = cache;
     s->next_free = (file_size + s->cluster_size - 1) & ~(uint64_t)(s->cluster_size - 1);
     vd->priv = s;
     vd->size = s->size;
@@ -428,9 +449,6 @@ static void qcow2_close(rt_vd_t vd)
 
 /* The metadata cache holds L2 tables up to this many bytes; beyond, clean tables are
  * dropped (clock order) to make room.  Tables with changes not yet in the file stay. */
-#ifndef L2_CACHE_BYTES
-#define L2_CACHE_BYTES (32u << 20) /* -DL2_CACHE_BYTES=... to test eviction */
-#endif
 
 static void evict_one(struct qcow2 *s, uint32_t keep)
 {
@@ -484,7 +502,7 @@ struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
     uint64_t host = s->l1[l1_index] & QCOW2_OFFSET_MASK;
     if (host == 0)
         return NULL;
-    if ((uint64_t)(s->l2_loaded + 1) * s->cluster_size > L2_CACHE_BYTES)
+    if ((uint64_t)(s->l2_loaded + 1) * s->cluster_size > s->l2_cache_bytes)
         evict_one(s, l1_index);
     struct qcow2_l2 *t = calloc(1, sizeof(*t));
     uint8_t *raw = malloc(s->cluster_size);
@@ -664,6 +682,10 @@ static void qcow2_info(rt_vd_t vd, rt_vd_info_t *info)
 
 const struct vd_driver rt__vd_qcow2_driver = {
     .name = "qcow2",
+    .caps = VD_CAP_CREATE | VD_CAP_WRITE | VD_CAP_ALLOC | VD_CAP_COMPRESSED_READ |
+            VD_CAP_COMPRESSED_WRITE | VD_CAP_CHECK | VD_CAP_BACKING | VD_CAP_VERSION,
+    .create_options = create_options,
+    .open_options = open_options,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,

@@ -137,6 +137,7 @@ struct qcow2 {
     uint64_t *l1;
     bool l1_dirty;
     struct qcow2_l2 **l2; /* by L1 index; NULL until loaded (or after eviction) */
+    uint64_t l2_cache_bytes; /* the l2-cache-size open option */
     uint32_t l2_loaded;
     uint32_t evict_hand;
 
@@ -269,6 +270,8 @@ bool rt__qcow2_is_metadata(const struct qcow2 *s, uint64_t cluster);
 int rt__qcow2_note_metadata(struct qcow2 *s, uint64_t host, uint64_t count);
 
 /* Refcounts (qcow2_refcount.c). */
+/* Sets entry @a index of a refcount block of width 2^@a order bits. */
+void rt__qcow2_entry_set(uint8_t *block, uint32_t order, uint64_t index, uint64_t value);
 int rt__qcow2_refcount_get(rt_vd_t vd, uint64_t cluster, uint64_t *refcount);
 int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta);
 /* Hands out @a count contiguous free clusters (refcount 1 each); returns the offset.

@@ -63,6 +63,20 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
     if (backing_len > QCOW2_MAX_BACKING_NAME)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "backing file name longer than %u bytes", QCOW2_MAX_BACKING_NAME);
+    uint32_t order = 4; /* 16-bit refcounts */
+    const char *width = rt__vd_option(opts->options, "refcount_bits");
+    if (width != NULL) {
+        uint64_t value = 0;
+        if (!rt__vd_parse_size(width, &value) || value == 0 || value > 64 ||
+            (value & (value - 1)) != 0)
+            return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                               "refcount_bits: '%s' is not 1, 2, 4, 8, 16, 32 or 64", width);
+        for (order = 0; (1u << order) < value; order++)
+            ;
+        if (version == 2 && order != 4)
+            return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                               "refcount_bits other than 16 needs compat=1.1 (version 3)");
+    }
     uint32_t bits = 0;
     while ((1u << bits) < cluster)
         bits++;
@@ -77,7 +91,7 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
         l1_clusters = 1;
 
     /* Refcount blocks and table sized to count all of the metadata, themselves too. */
-    uint64_t rb_entries = (uint64_t)cluster * 8u / 16u;
+    uint64_t rb_entries = (uint64_t)cluster * 8u >> order;
     uint64_t blocks = 1, table = 1;
     for (;;) {
         uint64_t total = 1 + table + blocks + l1_clusters;
@@ -110,7 +124,7 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
     vd_put_be64(h + QH_RT_OFFSET, rt_offset);
     vd_put_be32(h + QH_RT_CLUSTERS, (uint32_t)table);
     if (version == 3) {
-        vd_put_be32(h + QH_REFCOUNT_ORDER, 4);
+        vd_put_be32(h + QH_REFCOUNT_ORDER, order);
         vd_put_be32(h + QH_HEADER_LENGTH, header_length);
     }
     uint32_t at = header_length;
@@ -164,7 +178,7 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
         memset(buf, 0, cluster);
         for (uint64_t i = 0; i < rb_entries; i++)
             if (b * rb_entries + i < total)
-                buf[2 * i + 1] = 1;
+                rt__qcow2_entry_set(buf, order, i, 1);
         rc = rt_file_write_at(file, rb_offset + b * cluster, buf, cluster, NULL);
     }
     free(h);

@@ -43,7 +43,7 @@ static uint64_t entry_get(const uint8_t *block, uint32_t order, uint64_t index)
     }
 }
 
-static void entry_set(uint8_t *block, uint32_t order, uint64_t index, uint64_t value)
+void rt__qcow2_entry_set(uint8_t *block, uint32_t order, uint64_t index, uint64_t value)
 {
     switch (order) {
     case 0:
@@ -238,7 +238,8 @@ int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta)
         return RT_ERR_VD_CORRUPT; /* dropping a reference the count never had */
     if (delta > 0 && s->refcount_max - value < (uint64_t)delta)
         return RT_ERR_OUT_OF_RANGE; /* the refcount width cannot count that high */
-    entry_set(b->data, s->refcount_order, cluster % s->rb_entries, value + (uint64_t)delta);
+    rt__qcow2_entry_set(b->data, s->refcount_order, cluster % s->rb_entries,
+                        value + (uint64_t)delta);
     b->dirty = true;
     return RT_OK;
 }

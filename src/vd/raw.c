@@ -10,12 +10,12 @@
 
 #include "vd/vd_internal.h"
 
-static int raw_probe(const uint8_t *head, size_t len, uint64_t file_size)
+static int raw_probe(const struct vd_probe *p)
 {
     return 1; /* anything is a raw image; every other driver outbids this */
 }
 
-static int raw_open(rt_vd_t vd, rt_vd_error_t *err)
+static int raw_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err)
 {
     uint64_t size = 0;
     int rc = rt_file_get_size(vd->file, &size);
@@ -97,6 +97,7 @@ static int raw_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent
 
 const struct vd_driver rt__vd_raw_driver = {
     .name = "raw",
+    .caps = VD_CAP_CREATE | VD_CAP_WRITE,
     .probe = raw_probe,
     .open = raw_open,
     .close = raw_close,

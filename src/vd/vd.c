@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,15 +26,89 @@ static struct rt__handle_pool vd_pool = RT__HANDLE_POOL_INIT(struct rt_vd, next_
 #define PROBE_BYTES 4096u
 #define MAX_IOV 1024u
 
-/* raw accepts anything, so it probes last and only wins when nobody else claims. */
+/* The one list of drivers.  raw accepts anything, so it probes last and only wins when
+ * nobody else claims. */
 const struct vd_driver *const rt__vd_drivers[] = {&rt__vd_qcow2_driver, &rt__vd_vdi_driver,
                                                   &rt__vd_raw_driver, NULL};
+#define DRIVER_COUNT (sizeof(rt__vd_drivers) / sizeof(rt__vd_drivers[0]) - 1)
 
-static const char *const driver_names[] = {"qcow2", "vdi", "raw", NULL};
+static const char *driver_names[DRIVER_COUNT + 1];
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+static void name_drivers(void)
+{
+    for (size_t i = 0; i < DRIVER_COUNT; i++)
+        driver_names[i] = rt__vd_drivers[i]->name;
+}
 
 const char *const *rt_vd_formats(void)
 {
+    pthread_once(&names_once, name_drivers);
     return driver_names;
+}
+
+const rt_vd_option_t *rt_vd_format_options(const char *format, int kind)
+{
+    static const rt_vd_option_t none[] = {{NULL, NULL, NULL}};
+    const struct vd_driver *driver = format != NULL ? rt__vd_driver_find(format) : NULL;
+    if (driver == NULL || (kind != RT_VD_OPTIONS_CREATE && kind != RT_VD_OPTIONS_OPEN))
+        return NULL;
+    const rt_vd_option_t *list =
+        kind == RT_VD_OPTIONS_CREATE ? driver->create_options : driver->open_options;
+    return list != NULL ? list : none;
+}
+
+const char *rt__vd_option(const char *const *options, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; options != NULL && options[i] != NULL; i++)
+        if (strncmp(options[i], name, n) == 0 && options[i][n] == '=')
+            return options[i] + n + 1;
+    return NULL;
+}
+
+bool rt__vd_parse_size(const char *text, uint64_t *value)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || text[0] == '-')
+        return false;
+    unsigned shift = 0;
+    switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'M': shift = 20; end++; break;
+    case 'G': shift = 30; end++; break;
+    case 'T': shift = 40; end++; break;
+    default: return false;
+    }
+    if (*end != '\0' || (shift > 0 && v > (UINT64_MAX >> shift)))
+        return false;
+    *value = (uint64_t)v << shift;
+    return true;
+}
+
+/* Every "name=value" of @a options must be one @a allowed lists, once. */
+static int check_options(const struct vd_driver *driver, const rt_vd_option_t *allowed,
+                         const char *const *options, rt_vd_error_t *err)
+{
+    for (size_t i = 0; options != NULL && options[i] != NULL; i++) {
+        const char *eq = strchr(options[i], '=');
+        size_t n = eq != NULL ? (size_t)(eq - options[i]) : strlen(options[i]);
+        bool known = false;
+        for (const rt_vd_option_t *o = allowed; o != NULL && o->name != NULL && !known; o++)
+            known = strlen(o->name) == n && strncmp(o->name, options[i], n) == 0;
+        if (eq == NULL || n == 0 || !known)
+            return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                               "%s: '%.64s' is not an option of the format%s", driver->name,
+                               options[i], eq == NULL && known ? " with a value" : "");
+        for (size_t j = 0; j < i; j++)
+            if (strncmp(options[j], options[i], n + 1) == 0)
+                return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "%s: option '%.*s' given twice",
+                                   driver->name, (int)n, options[i]);
+    }
+    return RT_OK;
 }
 
 const struct vd_driver *rt__vd_driver_find(const char *name)
@@ -65,7 +140,8 @@ static bool vd_live(rt_vd_t vd)
 
 /* Runs one aligned window [lo, hi) through a page-aligned bounce buffer: reads it
  * (zeros past end of file), lets the caller patch it, and writes it back if asked. */
-static int meta_bounce(rt_vd_t vd, uint64_t off, void *rd, const void *wr, size_t len)
+static int meta_bounce(rt_vd_t vd, rt_file_t file, uint64_t off, void *rd, const void *wr,
+                       size_t len)
 {
     uint64_t align = vd->align;
     uint64_t lo = off - off % align;
@@ -77,14 +153,14 @@ static int meta_bounce(rt_vd_t vd, uint64_t off, void *rd, const void *wr, size_
     size_t got = 0;
     int rc = RT_OK;
     if (rd != NULL || lo != off || hi != off + len)
-        rc = rt_file_read_at(vd->file, lo, bounce, span, &got);
+        rc = rt_file_read_at(file, lo, bounce, span, &got);
     if (rc == RT_OK) {
         memset(bounce + got, 0, span - got);
         if (rd != NULL) {
             memcpy(rd, bounce + (off - lo), len);
         } else {
             memcpy(bounce + (off - lo), wr, len);
-            rc = rt_file_write_at(vd->file, lo, bounce, span, NULL);
+            rc = rt_file_write_at(file, lo, bounce, span, NULL);
         }
     }
     rt_mem_page_free(bounce, span);
@@ -93,9 +169,50 @@ static int meta_bounce(rt_vd_t vd, uint64_t off, void *rd, const void *wr, size_
 
 int rt__vd_meta_read(rt_vd_t vd, uint64_t off, void *buf, size_t len)
 {
+    return rt__vd_file_read(vd, 0, off, buf, len);
+}
+
+int rt__vd_file_read(rt_vd_t vd, uint32_t index, uint64_t off, void *buf, size_t len)
+{
+    if (index >= vd->nfiles)
+        return RT_ERR_VD_CORRUPT; /* a driver's map named a file it never added */
     if (vd->align > 1)
-        return meta_bounce(vd, off, buf, NULL, len);
-    return rt_file_read_at(vd->file, off, buf, len, NULL);
+        return meta_bounce(vd, vd->files[index], off, buf, NULL, len);
+    return rt_file_read_at(vd->files[index], off, buf, len, NULL);
+}
+
+int rt__vd_add_file(rt_vd_t vd, rt_file_t file, uint32_t *index)
+{
+    size_t cap = vd->files == &vd->file ? 0 : vd->files_cap;
+    rt_file_t *files = vd->files == &vd->file ? NULL : vd->files;
+    if (vd->nfiles == UINT32_MAX)
+        return RT_ERR_NO_MEMORY;
+    rt_file_t *grown = rt__vd_grow(files, &cap, vd->nfiles, sizeof(*grown), 4);
+    if (grown == NULL)
+        return RT_ERR_NO_MEMORY;
+    if (files == NULL)
+        grown[0] = vd->file;
+    grown[vd->nfiles] = file;
+    vd->files = grown;
+    vd->files_cap = cap;
+    *index = vd->nfiles++;
+    return RT_OK;
+}
+
+/* Closes every file but the image file itself; the first failure is returned. */
+static int close_added_files(rt_vd_t vd)
+{
+    int rc = RT_OK;
+    for (uint32_t i = 1; i < vd->nfiles; i++) {
+        int one = rt_file_close(vd->files[i]);
+        if (rc == RT_OK)
+            rc = one;
+    }
+    if (vd->files != &vd->file)
+        free(vd->files);
+    vd->files = &vd->file;
+    vd->nfiles = 1;
+    return rc;
 }
 
 int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
@@ -103,7 +220,7 @@ int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
     if (vd->read_only)
         return RT_ERR_VD_READ_ONLY;
     if (vd->align > 1)
-        return meta_bounce(vd, off, NULL, buf, len);
+        return meta_bounce(vd, vd->file, off, NULL, buf, len);
     return rt_file_write_at(vd->file, off, buf, len, NULL);
 }
 
@@ -111,10 +228,14 @@ int rt__vd_meta_flush(rt_vd_t vd)
 {
     if (vd->poisoned != RT_OK)
         return vd->poisoned;
-    int rc = rt_file_flush(vd->file);
-    if (rc != RT_OK)
-        vd->poisoned = rc;
-    return rc;
+    for (uint32_t i = 0; i < vd->nfiles; i++) {
+        int rc = rt_file_flush(vd->files[i]);
+        if (rc != RT_OK) {
+            vd->poisoned = rc;
+            return rc;
+        }
+    }
+    return RT_OK;
 }
 
 int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len)
@@ -138,6 +259,7 @@ int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len)
 /* ---------------------------------------------------------------------------------- */
 /* Open, create, close. */
 
+/* Shows every driver the file's head and tail; the most certain one wins. */
 static int probe(rt_file_t file, const char *path, const struct vd_driver **found,
                  rt_vd_error_t *err)
 {
@@ -145,27 +267,41 @@ static int probe(rt_file_t file, const char *path, const struct vd_driver **foun
     int rc = rt_file_get_size(file, &size);
     if (rc != RT_OK)
         return rt__vd_fail(err, rc, "%s: cannot read its size", path);
-    /* The file may be open with O_DIRECT: read through aligned memory. */
+    /* The file may be open with O_DIRECT: aligned memory, and the tail read from an
+     * aligned offset. */
     uint8_t *head = rt_mem_page_alloc(PROBE_BYTES);
-    if (head == NULL)
-        return RT_ERR_NO_MEMORY;
-    size_t got = 0;
-    rc = rt_file_read_at(file, 0, head, PROBE_BYTES, &got);
-    if (rc == RT_OK) {
-        int best = 0;
-        for (const struct vd_driver *const *d = rt__vd_drivers; *d != NULL; d++) {
-            int score = (*d)->probe(head, got, size);
-            if (score > best) {
-                best = score;
-                *found = *d;
-            }
-        }
-        if (best == 0)
-            rc = rt__vd_fail(err, RT_ERR_VD_UNKNOWN_FORMAT, "%s: format not recognized", path);
-    } else {
-        rt__vd_fail(err, rc, "%s: cannot read its first sector", path);
+    uint8_t *tail = rt_mem_page_alloc(2 * PROBE_BYTES);
+    if (head == NULL || tail == NULL) {
+        rc = RT_ERR_NO_MEMORY;
+        goto out;
     }
+    struct vd_probe p = {head, tail, 0, 0, size};
+    if ((rc = rt_file_read_at(file, 0, head, PROBE_BYTES, &p.head_len)) != RT_OK) {
+        rt__vd_fail(err, rc, "%s: cannot read its first sector", path);
+        goto out;
+    }
+    uint64_t want = size < PROBE_BYTES ? size : PROBE_BYTES;
+    uint64_t from = (size - want) / PROBE_BYTES * PROBE_BYTES;
+    size_t got = 0;
+    if ((rc = rt_file_read_at(file, from, tail, 2 * PROBE_BYTES, &got)) != RT_OK) {
+        rt__vd_fail(err, rc, "%s: cannot read its last sector", path);
+        goto out;
+    }
+    p.tail = tail + (size - want - from);
+    p.tail_len = (size_t)want;
+    int best = 0;
+    for (const struct vd_driver *const *d = rt__vd_drivers; *d != NULL; d++) {
+        int score = (*d)->probe(&p);
+        if (score > best) {
+            best = score;
+            *found = *d;
+        }
+    }
+    if (best == 0)
+        rc = rt__vd_fail(err, RT_ERR_VD_UNKNOWN_FORMAT, "%s: format not recognized", path);
+out:
     rt_mem_page_free(head, PROBE_BYTES);
+    rt_mem_page_free(tail, 2 * PROBE_BYTES);
     return rc;
 }
 
@@ -185,16 +321,24 @@ static uint32_t direct_granule(rt_file_t file)
 }
 
 static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *format,
-                               uint32_t flags, unsigned depth, rt_vd_error_t *err);
+                               uint32_t flags, const char *const *options, unsigned depth,
+                               rt_vd_error_t *err);
 
 int rt_vd_open(rt_vd_t *vd_out, const char *path, const char *format, uint32_t flags,
                rt_vd_error_t *err)
 {
-    return rt_vd_open_at_depth(vd_out, path, format, flags, 0, err);
+    return rt_vd_open_at_depth(vd_out, path, format, flags, NULL, 0, err);
+}
+
+int rt_vd_open_with(rt_vd_t *vd_out, const char *path, const char *format, uint32_t flags,
+                    const char *const *options, rt_vd_error_t *err)
+{
+    return rt_vd_open_at_depth(vd_out, path, format, flags, options, 0, err);
 }
 
 static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *format,
-                               uint32_t flags, unsigned depth, rt_vd_error_t *err)
+                               uint32_t flags, const char *const *options, unsigned depth,
+                               rt_vd_error_t *err)
 {
     if (err != NULL)
         err->msg[0] = '\0';
@@ -214,6 +358,14 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
     const struct vd_driver *driver = NULL;
     if (format != NULL && (driver = rt__vd_driver_find(format)) == NULL)
         return rt__vd_fail(err, RT_ERR_VD_UNKNOWN_FORMAT, "unknown image format '%s'", format);
+    if (options != NULL && options[0] != NULL && driver == NULL)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "%s: format options need the format to be given", path);
+    int rc;
+    if (driver != NULL && (rc = check_options(driver, driver->open_options, options, err)) != RT_OK)
+        return rc;
+    if (driver != NULL && !read_only && !(driver->caps & VD_CAP_WRITE))
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED, "%s images can only be read", driver->name);
 
     uint32_t file_flags = (read_only ? RT_FILE_READ : RT_FILE_READWRITE) | RT_FILE_OPEN |
                           RT_FILE_ASYNC_IO;
@@ -221,7 +373,7 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
         file_flags |= RT_FILE_NO_CACHE;
     rt_file_t file = RT_FILE_NIL;
     const char *kind = NULL;
-    int rc = rt__file_open_disk(&file, path, file_flags, &kind);
+    rc = rt__file_open_disk(&file, path, file_flags, &kind);
     if (rc != RT_OK && kind != NULL)
         return rt__vd_fail(err, rc,
                            "%s is %s, not a disk image: images are regular files or block "
@@ -239,6 +391,8 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
     }
     vd->driver = driver;
     vd->file = file;
+    vd->files = &vd->file;
+    vd->nfiles = 1;
     vd->chain_depth = depth;
     vd->read_only = read_only;
     vd->no_cache = flags & RT_VD_OPEN_NO_CACHE;
@@ -250,7 +404,7 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
         goto fail_file;
     }
     vd->align = vd->no_cache ? direct_granule(file) : 1;
-    rc = driver->open(vd, err);
+    rc = driver->open(vd, options, err);
     if (rc == RT_OK && vd->data_align % vd->align != 0)
         rc = rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
                          "image data is aligned to %u bytes, but this file needs %u for "
@@ -259,6 +413,7 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
     if (rc != RT_OK) {
         if (vd->priv != NULL)
             driver->close(vd); /* opened, then refused by the granule check */
+        close_added_files(vd);
         rt_vd_close(vd->backing);
         free(vd->path);
         vd->magic = RT__MAGIC_DEAD;
@@ -326,7 +481,7 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
     rt_vd_t backing = RT_VD_NIL;
     rt_vd_error_t inner;
     inner.msg[0] = '\0';
-    int rc = rt_vd_open_at_depth(&backing, full, format, flags, vd->chain_depth + 1, &inner);
+    int rc = rt_vd_open_at_depth(&backing, full, format, flags, NULL, vd->chain_depth + 1, &inner);
     if (rc != RT_OK && strncmp(inner.msg, "backing ", 8) == 0)
         rt__vd_fail(err, rc, "%s", inner.msg); /* deeper in the chain: already named */
     else if (rc != RT_OK)
@@ -368,14 +523,27 @@ int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t
     const struct vd_driver *driver = rt__vd_driver_find(format);
     if (driver == NULL)
         return rt__vd_fail(err, RT_ERR_VD_UNKNOWN_FORMAT, "unknown image format '%s'", format);
-    if (opts->flags & ~RT_VD_CREATE_STATIC)
+    rt_vd_create_opts_t shape = {0};
+    size_t known = opts->struct_size != 0 && opts->struct_size < sizeof(shape) ? opts->struct_size
+                                                                              : sizeof(shape);
+    memcpy(&shape, opts, known);
+    shape.struct_size = sizeof(shape);
+    if (shape.flags & ~RT_VD_CREATE_STATIC)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown create flag 0x%x",
-                           opts->flags & ~RT_VD_CREATE_STATIC);
-    rt_vd_create_opts_t shape = *opts;
-    if ((opts->backing_file != NULL || opts->backing_format != NULL || opts->version != 0) &&
-        strcmp(driver->name, "qcow2") != 0)
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
-                           "%s images have no version or backing file", driver->name);
+                           shape.flags & ~RT_VD_CREATE_STATIC);
+    if (!(driver->caps & VD_CAP_CREATE))
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED, "%s images cannot be created here",
+                           driver->name);
+    if ((shape.backing_file != NULL || shape.backing_format != NULL) &&
+        !(driver->caps & VD_CAP_BACKING))
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "%s images have no backing file",
+                           driver->name);
+    if (shape.version != 0 && !(driver->caps & VD_CAP_VERSION))
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "%s images have no version",
+                           driver->name);
+    int orc = check_options(driver, driver->create_options, shape.options, err);
+    if (orc != RT_OK)
+        return orc;
     if (shape.backing_format != NULL && rt__vd_driver_find(shape.backing_format) == NULL)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "unknown backing file format '%.64s'",
@@ -422,9 +590,10 @@ int rt_vd_close(rt_vd_t vd)
     vd->driver->close(vd);
     rt_vd_close(vd->backing);
     free(vd->path);
+    int added_rc = close_added_files(vd);
     int close_rc = rt_file_close(vd->file);
     if (rc == RT_OK)
-        rc = close_rc;
+        rc = added_rc != RT_OK ? added_rc : close_rc;
     vd->magic = RT__MAGIC_DEAD;
     rt__handle_free(&vd_pool, vd);
     return rc;
@@ -532,7 +701,7 @@ int rt_vd_write_compressed(rt_vd_t vd, uint64_t off, const void *buf, size_t len
         return RT_ERR_INVALID_POINTER;
     if (vd->read_only)
         return RT_ERR_VD_READ_ONLY;
-    if (vd->driver->write_compressed == NULL)
+    if (!(vd->driver->caps & VD_CAP_COMPRESSED_WRITE))
         return RT_ERR_NOT_SUPPORTED;
     if (rt__vd_queue_ensure_idle(vd) != RT_OK)
         return RT_ERR_BUSY;
@@ -652,7 +821,7 @@ int rt_vd_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
         if (rc != RT_OK)
             return rc;
     }
-    if (vd->driver->check == NULL)
-        return RT_OK;
+    if (!(vd->driver->caps & VD_CAP_CHECK))
+        return RT_ERR_NOT_SUPPORTED;
     return vd->driver->check(vd, flags, res);
 }

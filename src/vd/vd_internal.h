@@ -28,6 +28,9 @@ enum vd_map_kind {
 
 struct vd_map {
     enum vd_map_kind kind;
+    /* Which of the image's files holds the data (VD_MAP_DATA, VD_MAP_COMPRESSED): an
+     * index into rt_vd.files, 0 for the image file itself. */
+    uint32_t file;
     uint64_t length;   /* bytes from the asked offset with this answer; > 0 */
     uint64_t host_off; /* VD_MAP_DATA; VD_MAP_COMPRESSED: where the stored bytes start */
     uint64_t stored_len; /* VD_MAP_COMPRESSED: how many bytes are stored */
@@ -43,19 +46,44 @@ struct vd_alloc {
     uint64_t host_off;
     uint32_t size;
     uint32_t index; /* the driver's own bookkeeping (VDI: block number) */
+    uint32_t file;  /* which of the image's files host_off is in (rt_vd.files) */
+};
+
+/* What a driver can do: the layer calls no operation the driver does not claim, and
+ * tst_vd checks that every claimed operation is there. */
+#define VD_CAP_CREATE           0x0001u /* create */
+#define VD_CAP_WRITE            0x0002u /* opens writable */
+#define VD_CAP_ALLOC            0x0004u /* alloc, alloc_done, commit: units on demand */
+#define VD_CAP_COMPRESSED_READ  0x0008u /* maps VD_MAP_COMPRESSED: read_compressed */
+#define VD_CAP_COMPRESSED_WRITE 0x0010u /* write_compressed */
+#define VD_CAP_CHECK            0x0020u /* check (and repair) */
+#define VD_CAP_BACKING          0x0040u /* images may name a backing file; create takes one */
+#define VD_CAP_VERSION          0x0080u /* create takes a format version */
+
+/* What the probe sees of a file: its first and last bytes (a fixed VHD is only a
+ * footer; a DMG's trailer is at the end). */
+struct vd_probe {
+    const uint8_t *head, *tail;
+    size_t head_len, tail_len; /* up to 4 KiB each; they overlap in a small file */
+    uint64_t file_size;
 };
 
 struct vd_driver {
     const char *name;
-    /* How sure the driver is that @a head (the first @a len bytes of a file of
-     * @a file_size bytes) is its format: 0 not at all .. 100 certain. */
-    int (*probe)(const uint8_t *head, size_t len, uint64_t file_size);
+    uint32_t caps;
+    /* The format's own options (name NULL ends each list; NULL: none). */
+    const rt_vd_option_t *create_options;
+    const rt_vd_option_t *open_options;
+    /* How sure the driver is that the file is its format: 0 not at all .. 100 certain. */
+    int (*probe)(const struct vd_probe *probe);
     /* Reads and validates the metadata of vd->file; sets vd->size, vd->alloc_unit and
-     * vd->priv.  Must not trust any field of the file before checking it. */
-    int (*open)(rt_vd_t vd, rt_vd_error_t *err);
+     * vd->priv.  Must not trust any field of the file before checking it.  @a options
+     * are the caller's, already checked against open_options (NULL: none). */
+    int (*open)(rt_vd_t vd, const char *const *options, rt_vd_error_t *err);
     /* Frees vd->priv.  The layer has committed already. */
     void (*close)(rt_vd_t vd);
-    /* Writes a new image of opts->size into the empty @a file. */
+    /* Writes a new image of opts->size into the empty @a file; opts->options are
+     * checked against create_options. */
     int (*create)(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
     /* Describes [off, off + len); answers for a prefix of it at least one byte long. */
     int (*map)(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map);
@@ -66,6 +94,10 @@ struct vd_driver {
     /* The unit's data write ended with @a status; on failure the driver forgets the
      * mapping (the space leaks, which check reports and repair reclaims). */
     void (*alloc_done)(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq);
+    /* A plain write of guest bytes [off, off + len) into data the map already had is
+     * done (NULL: nothing to track).  For formats that keep per-sector state beside the
+     * data (VHD's sector bitmaps): what the next commit must also write. */
+    void (*write_done)(rt_vd_t vd, uint64_t off, uint64_t len);
     /* Makes durable the metadata of every allocation whose alloc_done() carried a
      * sequence number <= @a upto.  The layer has made that data durable before the call
      * and flushes the file after it.  NULL when there is never any. */
@@ -100,7 +132,13 @@ struct rt_vd {
     uint32_t magic; /* RT__MAGIC_VD while open */
     void *next_free; /* handle pool link */
     const struct vd_driver *driver;
-    rt_file_t file;
+    rt_file_t file; /* files[0] */
+    /* Every file the image is made of, files[0] the image file itself: a format whose
+     * data lives in several files (VMDK extents, an OVA's members) adds them at open,
+     * and its map answers name them by index.  The layer closes them. */
+    rt_file_t *files;
+    uint32_t nfiles;
+    size_t files_cap; /* once files is its own array (rt__vd_add_file) */
     bool read_only;
     bool no_cache;
     bool allow_backing;
@@ -150,6 +188,12 @@ extern const struct vd_driver *const rt__vd_drivers[];
  * array, moved or not, or NULL when out of memory (the old array is then intact). */
 void *rt__vd_grow(void *items, size_t *cap, size_t len, size_t item_size, size_t first_cap);
 
+/* The value of option @a name in a checked "name=value" list (NULL: not given). */
+const char *rt__vd_option(const char *const *options, const char *name);
+
+/* Parses a size option value ("64k", "1M", "4096"); false when it is not one. */
+bool rt__vd_parse_size(const char *text, uint64_t *value);
+
 /* Fills @a err (if not NULL) with a printf-style message and returns @a rc. */
 int rt__vd_fail(rt_vd_error_t *err, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -163,12 +207,17 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
 /* Metadata I/O for drivers: positioned and synchronous, any offset and length, through
  * an aligned bounce buffer when the image is open with O_DIRECT. */
 int rt__vd_meta_read(rt_vd_t vd, uint64_t off, void *buf, size_t len);
+/* The same from file @a index of the image (RT_ERR_VD_CORRUPT for one it has not). */
+int rt__vd_file_read(rt_vd_t vd, uint32_t index, uint64_t off, void *buf, size_t len);
+/* Adds @a file to the image's files (the layer closes it with the image, or when the
+ * open fails) and returns its index for map answers. */
+int rt__vd_add_file(rt_vd_t vd, rt_file_t file, uint32_t *index);
 int rt__vd_meta_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
 
 /* Runs the driver's begin_write() before the first write of the image. */
 int rt__vd_begin_write(rt_vd_t vd);
 
-/* An fsync of the image file for a driver's write ordering.  A failure poisons the
+/* An fsync of every file of the image for a driver's write ordering.  A failure poisons the
  * image (see vd_queue.c, "Durability"): the kernel may have dropped the pages. */
 int rt__vd_meta_flush(rt_vd_t vd);
 

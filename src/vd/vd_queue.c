@@ -151,6 +151,7 @@ struct vd_op {
     struct vd_job *job; /* the allocation it writes part of, or NULL */
     int kind;
     enum op_phase phase;
+    rt_file_t file; /* which of the image's files */
     uint64_t host_off;
     uint64_t len;
     rt_iovec_t *iov;
@@ -158,7 +159,7 @@ struct vd_op {
     uint8_t *chunk; /* from the queue's pool, or NULL */
     /* A bounced op: the chunk holds the aligned window [win_lo, win_lo + win_len) of
      * the guest disk, stored at host_base; it covers the guest's bytes
-     * [guest_lo, guest_hi) of it. */
+     * [guest_lo, guest_hi) of it.  A plain data op: guest_lo and guest_hi only. */
     uint64_t win_lo, win_len, host_base, guest_lo, guest_hi;
     bool rmw_tail; /* after the head read (or instead of it), read the last sector */
 };
@@ -398,7 +399,7 @@ static bool conflicts(const struct vd_io *earlier, const struct vd_io *io)
 static int write_allocates(rt_vd_t vd, uint64_t lo, uint64_t hi, bool *allocates)
 {
     *allocates = false;
-    if (vd->driver->alloc == NULL)
+    if (!(vd->driver->caps & VD_CAP_ALLOC))
         return RT_OK;
     for (uint64_t pos = lo; pos < hi;) {
         struct vd_map map = {0};
@@ -485,10 +486,10 @@ static void start_stage(struct vd_io *io, enum io_stage stage)
         break;
     case STAGE_FLUSH1:
         io->flush_seq = io->vd->alloc_seq;
-        io->cursor_end = 1;
+        io->cursor_end = io->vd->nfiles; /* one flush op per file */
         break;
     case STAGE_FLUSH2:
-        io->cursor_end = 1;
+        io->cursor_end = io->vd->nfiles;
         break;
     case STAGE_DONE:
         break;
@@ -540,7 +541,7 @@ static bool next_stage(struct vd_io *io)
         }
         return true;
     case STAGE_FLUSH1:
-        if (vd->driver->commit != NULL) {
+        if (vd->driver->caps & VD_CAP_ALLOC) {
             int rc = vd->driver->commit(vd, io->flush_seq);
             if (rc < 0) {
                 /* A write that found the disk full changed nothing and the commit may
@@ -605,8 +606,9 @@ static void op_release(struct rt_vd_queue *q, struct vd_op *op)
     q->free_ops = op;
 }
 
-static int op_prepare(struct vd_op *op, rt_file_t file)
+static int op_prepare(struct vd_op *op)
 {
+    rt_file_t file = op->file;
     switch (op->kind) {
     case OP_READ:
         return rt_aio_req_prepare_readv(op->req, file, op->host_off, op->iov, op->iovcnt, op);
@@ -666,7 +668,7 @@ static int read_special(rt_vd_t vd, const struct vd_map *map, uint64_t voff, uin
     if (map->kind == VD_MAP_COMPRESSED)
         return vd->driver->read_compressed(vd, map, voff % vd->alloc_unit, buf, (size_t)len);
     if (map->kind == VD_MAP_DATA)
-        return rt__vd_meta_read(vd, map->host_off, buf, (size_t)len);
+        return rt__vd_file_read(vd, map->file, map->host_off, buf, (size_t)len);
     memset(buf, 0, (size_t)len);
     if (map->kind == VD_MAP_UNALLOCATED && vd->backing != NULL && voff < vd->backing->size) {
         uint64_t from_backing = min_u64(len, vd->backing->size - voff);
@@ -807,6 +809,7 @@ static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
     if (rc != RT_OK)
         return rc;
     op->kind = OP_WRITE;
+    op->file = vd->files[job->alloc.file];
     op->host_off = job->alloc.host_off + (job->emit - unit_lo);
     op->iovcnt = 0;
     op->len = 0;
@@ -900,7 +903,10 @@ static int job_start(struct vd_io *io, const struct vd_map *map, uint64_t at, ui
     struct vd_job *job = job_get(io->queue);
     if (job == NULL)
         return RT_ERR_NO_MEMORY;
+    memset(&job->alloc, 0, sizeof(job->alloc));
     int rc = vd->driver->alloc(vd, pos, &job->alloc);
+    if (rc == RT_OK && job->alloc.file >= vd->nfiles)
+        rc = RT_ERR_VD_CORRUPT;
     if (rc != RT_OK) {
         job_put(io->queue, job);
         return rc;
@@ -933,8 +939,8 @@ static int step(struct vd_io *io, struct vd_op *op)
 {
     rt_vd_t vd = io->vd;
     if (io->stage == STAGE_FLUSH1 || io->stage == STAGE_FLUSH2) {
-        io->cursor = io->cursor_end;
         op->kind = OP_FLUSH;
+        op->file = vd->files[io->cursor++];
         op->len = 0;
         return 1;
     }
@@ -950,6 +956,9 @@ static int step(struct vd_io *io, struct vd_op *op)
         return rc;
     bool writing = io->kind == VD_IO_WRITE;
     if (map.kind == VD_MAP_DATA && !(writing && map.shared)) {
+        if (map.file >= vd->nfiles)
+            return RT_ERR_VD_CORRUPT; /* a driver names a file it never added */
+        op->file = vd->files[map.file];
         if (io->bounce)
             return bounced_op(io, op, &map, pos);
         if ((rc = op_room(op, io)) != RT_OK)
@@ -960,6 +969,8 @@ static int step(struct vd_io *io, struct vd_op *op)
         op->len = 0;
         io->cursor = pos + op_add_guest(io, op, pos, min_u64(min_u64(map.length, MAX_OP_BYTES),
                                                              io->cursor_end - pos));
+        op->guest_lo = pos;
+        op->guest_hi = io->cursor;
         return 1;
     }
     if (!writing) {
@@ -990,6 +1001,8 @@ static void op_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
         if (rc != RT_OK && job->status == RT_OK)
             job->status = rc;
         job->ops_pending--;
+    } else if (rc == RT_OK && op->kind == OP_WRITE && io->vd->driver->write_done != NULL) {
+        io->vd->driver->write_done(io->vd, op->guest_lo, op->guest_hi - op->guest_lo);
     }
     io->pending--;
     op_release(q, op);
@@ -1002,7 +1015,7 @@ static void op_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
 /* Resubmits @a op as it now stands; false when that failed. */
 static bool resubmit(struct rt_vd_queue *q, struct vd_op *op)
 {
-    if (op_prepare(op, op->io->vd->file) != RT_OK || rt_aio_ctx_submit(q->ctx, &op->req, 1) != RT_OK)
+    if (op_prepare(op) != RT_OK || rt_aio_ctx_submit(q->ctx, &op->req, 1) != RT_OK)
         return false;
     q->in_flight++;
     return true;
@@ -1121,7 +1134,7 @@ static void pump(struct rt_vd_queue *q)
                 }
                 q->free_ops = op->next_free;
                 io->pending++;
-                rc = op_prepare(op, io->vd->file);
+                rc = op_prepare(op);
                 if (rc != RT_OK) {
                     op_finished(q, op, rc);
                     break;

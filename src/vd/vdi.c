@@ -147,11 +147,11 @@ static uint64_t block_host_off(const struct vdi *v, uint32_t index)
     return v->offset_data + (uint64_t)index * v->block_size;
 }
 
-static int vdi_probe(const uint8_t *head, size_t len, uint64_t file_size)
+static int vdi_probe(const struct vd_probe *p)
 {
-    if (len < OFF_VERSION + 4)
+    if (p->head_len < OFF_VERSION + 4)
         return 0;
-    return vd_le32(head + OFF_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
+    return vd_le32(p->head + OFF_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -307,7 +307,7 @@ out:
     return rc;
 }
 
-static int vdi_open(rt_vd_t vd, rt_vd_error_t *err)
+static int vdi_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err)
 {
     uint64_t file_size = 0;
     int rc = rt_file_get_size(vd->file, &file_size);
@@ -843,6 +843,7 @@ static void vdi_info(rt_vd_t vd, rt_vd_info_t *info)
 
 const struct vd_driver rt__vd_vdi_driver = {
     .name = "vdi",
+    .caps = VD_CAP_CREATE | VD_CAP_WRITE | VD_CAP_ALLOC | VD_CAP_CHECK,
     .probe = vdi_probe,
     .open = vdi_open,
     .close = vdi_close,
