@@ -77,6 +77,8 @@
 #define CHUNK (256u << 10)
 /* The kernel's limit on iovec entries per request. */
 #define MAX_OP_IOV 1024u
+/* Allocations one op may write (adjacent new units coalesce into one op). */
+#define MAX_OP_JOBS 64u
 #define DEFAULT_DEPTH 128u
 #define MAX_DEPTH 4096u
 #define SYNC_DEPTH 32u
@@ -148,7 +150,10 @@ struct vd_op {
     struct vd_op *next_free;
     rt_aio_req_t req;
     struct vd_io *io;
-    struct vd_job *job; /* the allocation it writes part of, or NULL */
+    /* The allocations it writes part of, in unit order: several when adjacent new
+     * units were given adjacent space. */
+    struct vd_job *jobs[MAX_OP_JOBS];
+    unsigned njobs;
     int kind;
     enum op_phase phase;
     rt_file_t file; /* which of the image's files */
@@ -184,6 +189,10 @@ struct rt_vd_queue {
     uint32_t chunks;
     uint8_t *zeros; /* one chunk of zeros, read-only, shared by every op */
     struct vd_job *free_jobs;
+    /* Request records not in use (linked through next_ready), at most depth of them
+     * kept: a steady stream of requests allocates nothing. */
+    struct vd_io *free_ios;
+    uint32_t nfree_ios;
 };
 
 static struct rt__handle_pool queue_pool = RT__HANDLE_POOL_INIT(struct rt_vd_queue, next_free);
@@ -591,7 +600,7 @@ static void op_reset(struct vd_op *op)
     op->iovcnt = 0;
     op->len = 0;
     op->chunk = NULL;
-    op->job = NULL;
+    op->njobs = 0;
     op->phase = PHASE_PLAIN;
     op->rmw_tail = false;
 }
@@ -633,7 +642,7 @@ static void op_add(struct vd_op *op, void *base, uint64_t len)
 static uint64_t op_add_zeros(struct rt_vd_queue *q, struct vd_op *op, uint64_t len)
 {
     uint64_t added = 0;
-    while (added < len && op->iovcnt < MAX_OP_IOV) {
+    while (added < len && op->iovcnt < op->iovcap) {
         uint64_t piece = min_u64(len - added, CHUNK);
         op_add(op, q->zeros, piece);
         added += piece;
@@ -641,15 +650,33 @@ static uint64_t op_add_zeros(struct rt_vd_queue *q, struct vd_op *op, uint64_t l
     return added;
 }
 
-/* Appends [voff, voff + len) of the guest's buffers; returns the bytes added. */
+/* Appends [voff, voff + len) of the guest's buffers; returns the bytes added.  A piece
+ * that continues the op's last one in memory extends it (the units of one guest buffer
+ * coalesced into one op stay one entry). */
 static uint64_t op_add_guest(struct vd_io *io, struct vd_op *op, uint64_t voff, uint64_t len)
 {
     uint64_t taken = 0;
+    if (op->iovcnt > 0) {
+        rt_iovec_t *last = &op->iov[op->iovcnt - 1];
+        rt_iovec_t next;
+        if (iov_slice(io->iov, io->iovcnt, voff - io->off, len, &next, 1, &taken) == 1 &&
+            (uint8_t *)last->base + last->len == (uint8_t *)next.base) {
+            last->len += next.len;
+            op->len += taken;
+            if (taken == len)
+                return taken;
+            voff += taken;
+            len -= taken;
+        } else {
+            taken = 0;
+        }
+    }
+    uint64_t more = 0;
     unsigned n = iov_slice(io->iov, io->iovcnt, voff - io->off, len, op->iov + op->iovcnt,
-                           MAX_OP_IOV - op->iovcnt, &taken);
+                           op->iovcap - op->iovcnt, &more);
     op->iovcnt += n;
-    op->len += taken;
-    return taken;
+    op->len += more;
+    return taken + more;
 }
 
 /* The op's iovec can take @a entries more (grown on demand, kept across uses). */
@@ -794,9 +821,10 @@ static bool old_is_zero(const struct vd_job *job, uint64_t voff)
            (vd->backing == NULL || voff >= vd->backing->size);
 }
 
-/* Fills @a op with the next piece of the job's unit: zeros, old contents, the guest's
- * bytes, as many as one op takes (at most one chunk of them copied). */
-static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
+/* Appends to @a op the next piece of the job's unit: zeros, old contents, the guest's
+ * bytes, as many as the op takes (at most one chunk of them copied).  The op is empty,
+ * or ends where the unit's space begins. */
+static int job_fill(struct vd_io *io, struct vd_job *job, struct vd_op *op)
 {
     rt_vd_t vd = io->vd;
     uint64_t unit_lo = job->alloc.virt_off, unit_hi = unit_lo + job->alloc.size;
@@ -805,15 +833,15 @@ static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
     uint64_t zone_lo = io->bounce ? round_down(job->guest_lo, vd->align) : job->guest_lo;
     uint64_t zone_hi =
         io->bounce ? min_u64(round_up(job->guest_hi, vd->align), unit_hi) : job->guest_hi;
-    int rc = op_room(op, io);
-    if (rc != RT_OK)
-        return rc;
-    op->kind = OP_WRITE;
-    op->file = vd->files[job->alloc.file];
-    op->host_off = job->alloc.host_off + (job->emit - unit_lo);
-    op->iovcnt = 0;
-    op->len = 0;
-    while (job->emit < unit_hi && op->len < MAX_OP_BYTES && op->iovcnt < MAX_OP_IOV) {
+    int rc = RT_OK;
+    if (op->len == 0) {
+        op->kind = OP_WRITE;
+        op->file = vd->files[job->alloc.file];
+        op->host_off = job->alloc.host_off + (job->emit - unit_lo);
+        op->iovcnt = 0;
+    }
+    bool attached = op->njobs > 0 && op->jobs[op->njobs - 1] == job;
+    while (job->emit < unit_hi && op->len < MAX_OP_BYTES && op->iovcnt < op->iovcap) {
         uint64_t v = job->emit, room = MAX_OP_BYTES - op->len, added;
         if (v >= zone_lo && v < zone_hi && !io->bounce) {
             added = op_add_guest(io, op, v, min_u64(zone_hi - v, room));
@@ -852,16 +880,62 @@ static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
         }
         if (added == 0)
             break; /* the iovec is full */
+        if (!attached) {
+            op->jobs[op->njobs++] = job;
+            job->ops_pending++;
+            attached = true;
+        }
         job->emit += added;
     }
-    op->job = job;
-    job->ops_pending++;
     if (job->emit == unit_hi) {
         job->emitted = true;
         io->job = NULL;
         io->cursor = max_u64(io->cursor, job->guest_hi);
     }
-    return 1;
+    return RT_OK;
+}
+
+static int job_start(struct vd_io *io, const struct vd_map *map, uint64_t at, uint64_t pos);
+
+/* Fills @a op from the request's current job, and while the op has room and the next
+ * unit the request writes is new too and was given the space right after, from that
+ * one's job as well: a stream of whole-unit writes becomes one op per run of units.
+ * A failure once the op holds bytes sends what it holds; the next step meets it
+ * again. */
+static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
+{
+    rt_vd_t vd = io->vd;
+    int rc = op_room(op, io);
+    if (rc != RT_OK)
+        return rc;
+    for (;;) {
+        rc = job_fill(io, job, op);
+        if (rc != RT_OK || !job->emitted)
+            break;
+        if (op->njobs == MAX_OP_JOBS || op->len >= MAX_OP_BYTES || op->iovcnt >= op->iovcap ||
+            io->cursor >= io->cursor_end || io->status != RT_OK)
+            break;
+        /* The next unit: coalesce only a new one (a plain data write is the next
+         * step's, which maps it again). */
+        uint64_t pos = io->cursor;
+        uint64_t at = io->bounce ? round_down(pos, vd->align) : pos;
+        uint64_t to = io->bounce ? round_up(io->cursor_end, vd->align) : io->cursor_end;
+        struct vd_map map = {0};
+        if ((rc = vd->driver->map(vd, at, to - at, &map)) != RT_OK)
+            break;
+        if (map.kind == VD_MAP_DATA && !map.shared)
+            break;
+        uint64_t next_host = op->host_off + op->len;
+        if ((rc = job_start(io, &map, at, pos)) != RT_OK)
+            break;
+        job = io->job;
+        if (vd->files[job->alloc.file] != op->file || job->alloc.host_off != next_host ||
+            job->emit != job->alloc.virt_off)
+            break; /* elsewhere: its own op, next step */
+    }
+    if (op->len > 0)
+        return 1;
+    return rc != RT_OK ? rc : 1;
 }
 
 /* The job's last op is back (or it was abandoned with none in flight): the driver
@@ -992,22 +1066,25 @@ static int step(struct vd_io *io, struct vd_op *op)
 static void op_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
 {
     struct vd_io *io = op->io;
-    struct vd_job *job = op->job;
+    struct vd_job *jobs[MAX_OP_JOBS];
+    unsigned njobs = op->njobs;
     if (rc != RT_OK && op->kind == OP_FLUSH)
         poison(io, rc);
     else if (rc != RT_OK && io->status == RT_OK)
         io->status = rc;
-    if (job != NULL) {
-        if (rc != RT_OK && job->status == RT_OK)
-            job->status = rc;
-        job->ops_pending--;
-    } else if (rc == RT_OK && op->kind == OP_WRITE && io->vd->driver->write_done != NULL) {
-        io->vd->driver->write_done(io->vd, op->guest_lo, op->guest_hi - op->guest_lo);
+    for (unsigned i = 0; i < njobs; i++) {
+        jobs[i] = op->jobs[i];
+        if (rc != RT_OK && jobs[i]->status == RT_OK)
+            jobs[i]->status = rc;
+        jobs[i]->ops_pending--;
     }
+    if (njobs == 0 && rc == RT_OK && op->kind == OP_WRITE && io->vd->driver->write_done != NULL)
+        io->vd->driver->write_done(io->vd, op->guest_lo, op->guest_hi - op->guest_lo);
     io->pending--;
     op_release(q, op);
-    if (job != NULL && job->emitted && job->ops_pending == 0)
-        job_finish(q, job);
+    for (unsigned i = 0; i < njobs; i++)
+        if (jobs[i]->emitted && jobs[i]->ops_pending == 0)
+            job_finish(q, jobs[i]);
     if (io->pending == 0)
         ready_push(q, io);
 }
@@ -1159,11 +1236,29 @@ static void pump(struct rt_vd_queue *q)
 /* ---------------------------------------------------------------------------------- */
 /* Completion delivery. */
 
-static void io_free(struct vd_io *io)
+static void io_free(struct rt_vd_queue *q, struct vd_io *io)
 {
     if (io->iov != io->iov_inline)
         free(io->iov);
-    free(io);
+    if (q->nfree_ios >= q->depth) {
+        free(io);
+        return;
+    }
+    io->next_ready = q->free_ios;
+    q->free_ios = io;
+    q->nfree_ios++;
+}
+
+/* A zeroed request record, from the queue's spares if it has one. */
+static struct vd_io *io_get(struct rt_vd_queue *q)
+{
+    struct vd_io *io = q->free_ios;
+    if (io == NULL)
+        return calloc(1, sizeof(*io));
+    q->free_ios = io->next_ready;
+    q->nfree_ios--;
+    memset(io, 0, sizeof(*io));
+    return io;
 }
 
 /* Runs callbacks of finished requests; a finished request may let waiting ones start. */
@@ -1185,7 +1280,7 @@ static uint32_t deliver(struct rt_vd_queue *q)
         rt_vd_done_t *done = io->done;
         void *user = io->user;
         int status = io->status;
-        io_free(io);
+        io_free(q, io);
         done(user, status);
         n++;
     }
@@ -1209,6 +1304,11 @@ static void queue_free(struct rt_vd_queue *q)
         struct vd_job *job = q->free_jobs;
         q->free_jobs = job->next;
         free(job);
+    }
+    while (q->free_ios != NULL) {
+        struct vd_io *io = q->free_ios;
+        q->free_ios = io->next_ready;
+        free(io);
     }
     if (q->zeros != NULL)
         rt_mem_page_free(q->zeros, CHUNK);
@@ -1289,7 +1389,7 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
         return vd->poisoned;
     if (kind == VD_IO_WRITE && total > 0 && (rc = rt__vd_begin_write(vd)) != RT_OK)
         return rc;
-    struct vd_io *io = calloc(1, sizeof(*io));
+    struct vd_io *io = io_get(q);
     if (io == NULL)
         return RT_ERR_NO_MEMORY;
     io->vd = vd;
@@ -1301,7 +1401,8 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
     io->user = user;
     io->iov = iovcnt <= INLINE_IOV ? io->iov_inline : malloc(iovcnt * sizeof(*iov));
     if (io->iov == NULL) {
-        free(io);
+        io->iov = io->iov_inline;
+        io_free(q, io);
         return RT_ERR_NO_MEMORY;
     }
     if (iovcnt > 0)
@@ -1313,7 +1414,7 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
     if (trivial)
         io->kind = VD_IO_FLUSH;
     else if ((rc = plan(io)) != RT_OK) {
-        io_free(io);
+        io_free(q, io);
         return rc;
     }
     vd->busy_queue = q;
