@@ -255,9 +255,11 @@ static uint64_t split_half;
 static uint64_t split_reported;
 static bool split_range_ok = true;
 
-static int split_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
+static int split_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map,
+                     struct vd_load *load)
 {
     (void)vd;
+    (void)load;
     memset(map, 0, sizeof *map);
     map->kind = VD_MAP_DATA;
     map->file = off < split_half ? 0 : 1;

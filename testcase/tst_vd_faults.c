@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include <rt/mem.h>
 #include <rt/vd.h>
@@ -37,6 +38,7 @@
 
 #define KIB 1024u
 #define MIB (1024u * 1024u)
+#define GIB (1024ull * MIB)
 
 /* ---------------------------------------------------------------------------------- */
 /* Faults. */
@@ -51,6 +53,8 @@ static struct {
     atomic_int fsync_skip;     /* fsyncs to let through before failing */
     atomic_int fsync_failures; /* fsyncs still to fail with EIO */
     atomic_int header_write_failures;
+    uint64_t read_fail_at;     /* reads of this host offset fail with EIO ... */
+    atomic_int read_failures;  /* ... this many times */
 } fault;
 
 static size_t iov_total(const struct iovec *iov, int n)
@@ -119,6 +123,34 @@ static ssize_t faulty_pwrite(int fd, const void *buf, size_t len, off_t off)
     return pwrite(fd, buf, len, off);
 }
 
+static bool read_fails(off_t off)
+{
+    if ((uint64_t)off != fault.read_fail_at)
+        return false;
+    if (atomic_fetch_sub(&fault.read_failures, 1) > 0)
+        return true;
+    atomic_fetch_add(&fault.read_failures, 1);
+    return false;
+}
+
+static ssize_t failing_pread(int fd, void *buf, size_t len, off_t off)
+{
+    if (read_fails(off)) {
+        errno = EIO;
+        return -1;
+    }
+    return pread(fd, buf, len, off);
+}
+
+static ssize_t failing_preadv(int fd, const struct iovec *iov, int n, off_t off)
+{
+    if (read_fails(off)) {
+        errno = EIO;
+        return -1;
+    }
+    return preadv(fd, iov, n, off);
+}
+
 static void faults_off(void)
 {
     rt__posix_sys_reset();
@@ -128,7 +160,9 @@ static void faults_off(void)
     atomic_store(&fault.fsync_skip, 0);
     atomic_store(&fault.fsync_failures, 0);
     atomic_store(&fault.header_write_failures, 0);
+    atomic_store(&fault.read_failures, 0);
     fault.fail_at = UINT64_MAX;
+    fault.read_fail_at = UINT64_MAX;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -523,6 +557,174 @@ static ssize_t fake_pwritev(int fd, const struct iovec *iov, int n, off_t off)
     return (ssize_t)iov_total(iov, n);
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* Slow metadata on one image does not stop another on the same queue. */
+
+/* Reads of one host offset (a QCOW2 L2 table) are counted and held at a gate; the
+ * gate gives up after 3 s so that an engine that blocks on the read still ends. */
+static struct {
+    uint64_t off;
+    sem_t gate;
+    atomic_int reads;
+    atomic_bool waiting, timed_out;
+} slow;
+
+static void slow_wait(off_t off)
+{
+    if ((uint64_t)off != slow.off)
+        return;
+    atomic_fetch_add(&slow.reads, 1);
+    atomic_store(&slow.waiting, true);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 3;
+    while (sem_timedwait(&slow.gate, &until) != 0)
+        if (errno == ETIMEDOUT) {
+            atomic_store(&slow.timed_out, true);
+            break;
+        }
+    atomic_store(&slow.waiting, false);
+}
+
+static ssize_t slow_pread(int fd, void *buf, size_t len, off_t off)
+{
+    slow_wait(off);
+    return pread(fd, buf, len, off);
+}
+
+static ssize_t slow_preadv(int fd, const struct iovec *iov, int n, off_t off)
+{
+    slow_wait(off);
+    return preadv(fd, iov, n, off);
+}
+
+/* The host offset of the L2 table of @a l1_index, from the image file itself. */
+static uint64_t qcow2_l2_offset(const char *path, uint32_t l1_index)
+{
+    uint8_t be[8];
+    uint64_t l1 = 0, entry = 0;
+    int fd = open(path, O_RDONLY);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_FATAL(pread(fd, be, 8, 40) == 8);
+    for (int i = 0; i < 8; i++)
+        l1 = l1 << 8 | be[i];
+    CU_ASSERT_FATAL(pread(fd, be, 8, (off_t)(l1 + 8u * l1_index)) == 8);
+    for (int i = 0; i < 8; i++)
+        entry = entry << 8 | be[i];
+    close(fd);
+    return entry & 0x00fffffffffffe00ull;
+}
+
+static void test_slow_table_does_not_stop_others(void)
+{
+    char qpath[600], rpath[600];
+    /* 64 KiB clusters: an L2 table maps 512 MiB; data in the first two. */
+    make_image(qpath, sizeof qpath, "slow-meta.qcow2", "qcow2", GIB, 64 * KIB);
+    make_image(rpath, sizeof rpath, "slow-meta.raw", "raw", 16 * MIB, 0);
+    rt_vd_t a = RT_VD_NIL, b = RT_VD_NIL;
+    rt_vd_queue_t q = RT_VD_QUEUE_NIL;
+    rt_vd_error_t err;
+    static uint8_t data[2][4096], back[2][4096], rbuf[64][4096];
+    memset(data[0], 0x11, sizeof data[0]);
+    memset(data[1], 0x22, sizeof data[1]);
+    const uint64_t far = 512 * MIB; /* the second table's */
+    TST_RC_FATAL(rt_vd_open(&a, qpath, "qcow2", 0, &err), RT_OK);
+    TST_RC(rt_vd_write(a, 0, data[0], 4096), RT_OK);
+    TST_RC(rt_vd_write(a, far, data[1], 4096), RT_OK);
+    TST_RC(rt_vd_close(a), RT_OK);
+    slow.off = qcow2_l2_offset(qpath, 1);
+    CU_ASSERT_FATAL(slow.off != 0);
+
+    /* Reopened, its tables are cold. */
+    TST_RC_FATAL(rt_vd_open(&a, qpath, "qcow2", 0, &err), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&b, rpath, "raw", 0, &err), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_create(&q, 32), RT_OK);
+    atomic_store(&slow.reads, 0);
+    atomic_store(&slow.timed_out, false);
+    rt__posix_sys.pread = slow_pread;
+    rt__posix_sys.preadv = slow_preadv;
+
+    /* Two reads that need the held table ... */
+    struct tracked ta[2] = {{0}}, tb[64] = {{0}};
+    rt_iovec_t iov_a[2] = {{back[0], 4096}, {back[1], 4096}};
+    TST_RC(rt_vd_queue_read(q, a, far, &iov_a[0], 1, tracked_done, &ta[0]), RT_OK);
+    TST_RC(rt_vd_queue_read(q, a, far + 4096, &iov_a[1], 1, tracked_done, &ta[1]), RT_OK);
+    for (int ms = 0; !atomic_load(&slow.waiting) && ms < 2000; ms++) {
+        rt_vd_queue_run(q, 0, 0, NULL);
+        usleep(1000);
+    }
+    CU_ASSERT(atomic_load(&slow.waiting));
+    /* ... and, meanwhile, 64 to the other image. */
+    for (int i = 0; i < 64; i++) {
+        rt_iovec_t iov = {rbuf[i], 4096};
+        TST_RC(rt_vd_queue_read(q, b, (uint64_t)i * 4096, &iov, 1, tracked_done, &tb[i]), RT_OK);
+    }
+    run_until(q, tb, 64);
+    bool others_while_held = atomic_load(&slow.waiting) && !atomic_load(&slow.timed_out);
+    CU_ASSERT(others_while_held);
+    CU_ASSERT(!ta[0].done && !ta[1].done);
+    sem_post(&slow.gate);
+    run_until(q, ta, 2);
+    faults_off();
+
+    TST_RC(ta[0].status, RT_OK);
+    TST_RC(ta[1].status, RT_OK);
+    CU_ASSERT(memcmp(back[0], data[1], 4096) == 0);
+    CU_ASSERT(all_bytes(back[1], 4096, 0));
+    /* The two requests shared the one read. */
+    CU_ASSERT_EQUAL(atomic_load(&slow.reads), 1);
+    CU_ASSERT(!atomic_load(&slow.timed_out));
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    TST_RC(rt_vd_close(a), RT_OK);
+    TST_RC(rt_vd_close(b), RT_OK);
+    unlink(qpath);
+    unlink(rpath);
+}
+
+/* A failed table read fails every request that waited for it, and only those; the
+ * image stays usable. */
+static void test_failed_table_read_fails_its_waiters(void)
+{
+    char qpath[600];
+    make_image(qpath, sizeof qpath, "failed-meta.qcow2", "qcow2", GIB, 64 * KIB);
+    rt_vd_t a = RT_VD_NIL;
+    rt_vd_queue_t q = RT_VD_QUEUE_NIL;
+    rt_vd_error_t err;
+    static uint8_t data[4096], back[3][4096];
+    memset(data, 0x33, sizeof data);
+    const uint64_t far = 512 * MIB;
+    TST_RC_FATAL(rt_vd_open(&a, qpath, "qcow2", 0, &err), RT_OK);
+    TST_RC(rt_vd_write(a, 0, data, 4096), RT_OK);
+    TST_RC(rt_vd_write(a, far, data, 4096), RT_OK);
+    TST_RC(rt_vd_close(a), RT_OK);
+    uint64_t table = qcow2_l2_offset(qpath, 1);
+
+    TST_RC_FATAL(rt_vd_open(&a, qpath, "qcow2", 0, &err), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_create(&q, 32), RT_OK);
+    faults_off();
+    fault.read_fail_at = table;
+    atomic_store(&fault.read_failures, 1);
+    rt__posix_sys.pread = failing_pread;
+    rt__posix_sys.preadv = failing_preadv;
+    struct tracked t[3] = {{0}};
+    rt_iovec_t iov[3] = {{back[0], 4096}, {back[1], 4096}, {back[2], 4096}};
+    TST_RC(rt_vd_queue_read(q, a, far, &iov[0], 1, tracked_done, &t[0]), RT_OK);
+    TST_RC(rt_vd_queue_read(q, a, far + 8192, &iov[1], 1, tracked_done, &t[1]), RT_OK);
+    TST_RC(rt_vd_queue_read(q, a, 0, &iov[2], 1, tracked_done, &t[2]), RT_OK);
+    run_until(q, t, 3);
+    faults_off();
+    TST_RC(t[0].status, RT_ERR_IO);
+    TST_RC(t[1].status, RT_ERR_IO);
+    TST_RC(t[2].status, RT_OK);
+    CU_ASSERT(memcmp(back[2], data, 4096) == 0);
+    /* The read works once the file does. */
+    TST_RC(rt_vd_read(a, far, back[0], 4096), RT_OK);
+    CU_ASSERT(memcmp(back[0], data, 4096) == 0);
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    TST_RC(rt_vd_close(a), RT_OK);
+    unlink(qpath);
+}
+
 /* The process's peak resident set in KiB (VmHWM). */
 static long peak_rss_kib(void)
 {
@@ -678,6 +880,7 @@ int main(void)
     setenv("RT_AIO_BACKEND", "threads", 1);
     tst_require_backend("threads");
     sem_init(&fault.gate, 0, 0);
+    sem_init(&slow.gate, 0, 0);
     faults_off();
     if (access(QEMU_IMG, X_OK) != 0)
         printf("note: %s not installed: no cross-check with qemu-img check\n", QEMU_IMG);
@@ -688,6 +891,9 @@ int main(void)
     TST_ADD(suite, test_commit_failure_poisons);
     TST_ADD(suite, test_vdi_failed_allocation_leaves_no_hole);
     TST_ADD(suite, test_vdi_flush_defers_later_allocations);
+    CU_pSuite loads = tst_suite("metadata loads on the queue");
+    TST_ADD(loads, test_slow_table_does_not_stop_others);
+    TST_ADD(loads, test_failed_table_read_fails_its_waiters);
     CU_pSuite memory = tst_suite("image engine memory");
     TST_ADD(memory, test_memory_bounded);
     return tst_run();

@@ -493,6 +493,37 @@ static bool entry_valid(const struct qcow2 *s, uint64_t entry, uint64_t limit)
     return host < limit && !rt__qcow2_is_metadata(s, host >> s->cluster_bits);
 }
 
+/* Makes the L2 table of @a l1_index, read from the file as @a raw, the cached one:
+ * every entry checked first. */
+static struct qcow2_l2 *l2_install(struct qcow2 *s, uint32_t l1_index, const uint8_t *raw,
+                                   int *rc)
+{
+    uint64_t host = s->l1[l1_index] & QCOW2_OFFSET_MASK;
+    if ((uint64_t)(s->l2_loaded + 1) * s->cluster_size > s->l2_cache_bytes)
+        evict_one(s, l1_index);
+    struct qcow2_l2 *t = calloc(1, sizeof(*t));
+    if (t == NULL || (t->entries = malloc(s->cluster_size)) == NULL) {
+        free(t);
+        *rc = RT_ERR_NO_MEMORY;
+        return NULL;
+    }
+    uint64_t limit = s->l2_rewritten[l1_index] ? s->next_free : s->file_size_at_open;
+    for (uint32_t i = 0; i < s->l2_entries; i++) {
+        t->entries[i] = vd_be64(raw + 8u * i);
+        if (!entry_valid(s, t->entries[i], limit)) {
+            free(t->entries);
+            free(t);
+            *rc = RT_ERR_VD_CORRUPT;
+            return NULL;
+        }
+    }
+    t->host_off = host;
+    s->l2[l1_index] = t;
+    s->l2_loaded++;
+    *rc = RT_OK;
+    return t;
+}
+
 struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
 {
     struct qcow2 *s = qcow2_of(vd);
@@ -502,35 +533,33 @@ struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
     uint64_t host = s->l1[l1_index] & QCOW2_OFFSET_MASK;
     if (host == 0)
         return NULL;
-    if ((uint64_t)(s->l2_loaded + 1) * s->cluster_size > s->l2_cache_bytes)
-        evict_one(s, l1_index);
-    struct qcow2_l2 *t = calloc(1, sizeof(*t));
     uint8_t *raw = malloc(s->cluster_size);
-    if (t == NULL || raw == NULL || (t->entries = malloc(s->cluster_size)) == NULL) {
-        free(raw);
-        if (t != NULL)
-            free(t->entries);
-        free(t);
+    if (raw == NULL) {
         *rc = RT_ERR_NO_MEMORY;
         return NULL;
     }
-    uint64_t limit = s->l2_rewritten[l1_index] ? s->next_free : s->file_size_at_open;
+    struct qcow2_l2 *t = NULL;
     *rc = rt__vd_meta_read(vd, host, raw, s->cluster_size);
-    for (uint32_t i = 0; *rc == RT_OK && i < s->l2_entries; i++) {
-        t->entries[i] = vd_be64(raw + 8u * i);
-        if (!entry_valid(s, t->entries[i], limit))
-            *rc = RT_ERR_VD_CORRUPT;
-    }
+    if (*rc == RT_OK)
+        t = l2_install(s, l1_index, raw, rc);
     free(raw);
-    if (*rc != RT_OK) {
-        free(t->entries);
-        free(t);
-        return NULL;
-    }
-    t->host_off = host;
-    s->l2[l1_index] = t;
-    s->l2_loaded++;
     return t;
+}
+
+static int qcow2_load_done(rt_vd_t vd, const struct vd_load *load, const void *data, int status)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    if (status != RT_OK)
+        return status;
+    uint32_t l1_index = (uint32_t)load->key;
+    /* Loaded another way meanwhile (an allocation reads its table synchronously), or
+     * the table moved: what is in memory, or the next map, is the truth. */
+    if (l1_index >= s->l1_size || s->l2[l1_index] != NULL ||
+        (s->l1[l1_index] & QCOW2_OFFSET_MASK) != load->host_off)
+        return RT_OK;
+    int rc;
+    l2_install(s, l1_index, data, &rc);
+    return rc;
 }
 
 /* Classifies one L2 entry; checks what it points at. */
@@ -567,7 +596,8 @@ static int classify(rt_vd_t vd, uint64_t entry, struct vd_map *map)
     return RT_OK;
 }
 
-static int qcow2_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
+static int qcow2_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map,
+                     struct vd_load *load)
 {
     struct qcow2 *s = qcow2_of(vd);
     uint64_t cluster = off >> s->cluster_bits;
@@ -576,6 +606,14 @@ static int qcow2_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
     uint64_t in_cluster = off & (s->cluster_size - 1);
     uint64_t to_table_end = ((uint64_t)(s->l2_entries - l2_index) << s->cluster_bits) - in_cluster;
     int rc;
+    uint64_t table = s->l1[l1_index] & QCOW2_OFFSET_MASK;
+    if (load != NULL && table != 0 && s->l2[l1_index] == NULL) {
+        load->file = 0;
+        load->host_off = table;
+        load->len = s->cluster_size;
+        load->key = l1_index;
+        return VD_MAP_NEEDS_LOAD;
+    }
     struct qcow2_l2 *t = rt__qcow2_l2_get(vd, l1_index, &rc);
     if (rc != RT_OK)
         return rc;
@@ -695,6 +733,7 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .alloc_done = rt__qcow2_alloc_done,
     .commit = rt__qcow2_commit,
     .read_compressed = qcow2_read_compressed,
+    .load_done = qcow2_load_done,
     .begin_write = qcow2_begin_write,
     .check = rt__qcow2_check,
     .info = qcow2_info,

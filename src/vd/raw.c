@@ -51,8 +51,10 @@ static int raw_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_err
     return RT_OK;
 }
 
-static int raw_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
+static int raw_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map,
+                   struct vd_load *load)
 {
+    (void)load;
     map->kind = VD_MAP_DATA;
     map->length = len;
     map->host_off = off;

@@ -749,7 +749,7 @@ int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info)
 int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext)
 {
     struct vd_map map = {0};
-    int rc = vd->driver->map(vd, off, len, &map);
+    int rc = vd->driver->map(vd, off, len, &map, NULL);
     if (rc != RT_OK)
         return rc;
     ext->offset = off;

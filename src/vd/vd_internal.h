@@ -49,6 +49,20 @@ struct vd_alloc {
     uint32_t file;  /* which of the image's files host_off is in (rt_vd.files) */
 };
 
+/* Metadata a map() answer needs and the driver does not hold in memory.  The engine
+ * reads [host_off, host_off + len) of file @a file with an op on its queue, gives the
+ * bytes to load_done(), and asks map() again; requests that need the same load (same
+ * key) wait for the one read. */
+struct vd_load {
+    uint32_t file;
+    uint32_t len;
+    uint64_t host_off;
+    uint64_t key; /* the driver's name for what it loads (QCOW2: the L1 index) */
+};
+
+/* map()'s answer when it filled *load instead (only when the caller gave one). */
+#define VD_MAP_NEEDS_LOAD 1
+
 /* What a driver can do: the layer calls no operation the driver does not claim, and
  * tst_vd checks that every claimed operation is there. */
 #define VD_CAP_CREATE           0x0001u /* create */
@@ -85,8 +99,15 @@ struct vd_driver {
     /* Writes a new image of opts->size into the empty @a file; opts->options are
      * checked against create_options. */
     int (*create)(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
-    /* Describes [off, off + len); answers for a prefix of it at least one byte long. */
-    int (*map)(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map);
+    /* Describes [off, off + len); answers for a prefix of it at least one byte long.
+     * With @a load not NULL, metadata not in memory is not read here: the driver fills
+     * *load and returns VD_MAP_NEEDS_LOAD.  With NULL it reads it (synchronous callers). */
+    int (*map)(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map, struct vd_load *load);
+    /* The bytes of a load map() asked for (@a status not RT_OK: the read failed, and
+     * @a data is NULL).  The driver checks and keeps them, or ignores them when what
+     * it holds moved on meanwhile (the table was loaded or rewritten another way).
+     * Returns RT_OK, or the failure every request waiting for the load gets. */
+    int (*load_done)(rt_vd_t vd, const struct vd_load *load, const void *data, int status);
     /* Reserves the unit holding @a off (write path only; NULL for formats that never
      * allocate).  The in-memory map points at it at once; the layer calls alloc_done()
      * when the unit's data is written. */
@@ -170,6 +191,8 @@ struct rt_vd {
     struct vd_job *jobs_head, *jobs_tail;
     uint64_t jobs_created;
     struct vd_io *flush_waiters;
+    /* Metadata loads in flight (vd_queue.c), each with the requests waiting for it. */
+    struct vd_load_wait *loads;
     /* RT_OK, or the status of the fsync or commit that failed: every later write and
      * flush fails with it until the image is reopened. */
     int poisoned;

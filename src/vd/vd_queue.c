@@ -57,6 +57,16 @@
  * rule after fdatasync fails).  So does a commit that fails, except for a metadata
  * write that found the disk full: it wrote nothing, the commit's steps are ordered so
  * what did reach the file is consistent, and the next flush tries again.
+ *
+ * Metadata loads.  A map() answer that needs a table the driver does not hold (a QCOW2
+ * L2 table not in its cache) is not read on this thread: the driver describes the read
+ * (struct vd_load), the engine issues it as an op and parks the request on it; another
+ * request needing the same load parks on the same one.  When the read is back the
+ * driver checks and keeps the bytes (load_done), and every parked request steps again,
+ * or fails with the load.  A request maps synchronously once right after its load, so
+ * a cache too small for the requests in flight cannot evict tables faster than they
+ * are used (no livelock; at worst one blocking read).  Admission never loads: a write
+ * whose map needs a load counts as allocating (safe, and only more careful).
  */
 #include "config.h"
 
@@ -92,6 +102,15 @@ enum op_phase {
     PHASE_COPY_OUT,  /* a bounced read: copy the guest's part out of the chunk */
     PHASE_RMW_HEAD,  /* read the first sector of the window, then the tail or write */
     PHASE_RMW_TAIL,  /* read the last sector, then write */
+    PHASE_LOAD,      /* a metadata load: hand the bytes to the driver */
+};
+
+/* What step() did with the op it was given. */
+enum step_result {
+    STEP_INLINE = 0, /* the step needed no op (zeros, a backing read) */
+    STEP_OP = 1,     /* the op is filled for the request */
+    STEP_LOAD = 2,   /* the op is filled as a metadata load; the request waits for it */
+    STEP_PARKED = 3, /* the request waits for a load already in flight; op unused */
 };
 
 struct vd_job;
@@ -101,6 +120,8 @@ struct vd_io {
     struct vd_io *next_ready;                /* the queue's ready or done list, or the
                                                 image's flush waiters */
     bool on_ready, running;
+    bool parked;      /* waiting for a metadata load (on its waiter list) */
+    bool just_loaded; /* the next map may not ask for a load again */
     rt_vd_t vd;
     struct rt_vd_queue *queue;
     int kind;
@@ -146,8 +167,20 @@ struct vd_job {
     int status;
 };
 
+/* A metadata load in flight: its one read, and the requests waiting for it. */
+struct vd_load_wait {
+    struct vd_load_wait *next; /* the image's loads in flight, or the queue's spares */
+    rt_vd_t vd;
+    struct vd_load load;
+    struct vd_io *waiters; /* linked through next_ready */
+    uint8_t *buf;          /* the aligned window read; the load starts at buf + skip */
+    size_t buf_len;
+    uint64_t skip;
+};
+
 struct vd_op {
     struct vd_op *next_free;
+    struct vd_load_wait *load; /* PHASE_LOAD: the load it reads (io is NULL) */
     rt_aio_req_t req;
     struct vd_io *io;
     /* The allocations it writes part of, in unit order: several when adjacent new
@@ -193,6 +226,7 @@ struct rt_vd_queue {
      * kept: a steady stream of requests allocates nothing. */
     struct vd_io *free_ios;
     uint32_t nfree_ios;
+    struct vd_load_wait *free_loads;
 };
 
 static struct rt__handle_pool queue_pool = RT__HANDLE_POOL_INIT(struct rt_vd_queue, next_free);
@@ -412,10 +446,11 @@ static int write_allocates(rt_vd_t vd, uint64_t lo, uint64_t hi, bool *allocates
         return RT_OK;
     for (uint64_t pos = lo; pos < hi;) {
         struct vd_map map = {0};
-        int rc = vd->driver->map(vd, pos, hi - pos, &map);
-        if (rc != RT_OK)
+        struct vd_load load;
+        int rc = vd->driver->map(vd, pos, hi - pos, &map, &load);
+        if (rc < 0)
             return rc;
-        if (map.kind != VD_MAP_DATA || map.shared) {
+        if (rc == VD_MAP_NEEDS_LOAD || map.kind != VD_MAP_DATA || map.shared) {
             *allocates = true;
             return RT_OK;
         }
@@ -601,6 +636,7 @@ static void op_reset(struct vd_op *op)
     op->len = 0;
     op->chunk = NULL;
     op->njobs = 0;
+    op->load = NULL;
     op->phase = PHASE_PLAIN;
     op->rmw_tail = false;
 }
@@ -921,8 +957,11 @@ static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
         uint64_t at = io->bounce ? round_down(pos, vd->align) : pos;
         uint64_t to = io->bounce ? round_up(io->cursor_end, vd->align) : io->cursor_end;
         struct vd_map map = {0};
-        if ((rc = vd->driver->map(vd, at, to - at, &map)) != RT_OK)
+        struct vd_load load;
+        if ((rc = vd->driver->map(vd, at, to - at, &map, &load)) != RT_OK) {
+            rc = rc > 0 ? RT_OK : rc; /* a load: the next step's */
             break;
+        }
         if (map.kind == VD_MAP_DATA && !map.shared)
             break;
         uint64_t next_host = op->host_off + op->len;
@@ -1005,6 +1044,100 @@ static int job_start(struct vd_io *io, const struct vd_map *map, uint64_t at, ui
 }
 
 /* ---------------------------------------------------------------------------------- */
+/* Metadata loads. */
+
+static void park(struct vd_load_wait *w, struct vd_io *io)
+{
+    io->parked = true;
+    io->next_ready = w->waiters;
+    w->waiters = io;
+}
+
+/* The request needs @a load: waits for the one in flight, or fills @a op to read it. */
+static int load_start(struct vd_io *io, struct vd_op *op, const struct vd_load *load)
+{
+    rt_vd_t vd = io->vd;
+    struct rt_vd_queue *q = io->queue;
+    for (struct vd_load_wait *w = vd->loads; w != NULL; w = w->next)
+        if (w->load.key == load->key && w->load.file == load->file &&
+            w->load.host_off == load->host_off && w->load.len == load->len) {
+            park(w, io);
+            return STEP_PARKED;
+        }
+    if (load->file >= vd->nfiles || load->len == 0)
+        return RT_ERR_VD_CORRUPT; /* a driver asking for what it cannot have */
+    struct vd_load_wait *w = q->free_loads;
+    if (w != NULL)
+        q->free_loads = w->next;
+    else if ((w = malloc(sizeof(*w))) == NULL)
+        return RT_ERR_NO_MEMORY;
+    uint64_t lo = round_down(load->host_off, vd->align);
+    uint64_t hi = round_up(load->host_off + load->len, vd->align);
+    memset(w, 0, sizeof(*w));
+    w->vd = vd;
+    w->load = *load;
+    w->skip = load->host_off - lo;
+    w->buf_len = (size_t)(hi - lo);
+    /* Up to a chunk from the pool; a larger table (2 MiB QCOW2 clusters) its own. */
+    w->buf = w->buf_len <= CHUNK ? chunk_get(q) : rt_mem_page_alloc(w->buf_len);
+    if (w->buf == NULL || op_reserve_iov(op, 1) != RT_OK) {
+        if (w->buf != NULL && w->buf_len <= CHUNK)
+            chunk_put(q, w->buf);
+        else if (w->buf != NULL)
+            rt_mem_page_free(w->buf, w->buf_len);
+        w->next = q->free_loads;
+        q->free_loads = w;
+        return RT_ERR_NO_MEMORY;
+    }
+    w->next = vd->loads;
+    vd->loads = w;
+    park(w, io);
+    op->io = NULL;
+    op->load = w;
+    op->kind = OP_READ;
+    op->phase = PHASE_LOAD;
+    op->file = vd->files[load->file];
+    op->host_off = lo;
+    op->iovcnt = 0;
+    op->len = 0;
+    op_add(op, w->buf, w->buf_len);
+    return STEP_LOAD;
+}
+
+/* The load's read is back with @a rc: the driver takes the bytes, and every request
+ * waiting steps again (or fails with it). */
+static void load_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
+{
+    struct vd_load_wait *w = op->load;
+    rt_vd_t vd = w->vd;
+    int status = vd->driver->load_done(vd, &w->load, rc == RT_OK ? w->buf + w->skip : NULL, rc);
+    for (struct vd_load_wait **link = &vd->loads; *link != NULL; link = &(*link)->next)
+        if (*link == w) {
+            *link = w->next;
+            break;
+        }
+    struct vd_io *io = w->waiters;
+    while (io != NULL) {
+        struct vd_io *next = io->next_ready;
+        io->parked = false;
+        io->just_loaded = true;
+        if (status != RT_OK && io->status == RT_OK)
+            io->status = status;
+        if (io->pending == 0)
+            ready_push(q, io);
+        io = next;
+    }
+    if (w->buf_len <= CHUNK)
+        chunk_put(q, w->buf);
+    else
+        rt_mem_page_free(w->buf, w->buf_len);
+    w->next = q->free_loads;
+    q->free_loads = w;
+    op->load = NULL;
+    op_release(q, op);
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* Steps. */
 
 /* Plans one step of @a io at its cursor.  Either does it inline (0), or fills @a op
@@ -1025,7 +1158,11 @@ static int step(struct vd_io *io, struct vd_op *op)
     uint64_t at = io->bounce ? round_down(pos, vd->align) : pos;
     uint64_t to = io->bounce ? round_up(io->cursor_end, vd->align) : io->cursor_end;
     struct vd_map map = {0};
-    int rc = vd->driver->map(vd, at, to - at, &map);
+    struct vd_load load;
+    int rc = vd->driver->map(vd, at, to - at, &map, io->just_loaded ? NULL : &load);
+    io->just_loaded = false;
+    if (rc == VD_MAP_NEEDS_LOAD)
+        return load_start(io, op, &load);
     if (rc != RT_OK)
         return rc;
     bool writing = io->kind == VD_IO_WRITE;
@@ -1085,8 +1222,17 @@ static void op_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
     for (unsigned i = 0; i < njobs; i++)
         if (jobs[i]->emitted && jobs[i]->ops_pending == 0)
             job_finish(q, jobs[i]);
-    if (io->pending == 0)
+    if (io->pending == 0 && !io->parked)
         ready_push(q, io);
+}
+
+/* An op is over: a load's, or a request's. */
+static void op_done(struct rt_vd_queue *q, struct vd_op *op, int rc)
+{
+    if (op->phase == PHASE_LOAD)
+        load_finished(q, op, rc);
+    else
+        op_finished(q, op, rc);
 }
 
 /* Resubmits @a op as it now stands; false when that failed. */
@@ -1153,7 +1299,7 @@ static void op_complete(struct rt_vd_queue *q, struct vd_op *op)
     if (rc == RT_OK && op->phase == PHASE_COPY_OUT)
         iov_copy(io->iov, io->iovcnt, op->guest_lo - io->off,
                  op->chunk + (op->guest_lo - op->win_lo), op->guest_hi - op->guest_lo, true);
-    op_finished(q, op, rc);
+    op_done(q, op, rc);
 }
 
 static void submit_batch(struct rt_vd_queue *q)
@@ -1169,7 +1315,7 @@ static void submit_batch(struct rt_vd_queue *q)
     }
     /* Nothing was submitted: every op fails its request. */
     for (uint32_t i = 0; i < n; i++)
-        op_finished(q, rt_aio_req_get_user(q->batch[i]), rc);
+        op_done(q, rt_aio_req_get_user(q->batch[i]), rc);
 }
 
 /* A request stops stepping after a failure: a job it was still making ops for gets no
@@ -1199,8 +1345,10 @@ static void pump(struct rt_vd_queue *q)
                 op_reset(op);
                 op->io = io;
                 int rc = step(io, op);
-                if (rc == 0)
+                if (rc == STEP_INLINE)
                     continue;
+                if (rc == STEP_PARKED)
+                    break;
                 if (rc < 0) {
                     if (op->chunk != NULL) {
                         chunk_put(q, op->chunk);
@@ -1210,14 +1358,19 @@ static void pump(struct rt_vd_queue *q)
                     break;
                 }
                 q->free_ops = op->next_free;
-                io->pending++;
-                rc = op_prepare(op);
-                if (rc != RT_OK) {
-                    op_finished(q, op, rc);
+                if (rc == STEP_OP)
+                    io->pending++;
+                int prc = op_prepare(op);
+                if (prc != RT_OK) {
+                    op_done(q, op, prc);
                     break;
                 }
                 q->batch[q->batch_len++] = op->req;
+                if (rc == STEP_LOAD)
+                    break; /* parked on it */
             }
+            if (io->parked)
+                break; /* the load's completion brings it back */
             if (io->status != RT_OK)
                 abandon_job(q, io);
             if (io->status == RT_OK && (io->job != NULL || io->cursor < io->cursor_end)) {

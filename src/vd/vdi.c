@@ -418,8 +418,10 @@ static enum vd_map_kind entry_kind(uint32_t e)
     return e == VDI_FREE ? VD_MAP_UNALLOCATED : e == VDI_ZERO ? VD_MAP_ZERO : VD_MAP_DATA;
 }
 
-static int vdi_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map)
+static int vdi_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map,
+                   struct vd_load *load)
 {
+    (void)load; /* the block map is in memory from open on */
     struct vdi *v = vdi_of(vd);
     uint32_t block = (uint32_t)(off / v->block_size);
     uint32_t e = v->bmap[block];
