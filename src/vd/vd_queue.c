@@ -1463,6 +1463,11 @@ static void queue_free(struct rt_vd_queue *q)
         q->free_ios = io->next_ready;
         free(io);
     }
+    while (q->free_loads != NULL) {
+        struct vd_load_wait *w = q->free_loads;
+        q->free_loads = w->next;
+        free(w);
+    }
     if (q->zeros != NULL)
         rt_mem_page_free(q->zeros, CHUNK);
     free(q->ops);
