@@ -188,6 +188,14 @@ check "vrt-img convert -c to raw: usage error" \
     expect_exit 1 "$img" convert -c -O raw "$work/backing.raw" "$work/never.raw"
 check "vrt-img check -r all: refused" \
     expect_exit 1 "$img" check -f qcow2 -r all "$work/ours-64k-1.1.qcow2"
+check "vrt-img bench -o l2-cache-size: one table of cache, every read correct" \
+    bash -c "'$img' bench -q -f qcow2 -o l2-cache-size=4k -t writeback -c 2000 --output=json \
+                 '$work/ours-4k-0.10.qcow2' | grep -q '\"errors\": 0'"
+check "vrt-img bench -o: an option the format does not take is refused by name" \
+    bash -c "'$img' bench -q -f qcow2 -o l2-cache=1 -c 10 '$work/ours-4k-0.10.qcow2' 2>&1 |
+             grep -q \"'l2-cache=1' is not an option\"; test \${PIPESTATUS[0]} -ne 0"
+check "vrt-img bench -o without -f: usage error" \
+    expect_exit 1 "$img" bench -o l2-cache-size=4k -c 10 "$work/ours-4k-0.10.qcow2"
 
 size=$((24 * 1024 * 1024 + 512))
 qemu-img create -q -f raw "$work/source.raw" "$size"

@@ -86,10 +86,27 @@ void img_report(const char *what, int rc, const rt_vd_error_t *err);
  */
 int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, rt_vd_error_t *err);
 
+/** img_open() with the format's open options ("name=value" strings ending with NULL;
+ *  NULL: none), as rt_vd_open_with() takes them. */
+int img_open_with(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+                  const char *const *options, rt_vd_error_t *err);
+
 /** img_open(), then rt_vd_get_info() into @a info; on failure the image is closed,
  *  *vd is RT_VD_NIL and the problem reported. */
 int img_open_info(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
                   rt_vd_info_t *info);
+
+/** img_open_info() with the format's open options, as img_open_with(). */
+int img_open_info_with(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+                       const char *const *options, rt_vd_info_t *info);
+
+/**
+ * Splits "a=1,b=2" into the NULL-terminated list the library takes; every item must be
+ * name=value.  Returns NULL (reported as a usage error of @a cmd's @a option) when one
+ * is not, or when out of memory; free the result with img_free_options().
+ */
+char **img_split_options(const char *cmd, const char *option, const char *text);
+void img_free_options(char **options);
 
 /**
  * Parses the arguments of the commands that only inspect one image (info, map):

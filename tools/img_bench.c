@@ -37,13 +37,15 @@
 #define RUN_SLICE_MS  100u
 
 static const char usage_text[] =
-    "Usage: " PROG " bench [-f FMT] [-t CACHE] [-w] [--pattern=rand|seq] [-s SIZE] [-d DEPTH]\n"
-    "                     [-c COUNT | --runtime SECONDS] [--output=human|json] FILE\n"
+    "Usage: " PROG " bench [-f FMT] [-o OPTIONS] [-t CACHE] [-w] [--pattern=rand|seq] [-s SIZE]\n"
+    "                     [-d DEPTH] [-c COUNT | --runtime SECONDS] [--output=human|json] FILE\n"
     "Run a read (or, with -w, write) workload on an image through the virtual-disk\n"
     "queue API and report IOPS, bandwidth, latency percentiles and CPU time per I/O,\n"
     "as vrt-bench does for plain files.\n"
     "\n"
     "  -f FMT              the image's format; default: probe it (not with -w)\n"
+    "  -o OPTIONS          the format's open options, name=value,... (qcow2:\n"
+    "                      l2-cache-size=SIZE); needs -f\n"
     "  -t CACHE            none (default): bypass the host page cache (O_DIRECT);\n"
     "                      writeback: go through it\n"
     "  -w                  write instead of read (overwrites the image's contents!)\n"
@@ -58,6 +60,7 @@ static const char usage_text[] =
 
 struct bench_options {
     const char *path, *format;
+    char **open_options; /* -o, or NULL */
     bool no_cache, write, sequential, quiet;
     uint64_t bs;
     uint32_t depth;
@@ -238,7 +241,8 @@ static int setup(struct img_bench *b, const struct bench_options *opt)
     b->opt = opt;
     b->prng = 1;
     bench_measure_init(&b->m);
-    rc = img_open_info(&b->vd, opt->path, opt->format, flags, &b->info);
+    rc = img_open_info_with(&b->vd, opt->path, opt->format, flags,
+                            (const char *const *)opt->open_options, &b->info);
     if (rc == RT_ERR_NOT_SUPPORTED && opt->no_cache)
         fprintf(stderr, "  (the file system may refuse O_DIRECT: try -t writeback)\n");
     if (RT_FAILURE(rc))
@@ -331,6 +335,7 @@ static void print_report(const struct img_bench *b, const struct results *r)
 /* Parses the options; returns -1 to go on, or the exit status. */
 static const struct option long_options[] = {
     {"format", required_argument, NULL, 'f'},
+    {"options", required_argument, NULL, 'o'},
     {"cache", required_argument, NULL, 't'},
     {"write", no_argument, NULL, 'w'},
     {"pattern", required_argument, NULL, OPT_PATTERN},
@@ -352,9 +357,14 @@ static int parse_options(int argc, char **argv, struct bench_options *opt)
     int c;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:t:ws:d:c:qh", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:o:t:ws:d:c:qh", long_options, NULL)) != -1) {
         switch (c) {
         case 'f': opt->format = optarg; break;
+        case 'o':
+            img_free_options(opt->open_options);
+            if ((opt->open_options = img_split_options(cmd, "-o", optarg)) == NULL)
+                return IMG_EXIT_ERROR;
+            break;
         case 't':
             if (strcmp(optarg, "none") && strcmp(optarg, "writeback")) {
                 img_usage_error(cmd, "-t: '%s' is neither none nor writeback", optarg);
@@ -429,10 +439,18 @@ int img_bench_main(int argc, char **argv)
     struct results results;
     int status = parse_options(argc, argv, &opt);
 
-    if (status >= 0)
+    if (status >= 0) {
+        img_free_options(opt.open_options);
         return status;
+    }
+    if (opt.open_options != NULL && opt.format == NULL) {
+        img_usage_error(argv[0], "-o needs -f: open options belong to a format");
+        img_free_options(opt.open_options);
+        return IMG_EXIT_ERROR;
+    }
     if (RT_FAILURE(setup(&bench, &opt))) {
         teardown(&bench, true);
+        img_free_options(opt.open_options);
         return IMG_EXIT_ERROR;
     }
     if (opt.write && !opt.quiet)
@@ -448,5 +466,6 @@ int img_bench_main(int argc, char **argv)
             status = 128 + bench.stopped_by;
     }
     teardown(&bench, bench.in_flight == 0);
+    img_free_options(opt.open_options);
     return status;
 }

@@ -85,6 +85,12 @@ void img_report(const char *what, int rc, const rt_vd_error_t *err)
 
 int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, rt_vd_error_t *err)
 {
+    return img_open_with(vd, path, format, flags, NULL, err);
+}
+
+int img_open_with(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+                  const char *const *options, rt_vd_error_t *err)
+{
     rt_vd_error_t local = {{0}};
     char what[IMG_WHAT_MAX];
     int rc;
@@ -105,7 +111,7 @@ int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, 
      * A probed image that names one is refused by the library (RT_ERR_ACCESS_DENIED). */
     if (format)
         flags |= RT_VD_OPEN_ALLOW_BACKING;
-    rc = rt_vd_open(vd, path, format, flags, err);
+    rc = rt_vd_open_with(vd, path, format, flags, options, err);
     if (RT_FAILURE(rc)) {
         snprintf(what, sizeof(what), "cannot open '%s'", path);
         img_report(what, rc, err);
@@ -121,8 +127,14 @@ int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, 
 int img_open_info(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
                   rt_vd_info_t *info)
 {
+    return img_open_info_with(vd, path, format, flags, NULL, info);
+}
+
+int img_open_info_with(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
+                       const char *const *options, rt_vd_info_t *info)
+{
     char what[IMG_WHAT_MAX];
-    int rc = img_open(vd, path, format, flags, NULL);
+    int rc = img_open_with(vd, path, format, flags, options, NULL);
 
     if (RT_FAILURE(rc))
         return rc;
@@ -339,6 +351,44 @@ bool img_parse_create_options(const char *cmd, const char *text, rt_vd_create_op
     }
     free(copy);
     return ok;
+}
+
+char **img_split_options(const char *cmd, const char *option, const char *text)
+{
+    size_t n = 1;
+    for (const char *p = text; *p; p++)
+        n += *p == ',';
+    char **list = calloc(n + 1, sizeof(*list));
+    char *copy = strdup(text);
+    if (list == NULL || copy == NULL) {
+        free(list);
+        free(copy);
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return NULL;
+    }
+    size_t used = 0;
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item != NULL;
+         item = strtok_r(NULL, ",", &save)) {
+        if (strchr(item, '=') == NULL || item[0] == '=' || (list[used] = strdup(item)) == NULL) {
+            if (strchr(item, '=') == NULL || item[0] == '=')
+                img_usage_error(cmd, "%s: '%s' is not name=value", option, item);
+            else
+                fprintf(stderr, "%s: out of memory\n", PROG);
+            free(copy);
+            img_free_options(list);
+            return NULL;
+        }
+        used++;
+    }
+    free(copy);
+    return list;
+}
+
+void img_free_options(char **options)
+{
+    for (size_t i = 0; options != NULL && options[i] != NULL; i++)
+        free(options[i]);
+    free(options);
 }
 
 void img_print_create_options_help(void)
