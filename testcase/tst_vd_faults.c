@@ -563,15 +563,27 @@ static ssize_t fake_pwritev(int fd, const struct iovec *iov, int n, off_t off)
 /* Reads of one host offset (a QCOW2 L2 table) are counted and held at a gate; the
  * gate gives up after 3 s so that an engine that blocks on the read still ends. */
 static struct {
-    uint64_t off;
+    uint64_t off; /* this offset of any file, or (off UINT64_MAX) ... */
+    ino_t ino;    /* ... any offset of this file */
     sem_t gate;
     atomic_int reads;
     atomic_bool waiting, timed_out;
 } slow;
 
-static void slow_wait(off_t off)
+static void slow_reset(void)
 {
-    if ((uint64_t)off != slow.off)
+    sem_destroy(&slow.gate);
+    sem_init(&slow.gate, 0, 0);
+    atomic_store(&slow.reads, 0);
+    atomic_store(&slow.waiting, false);
+    atomic_store(&slow.timed_out, false);
+}
+
+static void slow_wait(int fd, off_t off)
+{
+    struct stat st;
+    if (slow.off != UINT64_MAX ? (uint64_t)off != slow.off
+                               : fstat(fd, &st) != 0 || st.st_ino != slow.ino)
         return;
     atomic_fetch_add(&slow.reads, 1);
     atomic_store(&slow.waiting, true);
@@ -588,13 +600,13 @@ static void slow_wait(off_t off)
 
 static ssize_t slow_pread(int fd, void *buf, size_t len, off_t off)
 {
-    slow_wait(off);
+    slow_wait(fd, off);
     return pread(fd, buf, len, off);
 }
 
 static ssize_t slow_preadv(int fd, const struct iovec *iov, int n, off_t off)
 {
-    slow_wait(off);
+    slow_wait(fd, off);
     return preadv(fd, iov, n, off);
 }
 
@@ -639,8 +651,7 @@ static void test_slow_table_does_not_stop_others(void)
     TST_RC_FATAL(rt_vd_open(&a, qpath, "qcow2", 0, &err), RT_OK);
     TST_RC_FATAL(rt_vd_open(&b, rpath, "raw", 0, &err), RT_OK);
     TST_RC_FATAL(rt_vd_queue_create(&q, 32), RT_OK);
-    atomic_store(&slow.reads, 0);
-    atomic_store(&slow.timed_out, false);
+    slow_reset();
     rt__posix_sys.pread = slow_pread;
     rt__posix_sys.preadv = slow_preadv;
 
@@ -678,6 +689,113 @@ static void test_slow_table_does_not_stop_others(void)
     TST_RC(rt_vd_close(a), RT_OK);
     TST_RC(rt_vd_close(b), RT_OK);
     unlink(qpath);
+    unlink(rpath);
+}
+
+/* The same with a backing file: a read of a range the overlay does not have, and a
+ * partial write into a new cluster (its old contents come from the backing file),
+ * wait for the held backing file while another image keeps completing.  Then, on a
+ * queue of depth 1, copy-on-write writes still finish (the engine's reads of the
+ * backing file have an op of their own). */
+static void test_slow_backing_does_not_stop_others(void)
+{
+    char base[600], top[600], rpath[600];
+    make_image(base, sizeof base, "slow-base.raw", "raw", 4 * MIB, 0);
+    make_image(rpath, sizeof rpath, "slow-other.raw", "raw", 4 * MIB, 0);
+    tst_path(top, sizeof top, "slow-top.qcow2");
+    unlink(top);
+    rt_vd_create_opts_t opts = {.block_size = 64 * KIB, .backing_file = "slow-base.raw",
+                                .backing_format = "raw"};
+    rt_vd_error_t err;
+    TST_RC_FATAL(rt_vd_create(top, "qcow2", &opts, &err), RT_OK);
+    static uint8_t pattern[4 * MIB], back[3][65536], rbuf[64][4096];
+    for (size_t i = 0; i < sizeof pattern; i++)
+        pattern[i] = (uint8_t)(i * 7 + i / 4096);
+    rt_vd_t vd = RT_VD_NIL, b = RT_VD_NIL;
+    TST_RC_FATAL(rt_vd_open(&vd, base, "raw", 0, &err), RT_OK);
+    TST_RC(rt_vd_write(vd, 0, pattern, sizeof pattern), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    struct stat st;
+    CU_ASSERT_FATAL(stat(base, &st) == 0);
+
+    TST_RC_FATAL(rt_vd_open(&vd, top, "qcow2", RT_VD_OPEN_ALLOW_BACKING, &err), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&b, rpath, "raw", 0, &err), RT_OK);
+    rt_vd_queue_t q = RT_VD_QUEUE_NIL;
+    TST_RC_FATAL(rt_vd_queue_create(&q, 32), RT_OK);
+    slow_reset();
+    slow.off = UINT64_MAX;
+    slow.ino = st.st_ino;
+    rt__posix_sys.pread = slow_pread;
+    rt__posix_sys.preadv = slow_preadv;
+
+    static uint8_t mine[512];
+    memset(mine, 0xee, sizeof mine);
+    struct tracked tv[2] = {{0}}, tb[64] = {{0}};
+    rt_iovec_t rd = {back[0], 65536}, wr = {mine, sizeof mine};
+    TST_RC(rt_vd_queue_read(q, vd, MIB, &rd, 1, tracked_done, &tv[0]), RT_OK);
+    TST_RC(rt_vd_queue_write(q, vd, 2 * MIB + 4096, &wr, 1, tracked_done, &tv[1]), RT_OK);
+    for (int ms = 0; !atomic_load(&slow.waiting) && ms < 2000; ms++) {
+        rt_vd_queue_run(q, 0, 0, NULL);
+        usleep(1000);
+    }
+    CU_ASSERT(atomic_load(&slow.waiting));
+    for (int i = 0; i < 64; i++) {
+        rt_iovec_t iov = {rbuf[i], 4096};
+        TST_RC(rt_vd_queue_read(q, b, (uint64_t)i * 4096, &iov, 1, tracked_done, &tb[i]), RT_OK);
+    }
+    run_until(q, tb, 64);
+    bool others_while_held = atomic_load(&slow.waiting) && !atomic_load(&slow.timed_out);
+    CU_ASSERT(others_while_held);
+    CU_ASSERT(!tv[0].done || !tv[1].done);
+    /* Let every backing read through: those at the gate, and from now on all. */
+    slow.ino = 0;
+    for (int i = atomic_load(&slow.reads) + 2; i > 0; i--) /* + any racing the switch */
+        sem_post(&slow.gate);
+    run_until(q, tv, 2);
+    TST_RC(tv[0].status, RT_OK);
+    TST_RC(tv[1].status, RT_OK);
+    CU_ASSERT(!atomic_load(&slow.timed_out));
+    faults_off();
+    CU_ASSERT(memcmp(back[0], pattern + MIB, 65536) == 0);
+    TST_RC(rt_vd_read(vd, 2 * MIB, back[1], 65536), RT_OK);
+    CU_ASSERT(memcmp(back[1], pattern + 2 * MIB, 4096) == 0);
+    CU_ASSERT(all_bytes(back[1] + 4096, sizeof mine, 0xee));
+    CU_ASSERT(memcmp(back[1] + 4096 + sizeof mine, pattern + 2 * MIB + 4096 + sizeof mine,
+                     65536 - 4096 - sizeof mine) == 0);
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+
+    /* Depth 1: eight copy-on-write writes in flight together, and reads behind them. */
+    TST_RC_FATAL(rt_vd_queue_create(&q, 1), RT_OK);
+    struct tracked tw[8] = {{0}}, tr[8] = {{0}};
+    rt_iovec_t wiov = {mine, sizeof mine};
+    for (int i = 0; i < 8; i++)
+        TST_RC(rt_vd_queue_write(q, vd, (uint64_t)(i + 48) * 65536 + 1024, &wiov, 1, tracked_done,
+                                 &tw[i]),
+               RT_OK);
+    for (int i = 0; i < 8; i++) {
+        rt_iovec_t riov = {rbuf[i], 4096};
+        TST_RC(rt_vd_queue_read(q, vd, (uint64_t)(i + 40) * 65536, &riov, 1, tracked_done, &tr[i]),
+               RT_OK);
+    }
+    run_until(q, tw, 8);
+    run_until(q, tr, 8);
+    for (int i = 0; i < 8; i++) {
+        TST_RC(tw[i].status, RT_OK);
+        TST_RC(tr[i].status, RT_OK);
+        CU_ASSERT(memcmp(rbuf[i], pattern + (size_t)(i + 40) * 65536, 4096) == 0);
+        TST_RC(rt_vd_read(vd, (uint64_t)(i + 48) * 65536, back[2], 65536), RT_OK);
+        CU_ASSERT(memcmp(back[2], pattern + (size_t)(i + 48) * 65536, 1024) == 0);
+        CU_ASSERT(all_bytes(back[2] + 1024, sizeof mine, 0xee));
+        CU_ASSERT(memcmp(back[2] + 1024 + sizeof mine,
+                         pattern + (size_t)(i + 48) * 65536 + 1024 + sizeof mine,
+                         65536 - 1024 - sizeof mine) == 0);
+    }
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC(rt_vd_close(b), RT_OK);
+    CU_ASSERT(qemu_img_check_status(top, "qcow2") <= 0);
+    unlink(top);
+    unlink(base);
     unlink(rpath);
 }
 
@@ -743,7 +861,7 @@ static long peak_rss_kib(void)
  * array, the zero chunk, the ops, with room for the allocator's own slack. */
 static long bound_kib(uint32_t depth)
 {
-    return (long)depth * (256 + 16 + 4) + 256 + 16 * 1024;
+    return (long)(depth + 1) * (256 + 16 + 4) + 256 + 16 * 1024; /* + the reserved op */
 }
 
 /* Runs @a scenario in a child; it reports the growth of its peak RSS over the work. */
@@ -893,6 +1011,7 @@ int main(void)
     TST_ADD(suite, test_vdi_flush_defers_later_allocations);
     CU_pSuite loads = tst_suite("metadata loads on the queue");
     TST_ADD(loads, test_slow_table_does_not_stop_others);
+    TST_ADD(loads, test_slow_backing_does_not_stop_others);
     TST_ADD(loads, test_failed_table_read_fails_its_waiters);
     CU_pSuite memory = tst_suite("image engine memory");
     TST_ADD(memory, test_memory_bounded);

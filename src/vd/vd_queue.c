@@ -7,22 +7,34 @@
  * kernel request (struct vd_op) or does it inline:
  *
  *   read    data -> read op (into the guest's buffers, or a bounce chunk)
- *           zero / unallocated / compressed -> filled inline, straight into the
- *           guest's buffers (zeros, the backing file's bytes, inflated bytes)
+ *           zero / compressed -> filled inline, straight into the guest's buffers
+ *           (zeros, inflated bytes)
+ *           unallocated -> zeros, and for what the backing image has, a read of the
+ *           backing image on this same queue (a child request, below)
  *   write   data -> write op (from the guest's buffers, or a bounce chunk whose partial
  *           first or last sector is read first: the op's RMW phases)
  *           anything else -> alloc() a unit: an allocation job (struct vd_job) whose
  *           ops write the whole unit, the guest's bytes and what the guest saw there
- *           before (zeros from one shared zero chunk, or the old contents read into a
- *           chunk); the job ends when its last op does, and only then does the driver
- *           learn the outcome (alloc_done)
+ *           before (zeros from one shared zero chunk, or the old contents in a chunk:
+ *           read by the op itself first from this image's file, by a child request
+ *           from the backing image, or inflated; the op's fill phases); adjacent new
+ *           units given adjacent space go in one op; the job ends when its last op
+ *           does, and only then does the driver learn the outcome (alloc_done)
  *   flush   wait for the allocation jobs begun before it -> fsync op -> driver commit
  *           -> fsync op
  *
- * Bounded memory.  Ops are a fixed pool (the queue's depth) and each holds at most one
- * chunk of CHUNK bytes, taken from the queue's chunk pool; a request holds only its own
- * small struct and a copy of its iovec array; a job only its struct.  So engine memory
- * per queue is at most depth x (CHUNK + an op's iovec array) plus the shared zero chunk,
+ * Child requests.  A backing image is read through this queue: a read request on it
+ * (struct vd_io with parent set) that the parent request, or the parent's write op
+ * waiting to be filled, waits for; its completion continues them instead of calling
+ * back.  Such a write op holds its op meanwhile, so the pool has CHILD_RESERVE ops more
+ * than the depth that only child requests may take: the reads that fills wait for can
+ * always run.
+ *
+ * Bounded memory.  Ops are a fixed pool (depth + CHILD_RESERVE) and each holds at most
+ * one chunk of CHUNK bytes, taken from the queue's chunk pool; a request holds only its
+ * own small struct and a copy of its iovec array; a job only its struct.  So engine
+ * memory per queue is at most (depth + 1) x (CHUNK + an op's iovec array) plus the
+ * shared zero chunk,
  * whatever the request sizes (a 1 GiB unaligned request included) and the unit size (a
  * VDI block of 64 MiB is written by several ops of at most MAX_OP_BYTES, none copying
  * more than a chunk).  A request whose next step finds no free op waits on the ready
@@ -89,6 +101,8 @@
 #define MAX_OP_IOV 1024u
 /* Allocations one op may write (adjacent new units coalesce into one op). */
 #define MAX_OP_JOBS 64u
+/* Ops beyond the depth, kept for the engine's reads of backing images (op_available). */
+#define CHILD_RESERVE 1u
 #define DEFAULT_DEPTH 128u
 #define MAX_DEPTH 4096u
 #define SYNC_DEPTH 32u
@@ -103,6 +117,7 @@ enum op_phase {
     PHASE_RMW_HEAD,  /* read the first sector of the window, then the tail or write */
     PHASE_RMW_TAIL,  /* read the last sector, then write */
     PHASE_LOAD,      /* a metadata load: hand the bytes to the driver */
+    PHASE_FILL,      /* a write's old contents read into its chunk: the next, or write */
 };
 
 /* What step() did with the op it was given. */
@@ -121,6 +136,11 @@ struct vd_io {
                                                 image's flush waiters */
     bool on_ready, running;
     bool parked;      /* waiting for a metadata load (on its waiter list) */
+    /* A read of a backing image made by the engine for @a parent (the guest's bytes
+     * of an unallocated range), or for @a parent_op (the old contents a write of a new
+     * unit needs): no callback, it continues them. */
+    struct vd_io *parent;
+    struct vd_op *parent_op;
     bool just_loaded; /* the next map may not ask for a load again */
     rt_vd_t vd;
     struct rt_vd_queue *queue;
@@ -200,6 +220,17 @@ struct vd_op {
      * [guest_lo, guest_hi) of it.  A plain data op: guest_lo and guest_hi only. */
     uint64_t win_lo, win_len, host_base, guest_lo, guest_hi;
     bool rmw_tail; /* after the head read (or instead of it), read the last sector */
+    /* A write of a new unit: the chunk's regions that get the unit's old contents
+     * before the write (read from this image, a backing image, or inflated). */
+    struct op_fill {
+        uint8_t *buf;
+        uint64_t voff, len;
+    } fill[2];
+    unsigned nfill, fill_next;
+    struct vd_job *fill_job;
+    rt_iovec_t fill_iov; /* PHASE_FILL: the read in flight */
+    rt_file_t write_file; /* where the write goes once filled */
+    uint64_t write_host;
 };
 
 struct rt_vd_queue {
@@ -209,10 +240,12 @@ struct rt_vd_queue {
     uint32_t depth;
     struct vd_op *ops;
     struct vd_op *free_ops;
+    uint32_t nops, nfree_ops; /* depth + CHILD_RESERVE ops */
     uint32_t in_flight;
     uint32_t ios;  /* accepted, callback not yet run */
     bool running;  /* inside rt_vd_queue_run(): callbacks may not destroy the queue */
     struct io_list ready; /* running requests that can take another step */
+    struct io_list ready_children; /* the same, of the engine's backing reads */
     struct io_list done;  /* finished requests whose callbacks are due */
     rt_aio_req_t *batch;
     uint32_t batch_len;
@@ -344,16 +377,36 @@ static void ready_push(struct rt_vd_queue *q, struct vd_io *io)
 {
     if (!io->on_ready) {
         io->on_ready = true;
-        list_push(&q->ready, io);
+        list_push(io->parent != NULL ? &q->ready_children : &q->ready, io);
     }
 }
 
+/* Can @a io have an op now?  The last free op is kept for the engine's reads of
+ * backing images: a write op waiting for one holds its op, and if every op did, the
+ * reads could never run. */
+static bool op_available(const struct rt_vd_queue *q, const struct vd_io *io)
+{
+    return q->nfree_ops > CHILD_RESERVE || (q->nfree_ops > 0 && io->parent != NULL);
+}
+
+/* The next ready request that can have an op: the engine's backing reads first (they
+ * unblock others). */
 static struct vd_io *ready_pop(struct rt_vd_queue *q)
 {
-    struct vd_io *io = list_pop(&q->ready);
+    struct vd_io *io = NULL;
+    if (q->nfree_ops > 0 && q->ready_children.head != NULL)
+        io = list_pop(&q->ready_children);
+    else if (q->nfree_ops > CHILD_RESERVE)
+        io = list_pop(&q->ready);
     if (io != NULL)
         io->on_ready = false;
     return io;
+}
+
+static bool work_ready(const struct rt_vd_queue *q)
+{
+    return (q->nfree_ops > 0 && q->ready_children.head != NULL) ||
+           (q->nfree_ops > CHILD_RESERVE && q->ready.head != NULL);
 }
 
 static void active_append(rt_vd_t vd, struct vd_io *io)
@@ -637,6 +690,8 @@ static void op_reset(struct vd_op *op)
     op->chunk = NULL;
     op->njobs = 0;
     op->load = NULL;
+    op->nfill = op->fill_next = 0;
+    op->fill_job = NULL;
     op->phase = PHASE_PLAIN;
     op->rmw_tail = false;
 }
@@ -649,11 +704,14 @@ static void op_release(struct rt_vd_queue *q, struct vd_op *op)
     op->io = NULL;
     op->next_free = q->free_ops;
     q->free_ops = op;
+    q->nfree_ops++;
 }
 
 static int op_prepare(struct vd_op *op)
 {
     rt_file_t file = op->file;
+    if (op->phase == PHASE_FILL)
+        return rt_aio_req_prepare_readv(op->req, file, op->host_off, &op->fill_iov, 1, op);
     switch (op->kind) {
     case OP_READ:
         return rt_aio_req_prepare_readv(op->req, file, op->host_off, op->iov, op->iovcnt, op);
@@ -722,23 +780,19 @@ static int op_room(struct vd_op *op, struct vd_io *io)
     return op_reserve_iov(op, want < MAX_OP_IOV ? want : MAX_OP_IOV);
 }
 
-/* Reads guest bytes [voff, voff + len) that are not plain data in this image into
- * @a buf: zeros, the backing file's bytes (zeros past its end), the old contents of a
- * shared unit, or inflated.  Synchronous (the engine issue moves these onto the queue). */
+/* Guest bytes [voff, voff + len) of a compressed unit, inflated into @a buf
+ * (synchronous: the read of the stored bytes and the inflate), or zeros. */
 static int read_special(rt_vd_t vd, const struct vd_map *map, uint64_t voff, uint8_t *buf,
                         uint64_t len)
 {
     if (map->kind == VD_MAP_COMPRESSED)
         return vd->driver->read_compressed(vd, map, voff % vd->alloc_unit, buf, (size_t)len);
-    if (map->kind == VD_MAP_DATA)
-        return rt__vd_file_read(vd, map->file, map->host_off, buf, (size_t)len);
     memset(buf, 0, (size_t)len);
-    if (map->kind == VD_MAP_UNALLOCATED && vd->backing != NULL && voff < vd->backing->size) {
-        uint64_t from_backing = min_u64(len, vd->backing->size - voff);
-        return rt_vd_read(vd->backing, voff, buf, (size_t)from_backing);
-    }
     return RT_OK;
 }
+
+static int child_read(struct vd_io *parent, struct vd_op *op, uint64_t off, const rt_iovec_t *iov,
+                      unsigned iovcnt);
 
 /* A read step that needs no kernel op of this image: [pos, pos + len) straight into
  * the guest's buffers.  @a scratch lends its iovec array. */
@@ -751,7 +805,8 @@ static int read_inline(struct vd_io *io, const struct vd_map *map, uint64_t pos,
         iov_copy(io->iov, io->iovcnt, skip, NULL, len, true);
         if (map->kind == VD_MAP_ZERO || vd->backing == NULL || pos >= vd->backing->size)
             return RT_OK;
-        /* The backing file's part, through its own engine. */
+        /* The backing image's part: reads of it on this queue, which the request
+         * waits for as for its ops. */
         uint64_t from_backing = min_u64(len, vd->backing->size - pos), taken = 0;
         int rc = op_room(scratch, io);
         if (rc != RT_OK)
@@ -759,7 +814,7 @@ static int read_inline(struct vd_io *io, const struct vd_map *map, uint64_t pos,
         for (uint64_t done = 0; rc == RT_OK && done < from_backing; done += taken) {
             unsigned n = iov_slice(io->iov, io->iovcnt, skip + done, from_backing - done,
                                    scratch->iov, scratch->iovcap, &taken);
-            rc = rt_vd_readv(vd->backing, pos + done, scratch->iov, n);
+            rc = child_read(io, NULL, pos + done, scratch->iov, n);
         }
         return rc;
     }
@@ -832,19 +887,13 @@ static int bounced_op(struct vd_io *io, struct vd_op *op, const struct vd_map *m
 /* ---------------------------------------------------------------------------------- */
 /* Allocation jobs. */
 
-/* The job's old contents at guest offset @a voff into @a buf: read as the map said,
- * zeros past the virtual size. */
-static int read_old(struct vd_job *job, uint64_t voff, uint8_t *buf, uint64_t len)
+/* The op's chunk gets the job's old contents at guest offset @a voff in @a buf before
+ * it is written (op_fill_next). */
+static void add_fill(struct vd_op *op, struct vd_job *job, uint64_t voff, uint8_t *buf,
+                     uint64_t len)
 {
-    rt_vd_t vd = job->io->vd;
-    uint64_t inside = voff < vd->size ? min_u64(len, vd->size - voff) : 0;
-    memset(buf + inside, 0, (size_t)(len - inside));
-    if (inside == 0)
-        return RT_OK;
-    struct vd_map at = job->old;
-    if (at.kind == VD_MAP_DATA)
-        at.host_off += voff - job->alloc.virt_off;
-    return read_special(vd, &at, voff, buf, inside);
+    op->fill_job = job;
+    op->fill[op->nfill++] = (struct op_fill){buf, voff, len};
 }
 
 /* Are the old contents from @a voff to the unit's end zeros, whatever is read? */
@@ -869,7 +918,6 @@ static int job_fill(struct vd_io *io, struct vd_job *job, struct vd_op *op)
     uint64_t zone_lo = io->bounce ? round_down(job->guest_lo, vd->align) : job->guest_lo;
     uint64_t zone_hi =
         io->bounce ? min_u64(round_up(job->guest_hi, vd->align), unit_hi) : job->guest_hi;
-    int rc = RT_OK;
     if (op->len == 0) {
         op->kind = OP_WRITE;
         op->file = vd->files[job->alloc.file];
@@ -888,10 +936,10 @@ static int job_fill(struct vd_io *io, struct vd_job *job, struct vd_op *op)
                 return RT_ERR_NO_MEMORY;
             uint64_t n = min_u64(min_u64(zone_hi - v, room), CHUNK);
             uint64_t glo = max_u64(v, job->guest_lo), ghi = min_u64(v + n, job->guest_hi);
-            if (glo > v && (rc = read_old(job, v, op->chunk, glo - v)) != RT_OK)
-                return rc;
-            if (ghi < v + n && (rc = read_old(job, ghi, op->chunk + (ghi - v), v + n - ghi)) != RT_OK)
-                return rc;
+            if (glo > v)
+                add_fill(op, job, v, op->chunk, glo - v);
+            if (ghi < v + n)
+                add_fill(op, job, ghi, op->chunk + (ghi - v), v + n - ghi);
             iov_copy(io->iov, io->iovcnt, glo - io->off, op->chunk + (glo - v), ghi - glo, false);
             op_add(op, op->chunk, n);
             added = n;
@@ -908,8 +956,7 @@ static int job_fill(struct vd_io *io, struct vd_job *job, struct vd_op *op)
                 if ((op->chunk = chunk_get(io->queue)) == NULL)
                     return RT_ERR_NO_MEMORY;
                 n = min_u64(n, CHUNK);
-                if ((rc = read_old(job, v, op->chunk, n)) != RT_OK)
-                    return rc;
+                add_fill(op, job, v, op->chunk, n);
                 op_add(op, op->chunk, n);
                 added = n;
             }
@@ -1267,12 +1314,97 @@ static bool rmw_next(struct rt_vd_queue *q, struct vd_op *op)
     return resubmit(q, op);
 }
 
+/* Puts the old contents of the write op's next fill region into its chunk: read from
+ * this image's file (an op), from the backing image (a read on the queue), inflated or
+ * zeros; when every region is filled, sends the write. */
+static void op_fill_next(struct rt_vd_queue *q, struct vd_op *op)
+{
+    struct vd_io *io = op->io;
+    rt_vd_t vd = io->vd;
+    struct vd_job *job = op->fill_job;
+    int rc = io->status;
+    while (rc == RT_OK && op->fill_next < op->nfill) {
+        struct op_fill *f = &op->fill[op->fill_next++];
+        /* Zeros past the end of the virtual disk (the last unit may stick out). */
+        uint64_t inside = f->voff < vd->size ? min_u64(f->len, vd->size - f->voff) : 0;
+        memset(f->buf + inside, 0, (size_t)(f->len - inside));
+        struct vd_map at = job->old;
+        if (inside == 0 || at.kind == VD_MAP_ZERO)
+            continue;
+        if (at.kind == VD_MAP_DATA) {
+            if (at.file >= vd->nfiles) {
+                rc = RT_ERR_VD_CORRUPT;
+                break;
+            }
+            op->phase = PHASE_FILL;
+            op->file = vd->files[at.file];
+            op->host_off = at.host_off + (f->voff - job->alloc.virt_off);
+            op->fill_iov = (rt_iovec_t){f->buf, (size_t)inside};
+            if (resubmit(q, op))
+                return;
+            rc = RT_ERR_IO;
+            break;
+        }
+        if (at.kind == VD_MAP_UNALLOCATED) {
+            uint64_t from_backing = 0;
+            if (vd->backing != NULL && f->voff < vd->backing->size)
+                from_backing = min_u64(inside, vd->backing->size - f->voff);
+            memset(f->buf + from_backing, 0, (size_t)(inside - from_backing));
+            if (from_backing == 0)
+                continue;
+            rt_iovec_t piece = {f->buf, (size_t)from_backing};
+            if ((rc = child_read(io, op, f->voff, &piece, 1)) == RT_OK)
+                return; /* its completion continues here */
+            break;
+        }
+        rc = read_special(vd, &at, f->voff, f->buf, inside);
+    }
+    if (rc != RT_OK) {
+        op_done(q, op, rc);
+        return;
+    }
+    op->phase = PHASE_PLAIN;
+    op->file = op->write_file;
+    op->host_off = op->write_host;
+    if (!resubmit(q, op))
+        op_done(q, op, RT_ERR_IO);
+}
+
+/* A read of a backing image the engine made is over: the request or write op that
+ * needed it goes on. */
+static void child_finished(struct rt_vd_queue *q, struct vd_io *parent, struct vd_op *op,
+                           int status)
+{
+    if (op != NULL) {
+        if (status != RT_OK)
+            op_done(q, op, status);
+        else
+            op_fill_next(q, op);
+        return;
+    }
+    if (status != RT_OK && parent->status == RT_OK)
+        parent->status = status;
+    parent->pending--;
+    if (parent->pending == 0 && !parent->parked)
+        ready_push(q, parent);
+}
+
 static void op_complete(struct rt_vd_queue *q, struct vd_op *op)
 {
     struct vd_io *io = op->io;
     size_t done = 0;
     int rc = rt_aio_req_get_rc(op->req, &done);
     q->in_flight--;
+    if (op->phase == PHASE_FILL) {
+        /* The old contents end early (a file shrunk under us): zeros, as past EOF. */
+        if (rc == RT_OK && done < op->fill_iov.len)
+            memset((uint8_t *)op->fill_iov.base + done, 0, op->fill_iov.len - done);
+        if (rc == RT_OK)
+            op_fill_next(q, op);
+        else
+            op_done(q, op, rc);
+        return;
+    }
     if (rc == RT_OK && op->kind != OP_FLUSH && done < op->len) {
         if (op->kind == OP_READ) {
             /* The file ends early (a raw image shrunk under us): zeros, as past EOF. */
@@ -1337,10 +1469,10 @@ static void abandon_job(struct rt_vd_queue *q, struct vd_io *io)
 static void pump(struct rt_vd_queue *q)
 {
     struct vd_io *io;
-    while (q->free_ops != NULL && (io = ready_pop(q)) != NULL) {
+    while ((io = ready_pop(q)) != NULL) {
         for (;;) {
             while (io->status == RT_OK && (io->job != NULL || io->cursor < io->cursor_end) &&
-                   q->free_ops != NULL) {
+                   op_available(q, io)) {
                 struct vd_op *op = q->free_ops;
                 op_reset(op);
                 op->io = io;
@@ -1358,8 +1490,16 @@ static void pump(struct rt_vd_queue *q)
                     break;
                 }
                 q->free_ops = op->next_free;
+                q->nfree_ops--;
                 if (rc == STEP_OP)
                     io->pending++;
+                if (rc == STEP_OP && op->nfill > 0) {
+                    /* Old contents first, then the write (sent by op_fill_next). */
+                    op->write_file = op->file;
+                    op->write_host = op->host_off;
+                    op_fill_next(q, op);
+                    continue;
+                }
                 int prc = op_prepare(op);
                 if (prc != RT_OK) {
                     op_done(q, op, prc);
@@ -1433,7 +1573,13 @@ static uint32_t deliver(struct rt_vd_queue *q)
         rt_vd_done_t *done = io->done;
         void *user = io->user;
         int status = io->status;
+        struct vd_io *parent = io->parent;
+        struct vd_op *parent_op = io->parent_op;
         io_free(q, io);
+        if (parent != NULL) {
+            child_finished(q, parent, parent_op, status);
+            continue; /* the engine's own: not a completion of the caller's */
+        }
         done(user, status);
         n++;
     }
@@ -1447,7 +1593,7 @@ static uint32_t deliver(struct rt_vd_queue *q)
  * handle.  Also the undo of a half-made queue: missing pieces are NULL. */
 static void queue_free(struct rt_vd_queue *q)
 {
-    for (uint32_t i = 0; q->ops != NULL && i < q->depth; i++) {
+    for (uint32_t i = 0; q->ops != NULL && i < q->nops; i++) {
         rt_aio_req_destroy(q->ops[i].req);
         free(q->ops[i].iov);
     }
@@ -1491,20 +1637,22 @@ int rt_vd_queue_create(rt_vd_queue_t *queue, uint32_t depth)
     if (q == NULL)
         return RT_ERR_NO_MEMORY;
     q->depth = depth;
+    q->nops = depth + CHILD_RESERVE;
     int rc = RT_ERR_NO_MEMORY;
-    q->ops = calloc(depth, sizeof(*q->ops));
-    q->batch = calloc(depth, sizeof(*q->batch));
-    q->reaped = calloc(depth, sizeof(*q->reaped));
+    q->ops = calloc(q->nops, sizeof(*q->ops));
+    q->batch = calloc(q->nops, sizeof(*q->batch));
+    q->reaped = calloc(q->nops, sizeof(*q->reaped));
     q->zeros = rt_mem_page_alloc(CHUNK); /* zero-filled */
     if (q->ops == NULL || q->batch == NULL || q->reaped == NULL || q->zeros == NULL)
         goto fail;
-    for (uint32_t i = 0; i < depth; i++) {
+    for (uint32_t i = 0; i < q->nops; i++) {
         if ((rc = rt_aio_req_create(&q->ops[i].req)) != RT_OK)
             goto fail;
         q->ops[i].next_free = q->free_ops;
         q->free_ops = &q->ops[i];
+        q->nfree_ops++;
     }
-    if ((rc = rt_aio_ctx_create(&q->ctx, depth, 0)) != RT_OK)
+    if ((rc = rt_aio_ctx_create(&q->ctx, q->nops, 0)) != RT_OK)
         goto fail;
     q->magic = RT__MAGIC_VD_QUEUE;
     *queue = q;
@@ -1530,17 +1678,13 @@ int rt_vd_queue_destroy(rt_vd_queue_t q)
     return RT_OK;
 }
 
-static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
-                       const rt_iovec_t *iov, unsigned iovcnt, rt_vd_done_t *done, void *user)
+/* Makes and admits a request whose arguments are checked; the request is @a parent's
+ * (and @a parent_op's) read of a backing image when @a parent is not NULL. */
+static int io_begin(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
+                    const rt_iovec_t *iov, unsigned iovcnt, uint64_t total, rt_vd_done_t *done,
+                    void *user, struct vd_io *parent, struct vd_op *parent_op)
 {
-    if (!queue_live(q))
-        return RT_ERR_INVALID_HANDLE;
-    uint64_t total = 0;
-    int rc = rt__vd_check_request(vd, kind, off, iov, iovcnt, &total);
-    if (rc != RT_OK)
-        return rc;
-    if (done == NULL)
-        return RT_ERR_INVALID_POINTER;
+    int rc;
     if (vd->busy_queue != NULL && vd->busy_queue != q)
         return RT_ERR_BUSY;
     if (kind != VD_IO_READ && !vd->read_only && vd->poisoned != RT_OK)
@@ -1557,6 +1701,8 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
     io->len = total;
     io->done = done;
     io->user = user;
+    io->parent = parent;
+    io->parent_op = parent_op;
     io->iov = iovcnt <= INLINE_IOV ? io->iov_inline : malloc(iovcnt * sizeof(*iov));
     if (io->iov == NULL) {
         io->iov = io->iov_inline;
@@ -1587,6 +1733,37 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
         try_start(io);
     }
     return RT_OK;
+}
+
+static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
+                       const rt_iovec_t *iov, unsigned iovcnt, rt_vd_done_t *done, void *user)
+{
+    if (!queue_live(q))
+        return RT_ERR_INVALID_HANDLE;
+    uint64_t total = 0;
+    int rc = rt__vd_check_request(vd, kind, off, iov, iovcnt, &total);
+    if (rc != RT_OK)
+        return rc;
+    if (done == NULL)
+        return RT_ERR_INVALID_POINTER;
+    return io_begin(q, vd, kind, off, iov, iovcnt, total, done, user, NULL, NULL);
+}
+
+/* Reads [off, off + the iovec's length) of @a parent's backing image into @a iov, as a
+ * request on the same queue: for @a parent itself (it waits for it as for an op), or
+ * for @a op, a write of @a parent's that needs the bytes before it is sent.  Inside
+ * the backing image's size (the caller cuts there). */
+static int child_read(struct vd_io *parent, struct vd_op *op, uint64_t off, const rt_iovec_t *iov,
+                      unsigned iovcnt)
+{
+    uint64_t total = 0;
+    for (unsigned i = 0; i < iovcnt; i++)
+        total += iov[i].len;
+    int rc = io_begin(parent->queue, parent->vd->backing, VD_IO_READ, off, iov, iovcnt, total,
+                      NULL, NULL, parent, op);
+    if (rc == RT_OK && op == NULL)
+        parent->pending++;
+    return rc;
 }
 
 int rt_vd_queue_read(rt_vd_queue_t q, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
@@ -1624,7 +1801,7 @@ int rt_vd_queue_run(rt_vd_queue_t q, uint32_t min, uint32_t timeout_ms, uint32_t
     for (;;) {
         pump(q);
         count += deliver(q);
-        if (q->ready.head != NULL && q->free_ops != NULL)
+        if (work_ready(q))
             continue; /* callbacks started more work */
         if (min > 0 && count >= min)
             break;
@@ -1642,7 +1819,7 @@ int rt_vd_queue_run(rt_vd_queue_t q, uint32_t min, uint32_t timeout_ms, uint32_t
             wait_ms = spent_ms >= timeout_ms ? 0 : timeout_ms - (uint32_t)spent_ms;
         }
         uint32_t got = 0;
-        rc = rt_aio_ctx_wait(q->ctx, 1, wait_ms, q->reaped, q->depth, &got);
+        rc = rt_aio_ctx_wait(q->ctx, 1, wait_ms, q->reaped, q->nops, &got);
         for (uint32_t i = 0; i < got; i++)
             op_complete(q, rt_aio_req_get_user(q->reaped[i]));
         if (min == 0) {
