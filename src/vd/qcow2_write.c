@@ -29,6 +29,25 @@
 
 #include "vd/qcow2.h"
 
+/* The pending list is in allocation order and its ids increase (modulo 2^32: it never
+ * spans that many), so an allocation's entry is found by binary search on the distance
+ * of its id from the first one.  Removals keep the order. */
+static struct qcow2_pending *find_pending(struct qcow2 *s, uint32_t id)
+{
+    if (s->pending_len == 0)
+        return NULL;
+    uint32_t first = s->pending[0].id, want = id - first;
+    size_t lo = 0, hi = s->pending_len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->pending[mid].id - first < want)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->pending_len && s->pending[lo].id == id ? &s->pending[lo] : NULL;
+}
+
 static int push_pending(struct qcow2 *s, struct qcow2_pending p)
 {
     struct qcow2_pending *grown =
@@ -176,24 +195,23 @@ static void forget_decrements(struct qcow2 *s, uint32_t id)
 void rt__qcow2_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq)
 {
     struct qcow2 *s = qcow2_of(vd);
-    for (size_t i = 0; i < s->pending_len; i++) {
-        struct qcow2_pending *p = &s->pending[i];
-        if (p->id != alloc->index)
-            continue;
-        if (status == RT_OK) {
-            p->seq = seq;
-            return;
-        }
-        /* The data never made it: the entry goes back, the new cluster (which nothing
-         * in the file references) is freed, and the old reference stays. */
-        struct qcow2_l2 *t = s->l2[p->l1_index];
-        t->entries[p->l2_index] = p->old_entry;
-        t->pending--;
-        rt__qcow2_refcount_add(vd, alloc->host_off >> s->cluster_bits, -1);
-        forget_decrements(s, p->id);
-        s->pending[i] = s->pending[--s->pending_len];
+    struct qcow2_pending *p = find_pending(s, alloc->index);
+    if (p == NULL)
+        return;
+    if (status == RT_OK) {
+        p->seq = seq;
         return;
     }
+    /* The data never made it: the entry goes back, the new cluster (which nothing in the
+     * file references) is freed, and the old reference stays. */
+    struct qcow2_l2 *t = s->l2[p->l1_index];
+    t->entries[p->l2_index] = p->old_entry;
+    t->pending--;
+    rt__qcow2_refcount_add(vd, alloc->host_off >> s->cluster_bits, -1);
+    forget_decrements(s, p->id);
+    size_t i = (size_t)(p - s->pending);
+    memmove(p, p + 1, (s->pending_len - i - 1) * sizeof(*p));
+    s->pending_len--;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -204,32 +222,44 @@ static bool committable(const struct qcow2_pending *p, uint64_t upto)
     return p->seq != 0 && p->seq <= upto;
 }
 
+static int by_table(const void *a, const void *b)
+{
+    const struct qcow2_pending *x = *(const struct qcow2_pending *const *)a;
+    const struct qcow2_pending *y = *(const struct qcow2_pending *const *)b;
+    return x->l1_index < y->l1_index ? -1 : x->l1_index > y->l1_index;
+}
+
 static int write_l2_tables(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
 {
-    /* Which tables to write: dirty ones, and those with committable entries. */
+    /* Which tables to write: dirty ones, and those with committable entries.  The
+     * allocations not yet committable, by table, to keep their old entries. */
     uint8_t *want = calloc(s->l1_size ? s->l1_size : 1, 1);
-    if (want == NULL)
-        return RT_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < s->l1_size; i++)
+    size_t held_room = s->pending_len ? s->pending_len : 1;
+    const struct qcow2_pending **held = malloc(held_room * sizeof(*held));
+    uint8_t *raw = malloc(s->cluster_size);
+    int rc = want != NULL && held != NULL && raw != NULL ? RT_OK : RT_ERR_NO_MEMORY;
+    size_t nheld = 0, next_held = 0;
+    for (uint32_t i = 0; rc == RT_OK && i < s->l1_size; i++)
         want[i] = s->l2[i] != NULL && s->l2[i]->dirty;
-    for (size_t i = 0; i < s->pending_len; i++)
+    for (size_t i = 0; rc == RT_OK && i < s->pending_len; i++) {
         if (committable(&s->pending[i], upto))
             want[s->pending[i].l1_index] = 1;
-    uint8_t *raw = malloc(s->cluster_size);
-    int rc = raw != NULL ? RT_OK : RT_ERR_NO_MEMORY;
+        else
+            held[nheld++] = &s->pending[i];
+    }
+    if (rc == RT_OK)
+        qsort(held, nheld, sizeof(*held), by_table);
     for (uint32_t i = 0; rc == RT_OK && i < s->l1_size; i++) {
+        while (next_held < nheld && held[next_held]->l1_index < i)
+            next_held++;
         if (!want[i])
             continue;
         struct qcow2_l2 *t = s->l2[i];
         for (uint32_t j = 0; j < s->l2_entries; j++)
             vd_put_be64(raw + 8u * j, t->entries[j]);
         /* Allocations whose data is not yet durable keep their old entry in the file. */
-        if (t->pending > 0)
-            for (size_t k = 0; k < s->pending_len; k++) {
-                const struct qcow2_pending *p = &s->pending[k];
-                if (p->l1_index == i && !committable(p, upto))
-                    vd_put_be64(raw + 8u * p->l2_index, p->old_entry);
-            }
+        for (size_t k = next_held; k < nheld && held[k]->l1_index == i; k++)
+            vd_put_be64(raw + 8u * held[k]->l2_index, held[k]->old_entry);
         rc = rt__vd_meta_write(vd, t->host_off, raw, s->cluster_size);
         if (rc == RT_OK) {
             t->dirty = false;
@@ -237,6 +267,7 @@ static int write_l2_tables(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
         }
     }
     free(raw);
+    free((void *)held);
     free(want);
     return rc;
 }
@@ -264,9 +295,8 @@ static int apply_decrements(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
     int rc = RT_OK;
     for (size_t i = 0; rc == RT_OK && i < s->decrements_len;) {
         struct qcow2_decrement *d = &s->decrements[i];
-        bool ready = d->after_id == 0;
-        for (size_t k = 0; !ready && k < s->pending_len; k++)
-            ready = s->pending[k].id == d->after_id && committable(&s->pending[k], upto);
+        const struct qcow2_pending *p = d->after_id == 0 ? NULL : find_pending(s, d->after_id);
+        bool ready = d->after_id == 0 || (p != NULL && committable(p, upto));
         if (!ready) {
             i++;
             continue;
@@ -318,15 +348,15 @@ int rt__qcow2_commit(rt_vd_t vd, uint64_t upto)
         rc = rt__qcow2_refcount_flush(vd);
     if (rc != RT_OK)
         return rc;
-    /* What is in the file now is no longer pending. */
-    for (size_t i = 0; i < s->pending_len;) {
-        if (committable(&s->pending[i], upto)) {
+    /* What is in the file now is no longer pending (the rest keeps its order). */
+    size_t kept = 0;
+    for (size_t i = 0; i < s->pending_len; i++) {
+        if (committable(&s->pending[i], upto))
             s->l2[s->pending[i].l1_index]->pending--;
-            s->pending[i] = s->pending[--s->pending_len];
-        } else {
-            i++;
-        }
+        else
+            s->pending[kept++] = s->pending[i];
     }
+    s->pending_len = kept;
     return 1;
 }
 
