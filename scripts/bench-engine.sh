@@ -19,6 +19,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench-common.sh
+. "$here/scripts/bench-common.sh"
 build=${1:-$here/build}
 img="$build/vrt-img"
 rounds=${ROUNDS:-5}
@@ -42,7 +44,6 @@ raw="$work/results.tsv"
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 med() { awk -F'\t' -v k="$1" '$1 == k { print $2 }' "$raw" | median; }
 spread() { # OURS THEIRS [invert]: lowest and highest per-round ratio
     paste <(awk -F'\t' -v k="$1" '$1 == k { print $2 }' "$raw") \
@@ -179,9 +180,4 @@ done
     echo '```'
 } >"$work/report.md"
 
-cat "$work/report.md"
-if [ "$out" != - ]; then
-    mkdir -p "$(dirname "$out")"
-    cp "$work/report.md" "$out"
-    echo "==> written to $out" >&2
-fi
+publish "$work/report.md" "$out"

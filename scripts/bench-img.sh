@@ -12,6 +12,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench-common.sh
+. "$here/scripts/bench-common.sh"
 build=${1:-$here/build}
 img="$build/vrt-img"
 rounds=${ROUNDS:-5}
@@ -41,7 +43,6 @@ qemu_iops() { # AIO FORMAT FILE
     awk -v n="$count" -v t="$t" 'BEGIN { printf "%.1f\n", n / t }'
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for fmt in $formats; do
     file="$work/image.$fmt"
@@ -100,9 +101,4 @@ spread() { # FORMAT OURS THEIRS: min and max of the per-round ratios
     echo '```'
 } >"$work/report.md"
 
-cat "$work/report.md"
-if [ "$out" != - ]; then
-    mkdir -p "$(dirname "$out")"
-    cp "$work/report.md" "$out"
-    echo "==> written to $out" >&2
-fi
+publish "$work/report.md" "$out"

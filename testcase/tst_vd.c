@@ -583,6 +583,32 @@ static void test_formats_list(void)
 /* ---------------------------------------------------------------------------------- */
 /* Data integrity against a model. */
 
+/* @a rounds random synchronous reads and writes against the model, at any offset and
+ * up to @a max_len bytes, @a writes_in_3 of every three writes, a flush every
+ * @a flush_every rounds; every read must match the model. */
+static void model_steps(rt_vd_t vd, int rounds, size_t max_len, unsigned writes_in_3,
+                        int flush_every, bool some_aligned)
+{
+    for (int i = 0; i < rounds; i++) {
+        uint64_t off = prng() % DISK_SIZE;
+        size_t len = (size_t)(prng() % max_len);
+        if (some_aligned && prng() % 4 == 0)
+            off &= ~(uint64_t)4095; /* aligned ones too, the zero-copy path */
+        if (off + len > DISK_SIZE)
+            len = DISK_SIZE - off;
+        if (prng() % 3 < writes_in_3) {
+            fill_random(scratch, len);
+            TST_RC_FATAL(rt_vd_write(vd, off, scratch, len), RT_OK);
+            memcpy(model + off, scratch, len);
+        } else {
+            TST_RC_FATAL(rt_vd_read(vd, off, scratch, len), RT_OK);
+            CU_ASSERT_FATAL(memcmp(scratch, model + off, len) == 0);
+        }
+        if (i % flush_every == 0)
+            TST_RC(rt_vd_flush(vd), RT_OK);
+    }
+}
+
 /* Random synchronous reads and writes at any offset and length, flushes now and then,
  * then a reopen that must read back exactly the model. */
 static void model_run(const char *format, uint32_t create_flags, uint32_t open_flags)
@@ -600,24 +626,7 @@ static void model_run(const char *format, uint32_t create_flags, uint32_t open_f
         return;
     }
     TST_RC_FATAL(rc, RT_OK);
-    for (int i = 0; i < 600; i++) {
-        uint64_t off = prng() % DISK_SIZE;
-        size_t len = (size_t)(prng() % 70000);
-        if (prng() % 4 == 0)
-            off &= ~(uint64_t)4095; /* aligned ones too, the zero-copy path */
-        if (off + len > DISK_SIZE)
-            len = DISK_SIZE - off;
-        if (prng() & 1) {
-            fill_random(scratch, len);
-            TST_RC_FATAL(rt_vd_write(vd, off, scratch, len), RT_OK);
-            memcpy(model + off, scratch, len);
-        } else {
-            TST_RC_FATAL(rt_vd_read(vd, off, scratch, len), RT_OK);
-            CU_ASSERT_FATAL(memcmp(scratch, model + off, len) == 0);
-        }
-        if (i % 150 == 0)
-            TST_RC(rt_vd_flush(vd), RT_OK);
-    }
+    model_steps(vd, 600, 70000, 2, 150, true);
     TST_RC(rt_vd_close(vd), RT_OK);
     TST_RC_FATAL(rt_vd_open(&vd, path, NULL, RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
     TST_RC(rt_vd_read(vd, 0, scratch, DISK_SIZE), RT_OK);
@@ -666,7 +675,6 @@ static void test_model_qcow2(void)
     model_run("qcow2", 0, RT_VD_OPEN_NO_CACHE);
 }
 
-/* Small clusters: many L2 tables, refcount blocks and a growing refcount table. */
 /* A cache of one L2 table (l2-cache-size of one cluster): every table is dropped and
  * read back again and again, tables this driver wrote among them (their entries point
  * at clusters allocated since the open, which must pass the check on the way back in),
@@ -683,22 +691,7 @@ static void test_model_qcow2_tiny_l2_cache(void)
     const char *cache[] = {"l2-cache-size=4096", NULL};
     TST_RC_FATAL(rt_vd_open_with(&vd, path, "qcow2", 0, cache, &err), RT_OK);
     memset(model, 0, sizeof model);
-    for (int i = 0; i < 400; i++) {
-        uint64_t off = prng() % DISK_SIZE;
-        size_t len = (size_t)(prng() % 20000);
-        if (off + len > DISK_SIZE)
-            len = DISK_SIZE - off;
-        if (prng() % 3 != 0) {
-            fill_random(scratch, len);
-            TST_RC_FATAL(rt_vd_write(vd, off, scratch, len), RT_OK);
-            memcpy(model + off, scratch, len);
-        } else {
-            TST_RC_FATAL(rt_vd_read(vd, off, scratch, len), RT_OK);
-            CU_ASSERT_FATAL(memcmp(scratch, model + off, len) == 0);
-        }
-        if (i % 20 == 0)
-            TST_RC(rt_vd_flush(vd), RT_OK);
-    }
+    model_steps(vd, 400, 20000, 2, 20, false);
     TST_RC(rt_vd_read(vd, 0, scratch, DISK_SIZE), RT_OK);
     CU_ASSERT(memcmp(scratch, model, DISK_SIZE) == 0);
     TST_RC(rt_vd_close(vd), RT_OK);
@@ -711,6 +704,7 @@ static void test_model_qcow2_tiny_l2_cache(void)
     TST_RC(rt_vd_close(vd), RT_OK);
 }
 
+/* Small clusters: many L2 tables, refcount blocks and a growing refcount table. */
 static void test_model_qcow2_small_clusters(void)
 {
     char path[600];

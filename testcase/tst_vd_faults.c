@@ -610,6 +610,28 @@ static ssize_t slow_preadv(int fd, const struct iovec *iov, int n, off_t off)
     return preadv(fd, iov, n, off);
 }
 
+/* Waits until a read is held at the gate, then runs 64 reads of @a other on @a q: true
+ * when they all completed while the held read still waited. */
+static bool others_complete_while_held(rt_vd_queue_t q, rt_vd_t other)
+{
+    static uint8_t buf[64][4096];
+    struct tracked t[64] = {{0}};
+    for (int ms = 0; !atomic_load(&slow.waiting) && ms < 2000; ms++) {
+        rt_vd_queue_run(q, 0, 0, NULL);
+        usleep(1000);
+    }
+    CU_ASSERT(atomic_load(&slow.waiting));
+    for (int i = 0; i < 64; i++) {
+        rt_iovec_t iov = {buf[i], 4096};
+        TST_RC(rt_vd_queue_read(q, other, (uint64_t)i * 4096, &iov, 1, tracked_done, &t[i]),
+               RT_OK);
+    }
+    run_until(q, t, 64);
+    for (int i = 0; i < 64; i++)
+        TST_RC(t[i].status, RT_OK);
+    return atomic_load(&slow.waiting) && !atomic_load(&slow.timed_out);
+}
+
 /* The host offset of the L2 table of @a l1_index, from the image file itself. */
 static uint64_t qcow2_l2_offset(const char *path, uint32_t l1_index)
 {
@@ -636,7 +658,7 @@ static void test_slow_table_does_not_stop_others(void)
     rt_vd_t a = RT_VD_NIL, b = RT_VD_NIL;
     rt_vd_queue_t q = RT_VD_QUEUE_NIL;
     rt_vd_error_t err;
-    static uint8_t data[2][4096], back[2][4096], rbuf[64][4096];
+    static uint8_t data[2][4096], back[2][4096];
     memset(data[0], 0x11, sizeof data[0]);
     memset(data[1], 0x22, sizeof data[1]);
     const uint64_t far = 512 * MIB; /* the second table's */
@@ -656,23 +678,12 @@ static void test_slow_table_does_not_stop_others(void)
     rt__posix_sys.preadv = slow_preadv;
 
     /* Two reads that need the held table ... */
-    struct tracked ta[2] = {{0}}, tb[64] = {{0}};
+    struct tracked ta[2] = {{0}};
     rt_iovec_t iov_a[2] = {{back[0], 4096}, {back[1], 4096}};
     TST_RC(rt_vd_queue_read(q, a, far, &iov_a[0], 1, tracked_done, &ta[0]), RT_OK);
     TST_RC(rt_vd_queue_read(q, a, far + 4096, &iov_a[1], 1, tracked_done, &ta[1]), RT_OK);
-    for (int ms = 0; !atomic_load(&slow.waiting) && ms < 2000; ms++) {
-        rt_vd_queue_run(q, 0, 0, NULL);
-        usleep(1000);
-    }
-    CU_ASSERT(atomic_load(&slow.waiting));
     /* ... and, meanwhile, 64 to the other image. */
-    for (int i = 0; i < 64; i++) {
-        rt_iovec_t iov = {rbuf[i], 4096};
-        TST_RC(rt_vd_queue_read(q, b, (uint64_t)i * 4096, &iov, 1, tracked_done, &tb[i]), RT_OK);
-    }
-    run_until(q, tb, 64);
-    bool others_while_held = atomic_load(&slow.waiting) && !atomic_load(&slow.timed_out);
-    CU_ASSERT(others_while_held);
+    CU_ASSERT(others_complete_while_held(q, b));
     CU_ASSERT(!ta[0].done && !ta[1].done);
     sem_post(&slow.gate);
     run_until(q, ta, 2);
@@ -708,7 +719,7 @@ static void test_slow_backing_does_not_stop_others(void)
                                 .backing_format = "raw"};
     rt_vd_error_t err;
     TST_RC_FATAL(rt_vd_create(top, "qcow2", &opts, &err), RT_OK);
-    static uint8_t pattern[4 * MIB], back[3][65536], rbuf[64][4096];
+    static uint8_t pattern[4 * MIB], back[3][65536], rbuf[8][4096];
     for (size_t i = 0; i < sizeof pattern; i++)
         pattern[i] = (uint8_t)(i * 7 + i / 4096);
     rt_vd_t vd = RT_VD_NIL, b = RT_VD_NIL;
@@ -730,22 +741,11 @@ static void test_slow_backing_does_not_stop_others(void)
 
     static uint8_t mine[512];
     memset(mine, 0xee, sizeof mine);
-    struct tracked tv[2] = {{0}}, tb[64] = {{0}};
+    struct tracked tv[2] = {{0}};
     rt_iovec_t rd = {back[0], 65536}, wr = {mine, sizeof mine};
     TST_RC(rt_vd_queue_read(q, vd, MIB, &rd, 1, tracked_done, &tv[0]), RT_OK);
     TST_RC(rt_vd_queue_write(q, vd, 2 * MIB + 4096, &wr, 1, tracked_done, &tv[1]), RT_OK);
-    for (int ms = 0; !atomic_load(&slow.waiting) && ms < 2000; ms++) {
-        rt_vd_queue_run(q, 0, 0, NULL);
-        usleep(1000);
-    }
-    CU_ASSERT(atomic_load(&slow.waiting));
-    for (int i = 0; i < 64; i++) {
-        rt_iovec_t iov = {rbuf[i], 4096};
-        TST_RC(rt_vd_queue_read(q, b, (uint64_t)i * 4096, &iov, 1, tracked_done, &tb[i]), RT_OK);
-    }
-    run_until(q, tb, 64);
-    bool others_while_held = atomic_load(&slow.waiting) && !atomic_load(&slow.timed_out);
-    CU_ASSERT(others_while_held);
+    CU_ASSERT(others_complete_while_held(q, b));
     CU_ASSERT(!tv[0].done || !tv[1].done);
     /* Let every backing read through: those at the gate, and from now on all. */
     slow.ino = 0;
@@ -864,6 +864,17 @@ static long bound_kib(uint32_t depth)
     return (long)(depth + 1) * (256 + 16 + 4) + 256 + 16 * 1024; /* + the reserved op */
 }
 
+/* A memory scenario's end: the growth of the peak RSS since @a before; the rest undone. */
+static long scenario_end(long before, rt_vd_queue_t q, rt_vd_t vd, const char *path)
+{
+    long grown = peak_rss_kib() - before;
+    rt__posix_sys_reset();
+    rt_vd_queue_destroy(q);
+    rt_vd_close(vd);
+    unlink(path);
+    return grown;
+}
+
 /* Runs @a scenario in a child; it reports the growth of its peak RSS over the work. */
 static void measure(const char *what, long (*scenario)(void), uint32_t depth)
 {
@@ -937,12 +948,7 @@ static long big_unaligned(void)
             _exit(8);
     if (t[0].status != RT_OK || t[1].status != RT_OK)
         _exit(9);
-    long grown = peak_rss_kib() - before;
-    rt__posix_sys_reset();
-    rt_vd_queue_destroy(q);
-    rt_vd_close(vd);
-    unlink(path);
-    return grown;
+    return scenario_end(before, q, vd, path);
 }
 
 /* 128 writes of 4 KiB, each into its own fresh 64 MiB VDI block, all in flight. */
@@ -977,12 +983,7 @@ static long vdi_big_blocks(void)
     for (int i = 0; i < 128; i++)
         if (t[i].status != RT_OK)
             _exit(9);
-    long grown = peak_rss_kib() - before;
-    rt__posix_sys_reset();
-    rt_vd_queue_destroy(q);
-    rt_vd_close(vd);
-    unlink(path);
-    return grown;
+    return scenario_end(before, q, vd, path);
 }
 
 static void test_memory_bounded(void)
