@@ -176,6 +176,9 @@ int rt_vd_close(rt_vd_t vd);
  * A write that fails changed nothing the guest can see (a new allocation unit whose
  * data write failed is forgotten, or for VDI kept but zeroed, as it read before).
  * After a failed flush (see rt_vd_flush()) every write fails with that flush's status.
+ * A write that finds the format's metadata over its budget (QCOW2: more L2 tables in
+ * memory than l2-cache-size) commits it before it completes, as a flush would (and a
+ * failure there fails the write and poisons the image as a failed flush does).
  *
  * @retval RT_OK
  * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a buf NULL with @a len > 0)

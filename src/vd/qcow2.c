@@ -450,7 +450,7 @@ static void qcow2_close(rt_vd_t vd)
 /* The metadata cache holds L2 tables up to this many bytes; beyond, clean tables are
  * dropped (clock order) to make room.  Tables with changes not yet in the file stay. */
 
-static void evict_one(struct qcow2 *s, uint32_t keep)
+static bool evict_one(struct qcow2 *s, uint32_t keep)
 {
     for (uint32_t n = 0; n < s->l1_size; n++) {
         uint32_t i = s->evict_hand;
@@ -462,8 +462,16 @@ static void evict_one(struct qcow2 *s, uint32_t keep)
         free(t);
         s->l2[i] = NULL;
         s->l2_loaded--;
-        return;
+        return true;
     }
+    return false;
+}
+
+void rt__qcow2_trim_cache(struct qcow2 *s, uint32_t keep, uint32_t extra)
+{
+    while ((uint64_t)(s->l2_loaded + extra) * s->cluster_size > s->l2_cache_bytes &&
+           evict_one(s, keep))
+        ;
 }
 
 /* An L2 entry as read from the file: inside @a limit, never into metadata (a write in
@@ -499,8 +507,7 @@ static struct qcow2_l2 *l2_install(struct qcow2 *s, uint32_t l1_index, const uin
                                    int *rc)
 {
     uint64_t host = s->l1[l1_index] & QCOW2_OFFSET_MASK;
-    if ((uint64_t)(s->l2_loaded + 1) * s->cluster_size > s->l2_cache_bytes)
-        evict_one(s, l1_index);
+    rt__qcow2_trim_cache(s, l1_index, 1);
     struct qcow2_l2 *t = calloc(1, sizeof(*t));
     if (t == NULL || (t->entries = malloc(s->cluster_size)) == NULL) {
         free(t);
@@ -544,6 +551,15 @@ struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc)
         t = l2_install(s, l1_index, raw, rc);
     free(raw);
     return t;
+}
+
+/* Tables that cannot be evicted (changed since the last commit) have pushed the cache
+ * past its size, or the list of allocations to commit is as large. */
+static bool qcow2_needs_writeback(rt_vd_t vd)
+{
+    const struct qcow2 *s = qcow2_of(vd);
+    return (uint64_t)s->l2_loaded * s->cluster_size > s->l2_cache_bytes ||
+           (uint64_t)s->pending_len * sizeof(struct qcow2_pending) > s->l2_cache_bytes;
 }
 
 static int qcow2_load_done(rt_vd_t vd, const struct vd_load *load, const void *data, int status)
@@ -734,6 +750,7 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .commit = rt__qcow2_commit,
     .read_compressed = qcow2_read_compressed,
     .load_done = qcow2_load_done,
+    .needs_writeback = qcow2_needs_writeback,
     .begin_write = qcow2_begin_write,
     .check = rt__qcow2_check,
     .info = qcow2_info,

@@ -243,6 +243,9 @@ void rt__qcow2_compressed_span(const struct qcow2 *s, uint64_t entry, uint64_t *
 /* The L2 table of L1 entry @a l1_index, loaded and checked; NULL with *rc set if the
  * entry is empty (rc RT_OK) or bad. */
 struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc);
+/* Drops clean L2 tables (never @a keep) until the cache, with room for @a extra more,
+ * fits its size or nothing more can go. */
+void rt__qcow2_trim_cache(struct qcow2 *s, uint32_t keep, uint32_t extra);
 
 /* The metadata index (qcow2_metadata.c). */
 /* Called for each snapshot, with its L1 table read and in host order. */

@@ -101,6 +101,8 @@ static int writable_l2(rt_vd_t vd, struct qcow2 *s, uint32_t l1_index, struct qc
         *out = old;
         return RT_OK;
     }
+    if (old == NULL)
+        rt__qcow2_trim_cache(s, l1_index, 1);
     struct qcow2_l2 *t = calloc(1, sizeof(*t));
     if (t == NULL || (t->entries = calloc(1, s->cluster_size)) == NULL) {
         free(t);
@@ -357,6 +359,7 @@ int rt__qcow2_commit(rt_vd_t vd, uint64_t upto)
             s->pending[kept++] = s->pending[i];
     }
     s->pending_len = kept;
+    rt__qcow2_trim_cache(s, UINT32_MAX, 0); /* what the commit made clean may go */
     return 1;
 }
 

@@ -119,6 +119,9 @@ struct vd_driver {
      * done (NULL: nothing to track).  For formats that keep per-sector state beside the
      * data (VHD's sector bitmaps): what the next commit must also write. */
     void (*write_done)(rt_vd_t vd, uint64_t off, uint64_t len);
+    /* Is the metadata kept for the next commit over the driver's budget (NULL: never)?
+     * Then the engine commits without waiting for a flush (see vd_queue.c). */
+    bool (*needs_writeback)(rt_vd_t vd);
     /* Makes durable the metadata of every allocation whose alloc_done() carried a
      * sequence number <= @a upto.  The layer has made that data durable before the call
      * and flushes the file after it.  NULL when there is never any. */
@@ -196,6 +199,7 @@ struct rt_vd {
     /* RT_OK, or the status of the fsync or commit that failed: every later write and
      * flush fails with it until the image is reopened. */
     int poisoned;
+    bool writeback_running; /* a write is committing for the metadata budget */
     struct rt_vd_queue *sync_queue;
 };
 

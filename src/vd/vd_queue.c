@@ -57,7 +57,8 @@
  * allocating too: it waits for that request, and when it starts it maps again and
  * follows the outcome (writes in place, or allocates the unit itself).
  *
- * Durability.  Allocation metadata reaches the file only at a flush.  The flush first
+ * Durability.  Allocation metadata reaches the file only at a flush (or a metadata
+ * writeback, below, which runs the same stages).  The flush first
  * waits for every allocation job begun before it (so the driver never has to commit
  * around a hole, which VDI's header count cannot describe), then FLUSH1 makes their
  * data durable, then the driver writes the metadata of exactly the allocations whose
@@ -69,6 +70,13 @@
  * rule after fdatasync fails).  So does a commit that fails, except for a metadata
  * write that found the disk full: it wrote nothing, the commit's steps are ordered so
  * what did reach the file is consistent, and the next flush tries again.
+ *
+ * Metadata writeback.  Allocations keep the driver's tables dirty and unevictable until
+ * a commit.  When the driver says what it holds is over its budget (needs_writeback:
+ * QCOW2, more L2 tables in memory than its cache size), the write request that finds
+ * it so runs the flush stages after its own before it completes: the commit makes the
+ * tables clean and evictable.  One at a time per image; no request of the caller's
+ * outlives its callback.
  *
  * Metadata loads.  A map() answer that needs a table the driver does not hold (a QCOW2
  * L2 table not in its cache) is not read on this thread: the driver describes the read
@@ -142,6 +150,7 @@ struct vd_io {
     struct vd_io *parent;
     struct vd_op *parent_op;
     bool just_loaded; /* the next map may not ask for a load again */
+    bool writeback;   /* a write running the flush stages for the metadata budget */
     rt_vd_t vd;
     struct rt_vd_queue *queue;
     int kind;
@@ -595,8 +604,19 @@ static void start_stage(struct vd_io *io, enum io_stage stage)
 
 static void finish(struct vd_io *io)
 {
+    if (io->writeback)
+        io->vd->writeback_running = false;
     io->stage = STAGE_DONE;
     list_push(&io->queue->done, io);
+}
+
+/* Is the metadata the driver holds for the next commit over its budget, with no
+ * writeback running?  Then this write makes one before it completes. */
+static bool wants_writeback(const struct vd_io *io)
+{
+    rt_vd_t vd = io->vd;
+    return io->kind == VD_IO_WRITE && !vd->writeback_running && vd->poisoned == RT_OK &&
+           vd->driver->needs_writeback != NULL && vd->driver->needs_writeback(vd);
 }
 
 /* A failed fsync or commit: see "Durability" above. */
@@ -660,6 +680,16 @@ static bool next_stage(struct vd_io *io)
         finish(io);
         return true;
     case STAGE_MAIN:
+        if (wants_writeback(io)) {
+            /* The flush stages, as a flush would run them: what the commit writes
+             * becomes clean and evictable. */
+            io->writeback = true;
+            vd->writeback_running = true;
+            start_stage(io, STAGE_FLUSH_WAIT);
+            return true;
+        }
+        finish(io);
+        return true;
     case STAGE_FLUSH2:
     case STAGE_DONE:
         finish(io);
