@@ -127,7 +127,13 @@ full_q="$work/full.qcow2"
 full_r="$work/full.raw"
 echo "==> preparing fully allocated $size qcow2 and raw images of the same data" >&2
 qemu-img create -q -f qcow2 "$full_q" "$size"
-qemu-io -f qcow2 -c "write -P 0x5a 0 $size" "$full_q" >/dev/null
+size_bytes=$(qemu-img info --output=json "$full_q" | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p')
+writes=()
+for ((at = 0; at < size_bytes; at += 1073741824)); do # qemu-io takes at most 2 GiB a write
+    len=$((size_bytes - at < 1073741824 ? size_bytes - at : 1073741824))
+    writes+=(-c "write -P 0x5a $at $len")
+done
+qemu-io -f qcow2 "${writes[@]}" "$full_q" >/dev/null
 qemu-img convert -q -f qcow2 -O raw -S 0 "$full_q" "$full_r"
 empty_q="$work/empty.qcow2"
 pre_r="$work/prealloc.raw"

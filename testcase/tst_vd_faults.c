@@ -47,6 +47,8 @@ static struct {
     atomic_bool full;          /* unit-sized writes fail with ENOSPC */
     uint64_t unit;             /* what unit-sized means */
     uint64_t fail_at;          /* ... only this host offset (UINT64_MAX: any) */
+    uint64_t fail_from;        /* writes at or past this offset count as unit-sized (a
+                                  QCOW2 allocation writes only the guest's bytes) */
     sem_t gate;                /* the first such write waits here until posted */
     atomic_bool gated;         /* a write is waiting at the gate */
     atomic_bool use_gate;
@@ -86,7 +88,7 @@ static ssize_t held_pwritev(int fd, const struct iovec *iov, int n, off_t off)
 static ssize_t faulty_pwritev(int fd, const struct iovec *iov, int n, off_t off)
 {
     size_t len = iov_total(iov, n);
-    if (atomic_load(&fault.full) && len >= fault.unit &&
+    if (atomic_load(&fault.full) && (len >= fault.unit || (uint64_t)off >= fault.fail_from) &&
         (fault.fail_at == UINT64_MAX || (uint64_t)off == fault.fail_at)) {
         if (atomic_exchange(&fault.use_gate, false)) {
             atomic_store(&fault.gated, true);
@@ -162,6 +164,7 @@ static void faults_off(void)
     atomic_store(&fault.header_write_failures, 0);
     atomic_store(&fault.read_failures, 0);
     fault.fail_at = UINT64_MAX;
+    fault.fail_from = UINT64_MAX;
     fault.read_fail_at = UINT64_MAX;
 }
 
@@ -237,6 +240,9 @@ static void dependents_follow_failed_allocation(const char *format, uint32_t uni
 
     faults_off();
     fault.unit = unit;
+    struct stat st;
+    if (strcmp(format, "qcow2") == 0 && stat(path, &st) == 0)
+        fault.fail_from = (uint64_t)st.st_size; /* every new cluster lands past it */
     atomic_store(&fault.full, true);
     atomic_store(&fault.use_gate, true);
     rt__posix_sys.pwritev = faulty_pwritev;
@@ -249,6 +255,8 @@ static void dependents_follow_failed_allocation(const char *format, uint32_t uni
         rt_vd_queue_run(q, 0, 0, NULL);
         usleep(1000);
     }
+    if (!atomic_load(&fault.gated))
+        faults_off(); /* no write of later tests may wait at the gate */
     CU_ASSERT_FATAL(atomic_load(&fault.gated));
     for (int i = 1; i < 3; i++) {
         iov[i] = (rt_iovec_t){bufs[i], 4096};

@@ -1,6 +1,7 @@
 /*
  * What the image engine costs: the kernel ops and memory allocations of a stream of
- * whole-unit sequential writes to a new QCOW2 and a new VDI image.
+ * whole-unit sequential writes to a new QCOW2 and a new VDI image, and the bytes that
+ * partial writes into new QCOW2 clusters write.
  *
  * Ops are counted through the rt__posix_sys table on the threads backend, where every
  * data op is one preadv or pwritev.  New adjacent units must be written by one op per
@@ -24,6 +25,7 @@
 
 #include "internal/posix_sys.h"
 #include "tst_common.h"
+#include "tst_qemu_img.h"
 
 #define KIB 1024u
 #define MIB (1024u * 1024u)
@@ -224,6 +226,66 @@ static void test_vdi_whole_block_stream(void)
     whole_unit_stream("vdi", MIB, 4 * MIB, 8, 12, 0);
 }
 
+/* 4 KiB writes, each into its own new 64 KiB cluster: the cluster's space past the end
+ * of the file reads as zeros already, so only the guest's 4 KiB are written (QEMU does
+ * the same); the rest of each cluster reads back as zeros, and qemu-img agrees. */
+static void test_qcow2_partial_writes_into_fresh_clusters(void)
+{
+    char path[600];
+    tst_path(path, sizeof path, "ops-fresh.qcow2");
+    unlink(path);
+    rt_vd_create_opts_t opts = {.size = 64 * MIB, .block_size = 64 * KIB};
+    rt_vd_error_t err;
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_queue_t q = RT_VD_QUEUE_NIL;
+    TST_RC(rt_vd_create(path, "qcow2", &opts, &err), RT_OK);
+    TST_RC(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
+    TST_RC(rt_vd_queue_create(&q, 8), RT_OK);
+    CU_ASSERT_FATAL(vd != RT_VD_NIL && q != RT_VD_QUEUE_NIL);
+    static uint8_t buf[4096], back[64 * KIB];
+    memset(buf, 0x6b, sizeof buf);
+    counters_reset();
+    rt__posix_sys.pwritev = counting_pwritev;
+    rt__posix_sys.preadv = counting_preadv;
+    /* Cluster i gets 4 KiB at a different place in it each time: first, middle, last. */
+    struct stream s = {0};
+    for (unsigned i = 0; i < 48; i++) {
+        rt_iovec_t iov = {buf, sizeof buf};
+        uint64_t at = (uint64_t)i * 64 * KIB + (i % 3) * 30 * KIB;
+        TST_RC(rt_vd_queue_write(q, vd, at - at % 4096, &iov, 1, stream_done, &s), RT_OK);
+        s.pending++;
+    }
+    while (s.pending > 0)
+        TST_RC_FATAL(rt_vd_queue_run(q, 1, 10000, NULL), RT_OK);
+    rt__posix_sys_reset();
+    TST_RC(s.status, RT_OK);
+    printf("\n    48 writes of 4 KiB into new clusters: %lu data bytes written ",
+           (unsigned long)atomic_load(&count.pwritev_bytes));
+    CU_ASSERT_EQUAL(atomic_load(&count.pwritev_bytes), 48 * 4096);
+    CU_ASSERT_EQUAL(atomic_load(&count.preadv_calls), 0);
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    TST_RC(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    for (unsigned i = 0; i < 48; i++) {
+        TST_RC(rt_vd_read(vd, (uint64_t)i * 64 * KIB, back, sizeof back), RT_OK);
+        uint64_t at = (i % 3) * 30 * KIB;
+        at -= at % 4096;
+        for (uint64_t b = 0; b < sizeof back; b++)
+            if (back[b] != (b >= at && b < at + 4096 ? 0x6b : 0)) {
+                CU_FAIL("a fresh cluster reads back wrong");
+                break;
+            }
+    }
+    rt_vd_check_result_t res;
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    int checked = qemu_img_check_status(path, "qcow2");
+    CU_ASSERT(checked == 0 || checked == -1);
+    unlink(path);
+}
+
 int main(void)
 {
     /* Every data op through the counting table. */
@@ -236,5 +298,6 @@ int main(void)
     TST_ADD(suite, test_qcow2_whole_cluster_stream);
     TST_ADD(suite, test_qcow2_small_cluster_stream);
     TST_ADD(suite, test_vdi_whole_block_stream);
+    TST_ADD(suite, test_qcow2_partial_writes_into_fresh_clusters);
     return tst_run();
 }

@@ -182,6 +182,9 @@ int rt__qcow2_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
     alloc->host_off = host;
     alloc->size = s->cluster_size;
     alloc->index = id;
+    /* The allocator hands out clusters upwards from the file's rounded-up end at open
+     * and never twice: what has not been written there reads as zeros. */
+    alloc->fresh = host >= s->file_size_at_open;
     return RT_OK;
 }
 

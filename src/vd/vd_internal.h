@@ -47,6 +47,10 @@ struct vd_alloc {
     uint32_t size;
     uint32_t index; /* the driver's own bookkeeping (VDI: block number) */
     uint32_t file;  /* which of the image's files host_off is in (rt_vd.files) */
+    /* The unit's space was never written and reads as zeros (past the file's end when
+     * it was opened, handed out once): the engine writes only the bytes that are not
+     * zeros, as QEMU does, instead of filling the unit. */
+    bool fresh;
 };
 
 /* Metadata a map() answer needs and the driver does not hold in memory.  The engine

@@ -975,9 +975,18 @@ static int job_fill(struct vd_io *io, struct vd_job *job, struct vd_op *op)
             added = n;
         } else {
             /* Old contents up to the guest's zone, or to the unit's end (zeros past the
-             * end of the virtual disk: read_old() fills them). */
+             * end of the virtual disk: op_fill_next() fills them). */
             uint64_t stop = v < zone_lo ? zone_lo : unit_hi;
             uint64_t n = min_u64(stop - v, room);
+            if (old_is_zero(job, v) && job->alloc.fresh &&
+                (op->len == 0 || (attached && stop == unit_hi))) {
+                /* Zeros into space that reads as zeros: not written.  Only before the
+                 * op's first byte, or after its last (the op stays one run). */
+                job->emit = stop;
+                if (op->len == 0)
+                    op->host_off = job->alloc.host_off + (stop - unit_lo);
+                continue;
+            }
             if (old_is_zero(job, v)) {
                 added = op_add_zeros(io->queue, op, n);
             } else {
@@ -1009,6 +1018,7 @@ static int job_fill(struct vd_io *io, struct vd_job *job, struct vd_op *op)
 }
 
 static int job_start(struct vd_io *io, const struct vd_map *map, uint64_t at, uint64_t pos);
+static void job_finish(struct rt_vd_queue *q, struct vd_job *job);
 
 /* Fills @a op from the request's current job, and while the op has room and the next
  * unit the request writes is new too and was given the space right after, from that
@@ -1023,7 +1033,12 @@ static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
         return rc;
     for (;;) {
         rc = job_fill(io, job, op);
-        if (rc != RT_OK || !job->emitted)
+        bool emitted = rc == RT_OK && job->emitted;
+        /* Emitted with nothing in any op (its last bytes were zeros into fresh space,
+         * the rest is back already): it is over. */
+        if (emitted && job->ops_pending == 0)
+            job_finish(io->queue, job);
+        if (!emitted)
             break;
         if (op->njobs == MAX_OP_JOBS || op->len >= MAX_OP_BYTES || op->iovcnt >= op->iovcap ||
             io->cursor >= io->cursor_end || io->status != RT_OK)
@@ -1050,8 +1065,8 @@ static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
             break; /* elsewhere: its own op, next step */
     }
     if (op->len > 0)
-        return 1;
-    return rc != RT_OK ? rc : 1;
+        return STEP_OP;
+    return rc != RT_OK ? rc : STEP_INLINE; /* only zeros into fresh space were left */
 }
 
 /* The job's last op is back (or it was abandoned with none in flight): the driver

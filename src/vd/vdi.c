@@ -468,6 +468,9 @@ static int vdi_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
     alloc->host_off = block_host_off(v, index);
     alloc->size = v->block_size;
     alloc->index = block;
+    /* Not fresh, even past the end of the file: a VDI block must lie wholly inside the
+     * file (open checks it), so its zeros are written. */
+    alloc->fresh = false;
     return RT_OK;
 }
 
