@@ -7,10 +7,11 @@
  *   write -z OFFSET LENGTH            fill with zeros
  *   flush
  *
- * Usage: vd_io FORMAT IMAGE [--async]
+ * Usage: vd_io FORMAT IMAGE [--async] [--direct]
  * With --async the writes go through one queue, up to 16 in flight; a write that
  * overlaps one in flight waits for it first, since concurrent overlapping writes have
- * no defined order (on a real disk either).
+ * no defined order (on a real disk either).  With --direct the image is opened
+ * uncached (O_DIRECT): unaligned writes go through the engine's bounce paths.
  * Exit status: 0 all applied, 1 a command failed, 2 bad usage or script.
  */
 #include <rt/err.h>
@@ -61,14 +62,23 @@ static int drain(rt_vd_queue_t q, struct pending_write *ws, int *count)
 
 int main(int argc, char **argv)
 {
-    if (argc < 3 || argc > 4 || (argc == 4 && strcmp(argv[3], "--async") != 0)) {
-        fprintf(stderr, "usage: vd_io FORMAT IMAGE [--async] < script\n");
+    bool async = false, direct = false, usage = argc < 3;
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--async") == 0)
+            async = true;
+        else if (strcmp(argv[i], "--direct") == 0)
+            direct = true;
+        else
+            usage = true;
+    }
+    if (usage) {
+        fprintf(stderr, "usage: vd_io FORMAT IMAGE [--async] [--direct] < script\n");
         return 2;
     }
-    bool async = argc == 4;
     rt_vd_t vd;
     rt_vd_error_t err;
-    int rc = rt_vd_open(&vd, argv[2], argv[1], RT_VD_OPEN_ALLOW_BACKING, &err);
+    uint32_t flags = RT_VD_OPEN_ALLOW_BACKING | (direct ? RT_VD_OPEN_NO_CACHE : 0);
+    int rc = rt_vd_open(&vd, argv[2], argv[1], flags, &err);
     if (rc != RT_OK) {
         fprintf(stderr, "vd_io: %s: %s %s\n", argv[2], rt_strerror(rc), err.msg);
         return 1;

@@ -1374,6 +1374,8 @@ static void op_fill_next(struct rt_vd_queue *q, struct vd_op *op)
         uint64_t inside = f->voff < vd->size ? min_u64(f->len, vd->size - f->voff) : 0;
         memset(f->buf + inside, 0, (size_t)(f->len - inside));
         struct vd_map at = job->old;
+        if (at.kind == VD_MAP_ZERO)
+            memset(f->buf, 0, (size_t)inside); /* the chunk holds anything */
         if (inside == 0 || at.kind == VD_MAP_ZERO)
             continue;
         if (at.kind == VD_MAP_DATA) {
@@ -1381,9 +1383,18 @@ static void op_fill_next(struct rt_vd_queue *q, struct vd_op *op)
                 rc = RT_ERR_VD_CORRUPT;
                 break;
             }
+            uint64_t host = at.host_off + (f->voff - job->alloc.virt_off);
+            if (vd->align > 1 && (host % vd->align != 0 || inside % vd->align != 0 ||
+                                  (uintptr_t)f->buf % vd->align != 0)) {
+                /* Uncached, and the region is not whole sectors (the guest's partial
+                 * sectors are in the chunk already): read it through an aligned bounce
+                 * buffer, synchronously. */
+                rc = rt__vd_file_read(vd, at.file, host, f->buf, (size_t)inside);
+                continue;
+            }
             op->phase = PHASE_FILL;
             op->file = vd->files[at.file];
-            op->host_off = at.host_off + (f->voff - job->alloc.virt_off);
+            op->host_off = host;
             op->fill_iov = (rt_iovec_t){f->buf, (size_t)inside};
             if (resubmit(q, op))
                 return;
