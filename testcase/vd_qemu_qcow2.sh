@@ -301,6 +301,13 @@ for compat in 1.1 0.10; do
                 bash -c "'$vd_io' ${args[*]} <'$work/script2' &&
                          qemu-img compare -f qcow2 -F qcow2 '$work/theirs.qcow2' '$work/ours.qcow2'"
             check "$name: qemu-img check clean" qemu-img check -f qcow2 "$work/ours.qcow2"
+            if [ "$mode" = async ] && [ "$direct_ok" = yes ]; then
+                cp --sparse=always "$over" "$work/ours.qcow2"
+                check "$name, O_DIRECT: qemu-img compare identical" \
+                    bash -c "'$vd_io' ${args[*]} --direct <'$work/script2' &&
+                             qemu-img compare -f qcow2 -F qcow2 '$work/theirs.qcow2' '$work/ours.qcow2' &&
+                             qemu-img check -f qcow2 '$work/ours.qcow2'"
+            fi
         done
     done
 done
