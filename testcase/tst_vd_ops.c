@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <rt/vd.h>
@@ -263,8 +264,14 @@ static void test_qcow2_partial_writes_into_fresh_clusters(void)
            (unsigned long)atomic_load(&count.pwritev_bytes));
     CU_ASSERT_EQUAL(atomic_load(&count.pwritev_bytes), 48 * 4096);
     CU_ASSERT_EQUAL(atomic_load(&count.preadv_calls), 0);
+    /* The allocator grew the file ahead of itself (so these writes were not past its
+     * end); close cuts it back to the last cluster in use. */
+    struct stat st;
+    CU_ASSERT(stat(path, &st) == 0 && (uint64_t)st.st_size >= 64 * MIB);
     TST_RC(rt_vd_queue_destroy(q), RT_OK);
     TST_RC(rt_vd_close(vd), RT_OK);
+    CU_ASSERT(stat(path, &st) == 0 && (uint64_t)st.st_size < 64 * 64 * KIB &&
+              st.st_size % (64 * KIB) == 0);
 
     TST_RC(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
     for (unsigned i = 0; i < 48; i++) {

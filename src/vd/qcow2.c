@@ -412,6 +412,7 @@ static int qcow2_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err
     s->file_size_at_open = file_size;
     s->l2_cache_bytes = cache;
     s->next_free = (file_size + s->cluster_size - 1) & ~(uint64_t)(s->cluster_size - 1);
+    s->file_grown = file_size;
     vd->priv = s;
     vd->size = s->size;
     vd->alloc_unit = s->cluster_size;
@@ -440,6 +441,7 @@ static int qcow2_begin_write(rt_vd_t vd)
 
 static void qcow2_close(rt_vd_t vd)
 {
+    rt__qcow2_trim_file(vd);
     free_state(qcow2_of(vd));
     vd->priv = NULL;
 }

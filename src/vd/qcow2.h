@@ -184,6 +184,7 @@ struct qcow2 {
     /* The allocator: clusters are handed out upwards from here (never below), skipping
      * any in the index or with a refcount above zero. */
     uint64_t next_free;
+    uint64_t file_grown; /* the file's size as the allocator last set it (grow_ahead) */
     /* By L1 index: the L2 table has been written since open, so its entries may point
      * at clusters allocated since (below next_free) when it is read back. */
     uint8_t *l2_rewritten;
@@ -246,6 +247,8 @@ struct qcow2_l2 *rt__qcow2_l2_get(rt_vd_t vd, uint32_t l1_index, int *rc);
 /* Drops clean L2 tables (never @a keep) until the cache, with room for @a extra more,
  * fits its size or nothing more can go. */
 void rt__qcow2_trim_cache(struct qcow2 *s, uint32_t keep, uint32_t extra);
+/* Cuts a file the allocator grew ahead back to the last cluster handed out (close). */
+void rt__qcow2_trim_file(rt_vd_t vd);
 
 /* The metadata index (qcow2_metadata.c). */
 /* Called for each snapshot, with its L1 table read and in host order. */

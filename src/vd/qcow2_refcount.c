@@ -92,6 +92,48 @@ static int refcount_of(rt_vd_t vd, struct qcow2 *s, uint64_t cluster, uint64_t *
  * first one's offset.  Their refcounts are the caller's to raise.  Every cluster looked
  * at is left behind for good, so the work over the life of an open image is bounded by
  * the clusters the refcount blocks can count. */
+/* The file is grown ahead of the allocator, 64 MiB at a time: a data write into new
+ * clusters then lands inside the file, where file systems let O_DIRECT writes run
+ * side by side, instead of past its end, where they take turns (3x the IOPS of
+ * allocating 4 KiB writes here).  The space is a hole: it costs nothing, reads as
+ * zeros, and close cuts the file back to the last cluster handed out. */
+#define GROW_AHEAD (64ull << 20)
+
+static void grow_ahead(rt_vd_t vd, struct qcow2 *s)
+{
+    if (vd->read_only || s->next_free <= s->file_grown)
+        return;
+    uint64_t target = s->next_free + GROW_AHEAD;
+    /* A failure is not this allocation's: the writes into the space report it. */
+    if (rt_file_set_size(vd->file, target) == RT_OK)
+        s->file_grown = target;
+    else
+        s->file_grown = s->next_free;
+}
+
+void rt__qcow2_trim_file(rt_vd_t vd)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    if (vd->read_only || s->file_grown <= s->file_size_at_open)
+        return;
+    /* Back to the last cluster in use: one handed out and then given back (its data
+     * write failed) was never written, and the file ends as if it had not been. */
+    uint64_t opened_end = (s->file_size_at_open + s->cluster_size - 1) &
+                          ~(uint64_t)(s->cluster_size - 1); /* where handing out began */
+    uint64_t end = s->next_free;
+    while (end > opened_end) {
+        uint64_t refcount = 1;
+        uint64_t cluster = (end >> s->cluster_bits) - 1;
+        if (rt__qcow2_is_metadata(s, cluster) ||
+            refcount_of(vd, s, cluster, &refcount) != RT_OK || refcount != 0)
+            break;
+        end -= s->cluster_size;
+    }
+    if (end <= opened_end)
+        end = s->file_size_at_open; /* nothing handed out is in use: as it was */
+    rt_file_set_size(vd->file, end); /* nothing at or past end is referenced */
+}
+
 static int claim_run(rt_vd_t vd, struct qcow2 *s, uint64_t count, uint64_t *host)
 {
     /* Host offsets are 56 bits (bits 9..55 of an entry). */
@@ -115,6 +157,7 @@ static int claim_run(rt_vd_t vd, struct qcow2 *s, uint64_t count, uint64_t *host
     }
     s->next_free = (start + count) << s->cluster_bits;
     *host = start << s->cluster_bits;
+    grow_ahead(vd, s);
     return RT_OK;
 }
 
