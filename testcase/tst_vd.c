@@ -677,6 +677,34 @@ static void test_model_qcow2(void)
     model_run("qcow2", 0, RT_VD_OPEN_NO_CACHE);
 }
 
+/* Uncached, a read that starts inside a sector of an unallocated block and runs into
+ * an allocated one: the map answer counts from the sector's start, not the read's (it
+ * once read pos - sector bytes too many as zeros). */
+static void test_uncached_read_across_free_into_data(void)
+{
+    if (!uncached_supported()) {
+        printf("(uncached I/O refused here) ");
+        return;
+    }
+    char path[600];
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    tst_path(path, sizeof path, "cross-free.vdi");
+    unlink(path);
+    rt_vd_create_opts_t opts = {.size = MIB, .block_size = 4096};
+    TST_RC_FATAL(rt_vd_create(path, "vdi", &opts, &err), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_NO_CACHE, &err), RT_OK);
+    memset(scratch, 0xab, 4096);
+    TST_RC(rt_vd_write(vd, 4096, scratch, 4096), RT_OK);
+    TST_RC(rt_vd_read(vd, 300, scratch, 4096), RT_OK);
+    size_t wrong = 0;
+    for (size_t i = 0; i < 4096; i++)
+        wrong += scratch[i] != (i < 4096 - 300 ? 0 : 0xab);
+    CU_ASSERT_EQUAL(wrong, 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(path);
+}
+
 /* A cache of one L2 table (l2-cache-size of one cluster): every table is dropped and
  * read back again and again, tables this driver wrote among them (their entries point
  * at clusters allocated since the open, which must pass the check on the way back in),
@@ -1255,6 +1283,7 @@ int main(void)
     TST_ADD(data, test_model_qcow2);
     TST_ADD(data, test_model_qcow2_small_clusters);
     TST_ADD(data, test_model_qcow2_tiny_l2_cache);
+    TST_ADD(data, test_uncached_read_across_free_into_data);
     TST_ADD(data, test_qcow2_compressed);
     TST_ADD(data, test_qcow2_backing);
     TST_ADD(data, test_vectors);

@@ -55,6 +55,7 @@ static struct {
     atomic_int fsync_skip;     /* fsyncs to let through before failing */
     atomic_int fsync_failures; /* fsyncs still to fail with EIO */
     atomic_int header_write_failures;
+    int header_errno; /* what they fail with (0: EIO) */
     uint64_t read_fail_at;     /* reads of this host offset fail with EIO ... */
     atomic_int read_failures;  /* ... this many times */
 } fault;
@@ -117,7 +118,7 @@ static int faulty_fsync(int fd)
 static ssize_t faulty_pwrite(int fd, const void *buf, size_t len, off_t off)
 {
     if (off == 0 && atomic_fetch_sub(&fault.header_write_failures, 1) > 0) {
-        errno = EIO;
+        errno = fault.header_errno ? fault.header_errno : EIO;
         return -1;
     }
     if (off == 0)
@@ -162,6 +163,7 @@ static void faults_off(void)
     atomic_store(&fault.fsync_skip, 0);
     atomic_store(&fault.fsync_failures, 0);
     atomic_store(&fault.header_write_failures, 0);
+    fault.header_errno = 0;
     atomic_store(&fault.read_failures, 0);
     fault.fail_at = UINT64_MAX;
     fault.fail_from = UINT64_MAX;
@@ -381,6 +383,83 @@ static void test_commit_failure_poisons(void)
 {
     poisoned_after("vdi", 0, true);
     poisoned_after("qcow2", 1, false);
+}
+
+/* A VDI commit whose header and map write finds the disk full fails that flush only;
+ * the next flush must still write the entry (it once found nothing left to commit and
+ * said RT_OK over a lost entry). */
+static void test_vdi_commit_disk_full_retries(void)
+{
+    char path[600];
+    make_image(path, sizeof path, "commit-full.vdi", "vdi", 16 * MIB, MIB);
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", 0, &err), RT_OK);
+    static uint8_t buf[4096], back[4096];
+    memset(buf, 0x5a, sizeof buf);
+    TST_RC(rt_vd_write(vd, 3 * MIB, buf, sizeof buf), RT_OK);
+    faults_off();
+    fault.header_errno = ENOSPC;
+    atomic_store(&fault.header_write_failures, 1);
+    rt__posix_sys.pwrite = faulty_pwrite;
+    TST_RC(rt_vd_flush(vd), RT_ERR_DISK_FULL);
+    faults_off();
+    TST_RC(rt_vd_flush(vd), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC(rt_vd_read(vd, 3 * MIB, back, sizeof back), RT_OK);
+    CU_ASSERT(memcmp(back, buf, sizeof buf) == 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    CU_ASSERT(qemu_img_check_status(path, "vdi") <= 0);
+    unlink(path);
+}
+
+static int slow_after_first_fsync_calls;
+static int failing_then_slow_fsync(int fd)
+{
+    if (__atomic_fetch_add(&slow_after_first_fsync_calls, 1, __ATOMIC_SEQ_CST) == 0) {
+        errno = EIO;
+        return -1;
+    }
+    usleep(200 * 1000);
+    return fsync(fd);
+}
+
+/* Two flushes in flight: the first one's fsync fails, the second one's succeeds (Linux
+ * reports a writeback error once).  The second must not commit and say RT_OK. */
+static void test_concurrent_flush_after_failed_fsync(void)
+{
+    char path[600];
+    make_image(path, sizeof path, "two-flushes.vdi", "vdi", 16 * MIB, MIB);
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_queue_t q = RT_VD_QUEUE_NIL;
+    rt_vd_error_t err;
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", 0, &err), RT_OK);
+    TST_RC_FATAL(rt_vd_queue_create(&q, 8), RT_OK);
+    static uint8_t buf[4096];
+    memset(buf, 0x33, sizeof buf);
+    rt_iovec_t iov = {buf, sizeof buf};
+    struct tracked w[1] = {{0}}, f[2] = {{0}};
+    TST_RC(rt_vd_queue_write(q, vd, 3 * MIB, &iov, 1, tracked_done, &w[0]), RT_OK);
+    run_until(q, w, 1);
+    faults_off();
+    slow_after_first_fsync_calls = 0;
+    rt__posix_sys.fsync = failing_then_slow_fsync;
+    TST_RC(rt_vd_queue_flush(q, vd, tracked_done, &f[0]), RT_OK);
+    TST_RC(rt_vd_queue_flush(q, vd, tracked_done, &f[1]), RT_OK);
+    run_until(q, f, 2);
+    faults_off();
+    CU_ASSERT(f[0].status != RT_OK);
+    CU_ASSERT(f[1].status != RT_OK);
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    rt_vd_close(vd);
+    /* Nothing was committed after the failure: the file maps no block. */
+    TST_RC_FATAL(rt_vd_open(&vd, path, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    static uint8_t back[4096];
+    TST_RC(rt_vd_read(vd, 3 * MIB, back, sizeof back), RT_OK);
+    CU_ASSERT(all_bytes(back, sizeof back, 0));
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(path);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -1016,6 +1095,8 @@ int main(void)
     TST_ADD(suite, test_enospc_dependents);
     TST_ADD(suite, test_fsync_failure_poisons);
     TST_ADD(suite, test_commit_failure_poisons);
+    TST_ADD(suite, test_vdi_commit_disk_full_retries);
+    TST_ADD(suite, test_concurrent_flush_after_failed_fsync);
     TST_ADD(suite, test_vdi_failed_allocation_leaves_no_hole);
     TST_ADD(suite, test_vdi_flush_defers_later_allocations);
     CU_pSuite loads = tst_suite("metadata loads on the queue");

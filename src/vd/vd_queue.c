@@ -658,6 +658,13 @@ static bool next_stage(struct vd_io *io)
         }
         return true;
     case STAGE_FLUSH1:
+        if (vd->poisoned != RT_OK) {
+            /* Another flush's fsync failed meanwhile: this one's succeeding proves
+             * nothing (Linux reports a writeback error once), so nothing is committed. */
+            io->status = vd->poisoned;
+            finish(io);
+            return true;
+        }
         if (vd->driver->caps & VD_CAP_ALLOC) {
             int rc = vd->driver->commit(vd, io->flush_seq);
             if (rc < 0) {
@@ -691,6 +698,10 @@ static bool next_stage(struct vd_io *io)
         finish(io);
         return true;
     case STAGE_FLUSH2:
+        if (vd->poisoned != RT_OK && io->status == RT_OK)
+            io->status = vd->poisoned;
+        finish(io);
+        return true;
     case STAGE_DONE:
         finish(io);
         return true;
@@ -1277,7 +1288,11 @@ static int step(struct vd_io *io, struct vd_op *op)
         return 1;
     }
     if (!writing) {
-        uint64_t len = min_u64(min_u64(map.length, io->cursor_end - pos), MAX_OP_BYTES);
+        /* The answer counts from at (the start of pos's sector when bouncing). */
+        if (map.length <= pos - at)
+            return RT_ERR_VD_CORRUPT;
+        uint64_t len =
+            min_u64(min_u64(map.length - (pos - at), io->cursor_end - pos), MAX_OP_BYTES);
         if ((rc = read_inline(io, &map, pos, len, op)) != RT_OK)
             return rc;
         io->cursor = pos + len;

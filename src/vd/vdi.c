@@ -667,8 +667,19 @@ static int vdi_commit(rt_vd_t vd, uint64_t upto)
         return 0;
     uint32_t count = count_after(v, upto, barrier);
     uint32_t *changed = malloc((committable + v->holes_len) * sizeof(*changed));
-    if (changed == NULL)
+    /* What to put back if the write fails (a full disk: the next flush tries again,
+     * and must find every entry still to write). */
+    uint32_t *was_on_disk = malloc((committable + v->holes_len) * sizeof(*was_on_disk));
+    uint32_t *plugged_holes = malloc((v->holes_len ? v->holes_len : 1) * sizeof(*plugged_holes));
+    struct pending *taken = malloc(committable * sizeof(*taken));
+    if (changed == NULL || was_on_disk == NULL || plugged_holes == NULL || taken == NULL) {
+        free(changed);
+        free(was_on_disk);
+        free(plugged_holes);
+        free(taken);
         return RT_ERR_NO_MEMORY;
+    }
+    size_t ntaken = 0;
     size_t n = 0;
     uint32_t last = 0;
 
@@ -684,6 +695,8 @@ static int vdi_commit(rt_vd_t vd, uint64_t upto)
         }
         if ((rc = zero_data_block(vd, v, hole)) != RT_OK)
             break;
+        was_on_disk[n] = v->bmap_disk[block];
+        plugged_holes[plugged] = hole;
         v->bmap[block] = v->bmap_disk[block] = hole;
         changed[n++] = block;
         last = block > last ? block : last;
@@ -698,14 +711,32 @@ static int vdi_commit(rt_vd_t vd, uint64_t upto)
             i++;
             continue;
         }
+        was_on_disk[n] = v->bmap_disk[p->block];
         v->bmap_disk[p->block] = v->bmap[p->block];
         changed[n++] = p->block;
         last = p->block > last ? p->block : last;
+        taken[ntaken++] = *p;
         *p = v->pending[--v->pending_len];
     }
     if (rc == RT_OK)
         rc = write_count_and_entries(vd, v, count, changed, n, last);
+    if (rc != RT_OK) {
+        /* Nothing of it counts as written: the on-disk view goes back, plugged holes
+         * are holes again (their guest blocks read as zeros either way), and the
+         * allocations are pending again (the array had room for them). */
+        for (size_t i = 0; i < n; i++)
+            v->bmap_disk[changed[i]] = was_on_disk[i];
+        for (size_t i = 0; i < plugged; i++) {
+            v->bmap[changed[i]] = was_on_disk[i];
+            v->holes[v->holes_len++] = plugged_holes[i];
+        }
+        for (size_t i = 0; i < ntaken; i++)
+            v->pending[v->pending_len++] = taken[i];
+    }
     free(changed);
+    free(was_on_disk);
+    free(plugged_holes);
+    free(taken);
     return rc == RT_OK ? 1 : rc;
 }
 
