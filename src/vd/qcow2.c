@@ -575,6 +575,10 @@ static int qcow2_load_done(rt_vd_t vd, const struct vd_load *load, const void *d
     if (l1_index >= s->l1_size || s->l2[l1_index] != NULL ||
         (s->l1[l1_index] & QCOW2_OFFSET_MASK) != load->host_off)
         return RT_OK;
+    /* A table written meanwhile (a commit, then evicted clean) may have been read as it
+     * was before: its waiters map again and read it afresh. */
+    if (load->gen != s->l2_writes)
+        return RT_OK;
     int rc;
     l2_install(s, l1_index, data, &rc);
     return rc;
@@ -630,6 +634,7 @@ static int qcow2_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map,
         load->host_off = table;
         load->len = s->cluster_size;
         load->key = l1_index;
+        load->gen = s->l2_writes;
         return VD_MAP_NEEDS_LOAD;
     }
     struct qcow2_l2 *t = rt__qcow2_l2_get(vd, l1_index, &rc);

@@ -139,6 +139,7 @@ struct qcow2 {
     struct qcow2_l2 **l2; /* by L1 index; NULL until loaded (or after eviction) */
     uint64_t l2_cache_bytes; /* the l2-cache-size open option */
     uint32_t l2_loaded;
+    uint64_t l2_writes; /* L2 tables written so far: a load from before one is stale */
     uint32_t evict_hand;
 
     uint32_t refcount_order, refcount_bits;

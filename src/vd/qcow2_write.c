@@ -265,6 +265,7 @@ static int write_l2_tables(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
         /* Allocations whose data is not yet durable keep their old entry in the file. */
         for (size_t k = next_held; k < nheld && held[k]->l1_index == i; k++)
             vd_put_be64(raw + 8u * held[k]->l2_index, held[k]->old_entry);
+        s->l2_writes++; /* a load asked before this may read either version */
         rc = rt__vd_meta_write(vd, t->host_off, raw, s->cluster_size);
         if (rc == RT_OK) {
             t->dirty = false;

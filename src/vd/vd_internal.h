@@ -62,6 +62,7 @@ struct vd_load {
     uint32_t len;
     uint64_t host_off;
     uint64_t key; /* the driver's name for what it loads (QCOW2: the L1 index) */
+    uint64_t gen; /* the driver's: which state of the file the read was asked in */
 };
 
 /* map()'s answer when it filled *load instead (only when the caller gave one). */

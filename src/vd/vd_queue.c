@@ -1163,7 +1163,8 @@ static int load_start(struct vd_io *io, struct vd_op *op, const struct vd_load *
     struct rt_vd_queue *q = io->queue;
     for (struct vd_load_wait *w = vd->loads; w != NULL; w = w->next)
         if (w->load.key == load->key && w->load.file == load->file &&
-            w->load.host_off == load->host_off && w->load.len == load->len) {
+            w->load.host_off == load->host_off && w->load.len == load->len &&
+            w->load.gen == load->gen) {
             park(w, io);
             return STEP_PARKED;
         }
