@@ -103,7 +103,10 @@ static int parse_extensions(struct qcow2 *s, uint32_t start, uint32_t end, rt_vd
             break;
         case QCOW2_EXT_CRYPTO:
         case QCOW2_EXT_DATA_FILE:
-            break; /* the features they belong to are refused by name */
+            /* The features they belong to are refused by name; here without them, they
+             * may still name clusters this driver does not count: no repair. */
+            s->unknown_extensions++;
+            break;
         default:
             /* Skipped, as the specification says; but a structure we cannot see may own
              * clusters, so a repair would not be safe. */
@@ -130,13 +133,15 @@ static int check_features(struct qcow2 *s, rt_vd_error_t *err)
         return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
                            "QCOW2 incompatible feature bit %u (%s) is not supported", bit, name);
     }
-    if (s->incompatible & QCOW2_INCOMPAT_COMPRESSION) {
-        uint8_t type = s->header_bytes > QH_COMPRESSION_TYPE ? s->header[QH_COMPRESSION_TYPE] : 0;
-        if (type != 0)
-            return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
-                               "QCOW2 compression type %u (%s) is not supported; zlib is", type,
-                               type == 1 ? "zstd" : "unknown");
-    }
+    uint8_t type = s->header_bytes > QH_COMPRESSION_TYPE ? s->header[QH_COMPRESSION_TYPE] : 0;
+    if ((s->incompatible & QCOW2_INCOMPAT_COMPRESSION) && type != 0)
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "QCOW2 compression type %u (%s) is not supported; zlib is", type,
+                           type == 1 ? "zstd" : "unknown");
+    if (type != 0)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "QCOW2 compression type %u without its incompatible feature bit",
+                           type); /* QEMU refuses it too */
     return RT_OK;
 }
 
