@@ -1149,6 +1149,20 @@ static int job_start(struct vd_io *io, const struct vd_map *map, uint64_t at, ui
 /* ---------------------------------------------------------------------------------- */
 /* Metadata loads. */
 
+/* A load's buffer: a chunk from the pool when it fits, else its own (2 MiB tables). */
+static uint8_t *load_buf_get(struct rt_vd_queue *q, size_t len)
+{
+    return len <= CHUNK ? chunk_get(q) : rt_mem_page_alloc(len);
+}
+
+static void load_buf_put(struct rt_vd_queue *q, uint8_t *buf, size_t len)
+{
+    if (buf != NULL && len <= CHUNK)
+        chunk_put(q, buf);
+    else if (buf != NULL)
+        rt_mem_page_free(buf, len);
+}
+
 static void park(struct vd_load_wait *w, struct vd_io *io)
 {
     io->parked = true;
@@ -1182,13 +1196,9 @@ static int load_start(struct vd_io *io, struct vd_op *op, const struct vd_load *
     w->load = *load;
     w->skip = load->host_off - lo;
     w->buf_len = (size_t)(hi - lo);
-    /* Up to a chunk from the pool; a larger table (2 MiB QCOW2 clusters) its own. */
-    w->buf = w->buf_len <= CHUNK ? chunk_get(q) : rt_mem_page_alloc(w->buf_len);
+    w->buf = load_buf_get(q, w->buf_len);
     if (w->buf == NULL || op_reserve_iov(op, 1) != RT_OK) {
-        if (w->buf != NULL && w->buf_len <= CHUNK)
-            chunk_put(q, w->buf);
-        else if (w->buf != NULL)
-            rt_mem_page_free(w->buf, w->buf_len);
+        load_buf_put(q, w->buf, w->buf_len);
         w->next = q->free_loads;
         q->free_loads = w;
         return RT_ERR_NO_MEMORY;
@@ -1231,10 +1241,7 @@ static void load_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
             ready_push(q, io);
         io = next;
     }
-    if (w->buf_len <= CHUNK)
-        chunk_put(q, w->buf);
-    else
-        rt_mem_page_free(w->buf, w->buf_len);
+    load_buf_put(q, w->buf, w->buf_len);
     w->next = q->free_loads;
     q->free_loads = w;
     op->load = NULL;
