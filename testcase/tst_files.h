@@ -1,6 +1,6 @@
 /*
  * File surgery for the malformed-image tests: read a file whole, copy it, patch bytes
- * in place, cut it, and look for a word in an error message.  Header-only, like
+ * in place (big-endian fields too), cut it, and look for a word in an error message.  Header-only, like
  * tst_common.h; any failure of the test's own file handling ends the program.
  */
 #ifndef TST_FILES_H
@@ -60,6 +60,43 @@ static inline void resize(const char *path, uint64_t size)
 {
     if (truncate(path, (off_t)size) != 0)
         die("cannot truncate", path);
+}
+
+/* Big-endian fields, in memory and in a file. */
+static inline uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static inline uint64_t get_be64(const uint8_t *p)
+{
+    return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
+}
+
+static inline void put_be(uint8_t *p, uint64_t v, unsigned bytes)
+{
+    for (unsigned i = 0; i < bytes; i++)
+        p[i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
+}
+
+static inline void patch_be(const char *path, uint64_t off, uint64_t value, unsigned bytes)
+{
+    uint8_t be[8];
+    put_be(be, value, bytes);
+    patch(path, off, be, bytes);
+}
+
+static inline uint64_t read_be(const char *path, uint64_t off, unsigned bytes)
+{
+    uint8_t be[8];
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || pread(fd, be, bytes, (off_t)off) != (ssize_t)bytes)
+        die("cannot read", path);
+    close(fd);
+    uint64_t v = 0;
+    for (unsigned i = 0; i < bytes; i++)
+        v = v << 8 | be[i];
+    return v;
 }
 
 /* Does @a text contain @a word, ignoring case? */

@@ -77,46 +77,6 @@ enum {
 #define MIB (1024u * 1024u)
 
 /* ---------------------------------------------------------------------------------- */
-/* Files. */
-
-static uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
-}
-
-static void put_be(uint8_t *p, uint64_t v, unsigned bytes)
-{
-    for (unsigned i = 0; i < bytes; i++)
-        p[i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
-}
-
-static void patch_be(const char *path, uint64_t off, uint64_t value, unsigned bytes)
-{
-    uint8_t be[8];
-    put_be(be, value, bytes);
-    patch(path, off, be, bytes);
-}
-
-static uint64_t read_be(const char *path, uint64_t off, unsigned bytes)
-{
-    uint8_t be[8];
-    int fd = open(path, O_RDONLY);
-    if (fd < 0 || pread(fd, be, bytes, (off_t)off) != (ssize_t)bytes)
-        die("cannot read", path);
-    close(fd);
-    uint64_t v = 0;
-    for (unsigned i = 0; i < bytes; i++)
-        v = v << 8 | be[i];
-    return v;
-}
-
-
-/* ---------------------------------------------------------------------------------- */
 /* The valid images. */
 
 enum image { V3_64K, V2_64K, V3_512, V3_4K_Z, V3_BACKING, QEMU_SNAP, QEMU_SNAP_LAST, IMAGES };
@@ -915,6 +875,9 @@ static void test_features(void)
             AT8(ABS, H_COMPRESSION_TYPE, 1)),
         BAD("compression type 7", V3_64K, UNSUPPORTED, "compression type",
             H64(H_INCOMPATIBLE, 1ull << 3), AT8(ABS, H_COMPRESSION_TYPE, 7)),
+        /* A type with no feature bit to announce it: QEMU refuses the image too. */
+        BAD("compression type without bit", V3_64K, CORRUPT, "feature bit",
+            AT8(ABS, H_COMPRESSION_TYPE, 1)),
         RO_ONLY("corrupt bit", V3_64K, CORRUPT, "corrupt", H64(H_INCOMPATIBLE, 1ull << 1)),
         RO_ONLY("dirty bit", V3_64K, UNSUPPORTED, "dirty", H64(H_INCOMPATIBLE, 1ull << 0)),
         RO_ONLY("dirty bit 512", V3_512, UNSUPPORTED, "dirty", H64(H_INCOMPATIBLE, 1ull << 0)),
@@ -1218,6 +1181,31 @@ static void test_compressed_garbage(void)
     free(buf);
 }
 
+/* COPIED on a compressed entry: reads are unaffected (a compressed cluster is never
+ * written in place), but both checkers call it a corruption. */
+static void test_compressed_copied(void)
+{
+    const struct base *b = &bases[V3_4K_Z];
+    char path[512];
+    tst_path(path, sizeof path, "compressed-copied.qcow2");
+    copy_file(b->path, path);
+    uint64_t entry = read_be(path, b->l2_first, 8);
+    CU_ASSERT_FATAL((entry & COMPRESSED) != 0);
+    patch_be(path, b->l2_first, entry | COPIED, 8);
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    rt_vd_check_result_t res;
+    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    CU_ASSERT(reads_as_expected(vd, b));
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    CU_ASSERT_EQUAL(res.corruptions, 1);
+    CU_ASSERT(mentions(res.first_problem, "compressed") && mentions(res.first_problem, "COPIED"));
+    TST_RC(rt_vd_close(vd), RT_OK);
+    int q = qemu_img_check_status(path, "qcow2");
+    CU_ASSERT(q < 0 || q == 2);
+    unlink(path);
+}
+
 static void test_compressed_reads(void)
 {
     /* The valid compressed image reads in odd pieces too (each one inflates). */
@@ -1474,17 +1462,21 @@ static void test_repair_refused(void)
     const struct base *b = &bases[V3_64K];
     char path[512];
     tst_path(path, sizeof path, "repair-refused.qcow2");
-    for (int variant = 0; variant < 3; variant++) {
+    /* The extension types: unknown; full disk encryption's and the external data
+     * file's, known but meaningless without their features (so not understood). */
+    const uint32_t extensions[] = {0x12345678, 0x0537be77, 0x44415441};
+    const int variants = 5;
+    for (int variant = 0; variant < variants; variant++) {
         copy_file(b->path, path);
         /* A leak: one more cluster at the end of the file, counted, referenced by none. */
         uint64_t leaked = b->eof_cluster / b->cluster;
         resize(path, b->eof_cluster + b->cluster);
         patch_be(path, b->rb_first + 2 * leaked, 1, 2);
         const char *why = NULL;
-        if (variant == 0) {
-            patch_be(path, b->feature_table, 0x12345678, 4); /* an unknown extension */
+        if (variant < 3) {
+            patch_be(path, b->feature_table, extensions[variant], 4);
             why = "extension";
-        } else if (variant == 1) {
+        } else if (variant == 3) {
             patch_be(path, b->rb_first + 2 * (b->data_first / b->cluster), 0, 2);
             why = "corruption";
         }
@@ -1504,7 +1496,7 @@ static void test_repair_refused(void)
             CU_ASSERT_EQUAL(res.leaks_fixed, 1);
             CU_ASSERT_EQUAL(res.repair_refused[0], '\0');
         }
-        CU_ASSERT(variant == 1 ? res.corruptions > 0 : res.corruptions == 0);
+        CU_ASSERT(variant == 3 ? res.corruptions > 0 : res.corruptions == 0);
         TST_RC(rt_vd_close(vd), RT_OK);
         uint8_t *after = slurp(path, &after_size);
         bool same = after_size == before_size && memcmp(before, after, (size_t)before_size) == 0;
@@ -1588,6 +1580,7 @@ int main(void)
 
     TST_ADD(in_use, test_l2_entries);
     TST_ADD(in_use, test_compressed_garbage);
+    TST_ADD(in_use, test_compressed_copied);
     TST_ADD(in_use, test_check_finds);
     TST_ADD(in_use, test_repair_refused);
     TST_ADD(in_use, test_allocator_skips_counted_clusters);
