@@ -726,24 +726,46 @@ static int qcow2_read_compressed(rt_vd_t vd, const struct vd_map *map, uint64_t 
     return RT_OK;
 }
 
+/* How many of the first @a entries of @a t hold data (plain or compressed). */
+static uint64_t allocated_in(const struct qcow2_l2 *t, uint64_t entries)
+{
+    uint64_t n = 0;
+    for (uint64_t j = 0; j < entries; j++) {
+        uint64_t e = t->entries[j];
+        if ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO)))
+            n++;
+    }
+    return n;
+}
+
 static void qcow2_info(rt_vd_t vd, rt_vd_info_t *info)
 {
     struct qcow2 *s = qcow2_of(vd);
+    uint64_t blocks = (s->size + s->cluster_size - 1) >> s->cluster_bits;
     info->block_size = s->cluster_size;
-    info->blocks_total = (s->size + s->cluster_size - 1) >> s->cluster_bits;
-    for (uint32_t i = 0; i < s->l1_size; i++) {
+    info->blocks_total = blocks;
+    snprintf(info->variant, sizeof(info->variant), "%s", s->version == 2 ? "v2" : "v3");
+    /* Only the L1 entries the virtual size needs are the disk's, and each table is read
+     * once however many of them name it: the work is bounded by the disk, not by what
+     * a hostile L1 table repeats. */
+    uint64_t needed = (blocks + s->l2_entries - 1) >> s->l2_bits;
+    uint32_t count;
+    struct qcow2_l1_ref *refs =
+        rt__qcow2_l1_by_table(s->l1, needed < s->l1_size ? (uint32_t)needed : s->l1_size, &count);
+    if (refs == NULL)
+        return; /* out of memory: nothing counted */
+    for (uint32_t a = 0, b; a < count; a = b) {
         int rc;
-        struct qcow2_l2 *t = rt__qcow2_l2_get(vd, i, &rc);
-        for (uint32_t j = 0; t != NULL && j < s->l2_entries; j++) {
-            uint64_t e = t->entries[j];
-            /* Entries past the virtual size (a table's tail) are not the disk's. */
-            if (((uint64_t)i << s->l2_bits) + j >= info->blocks_total)
-                break;
-            if ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO)))
-                info->blocks_allocated++;
+        const struct qcow2_l2 *t = rt__qcow2_l2_get(vd, refs[a].index, &rc);
+        uint64_t whole = t != NULL ? allocated_in(t, s->l2_entries) : 0;
+        for (b = a; b < count && refs[b].table == refs[a].table; b++) {
+            uint64_t in_disk = blocks - ((uint64_t)refs[b].index << s->l2_bits);
+            if (t != NULL)
+                info->blocks_allocated +=
+                    in_disk >= s->l2_entries ? whole : allocated_in(t, in_disk);
         }
     }
-    snprintf(info->variant, sizeof(info->variant), "%s", s->version == 2 ? "v2" : "v3");
+    free(refs);
 }
 
 const struct vd_driver rt__vd_qcow2_driver = {

@@ -269,6 +269,17 @@ int rt__qcow2_walk_snapshots(rt_vd_t vd, struct qcow2 *s, uint64_t file_size,
  * (aligned, inside the file, reserved bits clear, tables disjoint) before use. */
 int rt__qcow2_walk_bitmaps(rt_vd_t vd, struct qcow2 *s, uint64_t file_size,
                            rt__qcow2_range_fn *fn, void *ctx, rt_vd_error_t *err);
+/* One L1 entry that names an L2 table. */
+struct qcow2_l1_ref {
+    uint64_t table; /* the table's offset */
+    uint32_t index; /* the L1 entry's */
+};
+/* The entries of @a l1 that name a table, ordered by the table's offset, then index:
+ * a walk over them reads each table once however many entries name it (a hostile image
+ * can point a whole L1 table at one L2 table).  *@a count receives how many; NULL when
+ * out of memory.  The caller frees the array. */
+struct qcow2_l1_ref *rt__qcow2_l1_by_table(const uint64_t *l1, uint32_t entries,
+                                           uint32_t *count);
 /* Builds the index at open; refuses overlapping structures and tables outside the file.
  * Reads the snapshot and bitmap tables, each at most once. */
 int rt__qcow2_index_metadata(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_error_t *err);
@@ -280,7 +291,11 @@ int rt__qcow2_note_metadata(struct qcow2 *s, uint64_t host, uint64_t count);
 /* Sets entry @a index of a refcount block of width 2^@a order bits. */
 void rt__qcow2_entry_set(uint8_t *block, uint32_t order, uint64_t index, uint64_t value);
 int rt__qcow2_refcount_get(rt_vd_t vd, uint64_t cluster, uint64_t *refcount);
+/* Adds @a delta to the count of @a cluster: RT_ERR_OUT_OF_RANGE past the width's
+ * maximum, RT_ERR_VD_CORRUPT below zero (nothing changed either way). */
 int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta);
+/* Lowers the count of @a cluster by @a amount (any 64-bit count); as above. */
+int rt__qcow2_refcount_drop(rt_vd_t vd, uint64_t cluster, uint64_t amount);
 /* Hands out @a count contiguous free clusters (refcount 1 each); returns the offset.
  * A free cluster is one at or past next_free, outside the metadata index, with a
  * refcount of 0.  @a metadata adds them to the index. */

@@ -44,7 +44,14 @@ static void problem(struct census *c, const char *fmt, ...)
     }
 }
 
-static void count_range(struct census *c, uint64_t off, uint64_t bytes, const char *what)
+/* Each reference counts @a times (the number of L1 entries naming the table it is in).
+ * Counts stop at CENSUS_MAX: a cluster that reaches it has more references than any
+ * refcount QEMU writes, and is reported as a corruption (which also keeps repair from
+ * trusting a count it could not finish). */
+#define CENSUS_MAX UINT32_MAX
+
+static void count_range(struct census *c, uint64_t off, uint64_t bytes, const char *what,
+                        uint64_t times)
 {
     if (bytes == 0)
         return;
@@ -58,17 +65,24 @@ static void count_range(struct census *c, uint64_t off, uint64_t bytes, const ch
                          (unsigned long long)off);
             return;
         }
-        c->refs[k]++;
+        if (times < CENSUS_MAX - c->refs[k]) {
+            c->refs[k] += (uint32_t)times;
+        } else if (c->refs[k] != CENSUS_MAX) {
+            c->refs[k] = CENSUS_MAX;
+            problem(c, "cluster %llu has %u or more references, more than any refcount "
+                       "this check counts",
+                    (unsigned long long)k, CENSUS_MAX);
+        }
     }
 }
 
-static void count_entry(struct census *c, uint64_t entry)
+static void count_entry(struct census *c, uint64_t entry, uint64_t times)
 {
     struct qcow2 *s = c->s;
     if (entry & QCOW2_COMPRESSED) {
         uint64_t host, bytes;
         rt__qcow2_compressed_span(s, entry, &host, &bytes);
-        count_range(c, host, bytes, "compressed cluster");
+        count_range(c, host, bytes, "compressed cluster", times);
         return;
     }
     uint64_t host = entry & QCOW2_OFFSET_MASK;
@@ -79,57 +93,95 @@ static void count_entry(struct census *c, uint64_t entry)
                 (unsigned long long)entry, (unsigned long long)host);
         return;
     }
-    count_range(c, host, s->cluster_size, "data cluster");
+    count_range(c, host, s->cluster_size, "data cluster", times);
+}
+
+/* The entries of one L2 table at @a l2 (@a raw), named by @a times L1 entries. */
+static void count_l2(struct census *c, uint64_t l2, const uint8_t *raw, uint64_t times)
+{
+    struct qcow2 *s = c->s;
+    for (uint32_t j = 0; j < s->l2_entries; j++) {
+        uint64_t e = vd_be64(raw + 8u * j);
+        uint64_t reserved = ~(QCOW2_OFFSET_MASK | QCOW2_COPIED | QCOW2_ZERO);
+        if (!(e & QCOW2_COMPRESSED) && (e & reserved))
+            problem(c, "L2 table at 0x%llx: entry %u (0x%016llx) has reserved bits set",
+                    (unsigned long long)l2, j, (unsigned long long)e);
+        /* A compressed cluster may be shared by neighbours packed into it; it is never
+         * its entry's alone. */
+        if ((e & QCOW2_COMPRESSED) && (e & QCOW2_COPIED))
+            problem(c, "L2 table at 0x%llx: entry %u (0x%016llx) is compressed with the "
+                       "COPIED flag set",
+                    (unsigned long long)l2, j, (unsigned long long)e);
+        count_entry(c, e, times);
+    }
+}
+
+/* How many of the first @a entries of the table in @a raw hold data. */
+static uint64_t allocated_in(const uint8_t *raw, uint64_t entries)
+{
+    uint64_t n = 0;
+    for (uint64_t j = 0; j < entries; j++) {
+        uint64_t e = vd_be64(raw + 8u * j);
+        if ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO)))
+            n++;
+    }
+    return n;
 }
 
 /* Counts an L1 table and everything under it; @a active also counts allocations.
- * @a snapshot names the table's owner in messages (UINT32_MAX: the active one). */
+ * @a snapshot names the table's owner in messages (UINT32_MAX: the active one).  Each
+ * L2 table is read once however many entries name it; its references count as many
+ * times. */
 static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool active,
                     uint32_t snapshot)
 {
     struct qcow2 *s = c->s;
+    for (uint32_t i = 0; i < l1_size; i++) {
+        if (!(l1[i] & QCOW2_L1_RESERVED))
+            continue;
+        if (active)
+            problem(c, "L1 entry %u (0x%016llx) has reserved bits set", i,
+                    (unsigned long long)l1[i]);
+        else
+            problem(c, "snapshot %u: L1 entry %u (0x%016llx) has reserved bits set", snapshot,
+                    i, (unsigned long long)l1[i]);
+    }
+    uint32_t count;
+    struct qcow2_l1_ref *refs = rt__qcow2_l1_by_table(l1, l1_size, &count);
     uint8_t *raw = malloc(s->cluster_size);
-    if (raw == NULL)
-        return RT_ERR_NO_MEMORY;
-    int rc = RT_OK;
-    for (uint32_t i = 0; rc == RT_OK && i < l1_size; i++) {
-        if (l1[i] & QCOW2_L1_RESERVED) {
-            if (active)
-                problem(c, "L1 entry %u (0x%016llx) has reserved bits set", i,
-                        (unsigned long long)l1[i]);
-            else
-                problem(c, "snapshot %u: L1 entry %u (0x%016llx) has reserved bits set",
-                        snapshot, i, (unsigned long long)l1[i]);
-        }
-        uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
-        if (l2 == 0)
-            continue;
+    int rc = refs != NULL && raw != NULL ? RT_OK : RT_ERR_NO_MEMORY;
+    for (uint32_t a = 0, b = 0; rc == RT_OK && a < count; a = b) {
+        uint64_t l2 = refs[a].table;
+        while (b < count && refs[b].table == l2)
+            b++;
         if (l2 % s->cluster_size != 0 || (l2 >> s->cluster_bits) >= c->clusters) {
-            problem(c, "L1 entry %llu points at bad L2 offset 0x%llx", (unsigned long long)i,
-                    (unsigned long long)l2);
+            for (uint32_t k = a; k < b; k++)
+                problem(c, "L1 entry %llu points at bad L2 offset 0x%llx",
+                        (unsigned long long)refs[k].index, (unsigned long long)l2);
             continue;
         }
-        count_range(c, l2, s->cluster_size, "L2 table");
-        if (active && s->l2[i] != NULL) {
+        count_range(c, l2, s->cluster_size, "L2 table", b - a);
+        const struct qcow2_l2 *cached = active ? s->l2[refs[a].index] : NULL;
+        if (cached != NULL) {
             for (uint32_t j = 0; j < s->l2_entries; j++)
-                vd_put_be64(raw + 8u * j, s->l2[i]->entries[j]);
+                vd_put_be64(raw + 8u * j, cached->entries[j]);
         } else if ((rc = rt__vd_meta_read(c->vd, l2, raw, s->cluster_size)) != RT_OK) {
             break;
         }
-        for (uint32_t j = 0; j < s->l2_entries; j++) {
-            uint64_t e = vd_be64(raw + 8u * j);
-            uint64_t reserved = ~(QCOW2_OFFSET_MASK | QCOW2_COPIED | QCOW2_ZERO);
-            if (!(e & QCOW2_COMPRESSED) && (e & reserved))
-                problem(c, "L2 table at 0x%llx: entry %u (0x%016llx) has reserved bits set",
-                        (unsigned long long)l2, j, (unsigned long long)e);
-            count_entry(c, e);
-            bool in_disk = ((uint64_t)i << s->l2_bits) + j < c->res->blocks_total;
-            if (active && in_disk &&
-                ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO))))
-                c->res->blocks_allocated++;
+        count_l2(c, l2, raw, b - a);
+        if (!active)
+            continue;
+        uint64_t whole = allocated_in(raw, s->l2_entries);
+        for (uint32_t k = a; k < b; k++) {
+            uint64_t first = (uint64_t)refs[k].index << s->l2_bits;
+            if (first >= c->res->blocks_total)
+                continue; /* past the virtual size: not the disk's */
+            uint64_t in_disk = c->res->blocks_total - first;
+            c->res->blocks_allocated += in_disk >= s->l2_entries ? whole : allocated_in(raw, in_disk);
         }
     }
     free(raw);
+    free(refs);
     return rc;
 }
 
@@ -137,7 +189,7 @@ static int count_snapshot(void *ctx, uint32_t snapshot, uint64_t l1_offset, cons
                           uint32_t entries)
 {
     struct census *c = ctx;
-    count_range(c, l1_offset, (uint64_t)entries * 8u, "snapshot L1 table");
+    count_range(c, l1_offset, (uint64_t)entries * 8u, "snapshot L1 table", 1);
     return count_l1(c, l1, entries, false, snapshot);
 }
 
@@ -155,13 +207,13 @@ static int count_snapshots(struct census *c, uint64_t file_size)
         return RT_OK;
     }
     if (rc == RT_OK && s->nb_snapshots > 0)
-        count_range(c, s->snapshots_offset, table_end - s->snapshots_offset, "snapshot table");
+        count_range(c, s->snapshots_offset, table_end - s->snapshots_offset, "snapshot table", 1);
     return rc;
 }
 
 static int count_bitmap_range(void *ctx, uint64_t off, uint64_t bytes, const char *what)
 {
-    count_range(ctx, off, bytes, what);
+    count_range(ctx, off, bytes, what, 1);
     return RT_OK;
 }
 
@@ -178,44 +230,54 @@ static int count_bitmaps(struct census *c, uint64_t file_size)
 
 /* COPIED must be set exactly where the refcount is 1 (active tables only).  With
  * @a fix (after a leak repair, which can bring a count down to 1) a missing COPIED on an
- * entry whose only reference it is gets set; *@a fixed counts them. */
+ * entry whose only reference it is gets set; *@a fixed counts them.  Each L2 table is
+ * walked once, however many L1 entries name it. */
 static int walk_copied(struct census *c, bool fix, uint64_t *fixed)
 {
     struct qcow2 *s = c->s;
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        uint64_t l2 = s->l1[i] & QCOW2_OFFSET_MASK;
-        if (l2 == 0 || (l2 >> s->cluster_bits) >= c->clusters)
+    uint32_t count;
+    struct qcow2_l1_ref *refs = rt__qcow2_l1_by_table(s->l1, s->l1_size, &count);
+    if (refs == NULL)
+        return RT_ERR_NO_MEMORY;
+    int rc = RT_OK;
+    for (uint32_t a = 0, b = 0; rc == RT_OK && a < count; a = b) {
+        uint64_t l2 = refs[a].table;
+        while (b < count && refs[b].table == l2)
+            b++;
+        if ((l2 >> s->cluster_bits) >= c->clusters)
             continue;
         uint64_t refcount;
-        int rc = rt__qcow2_refcount_get(c->vd, l2 >> s->cluster_bits, &refcount);
-        if (rc != RT_OK)
-            return rc;
-        if (fix && refcount == 1 && !(s->l1[i] & QCOW2_COPIED)) {
-            s->l1[i] |= QCOW2_COPIED;
-            s->l1_dirty = true;
-            (*fixed)++;
-        } else if (!fix && (refcount == 1) != !!(s->l1[i] & QCOW2_COPIED)) {
-            problem(c, "L1 entry %llu: COPIED flag disagrees with refcount %llu",
-                    (unsigned long long)i, (unsigned long long)refcount);
+        if ((rc = rt__qcow2_refcount_get(c->vd, l2 >> s->cluster_bits, &refcount)) != RT_OK)
+            break;
+        for (uint32_t k = a; k < b; k++) {
+            uint32_t i = refs[k].index;
+            if (fix && refcount == 1 && !(s->l1[i] & QCOW2_COPIED)) {
+                s->l1[i] |= QCOW2_COPIED;
+                s->l1_dirty = true;
+                (*fixed)++;
+            } else if (!fix && (refcount == 1) != !!(s->l1[i] & QCOW2_COPIED)) {
+                problem(c, "L1 entry %llu: COPIED flag disagrees with refcount %llu",
+                        (unsigned long long)i, (unsigned long long)refcount);
+            }
         }
-        struct qcow2_l2 *t = rt__qcow2_l2_get(c->vd, i, &rc);
+        struct qcow2_l2 *t = rt__qcow2_l2_get(c->vd, refs[a].index, &rc);
         if (rc == RT_ERR_VD_CORRUPT) {
             /* Refused on load (an entry out of bounds or into metadata): counted as
              * such, and the references it holds were counted from the file already. */
             if (!fix)
                 problem(c, "L2 table of L1 entry %llu has an entry past the end of the file, "
                            "into metadata, or with reserved bits set",
-                        (unsigned long long)i);
+                        (unsigned long long)refs[a].index);
             rc = RT_OK;
             continue;
         }
-        for (uint32_t j = 0; t != NULL && j < s->l2_entries; j++) {
+        for (uint32_t j = 0; rc == RT_OK && t != NULL && j < s->l2_entries; j++) {
             uint64_t e = t->entries[j];
             uint64_t host = e & QCOW2_OFFSET_MASK;
             if ((e & QCOW2_COMPRESSED) || host == 0 || (host >> s->cluster_bits) >= c->clusters)
                 continue;
             if ((rc = rt__qcow2_refcount_get(c->vd, host >> s->cluster_bits, &refcount)) != RT_OK)
-                return rc;
+                break;
             if (fix && refcount == 1 && !(e & QCOW2_COPIED)) {
                 t->entries[j] = e | QCOW2_COPIED;
                 t->dirty = true;
@@ -225,10 +287,9 @@ static int walk_copied(struct census *c, bool fix, uint64_t *fixed)
                         (unsigned long long)host, (unsigned long long)refcount);
             }
         }
-        if (rc != RT_OK)
-            return rc;
     }
-    return RT_OK;
+    free(refs);
+    return rc;
 }
 
 /* Stored against found, over every cluster either side knows of: the file's, and those
@@ -254,11 +315,13 @@ static int compare(struct census *c, bool repair)
         if ((rc = rt__qcow2_refcount_get(c->vd, k, &stored)) != RT_OK)
             break;
         uint64_t found = k < c->clusters ? c->refs[k] : 0;
+        if (found == CENSUS_MAX)
+            continue; /* uncountable, reported as a corruption */
         if (stored < found && !repair) {
             problem(c, "cluster %llu has refcount %llu but %llu references",
                     (unsigned long long)k, (unsigned long long)stored, (unsigned long long)found);
         } else if (stored > found && repair) {
-            rc = rt__qcow2_refcount_add(c->vd, k, -(int64_t)(stored - found));
+            rc = rt__qcow2_refcount_drop(c->vd, k, stored - found);
             if (rc == RT_OK)
                 res->leaks_fixed++;
         } else if (stored > found && res->leaks++ == 0) {
@@ -285,17 +348,18 @@ int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
         return RT_ERR_NO_MEMORY;
     res->blocks_total = (s->size + s->cluster_size - 1) >> s->cluster_bits;
 
-    count_range(&c, 0, s->cluster_size, "header");
-    count_range(&c, s->l1_offset, (uint64_t)s->l1_size * 8u, "L1 table");
+    count_range(&c, 0, s->cluster_size, "header", 1);
+    count_range(&c, s->l1_offset, (uint64_t)s->l1_size * 8u, "L1 table", 1);
     rc = count_l1(&c, s->l1, s->l1_size, true, UINT32_MAX);
     if (rc == RT_OK)
         rc = count_snapshots(&c, file_size);
     if (rc == RT_OK)
         rc = count_bitmaps(&c, file_size);
-    count_range(&c, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size, "refcount table");
+    count_range(&c, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size, "refcount table",
+                1);
     for (uint64_t i = 0; i < s->rt_entries; i++)
         if (s->rt[i] != 0)
-            count_range(&c, s->rt[i], s->cluster_size, "refcount block");
+            count_range(&c, s->rt[i], s->cluster_size, "refcount block", 1);
     uint64_t copied_fixed = 0;
     if (rc == RT_OK)
         rc = walk_copied(&c, false, &copied_fixed);

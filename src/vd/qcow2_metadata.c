@@ -32,8 +32,13 @@ enum { ROLE_FIXED, ROLE_L2 };
 
 /* Snapshot table entries: the fixed part. */
 #define SNAPSHOT_FIXED 40u
-/* Bitmap directory entries: the fixed part. */
+/* Bitmap directory entries: the fixed part, and what QEMU allows in it. */
 #define BITMAP_FIXED 24u
+#define BITMAP_TYPE_DIRTY 1u
+#define BITMAP_RESERVED_FLAGS 0xfffffffcu
+#define BITMAP_MIN_GRANULARITY 9u
+#define BITMAP_MAX_GRANULARITY 31u
+#define BITMAP_MAX_DATA (512ull << 20)
 
 /* Bytes read per call while walking the snapshot table. */
 #define WINDOW (64u << 10)
@@ -88,6 +93,29 @@ static int check_disjoint(const struct qcow2 *s, struct named_table *tables, siz
                                (unsigned long long)(b->off >> s->cluster_bits));
     }
     return RT_OK;
+}
+
+static int compare_l1_refs(const void *a, const void *b)
+{
+    const struct qcow2_l1_ref *x = a, *y = b;
+    if (x->table != y->table)
+        return x->table < y->table ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+struct qcow2_l1_ref *rt__qcow2_l1_by_table(const uint64_t *l1, uint32_t entries,
+                                           uint32_t *count)
+{
+    struct qcow2_l1_ref *refs = malloc(entries ? (size_t)entries * sizeof(*refs) : 1);
+    if (refs == NULL)
+        return NULL;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < entries; i++)
+        if (l1[i] & QCOW2_OFFSET_MASK)
+            refs[n++] = (struct qcow2_l1_ref){l1[i] & QCOW2_OFFSET_MASK, i};
+    qsort(refs, n, sizeof(*refs), compare_l1_refs);
+    *count = n;
+    return refs;
 }
 
 /* Reads @a bytes at @a off (inside the file, checked) into a new buffer. */
@@ -235,6 +263,33 @@ static int note_snapshot(void *ctx, uint32_t n, uint64_t l1_offset, const uint64
 /* ---------------------------------------------------------------------------------- */
 /* Bitmaps. */
 
+/* QEMU's constraints on a bitmap (qcow2's bitmaps specification): a dirty-tracking
+ * bitmap, granularity 2^9 to 2^31 bytes, no reserved flag, and a table whose data (one
+ * cluster per entry) is at most 512 MiB and covers the whole disk.  The bound also
+ * bounds what open reads: 512 MiB of data needs at most 8 MiB of table. */
+static int bitmap_fits(const struct qcow2 *s, uint32_t n, const uint8_t *e, uint32_t table_size,
+                       rt_vd_error_t *err)
+{
+    uint32_t flags = vd_be32(e + 12);
+    uint8_t type = e[16], granularity_bits = e[17];
+    if (type != BITMAP_TYPE_DIRTY || (flags & BITMAP_RESERVED_FLAGS) != 0 ||
+        granularity_bits < BITMAP_MIN_GRANULARITY || granularity_bits > BITMAP_MAX_GRANULARITY)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "QCOW2 bitmap %u has type %u, flags 0x%x and granularity 2^%u: "
+                           "only dirty-tracking bitmaps (type 1) with granularity 2^%u to "
+                           "2^%u and no reserved flags exist",
+                           n, type, flags, granularity_bits, BITMAP_MIN_GRANULARITY,
+                           BITMAP_MAX_GRANULARITY);
+    uint64_t data_bytes = (uint64_t)table_size << s->cluster_bits;
+    if (data_bytes > BITMAP_MAX_DATA || s->size > (data_bytes * 8u) << granularity_bits)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "QCOW2 bitmap %u: its table of %u clusters %s", n, table_size,
+                           data_bytes > BITMAP_MAX_DATA
+                               ? "holds more than 512 MiB of bitmap"
+                               : "does not cover the virtual disk at its granularity");
+    return RT_OK;
+}
+
 int rt__qcow2_walk_bitmaps(rt_vd_t vd, struct qcow2 *s, uint64_t file_size,
                            rt__qcow2_range_fn *fn, void *ctx, rt_vd_error_t *err)
 {
@@ -273,14 +328,16 @@ int rt__qcow2_walk_bitmaps(rt_vd_t vd, struct qcow2 *s, uint64_t file_size,
         uint64_t table_off = vd_be64(e);
         uint32_t table_size = vd_be32(e + 8);
         uint64_t table_bytes = 0;
-        if (table_size > QCOW2_MAX_BITMAP_TABLE || table_off % s->cluster_size != 0 ||
-            (table_size > 0 && table_off == 0) ||
+        if (table_size == 0 || table_size > QCOW2_MAX_BITMAP_TABLE ||
+            table_off % s->cluster_size != 0 || table_off == 0 ||
             !vd_table_inside(table_off, table_size, 8, file_size, &table_bytes)) {
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                              "QCOW2 bitmap %u has an invalid bitmap table (%u entries at 0x%llx)",
                              n, table_size, (unsigned long long)table_off);
             goto out;
         }
+        if ((rc = bitmap_fits(s, n, e, table_size, err)) != RT_OK)
+            goto out;
         tables[n] = (struct named_table){table_off, table_bytes, n};
         at += (entry_len + 7u) & ~7ull;
     }

@@ -265,7 +265,8 @@ static int refcount_of(rt_vd_t vd, struct qcow2 *s, uint64_t cluster, uint64_t *
     return RT_OK;
 }
 
-int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta)
+/* Raises (@a up) or lowers the count of @a cluster by @a amount, within the width. */
+static int refcount_change(rt_vd_t vd, uint64_t cluster, bool up, uint64_t amount)
 {
     struct qcow2 *s = qcow2_of(vd);
     uint64_t index = cluster / s->rb_entries;
@@ -277,14 +278,26 @@ int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta)
         return rc;
     b = &s->rblocks[index]; /* block_get may have grown the table */
     uint64_t value = entry_get(b->data, s->refcount_order, cluster % s->rb_entries);
-    if (delta < 0 && value < (uint64_t)-delta)
+    if (!up && value < amount)
         return RT_ERR_VD_CORRUPT; /* dropping a reference the count never had */
-    if (delta > 0 && s->refcount_max - value < (uint64_t)delta)
+    if (up && s->refcount_max - value < amount)
         return RT_ERR_OUT_OF_RANGE; /* the refcount width cannot count that high */
     rt__qcow2_entry_set(b->data, s->refcount_order, cluster % s->rb_entries,
-                        value + (uint64_t)delta);
+                        up ? value + amount : value - amount);
     b->dirty = true;
     return RT_OK;
+}
+
+int rt__qcow2_refcount_add(rt_vd_t vd, uint64_t cluster, int64_t delta)
+{
+    /* The magnitude in unsigned arithmetic: -INT64_MIN does not exist as an int64_t. */
+    return delta < 0 ? refcount_change(vd, cluster, false, 0 - (uint64_t)delta)
+                     : refcount_change(vd, cluster, true, (uint64_t)delta);
+}
+
+int rt__qcow2_refcount_drop(rt_vd_t vd, uint64_t cluster, uint64_t amount)
+{
+    return refcount_change(vd, cluster, false, amount);
 }
 
 int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, bool metadata, uint64_t *host_off)
