@@ -387,6 +387,19 @@ static size_t deflate_cluster(const uint8_t *in, uint32_t len, uint8_t *out)
     return zrc == Z_STREAM_END ? produced : 0;
 }
 
+/* Drops the references on the *@a count clusters from *@a first; clears the run. */
+static int give_back(rt_vd_t vd, uint64_t *first, uint64_t *count)
+{
+    int rc = RT_OK;
+    for (uint64_t c = 0; c < *count; c++) {
+        int dropped = rt__qcow2_refcount_add(vd, *first + c, -1);
+        if (rc == RT_OK)
+            rc = dropped;
+    }
+    *count = 0;
+    return rc;
+}
+
 int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf)
 {
     struct qcow2 *s = qcow2_of(vd);
@@ -399,35 +412,48 @@ int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf)
         return 1; /* incompressible: the caller writes it plainly */
     }
     /* Compressed data is packed byte after byte: it continues in the last cluster
-     * handed out when that is still the newest, spilling into the clusters right after
-     * it if they are free; otherwise it starts a fresh run. */
+     * handed out when that is still the newest and its count can take one more (never,
+     * with 1-bit refcounts), spilling into the clusters right after it if they are
+     * free; otherwise it starts a fresh run. */
     uint64_t start = s->compressed_cursor;
     uint64_t cluster_end = (start | (s->cluster_size - 1)) + 1;
     bool continues = start != 0 && start % s->cluster_size != 0 && cluster_end == s->next_free;
+    uint64_t held = 0, held_first = 0; /* new clusters this write holds, to give back */
+    bool shares = false;               /* it holds one more reference on start's cluster */
     int rc = RT_OK;
+    if (continues) {
+        uint64_t refs;
+        if ((rc = rt__qcow2_refcount_get(vd, start >> s->cluster_bits, &refs)) != RT_OK)
+            goto fail;
+        continues = refs < s->refcount_max;
+    }
     if (continues && start + bytes > cluster_end) {
         uint64_t more = (start + bytes - cluster_end + s->cluster_size - 1) >> s->cluster_bits;
         uint64_t next;
-        rc = rt__qcow2_alloc_clusters(vd, (uint32_t)more, false, &next);
-        if (rc == RT_OK && next != cluster_end) {
-            /* The allocator skipped a cluster in use: give the run back (it stays
-             * unused, refcount 0) and start afresh. */
-            for (uint64_t c = 0; rc == RT_OK && c < more; c++)
-                rc = rt__qcow2_refcount_add(vd, (next >> s->cluster_bits) + c, -1);
-            continues = false;
-        }
+        if ((rc = rt__qcow2_alloc_clusters(vd, (uint32_t)more, false, &next)) != RT_OK)
+            goto fail;
+        held_first = next >> s->cluster_bits;
+        held = more;
+        /* The allocator skipped a cluster in use: give the run back (it stays unused,
+         * refcount 0) and start afresh. */
+        continues = next == cluster_end;
+        if (!continues && (rc = give_back(vd, &held_first, &held)) != RT_OK)
+            goto fail;
     }
-    if (rc == RT_OK && continues) {
-        rc = rt__qcow2_refcount_add(vd, start >> s->cluster_bits, 1);
-    } else if (rc == RT_OK) {
+    if (continues) {
+        if ((rc = rt__qcow2_refcount_add(vd, start >> s->cluster_bits, 1)) != RT_OK)
+            goto fail;
+        shares = true;
+    } else {
         uint64_t clusters = (bytes + s->cluster_size - 1) >> s->cluster_bits;
-        rc = rt__qcow2_alloc_clusters(vd, (uint32_t)clusters, false, &start);
+        if ((rc = rt__qcow2_alloc_clusters(vd, (uint32_t)clusters, false, &start)) != RT_OK)
+            goto fail;
+        held_first = start >> s->cluster_bits;
+        held = clusters;
     }
-    if (rc == RT_OK)
-        rc = rt__vd_meta_write(vd, start, packed, bytes);
+    if ((rc = rt__vd_meta_write(vd, start, packed, bytes)) != RT_OK)
+        goto fail;
     free(packed);
-    if (rc != RT_OK)
-        return rc;
     s->compressed_cursor = start + bytes;
     uint32_t shift = 62 - (s->cluster_bits - 8);
     uint64_t sectors_minus_one = ((start + bytes - 1) >> 9) - (start >> 9);
@@ -435,4 +461,13 @@ int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf)
     uint32_t id;
     /* The data is written already: committable at the next flush. */
     return repoint(vd, off >> s->cluster_bits, entry, ++vd->alloc_seq, &id);
+
+fail:
+    /* Nothing names what this write took: its references go back (the clusters stay
+     * unused, as the allocator never hands a cluster out twice). */
+    give_back(vd, &held_first, &held);
+    if (shares)
+        rt__qcow2_refcount_add(vd, start >> s->cluster_bits, -1);
+    free(packed);
+    return rc;
 }
