@@ -142,6 +142,47 @@ for fmt in vdi raw; do
     done
 done
 
+# --- create as qemu-img does: sizes, rounding, replacing ---------------------------
+for size in 1.5G 512b 1000 64k 0.5k 1T 1P; do
+    rm -f "$work/size-ours.qcow2" "$work/size-qemu.qcow2"
+    check "vrt-img create $size: the virtual size qemu-img gives it" \
+        bash -c "'$img' create -q -f qcow2 '$work/size-ours.qcow2' $size &&
+                 qemu-img create -q -f qcow2 '$work/size-qemu.qcow2' $size &&
+                 test \"\$(qemu-img info --output=json '$work/size-ours.qcow2' | grep virtual-size)\" = \
+                      \"\$(qemu-img info --output=json '$work/size-qemu.qcow2' | grep virtual-size)\""
+done
+for size in 1.5 1.5b 16E 1.2.3 1kk -1; do
+    check "vrt-img create '$size': refused, as qemu-img refuses it" \
+        bash -c "! '$img' create -q -f qcow2 '$work/size-bad.qcow2' '$size' 2>/dev/null &&
+                 ! qemu-img create -q -f qcow2 '$work/size-bad2.qcow2' '$size' 2>/dev/null &&
+                 test ! -e '$work/size-bad.qcow2'"
+done
+old="$work/replace.qcow2"
+"$img" create -q -f qcow2 "$old" 1M && chmod 640 "$old"
+check "vrt-img create: an existing file is replaced, keeping its permissions" \
+    bash -c "'$img' create -q -f qcow2 '$old' 3M &&
+             qemu-img info '$old' | grep -q '(3145728 bytes)' && test \$(stat -c %a '$old') = 640 &&
+             ! ls -a '$work' | grep -q vrt-"
+cp "$old" "$work/replace.before"
+check "vrt-img create: a failed create leaves the existing file as it was" \
+    bash -c "! '$img' create -q -f qcow2 -o cluster_size=3 '$old' 1M 2>/dev/null &&
+             cmp '$old' '$work/replace.before' && ! ls -a '$work' | grep -q vrt-"
+check "vrt-img create: the new image's own backing file is not replaced" \
+    bash -c "'$img' create -q -f qcow2 -b replace.qcow2 -F qcow2 '$old' 2>&1 | grep -q backing &&
+             cmp '$old' '$work/replace.before'"
+qemu-io -f qcow2 -c 'sleep 20000' "$old" >/dev/null 2>&1 &
+holder=$!
+# qemu-io takes its locks right after it opens the file: wait (bounded) for the open.
+for _ in $(seq 100); do
+    ls -l "/proc/$holder/fd" 2>/dev/null | grep -q replace.qcow2 && break
+    sleep 0.1
+done
+sleep 0.5
+check "vrt-img create: a file open in qemu-io (locked) is not replaced, and says why" \
+    bash -c "'$img' create -q -f qcow2 '$old' 1M 2>&1 | grep -q lock; test \${PIPESTATUS[0]} -eq 1 &&
+             cmp '$old' '$work/replace.before'"
+kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+
 # --- exit codes a script can rely on ----------------------------------------------
 qemu-img create -q -f vdi "$work/leaky.vdi" 8M
 qemu-io -f vdi -c 'write -P 1 0 3M' "$work/leaky.vdi" >/dev/null

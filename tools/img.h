@@ -67,6 +67,12 @@ void img_bad_option(const char *cmd, int c, char **argv);
 /** Parses --output's value; false (after reporting it) when it is neither. */
 bool img_parse_output(const char *cmd, const char *text, enum img_output *output);
 
+/**
+ * Parses @a text as qemu-img reads a size (img_size.c): "1.5G", "512b", "64k", "2E".
+ * False, with *@a value unchanged, when it is not one.
+ */
+bool img_parse_size(const char *text, uint64_t *value);
+
 /** Parses a size option (-S, -s); false (after reporting it) when it is not one. */
 bool img_parse_size_option(const char *cmd, const char *option, const char *text, uint64_t *value);
 
@@ -153,12 +159,13 @@ void img_print_create_options_help(void);
 char *img_temp_beside(const char *path);
 
 /**
- * Puts the finished file @a tmp in place at @a path, never replacing a file that is
- * there (renameat2 RENAME_NOREPLACE, or link and unlink where there is none), then
- * makes the folder's entry durable.  On failure @a tmp is left for the caller.
- * @return 0, or an errno value (EEXIST: @a path exists).
+ * Puts the finished file @a tmp in place at @a path, then makes the folder's entry
+ * durable.  With @a replace a file at @a path is replaced atomically (rename); without,
+ * it never is (renameat2 RENAME_NOREPLACE, or link and unlink where there is none).
+ * On failure @a tmp is left for the caller.
+ * @return 0, or an errno value (EEXIST: @a path exists and @a replace is false).
  */
-int img_publish(const char *tmp, const char *path);
+int img_publish(const char *tmp, const char *path, bool replace);
 
 /** True when @a buf (of @a len bytes) holds only zero bytes. */
 bool img_is_zero(const void *buf, size_t len);

@@ -62,9 +62,11 @@ bool img_parse_output(const char *cmd, const char *text, enum img_output *output
 
 bool img_parse_size_option(const char *cmd, const char *option, const char *text, uint64_t *value)
 {
-    if (cli_parse_size(text, value))
+    if (img_parse_size(text, value))
         return true;
-    img_usage_error(cmd, "%s: '%s' is not a size (a byte count, optionally with k, M, G or T)",
+    img_usage_error(cmd,
+                    "%s: '%s' is not a size (a number of bytes, optionally with a fraction "
+                    "and one of the suffixes b, k, M, G, T, P, E: e.g. 1.5G)",
                     option, text);
     return false;
 }
@@ -299,7 +301,7 @@ static bool apply_create_option(const char *cmd, const char *key, const char *va
         return true;
     }
     if (!strcmp(key, "block_size") || !strcmp(key, "cluster_size")) {
-        if (!cli_parse_size(value, &size) || size == 0 || size > UINT32_MAX)
+        if (!img_parse_size(value, &size) || size == 0 || size > UINT32_MAX)
             goto bad_value;
         opts->block_size = (uint32_t)size;
         return true;
@@ -477,6 +479,8 @@ char *img_temp_beside(const char *path)
     return NULL;
 }
 
+static int publish_new(const char *tmp, const char *path);
+
 /* The folder holding @a path, opened for fsync; -1 when it cannot be. */
 static int open_folder(const char *path)
 {
@@ -489,7 +493,26 @@ static int open_folder(const char *path)
     return fd;
 }
 
-int img_publish(const char *tmp, const char *path)
+int img_publish(const char *tmp, const char *path, bool replace)
+{
+    if (replace) {
+        if (rename(tmp, path) != 0)
+            return errno;
+    } else {
+        int error = publish_new(tmp, path);
+        if (error != 0)
+            return error;
+    }
+    int fd = open_folder(path);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return 0;
+}
+
+/* Puts @a tmp at @a path, where nothing may be. */
+static int publish_new(const char *tmp, const char *path)
 {
 #ifdef RENAME_NOREPLACE
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) != 0) {
@@ -503,11 +526,6 @@ int img_publish(const char *tmp, const char *path)
         if (link(tmp, path) != 0)
             return errno;
         unlink(tmp);
-    }
-    int fd = open_folder(path);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
     }
     return 0;
 }

@@ -479,7 +479,7 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
             c->status = rc;
     }
     if (RT_SUCCESS(c->status) && idle) {
-        int error = img_publish(c->tmp_path, c->dst_path);
+        int error = img_publish(c->tmp_path, c->dst_path, false);
         if (error != 0) {
             char what[IMG_WHAT_MAX];
             snprintf(what, sizeof(what), "putting the copy in place at '%s'", c->dst_path);

@@ -1,13 +1,25 @@
 /*
  * vrt-img create: a new, empty image of a given format and size.
+ *
+ * An existing file is replaced, as qemu-img replaces it, but never in place: the image
+ * is made beside it under a temporary name and renamed over it once complete, so a
+ * failed create leaves the old file as it was.  Refused instead: a file another process
+ * holds a lock on (QEMU locks the images it has open, as vrt's writers will), anything
+ * but a regular file, and the new image's own backing file.
  */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
 #endif
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <rt/err.h>
 #include <rt/vd.h>
@@ -18,7 +30,8 @@
 static const char usage_text[] =
     "Usage: " PROG " create [-f FMT] [-b BACKING [-F BACKING_FMT]] [-o OPTIONS] [-q] FILE [SIZE]\n"
     "Create an image that reads as zeros (or as its backing file).  An existing FILE is\n"
-    "never replaced.\n"
+    "replaced (atomically, once the new image is complete), unless a process holds a\n"
+    "lock on it, it is not a regular file, or it is the new image's backing file.\n"
     "\n"
     "  -f FMT          raw (default), vdi or qcow2\n"
     "  -b BACKING      qcow2: the backing file (-o backing_file=BACKING); a relative\n"
@@ -31,9 +44,9 @@ static const char usage_text[] =
     "  -q              quiet: no \"Formatting ...\" line\n"
     "  -h, --help      print this text and exit\n"
     "\n"
-    "SIZE is in bytes, optionally with a k, M, G or T suffix (powers of 1024), and a\n"
-    "multiple of 512.  It may be left out when there is a backing file: the image then\n"
-    "takes the backing file's size.\n";
+    "SIZE is in bytes, optionally with a fraction and a suffix b, k, M, G, T, P or E\n"
+    "(powers of 1024; e.g. 1.5G), rounded up to a multiple of 512.  It may be left out\n"
+    "when there is a backing file: the image then takes the backing file's size.\n";
 
 static const struct option long_options[] = {
     {"format", required_argument, NULL, 'f'},
@@ -44,6 +57,80 @@ static const struct option long_options[] = {
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
+
+/* Does another process hold a lock on the open file @a fd (QEMU's image locks)? */
+static bool locked_by_others(int fd)
+{
+    struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+#ifdef F_OFD_GETLK
+    /* Reports OFD and traditional locks alike, and never our own descriptor's. */
+    if (fcntl(fd, F_OFD_GETLK, &lock) == 0)
+        return lock.l_type != F_UNLCK;
+#endif
+    return fcntl(fd, F_GETLK, &lock) == 0 && lock.l_type != F_UNLCK;
+}
+
+/* Is @a backing (relative to @a path's folder unless absolute) the file @a st is? */
+static bool is_own_backing(const char *path, const char *backing, const struct stat *st)
+{
+    const char *slash = strrchr(path, '/');
+    int dir_len = backing[0] != '/' && slash != NULL ? (int)(slash - path) + 1 : 0;
+    size_t room = (size_t)dir_len + strlen(backing) + 1;
+    char *resolved = malloc(room);
+    struct stat bst;
+    bool same = false;
+    if (resolved == NULL)
+        return false;
+    snprintf(resolved, room, "%.*s%s", dir_len, path, backing);
+    same = stat(resolved, &bst) == 0 && bst.st_dev == st->st_dev && bst.st_ino == st->st_ino;
+    free(resolved);
+    return same;
+}
+
+/* Why the file at @a path must not be replaced, or NULL when it may be. */
+static const char *why_not_replace(const char *path, const rt_vd_create_opts_t *opts,
+                                   struct stat *st)
+{
+    if (S_ISLNK(st->st_mode))
+        return "it is a symbolic link (name the file it points to)";
+    if (!S_ISREG(st->st_mode))
+        return "it is not a regular file";
+    if (opts->backing_file != NULL && is_own_backing(path, opts->backing_file, st))
+        return "it is the new image's backing file";
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return strerror(errno);
+    bool locked = locked_by_others(fd);
+    close(fd);
+    return locked ? "another process holds a lock on it (a running guest or a tool has it "
+                    "open)"
+                  : NULL;
+}
+
+/* Creates the image at a temporary name beside @a path, then renames it over the file
+ * there (with its permissions and owner). */
+static int create_replacing(const char *path, const char *format, const rt_vd_create_opts_t *opts,
+                            const struct stat *st, rt_vd_error_t *err)
+{
+    char *tmp = img_temp_beside(path);
+    if (tmp == NULL)
+        return rt_err_from_errno(errno);
+    int rc = rt_vd_create(tmp, format, opts, err);
+    if (RT_SUCCESS(rc)) {
+        if (chmod(tmp, st->st_mode & 07777) != 0 || (chown(tmp, st->st_uid, st->st_gid) != 0 &&
+                                                     errno != EPERM))
+            rc = rt_err_from_errno(errno);
+    }
+    if (RT_SUCCESS(rc)) {
+        int error = img_publish(tmp, path, true);
+        if (error != 0)
+            rc = rt_err_from_errno(error);
+    }
+    if (RT_FAILURE(rc))
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
 
 /* "Formatting ..." before the work, as qemu-img prints it, with the options set. */
 static void print_formatting(const char *path, const char *format, const rt_vd_create_opts_t *opts)
@@ -117,15 +204,27 @@ static int create_image(int argc, char **argv, rt_vd_create_opts_t *opts)
     if (argc - optind == 2) {
         if (!img_parse_size_option(cmd, "SIZE", argv[optind + 1], &opts->size))
             return IMG_EXIT_ERROR;
-        if (opts->size == 0 || opts->size % IMG_SECTOR) {
-            img_usage_error(cmd, "SIZE: %" PRIu64 " is not a positive multiple of %u", opts->size,
-                            IMG_SECTOR);
+        /* Rounded up to a whole sector, as qemu-img does. */
+        if (opts->size == 0 || opts->size > UINT64_MAX - (IMG_SECTOR - 1)) {
+            img_usage_error(cmd, "SIZE: %" PRIu64 " is not a size from 1 byte to 2^64 - 512",
+                            opts->size);
+            return IMG_EXIT_ERROR;
+        }
+        opts->size = (opts->size + IMG_SECTOR - 1) / IMG_SECTOR * IMG_SECTOR;
+    }
+    struct stat st;
+    bool exists = lstat(path, &st) == 0;
+    if (exists) {
+        const char *why = why_not_replace(path, opts, &st);
+        if (why != NULL) {
+            fprintf(stderr, "%s: '%s' exists and is not replaced: %s\n", PROG, path, why);
             return IMG_EXIT_ERROR;
         }
     }
     if (!quiet)
         print_formatting(path, format, opts);
-    rc = rt_vd_create(path, format, opts, &err);
+    rc = exists ? create_replacing(path, format, opts, &st, &err)
+                : rt_vd_create(path, format, opts, &err);
     if (RT_FAILURE(rc)) {
         snprintf(what, sizeof(what), "creating '%s'", path);
         img_report(what, rc, &err);
