@@ -183,6 +183,22 @@ check "vrt-img create: a file open in qemu-io (locked) is not replaced, and says
              cmp '$old' '$work/replace.before'"
 kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
 
+# --- option lists and messages as qemu-img has them -------------------------------
+for list in '' ',,,' 'cluster_size=64k,' ',compat=1.1'; do
+    check "vrt-img create -o '$list': refused, as qemu-img refuses it, and nothing written" \
+        bash -c "! '$img' create -q -f qcow2 -o '$list' '$work/list.qcow2' 1M 2>/dev/null &&
+                 ! qemu-img create -q -f qcow2 -o '$list' '$work/list2.qcow2' 1M 2>/dev/null &&
+                 test ! -e '$work/list.qcow2'"
+done
+check "vrt-img create -o: ',,' is a comma inside a value, as in qemu-img" \
+    bash -c "'$img' create -q -f qcow2 -o 'backing_file=a,,b.qcow2,backing_fmt=qcow2' '$work/comma.qcow2' 1M &&
+             qemu-img info -U '$work/comma.qcow2' | grep -q '^backing file: a,b.qcow2'"
+"$img" create -q -f qcow2 "$work/version.qcow2" 1M
+printf '\x00\x00\x00\x07' | dd of="$work/version.qcow2" bs=1 seek=4 conv=notrunc status=none
+check "vrt-img: an unsupported version is named first, the generic status words after" \
+    bash -c "'$img' info '$work/version.qcow2' 2>&1 |
+             grep -q \"cannot open '.*version.qcow2': QCOW2 version 7 is not supported.*\[not supported\""
+
 # --- exit codes a script can rely on ----------------------------------------------
 qemu-img create -q -f vdi "$work/leaky.vdi" 8M
 qemu-io -f vdi -c 'write -P 1 0 3M' "$work/leaky.vdi" >/dev/null

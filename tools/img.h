@@ -76,7 +76,11 @@ bool img_parse_size(const char *text, uint64_t *value);
 /** Parses a size option (-S, -s); false (after reporting it) when it is not one. */
 bool img_parse_size_option(const char *cmd, const char *option, const char *text, uint64_t *value);
 
-/** Prints "vrt-img: <what>: <status text>[: <detail>]" on stderr. */
+/**
+ * Prints "vrt-img: <what>: <detail> [<status text>]" on stderr: the specific reason
+ * first, the status's generic words (without their examples) after it, and only the
+ * status text when there is no detail.
+ */
 void img_report(const char *what, int rc, const rt_vd_error_t *err);
 
 /**

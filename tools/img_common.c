@@ -74,13 +74,18 @@ bool img_parse_size_option(const char *cmd, const char *option, const char *text
 void img_report(const char *what, int rc, const rt_vd_error_t *err)
 {
     const char *text = rt_strerror(rc);
+    /* The status's words without their examples ("... (e.g. O_DIRECT ...)"), which
+     * would only mislead after a specific reason. */
+    const char *example = strstr(text, " (");
+    int generic = example ? (int)(example - text) : (int)strlen(text);
 
-    /* A detail that already says what the status says replaces it, rather than
-     * repeating it ("creating 'a.vdi': a.vdi: file already exists"). */
+    /* The specific reason first; the status's generic words after it, and only when
+     * the reason does not already say them ("creating 'a.vdi': a.vdi: file already
+     * exists"). */
     if (err && err->msg[0] && strstr(err->msg, text))
         fprintf(stderr, "%s: %s: %s\n", PROG, what, err->msg);
     else if (err && err->msg[0])
-        fprintf(stderr, "%s: %s: %s: %s\n", PROG, what, text, err->msg);
+        fprintf(stderr, "%s: %s: %s [%.*s]\n", PROG, what, err->msg, generic, text);
     else
         fprintf(stderr, "%s: %s: %s\n", PROG, what, text);
 }
@@ -325,19 +330,64 @@ bad_value:
     return false;
 }
 
+/* Splits an option list as qemu-img does: items separated by single commas, ",," a
+ * comma inside an item.  An empty list or an empty item (a stray comma) is refused, as
+ * qemu-img refuses it ("Invalid option list"): nothing is silently dropped. */
+static char **split_list(const char *cmd, const char *option, const char *text)
+{
+    size_t n = 1;
+    for (const char *p = text; *p; p++)
+        n += *p == ',';
+    char **list = calloc(n + 1, sizeof(*list));
+    char *item = malloc(strlen(text) + 1);
+    if (list == NULL || item == NULL) {
+        free(list);
+        free(item);
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return NULL;
+    }
+    size_t used = 0, len = 0;
+    for (const char *p = text;; p++) {
+        if (*p == ',' && p[1] == ',') {
+            item[len++] = *p++; /* an escaped comma */
+            continue;
+        }
+        if (*p != ',' && *p != '\0') {
+            item[len++] = *p;
+            continue;
+        }
+        item[len] = '\0';
+        if (len == 0) {
+            img_usage_error(cmd, "%s: '%s' is not a valid option list (an empty item: a "
+                                 "stray comma? write a comma in a value as ',,')",
+                            option, text);
+            goto fail;
+        }
+        if ((list[used++] = strdup(item)) == NULL) {
+            fprintf(stderr, "%s: out of memory\n", PROG);
+            goto fail;
+        }
+        len = 0;
+        if (*p == '\0')
+            break;
+    }
+    free(item);
+    return list;
+
+fail:
+    free(item);
+    img_free_options(list);
+    return NULL;
+}
+
 bool img_parse_create_options(const char *cmd, const char *text, rt_vd_create_opts_t *opts,
                               bool *help)
 {
-    char *copy = strdup(text);
-    char *item, *save = NULL;
-    bool ok = true;
+    char **items = split_list(cmd, "-o", text);
+    bool ok = items != NULL;
 
-    if (!copy) {
-        fprintf(stderr, "%s: out of memory\n", PROG);
-        return false;
-    }
-    for (item = strtok_r(copy, ",", &save); item && ok; item = strtok_r(NULL, ",", &save)) {
-        char *value = strchr(item, '=');
+    for (size_t i = 0; ok && items[i] != NULL; i++) {
+        char *item = items[i], *value = strchr(item, '=');
 
         if (!strcmp(item, "help") || !strcmp(item, "?")) {
             *help = true;
@@ -351,38 +401,20 @@ bool img_parse_create_options(const char *cmd, const char *text, rt_vd_create_op
         *value++ = '\0';
         ok = apply_create_option(cmd, item, value, opts);
     }
-    free(copy);
+    img_free_options(items);
     return ok;
 }
 
 char **img_split_options(const char *cmd, const char *option, const char *text)
 {
-    size_t n = 1;
-    for (const char *p = text; *p; p++)
-        n += *p == ',';
-    char **list = calloc(n + 1, sizeof(*list));
-    char *copy = strdup(text);
-    if (list == NULL || copy == NULL) {
-        free(list);
-        free(copy);
-        fprintf(stderr, "%s: out of memory\n", PROG);
-        return NULL;
-    }
-    size_t used = 0;
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item != NULL;
-         item = strtok_r(NULL, ",", &save)) {
-        if (strchr(item, '=') == NULL || item[0] == '=' || (list[used] = strdup(item)) == NULL) {
-            if (strchr(item, '=') == NULL || item[0] == '=')
-                img_usage_error(cmd, "%s: '%s' is not name=value", option, item);
-            else
-                fprintf(stderr, "%s: out of memory\n", PROG);
-            free(copy);
+    char **list = split_list(cmd, option, text);
+    for (size_t i = 0; list != NULL && list[i] != NULL; i++) {
+        if (strchr(list[i], '=') == NULL || list[i][0] == '=') {
+            img_usage_error(cmd, "%s: '%s' is not name=value", option, list[i]);
             img_free_options(list);
             return NULL;
         }
-        used++;
     }
-    free(copy);
     return list;
 }
 
