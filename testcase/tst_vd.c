@@ -866,6 +866,59 @@ static void test_qcow2_backing(void)
     CU_ASSERT_EQUAL(access(loop, F_OK), -1);
 }
 
+/* An overlay opened alone (RT_VD_OPEN_NO_BACKING), as qemu-img info opens it: its
+ * backing file is named but not opened, so it need not exist; what would need it (reads,
+ * block status) is refused rather than answered as zeros. */
+static void test_qcow2_no_backing(void)
+{
+    char base[600], top[600];
+    rt_vd_t vd;
+    rt_vd_error_t err;
+    rt_vd_info_t info;
+    rt_vd_check_result_t res;
+    rt_vd_extent_t ext;
+    unsigned char buf[512];
+    make_image(base, sizeof base, "alone-base.raw", "raw", MIB, 0);
+    tst_path(top, sizeof top, "alone-top.qcow2");
+    unlink(top);
+    rt_vd_create_opts_t opts = {.backing_file = "alone-base.raw", .backing_format = "raw"};
+    TST_RC_FATAL(rt_vd_create(top, "qcow2", &opts, &err), RT_OK);
+    unlink(base);
+
+    const uint32_t alone = RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_BACKING;
+    const char *formats[] = {"qcow2", NULL};
+    for (int f = 0; f < 2; f++) {
+        TST_RC_FATAL(rt_vd_open(&vd, top, formats[f], alone, &err), RT_OK);
+        TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+        CU_ASSERT_STRING_EQUAL(info.backing_file, "alone-base.raw");
+        CU_ASSERT_STRING_EQUAL(info.backing_format, "raw");
+        CU_ASSERT(info.backing_unopened);
+        CU_ASSERT_EQUAL(info.virtual_size, MIB);
+        TST_RC(rt_vd_read(vd, 0, buf, sizeof buf), RT_ERR_ACCESS_DENIED);
+        TST_RC(rt_vd_block_status(vd, 0, MIB, &ext), RT_ERR_ACCESS_DENIED);
+        TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+        CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
+        TST_RC(rt_vd_close(vd), RT_OK);
+    }
+    /* Following the (missing) file still fails, and says which. */
+    TST_RC(rt_vd_open(&vd, top, "qcow2", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING, &err),
+           RT_ERR_FILE_NOT_FOUND);
+    /* Read-only only, and not together with following it. */
+    TST_RC(rt_vd_open(&vd, top, "qcow2", RT_VD_OPEN_NO_BACKING, &err), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_open(&vd, top, "qcow2", alone | RT_VD_OPEN_ALLOW_BACKING, &err),
+           RT_ERR_INVALID_PARAMETER);
+    /* On an image without a backing file the flag changes nothing. */
+    make_image(base, sizeof base, "alone-plain.qcow2", "qcow2", MIB, 0);
+    TST_RC_FATAL(rt_vd_open(&vd, base, "qcow2", alone, &err), RT_OK);
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    CU_ASSERT_PTR_NULL(info.backing_file);
+    CU_ASSERT(!info.backing_unopened);
+    TST_RC(rt_vd_read(vd, 0, buf, sizeof buf), RT_OK);
+    TST_RC(rt_vd_block_status(vd, 0, MIB, &ext), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(top);
+}
+
 /* Scatter/gather with odd pieces, including empty ones and unaligned addresses. */
 static void test_vectors(void)
 {
@@ -1286,6 +1339,7 @@ int main(void)
     TST_ADD(data, test_uncached_read_across_free_into_data);
     TST_ADD(data, test_qcow2_compressed);
     TST_ADD(data, test_qcow2_backing);
+    TST_ADD(data, test_qcow2_no_backing);
     TST_ADD(data, test_vectors);
 
     TST_ADD(queue, test_concurrent_allocating_writes);

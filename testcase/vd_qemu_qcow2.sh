@@ -164,6 +164,28 @@ check "probed image with a backing file: refused with a hint to give -f" \
     bash -c "'$img' map '$work/chain1/top.qcow2' 2>&1 >/dev/null | tee /dev/stderr |
                  grep -q 'give -f' && test \${PIPESTATUS[0]} -eq 1"
 
+# info and check describe an overlay without opening its backing file, as qemu-img
+# info does: with or without -f, and with the backing file gone.
+backing_keys() {
+    grep -E '"(backing-filename|full-backing-filename|backing-filename-format)"' | sort
+}
+export -f backing_keys
+img_abs="$(cd "$(dirname "$img")" && pwd)/$(basename "$img")" # the checks run in $work
+for fmt_opt in "" "-f qcow2"; do
+    check "info ${fmt_opt:-(probed)} of an overlay: the backing keys qemu-img info gives" \
+        bash -c "diff <(cd '$work' && '$img_abs' info $fmt_opt --output=json chain1/top.qcow2 | backing_keys) \
+                      <(cd '$work' && qemu-img info --output=json chain1/top.qcow2 | backing_keys)"
+done
+check "info (human) of an overlay: the backing file lines qemu-img info prints" \
+    bash -c "diff <(cd '$work' && '$img_abs' info chain1/top.qcow2 | grep '^backing file') \
+                  <(cd '$work' && qemu-img info chain1/top.qcow2 | grep '^backing file')"
+cp "$work/chain2/empty-top.qcow2" "$work/orphan.qcow2"
+# (qemu-img info answers too; qemu-img check opens the backing file, and fails.)
+check "info and check of an overlay whose backing file is missing still answer" \
+    bash -c "'$img' info '$work/orphan.qcow2' | grep -q '^backing file: empty-mid.qcow2' &&
+             qemu-img info '$work/orphan.qcow2' | grep -q '^backing file: empty-mid.qcow2' &&
+             '$img' check '$work/orphan.qcow2'"
+
 # --- we create, qemu verifies -----------------------------------------------------
 qemu-img create -q -f raw "$work/backing.raw" 3M
 for cluster in $clusters; do

@@ -34,7 +34,7 @@ static const char usage_text[] =
     "Check an image's metadata for consistency.\n"
     "\n"
     "  -f FMT             the image's format (raw, vdi, qcow2); default: probe it (not\n"
-    "                     with -r, nor for an image with a backing file)\n"
+    "                     with -r).  The backing file is not opened, nor needed\n"
     "      --output=OFMT  human (default) or json (qemu-img check's keys)\n"
     "  -r leaks           reclaim leaked space (needs -f, since it writes); qemu-img's\n"
     "                     '-r all' is refused: corruptions are never repaired\n"
@@ -176,7 +176,9 @@ int img_check_main(int argc, char **argv)
     }
     report.path = argv[optind];
     report.format = format ? format : "unknown";
-    rc = img_open(&vd, report.path, format, repair ? 0 : RT_VD_OPEN_READ_ONLY, &err);
+    /* A check reads metadata only: the backing file is not opened (nor needed). */
+    rc = img_open(&vd, report.path, format,
+                  repair ? 0 : RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_BACKING, &err);
     if (rc == RT_ERR_VD_CORRUPT) {
         report.res.corruptions = 1;
         if (output == OUTPUT_JSON)

@@ -116,7 +116,7 @@ int img_open_with(rt_vd_t *vd, const char *path, const char *format, uint32_t fl
     /* Following a backing file opens files the image names, not the user: allowed
      * only when the user named the format, and so showed they know what the file is.
      * A probed image that names one is refused by the library (RT_ERR_ACCESS_DENIED). */
-    if (format)
+    if (format && !(flags & RT_VD_OPEN_NO_BACKING))
         flags |= RT_VD_OPEN_ALLOW_BACKING;
     rc = rt_vd_open_with(vd, path, format, flags, options, err);
     if (RT_FAILURE(rc)) {

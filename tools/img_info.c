@@ -8,6 +8,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <rt/err.h>
@@ -18,13 +19,17 @@
 
 static const char usage_text[] =
     "Usage: " PROG " info [-f FMT] [--output=human|json] FILE\n"
-    "Show an image's format, virtual size, space used on the host, allocation unit and\n"
-    "allocated blocks (and a QCOW2 image's compat level).\n"
+    "Show an image's format, virtual size, space used on the host, allocation unit,\n"
+    "allocated blocks, backing file (as named, and where it resolves) and a QCOW2\n"
+    "image's compat level.  The backing file is not opened, as qemu-img info does not\n"
+    "open it: it need not exist, and a probed image is described as safely as one\n"
+    "named with -f.\n"
     "\n"
-    "  -f FMT             the image's format (raw, vdi, qcow2); default: probe it (an\n"
-    "                     image with a backing file needs -f)\n"
+    "  -f FMT             the image's format (raw, vdi, qcow2); default: probe it\n"
     "      --output=OFMT  human (default) or json (qemu-img info's keys: filename, format,\n"
-    "                     virtual-size, actual-size, cluster-size, format-specific)\n"
+    "                     virtual-size, actual-size, cluster-size, backing-filename,\n"
+    "                     full-backing-filename, backing-filename-format,\n"
+    "                     format-specific)\n"
     "  -h, --help         print this text and exit\n";
 
 /* QCOW2's variant is its version; qemu-img calls it compat (0.10 for v2, 1.1 for v3).
@@ -40,10 +45,27 @@ static const char *qcow2_compat(const rt_vd_info_t *info)
     return NULL;
 }
 
+/* The backing file's name as a reader resolves it: relative to the image's folder
+ * (the image's path as given, as qemu-img combines them).  NULL without one. */
+static char *full_backing_name(const char *path, const rt_vd_info_t *info)
+{
+    const char *name = info->backing_file;
+    if (name == NULL)
+        return NULL;
+    const char *slash = strrchr(path, '/');
+    int dir_len = name[0] != '/' && slash != NULL ? (int)(slash - path) + 1 : 0;
+    size_t room = (size_t)dir_len + strlen(name) + 1;
+    char *full = malloc(room);
+    if (full != NULL)
+        snprintf(full, room, "%.*s%s", dir_len, path, name);
+    return full;
+}
+
 static void print_human(const char *path, const rt_vd_info_t *info)
 {
     const char *compat = qcow2_compat(info);
     char size[32];
+    char *full = full_backing_name(path, info);
 
     printf("image: %s\n", path);
     printf("file format: %s\n", info->format);
@@ -52,6 +74,15 @@ static void print_human(const char *path, const rt_vd_info_t *info)
     printf("disk size: %s\n", cli_format_size(size, sizeof(size), info->file_allocated));
     if (info->block_size)
         printf("cluster_size: %" PRIu32 "\n", info->block_size);
+    if (info->backing_file) {
+        printf("backing file: %s", info->backing_file);
+        if (full != NULL && strcmp(full, info->backing_file))
+            printf(" (actual path: %s)", full);
+        printf("\n");
+    }
+    if (info->backing_format)
+        printf("backing file format: %s\n", info->backing_format);
+    free(full);
     if (info->variant[0] || info->blocks_total) {
         printf("Format specific information:\n");
         if (compat)
@@ -83,6 +114,18 @@ static void print_json(const char *path, const rt_vd_info_t *info)
                ",\n            \"total-blocks\": %" PRIu64 "\n        }\n    }",
                info->blocks_allocated, info->blocks_total);
     }
+    if (info->backing_file) {
+        char *full = full_backing_name(path, info);
+        printf(",\n    \"backing-filename\": ");
+        cli_json_string(info->backing_file);
+        printf(",\n    \"full-backing-filename\": ");
+        cli_json_string(full != NULL ? full : info->backing_file);
+        free(full);
+    }
+    if (info->backing_format) {
+        printf(",\n    \"backing-filename-format\": ");
+        cli_json_string(info->backing_format);
+    }
     printf(",\n    \"dirty-flag\": false\n}\n");
 }
 
@@ -97,7 +140,8 @@ int img_info_main(int argc, char **argv)
     path = img_parse_inspect_args(argc, argv, usage_text, &format, &output, &status);
     if (!path)
         return status;
-    if (RT_FAILURE(img_open_info(&vd, path, format, RT_VD_OPEN_READ_ONLY, &info)))
+    if (RT_FAILURE(img_open_info(&vd, path, format, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_BACKING,
+                                 &info)))
         return IMG_EXIT_ERROR;
     if (output == OUTPUT_JSON)
         print_json(path, &info);

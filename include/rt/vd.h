@@ -43,6 +43,14 @@ typedef struct rt_vd_error {
 /** Allow the image to open other files it names (a backing file).  Without it, an
  *  image that references another file fails to open with RT_ERR_ACCESS_DENIED. */
 #define RT_VD_OPEN_ALLOW_BACKING 0x00000004u
+/** Open the image alone, for its metadata: a backing file it names is not opened (nor
+ *  looked for), and rt_vd_get_info() reports its name.  Only with RT_VD_OPEN_READ_ONLY
+ *  and without RT_VD_OPEN_ALLOW_BACKING (else RT_ERR_INVALID_PARAMETER).  On an image
+ *  that has a backing file, reads and rt_vd_block_status() fail with
+ *  RT_ERR_ACCESS_DENIED (what the backing file holds is unknown); rt_vd_get_info() and
+ *  rt_vd_check() work.  On an image without one it changes nothing.  What qemu-img
+ *  info does (BDRV_O_NO_BACKING). */
+#define RT_VD_OPEN_NO_BACKING 0x00000008u
 
 /**
  * Opens an image.
@@ -185,6 +193,7 @@ int rt_vd_close(rt_vd_t vd);
  * @retval RT_ERR_OUT_OF_RANGE    the range ends past the virtual size.
  * @retval RT_ERR_VD_READ_ONLY    a write to a read-only image.
  * @retval RT_ERR_BUSY            the image has asynchronous requests outstanding.
+ * @retval RT_ERR_ACCESS_DENIED   opened with RT_VD_OPEN_NO_BACKING, and it has one.
  * @retval RT_ERR_IO, RT_ERR_DISK_FULL, RT_ERR_NO_MEMORY, RT_ERR_VD_CORRUPT (a table
  *         entry found invalid during the request).
  */
@@ -226,6 +235,11 @@ typedef struct rt_vd_info {
     char variant[16];
     /** True when open read-only. */
     int read_only;
+    /** The backing file as the image names it (NULL: none), and its format as the image
+     *  records it (NULL: not recorded).  Valid while @a vd is open. */
+    const char *backing_file, *backing_format;
+    /** True when the backing file was not opened (RT_VD_OPEN_NO_BACKING). */
+    int backing_unopened;
 } rt_vd_info_t;
 
 /**
@@ -266,7 +280,8 @@ typedef struct rt_vd_extent {
  * @param len  the longest run wanted; clipped to the virtual size.
  * @param ext  receives offset (= @a off), length (> 0), flags and host offset.
  * @retval RT_OK, RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER, RT_ERR_OUT_OF_RANGE
- *         (@a off at or past the virtual size, or @a len 0), RT_ERR_IO.
+ *         (@a off at or past the virtual size, or @a len 0), RT_ERR_IO,
+ *         RT_ERR_ACCESS_DENIED (opened with RT_VD_OPEN_NO_BACKING, and it has one).
  */
 int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext);
 

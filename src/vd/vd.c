@@ -22,7 +22,8 @@
 
 static struct rt__handle_pool vd_pool = RT__HANDLE_POOL_INIT(struct rt_vd, next_free);
 
-#define OPEN_FLAGS (RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_CACHE | RT_VD_OPEN_ALLOW_BACKING)
+#define OPEN_FLAGS                                                                          \
+    (RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_CACHE | RT_VD_OPEN_ALLOW_BACKING | RT_VD_OPEN_NO_BACKING)
 #define PROBE_BYTES 4096u
 #define MAX_IOV 1024u
 
@@ -350,6 +351,11 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown open flag 0x%x",
                            flags & ~OPEN_FLAGS);
     bool read_only = flags & RT_VD_OPEN_READ_ONLY;
+    if ((flags & RT_VD_OPEN_NO_BACKING) &&
+        (!read_only || (flags & RT_VD_OPEN_ALLOW_BACKING)))
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "an image opened without its backing file (RT_VD_OPEN_NO_BACKING) "
+                           "is opened read-only and cannot also follow it");
     if (format == NULL && !read_only)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "%s: the format must be given to open an image for writing "
@@ -397,6 +403,7 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
     vd->read_only = read_only;
     vd->no_cache = flags & RT_VD_OPEN_NO_CACHE;
     vd->allow_backing = flags & RT_VD_OPEN_ALLOW_BACKING;
+    vd->no_backing = flags & RT_VD_OPEN_NO_BACKING;
     if ((vd->path = strdup(path)) == NULL) {
         rc = RT_ERR_NO_MEMORY;
         vd->magic = RT__MAGIC_DEAD;
@@ -415,6 +422,8 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
             driver->close(vd); /* opened, then refused by the granule check */
         close_added_files(vd);
         rt_vd_close(vd->backing);
+        free(vd->backing_name);
+        free(vd->backing_format);
         free(vd->path);
         vd->magic = RT__MAGIC_DEAD;
         rt__handle_free(&vd_pool, vd);
@@ -463,6 +472,16 @@ void *rt__vd_grow(void *items, size_t *cap, size_t len, size_t item_size, size_t
 
 int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err)
 {
+    free(vd->backing_name);
+    free(vd->backing_format);
+    vd->backing_name = strdup(name);
+    vd->backing_format = format != NULL ? strdup(format) : NULL;
+    if (vd->backing_name == NULL || (format != NULL && vd->backing_format == NULL))
+        return RT_ERR_NO_MEMORY;
+    if (vd->no_backing) {
+        vd->backing_unopened = true;
+        return RT_OK;
+    }
     if (!vd->allow_backing)
         return rt__vd_fail(err, RT_ERR_ACCESS_DENIED,
                            "the image refers to backing file '%s', and following file "
@@ -589,6 +608,8 @@ int rt_vd_close(rt_vd_t vd)
     rt__vd_queue_release_sync(vd);
     vd->driver->close(vd);
     rt_vd_close(vd->backing);
+    free(vd->backing_name);
+    free(vd->backing_format);
     free(vd->path);
     int added_rc = close_added_files(vd);
     int close_rc = rt_file_close(vd->file);
@@ -638,6 +659,8 @@ int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *i
         return rc;
     if (kind == VD_IO_WRITE && vd->read_only)
         return RT_ERR_VD_READ_ONLY;
+    if (vd->backing_unopened)
+        return RT_ERR_ACCESS_DENIED; /* what the backing file holds is unknown */
     return check_range(vd, off, *total);
 }
 
@@ -742,6 +765,9 @@ int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info)
     if (fstat((int)rt_file_to_native(vd->file), &st) != 0)
         return RT_ERR_IO;
     info->file_allocated = (uint64_t)st.st_blocks * 512u;
+    info->backing_file = vd->backing_name;
+    info->backing_format = vd->backing_format;
+    info->backing_unopened = vd->backing_unopened;
     vd->driver->info(vd, info);
     return RT_OK;
 }
@@ -780,6 +806,8 @@ int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *e
         return RT_ERR_INVALID_HANDLE;
     if (ext == NULL)
         return RT_ERR_INVALID_POINTER;
+    if (vd->backing_unopened)
+        return RT_ERR_ACCESS_DENIED;
     if (off >= vd->size || len == 0)
         return RT_ERR_OUT_OF_RANGE;
     if (len > vd->size - off)

@@ -185,6 +185,11 @@ struct rt_vd {
     /* The image this one's unallocated ranges come from (RT_VD_NIL: zeros), opened
      * by the driver through rt__vd_open_backing(); closed with this one. */
     rt_vd_t backing;
+    /* The backing file as the image names it, and its recorded format (NULL: none);
+     * set by rt__vd_open_backing() whether or not the file is opened. */
+    char *backing_name, *backing_format;
+    bool no_backing;       /* RT_VD_OPEN_NO_BACKING */
+    bool backing_unopened; /* it names one, and no_backing kept it closed */
     unsigned chain_depth; /* 0 for the image the caller opened */
     char *path;
 
