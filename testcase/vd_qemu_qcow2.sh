@@ -186,6 +186,19 @@ check "info and check of an overlay whose backing file is missing still answer" 
              qemu-img info '$work/orphan.qcow2' | grep -q '^backing file: empty-mid.qcow2' &&
              '$img' check '$work/orphan.qcow2'"
 
+# check's allocation, fragmentation and compression line and image end offset, as
+# qemu-img check prints them: scattered writes, then a compressed copy written again.
+qemu-img create -q -f qcow2 "$work/frag.qcow2" 10M
+qemu-io -f qcow2 -c 'write 5M 64k' -c 'write 0 64k' -c 'write 1M 128k' -c 'write 9M 4k' \
+    "$work/frag.qcow2" >/dev/null
+qemu-img convert -c -O qcow2 "$work/frag.qcow2" "$work/frag-z.qcow2"
+qemu-io -f qcow2 -c 'write 8M 64k' "$work/frag-z.qcow2" >/dev/null
+for f in frag.qcow2 frag-z.qcow2; do
+    check "check of $f: qemu-img check's cluster line and image end offset" \
+        bash -c "diff <('$img' check '$work/$f' | grep -E 'clusters\$|^Image end offset') \
+                      <(qemu-img check '$work/$f' | grep -E 'clusters\$|^Image end offset')"
+done
+
 # --- we create, qemu verifies -----------------------------------------------------
 qemu-img create -q -f raw "$work/backing.raw" 3M
 for cluster in $clusters; do

@@ -49,7 +49,14 @@ struct check_report {
     const char *path;
     const char *format;
     rt_vd_check_result_t res;
+    bool measures_fragments; /* QCOW2: the fragmentation figures are real */
 };
+
+/* qemu-img's percentages of the allocated clusters (0 when none are). */
+static double percent_of_allocated(uint64_t n, const rt_vd_check_result_t *res)
+{
+    return res->blocks_allocated ? (double)n * 100.0 / (double)res->blocks_allocated : 0.0;
+}
 
 static void print_human(const struct check_report *r)
 {
@@ -67,12 +74,20 @@ static void print_human(const struct check_report *r)
                    "This means waste of disk space, but no harm to data.\n",
                    res->leaks);
     }
-    if (res->blocks_total && res->blocks_allocated)
-        /* qemu-img's line, without the fragmentation and compression figures the
-         * library does not measure (printing 0.00% would be a made-up number). */
+    if (res->blocks_total && r->measures_fragments)
+        printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, %0.2f%% "
+               "compressed clusters\n",
+               res->blocks_allocated, res->blocks_total,
+               (double)res->blocks_allocated * 100.0 / (double)res->blocks_total,
+               percent_of_allocated(res->blocks_fragmented, res),
+               percent_of_allocated(res->blocks_compressed, res));
+    else if (res->blocks_total && res->blocks_allocated)
+        /* The format does not measure fragmentation: no made-up 0.00%. */
         printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated clusters\n",
                res->blocks_allocated, res->blocks_total,
                (double)res->blocks_allocated * 100.0 / (double)res->blocks_total);
+    if (res->image_end_offset)
+        printf("Image end offset: %" PRIu64 "\n", res->image_end_offset);
 }
 
 /* qemu-img's ImageCheck: counts that are 0 are left out, as qemu-img does. */
@@ -95,6 +110,12 @@ static void print_json(const struct check_report *r)
         printf(",\n    \"total-clusters\": %" PRIu64, res->blocks_total);
     if (res->blocks_allocated)
         printf(",\n    \"allocated-clusters\": %" PRIu64, res->blocks_allocated);
+    if (r->measures_fragments && res->blocks_fragmented)
+        printf(",\n    \"fragmented-clusters\": %" PRIu64, res->blocks_fragmented);
+    if (r->measures_fragments && res->blocks_compressed)
+        printf(",\n    \"compressed-clusters\": %" PRIu64, res->blocks_compressed);
+    if (res->image_end_offset)
+        printf(",\n    \"image-end-offset\": %" PRIu64, res->image_end_offset);
     printf("\n}\n");
 }
 
@@ -191,6 +212,7 @@ int img_check_main(int argc, char **argv)
         return IMG_EXIT_ERROR;
     if (RT_SUCCESS(rt_vd_get_info(vd, &info)))
         report.format = info.format; /* the probed name; static storage */
+    report.measures_fragments = !strcmp(report.format, "qcow2");
 
     rc = run_check(vd, repair, output == OUTPUT_HUMAN && !quiet, &report);
     if (rc == RT_ERR_NOT_SUPPORTED) {

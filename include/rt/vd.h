@@ -316,6 +316,13 @@ typedef struct rt_vd_check_result {
     uint64_t leaks_fixed;
     /** Allocated and total units, as in rt_vd_info_t. */
     uint64_t blocks_allocated, blocks_total;
+    /** Of the allocated units: compressed ones, and fragmented ones (not right after
+     *  the previous unit of the same table in the file; every compressed unit is), as
+     *  qemu-img check counts them.  0 where the format does not measure them. */
+    uint64_t blocks_compressed, blocks_fragmented;
+    /** Where the image's used part of the file ends (after the last cluster with a
+     *  stored or found reference); 0 where the format does not measure it. */
+    uint64_t image_end_offset;
     /** The first problem found, in words; empty when clean. */
     char first_problem[256];
     /** Why RT_VD_CHECK_REPAIR_LEAKS reclaimed nothing although leaks were found: the

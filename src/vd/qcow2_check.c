@@ -116,6 +116,27 @@ static void count_l2(struct census *c, uint64_t l2, const uint8_t *raw, uint64_t
     }
 }
 
+/* The fragmentation of the table in @a raw as qemu-img check measures it: compressed
+ * units, and units not right after the previous data unit of the same table (every
+ * compressed unit counts as fragmented). */
+static void count_fragments(struct census *c, const uint8_t *raw, uint64_t times)
+{
+    struct qcow2 *s = c->s;
+    uint64_t next = 0, compressed = 0, fragmented = 0;
+    for (uint32_t j = 0; j < s->l2_entries; j++) {
+        uint64_t e = vd_be64(raw + 8u * j), host = e & QCOW2_OFFSET_MASK;
+        if (e & QCOW2_COMPRESSED) {
+            compressed++;
+            fragmented++;
+        } else if (host != 0) {
+            fragmented += next != 0 && host != next;
+            next = host + s->cluster_size;
+        }
+    }
+    c->res->blocks_compressed += compressed * times;
+    c->res->blocks_fragmented += fragmented * times;
+}
+
 /* How many of the first @a entries of the table in @a raw hold data. */
 static uint64_t allocated_in(const uint8_t *raw, uint64_t entries)
 {
@@ -171,6 +192,7 @@ static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool
         count_l2(c, l2, raw, b - a);
         if (!active)
             continue;
+        count_fragments(c, raw, b - a);
         uint64_t whole = allocated_in(raw, s->l2_entries);
         for (uint32_t k = a; k < b; k++) {
             uint64_t first = (uint64_t)refs[k].index << s->l2_bits;
@@ -315,6 +337,8 @@ static int compare(struct census *c, bool repair)
         if ((rc = rt__qcow2_refcount_get(c->vd, k, &stored)) != RT_OK)
             break;
         uint64_t found = k < c->clusters ? c->refs[k] : 0;
+        if (!repair && (stored != 0 || found != 0))
+            res->image_end_offset = (k + 1) << s->cluster_bits;
         if (found == CENSUS_MAX)
             continue; /* uncountable, reported as a corruption */
         if (stored < found && !repair) {
