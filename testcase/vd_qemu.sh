@@ -199,6 +199,10 @@ check "vrt-img: an unsupported version is named first, the generic status words 
     bash -c "'$img' info '$work/version.qcow2' 2>&1 |
              grep -q \"cannot open '.*version.qcow2': QCOW2 version 7 is not supported.*\[not supported\""
 
+check "vrt-img convert -p: qemu-img's progress lines, on stdout" \
+    bash -c "'$img' convert -p -f raw -O raw '$work/source.raw' '$work/progress.raw' 2>'$work/progress.err' |
+             tr '\r' '\n' | grep -q '^    (100.00/100%)\$' && ! grep -q '100%' '$work/progress.err'"
+
 # --- exit codes a script can rely on ----------------------------------------------
 qemu-img create -q -f vdi "$work/leaky.vdi" 8M
 qemu-io -f vdi -c 'write -P 1 0 3M' "$work/leaky.vdi" >/dev/null

@@ -177,12 +177,28 @@ void cli_progress_start(struct cli_progress *p, bool enabled, const char *label)
     p->last_percent = -1;
 }
 
+void cli_progress_start_qemu(struct cli_progress *p, bool enabled)
+{
+    cli_progress_start(p, enabled, "");
+    p->qemu_style = true;
+    p->in_place = false;
+    cli_progress_update(p, 0, 1); /* qemu-img shows 0.00 before the first byte */
+}
+
 void cli_progress_update(struct cli_progress *p, uint64_t done, uint64_t total)
 {
     double percent = total ? 100.0 * (double)done / (double)total : 100.0;
 
     if (!p->enabled)
         return;
+    if (p->qemu_style) {
+        if ((int)percent <= p->last_percent)
+            return;
+        p->last_percent = (int)percent;
+        printf("    (%.2f/100%%)\r", (double)p->last_percent);
+        fflush(stdout);
+        return;
+    }
     if (p->in_place) {
         if (rt_time_milli_ts() < p->next_ms)
             return;
@@ -204,4 +220,8 @@ void cli_progress_end(struct cli_progress *p, bool complete)
         fputs("\r\033[K", stderr);
     else if (complete)
         cli_progress_update(p, 1, 1);
+    if (p->qemu_style) {
+        putchar('\n');
+        fflush(stdout);
+    }
 }

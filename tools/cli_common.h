@@ -48,23 +48,28 @@ void cli_fill_pattern(void *buf, size_t len, uint64_t *prng);
 void cli_json_string(const char *s);
 
 /*
- * A progress indicator on stderr.  On a terminal it redraws one line in place
- * ("\r\033[K<label>: 42%"), at most twice a second; anywhere else (a log file, with
- * progress forced on) it appends a line per whole percent, as qemu-img -p does
- * ("    (42.00/100%)").  A disabled indicator prints nothing.
+ * A progress indicator.  vrt-bench's is on stderr: on a terminal it redraws one line in
+ * place ("\r\033[K<label>: 42%"), at most twice a second; anywhere else (a log file,
+ * with progress forced on) it appends a line per whole percent.  vrt-img's is
+ * qemu-img -p's, on stdout where scripts read it: "    (42.00/100%)\r" at each whole
+ * percent, and a newline at the end.  A disabled indicator prints nothing.
  */
 struct cli_progress {
     bool enabled;
-    bool in_place; /* stderr is a terminal */
+    bool qemu_style; /* qemu-img's, on stdout */
+    bool in_place;   /* stderr is a terminal */
     const char *label;
     uint64_t next_ms; /* in place: the next redraw */
     int last_percent; /* appending: the last line written */
 };
 
 void cli_progress_start(struct cli_progress *p, bool enabled, const char *label);
+/** Starts qemu-img's indicator on stdout (see above). */
+void cli_progress_start_qemu(struct cli_progress *p, bool enabled);
 /** Shows @a done of @a total (a @a total of 0 counts as complete). */
 void cli_progress_update(struct cli_progress *p, uint64_t done, uint64_t total);
-/** Clears the in-place line, or writes the final 100% line. */
+/** Clears the in-place line, or writes the final 100% line (when @a complete) and, in
+ *  qemu-img's style, the newline that ends it. */
 void cli_progress_end(struct cli_progress *p, bool complete);
 
 #endif /* VRT_TOOLS_CLI_COMMON_H */

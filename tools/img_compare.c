@@ -305,7 +305,7 @@ int img_compare_main(int argc, char **argv)
         RT_SUCCESS(open_side(&cmp.side[1], format[1]))) {
         img_install_stop_handler();
         cmp.total = cmp.side[0].size > cmp.side[1].size ? cmp.side[0].size : cmp.side[1].size;
-        cli_progress_start(&cmp.progress, progress && !cmp.quiet, "comparing");
+        cli_progress_start_qemu(&cmp.progress, progress && !cmp.quiet);
         v = compare_images(&cmp);
         cli_progress_end(&cmp.progress, v == SAME);
         if (v == SAME && !cmp.quiet)

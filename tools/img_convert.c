@@ -463,7 +463,7 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
     }
 
     img_install_stop_handler();
-    cli_progress_start(&c->progress, progress, "converting");
+    cli_progress_start_qemu(&c->progress, progress);
     cli_progress_update(&c->progress, 0, c->size);
     idle = run_pipeline(c);
     if (RT_SUCCESS(c->status)) {
