@@ -164,6 +164,27 @@ check "probed image with a backing file: refused with a hint to give -f" \
     bash -c "'$img' map '$work/chain1/top.qcow2' 2>&1 >/dev/null | tee /dev/stderr |
                  grep -q 'give -f' && test \${PIPESTATUS[0]} -eq 1"
 
+# A deep chain, as qemu-img follows it (41 images, each holding one piece), and the
+# documented limit: 256 images open, 257 are refused as corrupt.
+deep="$work/deep"
+mkdir -p "$deep"
+qemu-img create -q -f qcow2 "$deep/l0.qcow2" 4M
+for i in $(seq 1 40); do
+    qemu-img create -q -f qcow2 -b "l$((i - 1)).qcow2" -F qcow2 "$deep/l$i.qcow2"
+    qemu-io -f qcow2 -c "write -P $i $((i * 65536 + 512)) 1000" "$deep/l$i.qcow2" >/dev/null
+done
+check "a 41-image chain: convert byte-identical to qemu-img's" converts_identically qcow2 "$deep/l40.qcow2"
+for i in $(seq 41 256); do
+    "$img" create -q -f qcow2 -b "l$((i - 1)).qcow2" -F qcow2 "$deep/l$i.qcow2" 4M
+done
+check "a 256-image chain opens" \
+    bash -c "'$img' convert -f qcow2 -O raw '$deep/l255.qcow2' '$deep/flat255.raw' &&
+             qemu-img compare -f qcow2 -F raw '$deep/l40.qcow2' '$deep/flat255.raw'"
+check "a 257-image chain is refused as too deep" \
+    bash -c "'$img' convert -f qcow2 -O raw '$deep/l256.qcow2' '$deep/flat256.raw' 2>&1 |
+             grep -q 'deeper than 256' && test ! -e '$deep/flat256.raw'"
+rm -rf "$deep"
+
 # info and check describe an overlay without opening its backing file, as qemu-img
 # info does: with or without -f, and with the backing file gone.
 backing_keys() {

@@ -41,7 +41,9 @@ typedef struct rt_vd_error {
  *  buffer: the layer bounces what is not aligned. */
 #define RT_VD_OPEN_NO_CACHE 0x00000002u
 /** Allow the image to open other files it names (a backing file).  Without it, an
- *  image that references another file fails to open with RT_ERR_ACCESS_DENIED. */
+ *  image that references another file fails to open with RT_ERR_ACCESS_DENIED.  A
+ *  chain is followed up to 256 images deep, counting the one opened; deeper (or a
+ *  loop) fails with RT_ERR_VD_CORRUPT. */
 #define RT_VD_OPEN_ALLOW_BACKING 0x00000004u
 /** Open the image alone, for its metadata: a backing file it names is not opened (nor
  *  looked for), and rt_vd_get_info() reports its name.  Only with RT_VD_OPEN_READ_ONLY

@@ -438,7 +438,11 @@ fail_file:
     return rc;
 }
 
-#define MAX_CHAIN 16
+/* The deepest backing chain followed, counting the image opened: far deeper than any
+ * chain seen in use (qemu-img follows chains of hundreds), yet a loop, or a hostile
+ * image naming itself through many names, stops here: each layer costs a descriptor
+ * and its metadata. */
+#define MAX_CHAIN 256
 
 /* @a name as an image that @a base names it means it: relative to @a base's folder.
  * A new string (NULL when out of memory). */
