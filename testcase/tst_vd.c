@@ -407,8 +407,17 @@ static void test_create_errors(void)
     opts.size = 1000;
     TST_RC(rt_vd_create(path, "vdi", &opts, &err), RT_ERR_INVALID_PARAMETER);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "512"));
-    opts.size = 0;
-    TST_RC(rt_vd_create(path, "raw", &opts, &err), RT_ERR_INVALID_PARAMETER);
+    opts.size = 0; /* without a backing file: an empty disk, as qemu-img makes one */
+    TST_RC(rt_vd_create(path, "raw", &opts, &err), RT_OK);
+    rt_vd_t empty;
+    rt_vd_info_t info;
+    TST_RC_FATAL(rt_vd_open(&empty, path, "raw", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC(rt_vd_get_info(empty, &info), RT_OK);
+    CU_ASSERT_EQUAL(info.virtual_size, 0);
+    TST_RC(rt_vd_read(empty, 0, NULL, 0), RT_OK);
+    TST_RC(rt_vd_read(empty, 0, &info, 1), RT_ERR_OUT_OF_RANGE);
+    TST_RC(rt_vd_close(empty), RT_OK);
+    unlink(path);
     opts.size = MIB;
     opts.flags = 0x80;
     TST_RC(rt_vd_create(path, "vdi", &opts, &err), RT_ERR_INVALID_PARAMETER);

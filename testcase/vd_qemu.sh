@@ -157,6 +157,20 @@ for size in 1.5 1.5b 16E 1.2.3 1kk -1; do
                  ! qemu-img create -q -f qcow2 '$work/size-bad2.qcow2' '$size' 2>/dev/null &&
                  test ! -e '$work/size-bad.qcow2'"
 done
+# Empty disks: qemu-img makes them (a QCOW2 without an L1 table) and converts them.
+qemu-img create -q -f qcow2 "$work/empty-qemu.qcow2" 0
+: >"$work/empty.raw"
+check "a 0-byte qcow2 made by qemu-img: vrt-img check clean, info says 0 bytes" \
+    bash -c "'$img' check '$work/empty-qemu.qcow2' &&
+             '$img' info '$work/empty-qemu.qcow2' | grep -q '(0 bytes)'"
+for fmt in raw vdi qcow2; do
+    check "vrt-img create -f $fmt 0, and convert of a 0-byte raw to $fmt: qemu-img agrees" \
+        bash -c "'$img' create -q -f $fmt '$work/empty-ours.$fmt' 0 &&
+                 qemu-img info -f $fmt '$work/empty-ours.$fmt' | grep -q '(0 bytes)' &&
+                 { [ $fmt = raw ] || qemu-img check -f $fmt '$work/empty-ours.$fmt'; } &&
+                 '$img' convert -f raw -O $fmt '$work/empty.raw' '$work/empty-conv.$fmt' &&
+                 qemu-img compare -f raw -F $fmt '$work/empty.raw' '$work/empty-conv.$fmt'"
+done
 old="$work/replace.qcow2"
 "$img" create -q -f qcow2 "$old" 1M && chmod 640 "$old"
 check "vrt-img create: an existing file is replaced, keeping its permissions" \

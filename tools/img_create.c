@@ -205,8 +205,8 @@ static int create_image(int argc, char **argv, rt_vd_create_opts_t *opts)
         if (!img_parse_size_option(cmd, "SIZE", argv[optind + 1], &opts->size))
             return IMG_EXIT_ERROR;
         /* Rounded up to a whole sector, as qemu-img does. */
-        if (opts->size == 0 || opts->size > UINT64_MAX - (IMG_SECTOR - 1)) {
-            img_usage_error(cmd, "SIZE: %" PRIu64 " is not a size from 1 byte to 2^64 - 512",
+        if (opts->size > UINT64_MAX - (IMG_SECTOR - 1)) {
+            img_usage_error(cmd, "SIZE: %" PRIu64 " is not a size below 2^64 - 512",
                             opts->size);
             return IMG_EXIT_ERROR;
         }

@@ -104,7 +104,8 @@ typedef struct rt_vd_create_opts {
     /** sizeof(rt_vd_create_opts_t) as the caller knows it, or 0 (the same): fields past
      *  it, added by later versions, are taken as zero. */
     uint32_t struct_size;
-    /** Virtual size in bytes; a multiple of 512. */
+    /** Virtual size in bytes; a multiple of 512.  0 with a backing file: the backing
+     *  file's size; 0 without one: an empty disk. */
     uint64_t size;
     /** RT_VD_CREATE_* bits. */
     uint32_t flags;
@@ -154,8 +155,8 @@ const rt_vd_option_t *rt_vd_format_options(const char *format, int kind);
  * @param err     optional message on failure.
  * @retval RT_OK
  * @retval RT_ERR_INVALID_POINTER    @a path, @a format or @a opts NULL.
- * @retval RT_ERR_INVALID_PARAMETER  size not a multiple of 512, zero (without a backing
- *                                   file) or too large for the format; block size not a
+ * @retval RT_ERR_INVALID_PARAMETER  size not a multiple of 512 or too large for the
+ *                                   format; block size not a
  *                                   supported power of two; unknown flag bit; a version,
  *                                   backing file, flag or option the format does not
  *                                   have, or an option value it refuses.

@@ -231,7 +231,7 @@ static int parse_header(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_e
     if ((uint64_t)s->l1_size * 8u > QCOW2_MAX_L1_BYTES)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT, "QCOW2 L1 table of %u entries is too large",
                            s->l1_size);
-    if (s->l1_offset % s->cluster_size != 0 || s->l1_offset == 0 ||
+    if (s->l1_offset % s->cluster_size != 0 || (s->l1_offset == 0 && s->l1_size > 0) ||
         !vd_table_inside(s->l1_offset, s->l1_size, 8, file_size, NULL))
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "QCOW2 L1 table offset 0x%llx is unaligned or the table runs past the "

@@ -86,9 +86,9 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "size needs an L1 table above %u bytes: use bigger clusters",
                            QCOW2_MAX_L1_BYTES);
+    /* An empty disk has no L1 table at all (offset 0), as qemu-img makes it: a cluster
+     * held for it would be counted by nothing, a leak. */
     uint64_t l1_clusters = div_up(l1_size * 8u, cluster);
-    if (l1_clusters == 0)
-        l1_clusters = 1;
 
     /* Refcount blocks and table sized to count all of the metadata, themselves too. */
     uint64_t rb_entries = (uint64_t)cluster * 8u >> order;
@@ -104,7 +104,7 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
     }
     uint64_t rt_offset = cluster;
     uint64_t rb_offset = rt_offset + table * cluster;
-    uint64_t l1_offset = rb_offset + blocks * cluster;
+    uint64_t l1_offset = l1_size > 0 ? rb_offset + blocks * cluster : 0;
     uint64_t total = 1 + table + blocks + l1_clusters;
 
     uint8_t *h = calloc(1, cluster);

@@ -576,9 +576,10 @@ int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t
         if (rc != RT_OK)
             return rc;
     }
-    if (shape.size == 0 || shape.size % 512 != 0 || shape.size > INT64_MAX)
+    /* Without a backing file a size of 0 means an empty disk, as in qemu-img. */
+    if (shape.size % 512 != 0 || shape.size > INT64_MAX)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
-                           "size %llu is not a positive multiple of 512",
+                           "size %llu is not a multiple of 512 below 2^63",
                            (unsigned long long)shape.size);
     rt_file_t file = RT_FILE_NIL;
     int rc = rt_file_open(&file, path, RT_FILE_READWRITE | RT_FILE_CREATE, 0644);
