@@ -853,6 +853,11 @@ static void test_qcow2_backing(void)
     TST_RC(rt_vd_block_status(vd, 65536, UINT64_MAX, &ext), RT_OK);
     CU_ASSERT_EQUAL(ext.depth, 0);
     CU_ASSERT_EQUAL(ext.length, 65536);
+    /* Each depth names its file: the top as opened, the base resolved beside it. */
+    CU_ASSERT_STRING_EQUAL(rt_vd_chain_path(vd, 0), top);
+    CU_ASSERT_STRING_EQUAL(rt_vd_chain_path(vd, 1), base);
+    CU_ASSERT_PTR_NULL(rt_vd_chain_path(vd, 2));
+    CU_ASSERT_PTR_NULL(rt_vd_chain_path(RT_VD_NIL, 0));
     TST_RC(rt_vd_close(vd), RT_OK);
 
     /* A chain that names itself is stopped, not followed forever. */

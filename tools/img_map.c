@@ -38,6 +38,7 @@ static const char usage_text[] =
 struct map_printer {
     enum img_output output;
     const char *path;
+    rt_vd_t vd;
     bool first;
 };
 
@@ -57,9 +58,8 @@ static void print_run(struct map_printer *p, const rt_vd_extent_t *e)
     bool compressed = e->flags & RT_VD_EXTENT_COMPRESSED;
 
     if (p->output == OUTPUT_HUMAN) {
-        /* qemu-img names the file at the depth in the last column; the library does
-         * not expose backing file names, so a backing file is named by its depth.
-         * Compressed data has no offset to show (qemu-img refuses to print it). */
+        /* The file at the depth in the last column, as qemu-img names it.  Compressed
+         * data has no offset to show (qemu-img refuses to print it). */
         if (!data && !compressed)
             return;
         printf("%#-16" PRIx64 "%#-16" PRIx64, e->offset, e->length);
@@ -67,10 +67,8 @@ static void print_run(struct map_printer *p, const rt_vd_extent_t *e)
             printf("%#-16" PRIx64, e->host_offset);
         else
             printf("%-16s", "compressed");
-        if (e->depth)
-            printf("%s (backing file, depth %" PRIu32 ")\n", p->path, e->depth);
-        else
-            printf("%s\n", p->path);
+        const char *file = rt_vd_chain_path(p->vd, e->depth);
+        printf("%s\n", file != NULL ? file : p->path);
         return;
     }
     printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %" PRIu32
@@ -144,6 +142,7 @@ int img_map_main(int argc, char **argv)
         return status;
     if (RT_FAILURE(img_open_info(&vd, printer.path, format, RT_VD_OPEN_READ_ONLY, &info)))
         return IMG_EXIT_ERROR;
+    printer.vd = vd;
     rc = print_map(vd, info.virtual_size, &printer);
     rt_vd_close(vd);
     return RT_FAILURE(rc) ? IMG_EXIT_ERROR : IMG_EXIT_OK;

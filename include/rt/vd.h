@@ -252,6 +252,17 @@ typedef struct rt_vd_info {
  */
 int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info);
 
+/**
+ * The file of the image at @a depth in @a vd's backing chain, as rt_vd_extent_t.depth
+ * counts it: 0 is @a vd's own (the path it was opened with), 1 its backing file (the
+ * name the image gives, resolved against the image's folder), and so on.
+ *
+ * @return the path, valid while @a vd is open; NULL past the end of the chain (or when
+ *         the backing file was not opened), or for an invalid handle.
+ * Any thread may call it while @a vd is open.
+ */
+const char *rt_vd_chain_path(rt_vd_t vd, uint32_t depth);
+
 /* rt_vd_extent_t.flags */
 /** The range holds data stored in the image file. */
 #define RT_VD_EXTENT_DATA 0x1u

@@ -805,6 +805,15 @@ int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ex
     return RT_OK;
 }
 
+const char *rt_vd_chain_path(rt_vd_t vd, uint32_t depth)
+{
+    if (!vd_live(vd))
+        return NULL;
+    for (; depth > 0 && vd != RT_VD_NIL; depth--)
+        vd = vd->backing;
+    return vd != RT_VD_NIL ? vd->path : NULL;
+}
+
 int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext)
 {
     if (!vd_live(vd))
