@@ -24,23 +24,8 @@
 
 #include "tst_common.h"
 #include "tst_files.h"
+#include "tst_qcow2.h"
 #include "tst_qemu_img.h"
-
-/* Header fields (big-endian). */
-enum {
-    H_L1_SIZE = 36,
-    H_L1_OFFSET = 40,
-    H_RT_OFFSET = 48,
-    H_AUTOCLEAR = 88,
-    H_HEADER_LENGTH = 100,
-};
-
-#define COPIED         (1ull << 63)
-#define EXT_BITMAPS    0x23852875u
-#define AUTOCLEAR_BITS 1ull
-
-#define KIB (1024u)
-#define MIB (1024u * 1024u)
 
 static void create_or_die(const char *path, uint64_t size, uint32_t cluster,
                           const char *const *options)
@@ -170,12 +155,7 @@ static void test_repair_huge_count(void)
     patch_be(path, l2, read_be(path, l2, 8) & ~COPIED, 8);
 
     rt_vd_check_result_t res;
-    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
-    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
-    CU_ASSERT_EQUAL(res.corruptions, 0);
-    CU_ASSERT_EQUAL(res.leaks, 1);
-    TST_RC(rt_vd_check(vd, RT_VD_CHECK_REPAIR_LEAKS, &res), RT_OK);
-    CU_ASSERT_EQUAL(res.leaks_fixed, 1);
+    tst_qcow2_repair_one_leak(path, &vd, &res);
     CU_ASSERT_EQUAL(res.leaks, 0);
     TST_RC(rt_vd_close(vd), RT_OK);
     CU_ASSERT_EQUAL(read_be(path, count, 8), 1);

@@ -41,40 +41,10 @@
 
 #include "tst_common.h"
 #include "tst_files.h"
+#include "tst_qcow2.h"
 #include "tst_qemu_img.h"
 
-/* Header fields (big-endian). */
-enum {
-    H_MAGIC = 0,
-    H_VERSION = 4,
-    H_BACKING_OFFSET = 8,
-    H_BACKING_SIZE = 16,
-    H_CLUSTER_BITS = 20,
-    H_SIZE = 24,
-    H_CRYPT = 32,
-    H_L1_SIZE = 36,
-    H_L1_OFFSET = 40,
-    H_RT_OFFSET = 48,
-    H_RT_CLUSTERS = 56,
-    H_NB_SNAPSHOTS = 60,
-    H_SNAPSHOTS_OFFSET = 64,
-    H_INCOMPATIBLE = 72, /* version 3 from here */
-    H_COMPATIBLE = 80,
-    H_AUTOCLEAR = 88,
-    H_REFCOUNT_ORDER = 96,
-    H_HEADER_LENGTH = 100,
-    H_COMPRESSION_TYPE = 104,
-};
-
-#define MAGIC            0x514649fbu
-#define EXT_BACKING_FMT  0xe2792acau
-#define EXT_FEATURE_NAME 0x6803f857u
-#define COPIED           (1ull << 63)
-#define COMPRESSED       (1ull << 62)
-#define OFFSET_MASK      0x00fffffffffffe00ull
-
-#define KIB (1024u)
-#define MIB (1024u * 1024u)
+/* The header layout, entry bits and extension types are in tst_qcow2.h. */
 
 /* ---------------------------------------------------------------------------------- */
 /* The valid images. */
@@ -1381,14 +1351,8 @@ static void test_repair_sets_copied(void)
     patch_be(path, b->l2_first, entry & ~COPIED, 8);
     patch_be(path, refcount_entry_at(b, path, b->data_first / b->cluster), 2, 2);
     rt_vd_t vd = RT_VD_NIL;
-    rt_vd_error_t err;
     rt_vd_check_result_t res;
-    TST_RC_FATAL(rt_vd_open(&vd, path, "qcow2", 0, &err), RT_OK);
-    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
-    CU_ASSERT_EQUAL(res.corruptions, 0);
-    CU_ASSERT_EQUAL(res.leaks, 1);
-    TST_RC(rt_vd_check(vd, RT_VD_CHECK_REPAIR_LEAKS, &res), RT_OK);
-    CU_ASSERT_EQUAL(res.leaks_fixed, 1);
+    tst_qcow2_repair_one_leak(path, &vd, &res);
     TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
     if (res.corruptions + res.leaks)
         fprintf(stderr, "\n  after the repair: %s", res.first_problem);

@@ -156,6 +156,13 @@ void img_free_create_names(rt_vd_create_opts_t *opts);
 void img_print_create_options_help(void);
 
 /**
+ * @a name as the image at @a path means it: relative to @a path's folder unless it is
+ * absolute (how backing file names resolve, and how qemu-img combines them).
+ * @return a malloc'ed string, or NULL (out of memory).
+ */
+char *img_path_beside(const char *path, const char *name);
+
+/**
  * A name for a new file beside @a path, in the same folder (so a rename can publish it
  * atomically): ".NAME.vrt-XXXXXX" with a random suffix, that does not exist yet.
  * @return a malloc'ed string, or NULL (out of memory).

@@ -483,6 +483,17 @@ int img_stop_requested(void)
     return stop_signal;
 }
 
+char *img_path_beside(const char *path, const char *name)
+{
+    const char *slash = strrchr(path, '/');
+    int dir_len = name[0] != '/' && slash != NULL ? (int)(slash - path) + 1 : 0;
+    size_t room = (size_t)dir_len + strlen(name) + 1;
+    char *full = malloc(room);
+    if (full != NULL)
+        snprintf(full, room, "%.*s%s", dir_len, path, name);
+    return full;
+}
+
 char *img_temp_beside(const char *path)
 {
     static const char letters[] = "abcdefghijklmnopqrstuvwxyz0123456789";

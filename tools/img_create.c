@@ -70,19 +70,13 @@ static bool locked_by_others(int fd)
     return fcntl(fd, F_GETLK, &lock) == 0 && lock.l_type != F_UNLCK;
 }
 
-/* Is @a backing (relative to @a path's folder unless absolute) the file @a st is? */
+/* Is @a backing (as the image at @a path names it) the file @a st is? */
 static bool is_own_backing(const char *path, const char *backing, const struct stat *st)
 {
-    const char *slash = strrchr(path, '/');
-    int dir_len = backing[0] != '/' && slash != NULL ? (int)(slash - path) + 1 : 0;
-    size_t room = (size_t)dir_len + strlen(backing) + 1;
-    char *resolved = malloc(room);
+    char *resolved = img_path_beside(path, backing);
     struct stat bst;
-    bool same = false;
-    if (resolved == NULL)
-        return false;
-    snprintf(resolved, room, "%.*s%s", dir_len, path, backing);
-    same = stat(resolved, &bst) == 0 && bst.st_dev == st->st_dev && bst.st_ino == st->st_ino;
+    bool same = resolved != NULL && stat(resolved, &bst) == 0 && bst.st_dev == st->st_dev &&
+                bst.st_ino == st->st_ino;
     free(resolved);
     return same;
 }

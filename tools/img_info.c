@@ -45,20 +45,10 @@ static const char *qcow2_compat(const rt_vd_info_t *info)
     return NULL;
 }
 
-/* The backing file's name as a reader resolves it: relative to the image's folder
- * (the image's path as given, as qemu-img combines them).  NULL without one. */
+/* The backing file's name as a reader resolves it; NULL without one. */
 static char *full_backing_name(const char *path, const rt_vd_info_t *info)
 {
-    const char *name = info->backing_file;
-    if (name == NULL)
-        return NULL;
-    const char *slash = strrchr(path, '/');
-    int dir_len = name[0] != '/' && slash != NULL ? (int)(slash - path) + 1 : 0;
-    size_t room = (size_t)dir_len + strlen(name) + 1;
-    char *full = malloc(room);
-    if (full != NULL)
-        snprintf(full, room, "%.*s%s", dir_len, path, name);
-    return full;
+    return info->backing_file != NULL ? img_path_beside(path, info->backing_file) : NULL;
 }
 
 static void print_human(const char *path, const rt_vd_info_t *info)

@@ -726,18 +726,6 @@ static int qcow2_read_compressed(rt_vd_t vd, const struct vd_map *map, uint64_t 
     return RT_OK;
 }
 
-/* How many of the first @a entries of @a t hold data (plain or compressed). */
-static uint64_t allocated_in(const struct qcow2_l2 *t, uint64_t entries)
-{
-    uint64_t n = 0;
-    for (uint64_t j = 0; j < entries; j++) {
-        uint64_t e = t->entries[j];
-        if ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO)))
-            n++;
-    }
-    return n;
-}
-
 static void qcow2_info(rt_vd_t vd, rt_vd_info_t *info)
 {
     struct qcow2 *s = qcow2_of(vd);
@@ -757,13 +745,10 @@ static void qcow2_info(rt_vd_t vd, rt_vd_info_t *info)
     for (uint32_t a = 0, b; a < count; a = b) {
         int rc;
         const struct qcow2_l2 *t = rt__qcow2_l2_get(vd, refs[a].index, &rc);
-        uint64_t whole = t != NULL ? allocated_in(t, s->l2_entries) : 0;
-        for (b = a; b < count && refs[b].table == refs[a].table; b++) {
-            uint64_t in_disk = blocks - ((uint64_t)refs[b].index << s->l2_bits);
-            if (t != NULL)
-                info->blocks_allocated +=
-                    in_disk >= s->l2_entries ? whole : allocated_in(t, in_disk);
-        }
+        b = qcow2_group_end(refs, count, a);
+        if (t != NULL)
+            info->blocks_allocated +=
+                rt__qcow2_allocated_through(s, t->entries, refs + a, b - a, blocks);
     }
     free(refs);
 }

@@ -280,6 +280,21 @@ struct qcow2_l1_ref {
  * out of memory.  The caller frees the array. */
 struct qcow2_l1_ref *rt__qcow2_l1_by_table(const uint64_t *l1, uint32_t entries,
                                            uint32_t *count);
+/* The end of the group of @a refs starting at @a first: the entries naming its table. */
+static inline uint32_t qcow2_group_end(const struct qcow2_l1_ref *refs, uint32_t count,
+                                       uint32_t first)
+{
+    uint32_t end = first;
+    while (end < count && refs[end].table == refs[first].table)
+        end++;
+    return end;
+}
+/* The units with data (plain or compressed) that the L2 table @a entries (host order)
+ * gives the disk through the L1 entries @a refs[0..@a n) naming it: each entry counts
+ * the table's entries that fall inside the disk's @a blocks units. */
+uint64_t rt__qcow2_allocated_through(const struct qcow2 *s, const uint64_t *entries,
+                                     const struct qcow2_l1_ref *refs, uint32_t n,
+                                     uint64_t blocks);
 /* Builds the index at open; refuses overlapping structures and tables outside the file.
  * Reads the snapshot and bitmap tables, each at most once. */
 int rt__qcow2_index_metadata(rt_vd_t vd, struct qcow2 *s, uint64_t file_size, rt_vd_error_t *err);

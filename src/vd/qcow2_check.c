@@ -96,12 +96,12 @@ static void count_entry(struct census *c, uint64_t entry, uint64_t times)
     count_range(c, host, s->cluster_size, "data cluster", times);
 }
 
-/* The entries of one L2 table at @a l2 (@a raw), named by @a times L1 entries. */
-static void count_l2(struct census *c, uint64_t l2, const uint8_t *raw, uint64_t times)
+/* The entries of one L2 table at @a l2, named by @a times L1 entries. */
+static void count_l2(struct census *c, uint64_t l2, const uint64_t *entries, uint64_t times)
 {
     struct qcow2 *s = c->s;
     for (uint32_t j = 0; j < s->l2_entries; j++) {
-        uint64_t e = vd_be64(raw + 8u * j);
+        uint64_t e = entries[j];
         uint64_t reserved = ~(QCOW2_OFFSET_MASK | QCOW2_COPIED | QCOW2_ZERO);
         if (!(e & QCOW2_COMPRESSED) && (e & reserved))
             problem(c, "L2 table at 0x%llx: entry %u (0x%016llx) has reserved bits set",
@@ -119,12 +119,12 @@ static void count_l2(struct census *c, uint64_t l2, const uint8_t *raw, uint64_t
 /* The fragmentation of the table in @a raw as qemu-img check measures it: compressed
  * units, and units not right after the previous data unit of the same table (every
  * compressed unit counts as fragmented). */
-static void count_fragments(struct census *c, const uint8_t *raw, uint64_t times)
+static void count_fragments(struct census *c, const uint64_t *entries, uint64_t times)
 {
     struct qcow2 *s = c->s;
     uint64_t next = 0, compressed = 0, fragmented = 0;
     for (uint32_t j = 0; j < s->l2_entries; j++) {
-        uint64_t e = vd_be64(raw + 8u * j), host = e & QCOW2_OFFSET_MASK;
+        uint64_t e = entries[j], host = e & QCOW2_OFFSET_MASK;
         if (e & QCOW2_COMPRESSED) {
             compressed++;
             fragmented++;
@@ -135,18 +135,6 @@ static void count_fragments(struct census *c, const uint8_t *raw, uint64_t times
     }
     c->res->blocks_compressed += compressed * times;
     c->res->blocks_fragmented += fragmented * times;
-}
-
-/* How many of the first @a entries of the table in @a raw hold data. */
-static uint64_t allocated_in(const uint8_t *raw, uint64_t entries)
-{
-    uint64_t n = 0;
-    for (uint64_t j = 0; j < entries; j++) {
-        uint64_t e = vd_be64(raw + 8u * j);
-        if ((e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO)))
-            n++;
-    }
-    return n;
 }
 
 /* Counts an L1 table and everything under it; @a active also counts allocations.
@@ -170,11 +158,11 @@ static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool
     uint32_t count;
     struct qcow2_l1_ref *refs = rt__qcow2_l1_by_table(l1, l1_size, &count);
     uint8_t *raw = malloc(s->cluster_size);
-    int rc = refs != NULL && raw != NULL ? RT_OK : RT_ERR_NO_MEMORY;
+    uint64_t *entries = malloc(s->cluster_size); /* the table, in host order */
+    int rc = refs != NULL && raw != NULL && entries != NULL ? RT_OK : RT_ERR_NO_MEMORY;
     for (uint32_t a = 0, b = 0; rc == RT_OK && a < count; a = b) {
         uint64_t l2 = refs[a].table;
-        while (b < count && refs[b].table == l2)
-            b++;
+        b = qcow2_group_end(refs, count, a);
         if (l2 % s->cluster_size != 0 || (l2 >> s->cluster_bits) >= c->clusters) {
             for (uint32_t k = a; k < b; k++)
                 problem(c, "L1 entry %llu points at bad L2 offset 0x%llx",
@@ -182,26 +170,25 @@ static int count_l1(struct census *c, const uint64_t *l1, uint32_t l1_size, bool
             continue;
         }
         count_range(c, l2, s->cluster_size, "L2 table", b - a);
+        /* The active table as this handle has it (it may hold changes not yet in the
+         * file), else as the file has it. */
         const struct qcow2_l2 *cached = active ? s->l2[refs[a].index] : NULL;
         if (cached != NULL) {
-            for (uint32_t j = 0; j < s->l2_entries; j++)
-                vd_put_be64(raw + 8u * j, cached->entries[j]);
+            memcpy(entries, cached->entries, s->cluster_size);
         } else if ((rc = rt__vd_meta_read(c->vd, l2, raw, s->cluster_size)) != RT_OK) {
             break;
+        } else {
+            for (uint32_t j = 0; j < s->l2_entries; j++)
+                entries[j] = vd_be64(raw + 8u * j);
         }
-        count_l2(c, l2, raw, b - a);
+        count_l2(c, l2, entries, b - a);
         if (!active)
             continue;
-        count_fragments(c, raw, b - a);
-        uint64_t whole = allocated_in(raw, s->l2_entries);
-        for (uint32_t k = a; k < b; k++) {
-            uint64_t first = (uint64_t)refs[k].index << s->l2_bits;
-            if (first >= c->res->blocks_total)
-                continue; /* past the virtual size: not the disk's */
-            uint64_t in_disk = c->res->blocks_total - first;
-            c->res->blocks_allocated += in_disk >= s->l2_entries ? whole : allocated_in(raw, in_disk);
-        }
+        count_fragments(c, entries, b - a);
+        c->res->blocks_allocated +=
+            rt__qcow2_allocated_through(s, entries, refs + a, b - a, c->res->blocks_total);
     }
+    free(entries);
     free(raw);
     free(refs);
     return rc;
@@ -264,8 +251,7 @@ static int walk_copied(struct census *c, bool fix, uint64_t *fixed)
     int rc = RT_OK;
     for (uint32_t a = 0, b = 0; rc == RT_OK && a < count; a = b) {
         uint64_t l2 = refs[a].table;
-        while (b < count && refs[b].table == l2)
-            b++;
+        b = qcow2_group_end(refs, count, a);
         if ((l2 >> s->cluster_bits) >= c->clusters)
             continue;
         uint64_t refcount;

@@ -118,6 +118,32 @@ struct qcow2_l1_ref *rt__qcow2_l1_by_table(const uint64_t *l1, uint32_t entries,
     return refs;
 }
 
+/* How many of the first @a n entries hold data. */
+static uint64_t allocated_in(const uint64_t *entries, uint64_t n)
+{
+    uint64_t allocated = 0;
+    for (uint64_t j = 0; j < n; j++) {
+        uint64_t e = entries[j];
+        allocated += (e & QCOW2_COMPRESSED) || ((e & QCOW2_OFFSET_MASK) && !(e & QCOW2_ZERO));
+    }
+    return allocated;
+}
+
+uint64_t rt__qcow2_allocated_through(const struct qcow2 *s, const uint64_t *entries,
+                                     const struct qcow2_l1_ref *refs, uint32_t n,
+                                     uint64_t blocks)
+{
+    uint64_t whole = allocated_in(entries, s->l2_entries), total = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        uint64_t first = (uint64_t)refs[k].index << s->l2_bits;
+        if (first >= blocks)
+            continue; /* past the virtual size: not the disk's */
+        uint64_t in_disk = blocks - first;
+        total += in_disk >= s->l2_entries ? whole : allocated_in(entries, in_disk);
+    }
+    return total;
+}
+
 /* Reads @a bytes at @a off (inside the file, checked) into a new buffer. */
 static int read_table(rt_vd_t vd, uint64_t off, uint64_t bytes, uint8_t **out)
 {
