@@ -453,14 +453,17 @@ int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf)
     }
     if ((rc = rt__vd_meta_write(vd, start, packed, bytes)) != RT_OK)
         goto fail;
-    free(packed);
-    s->compressed_cursor = start + bytes;
     uint32_t shift = 62 - (s->cluster_bits - 8);
     uint64_t sectors_minus_one = ((start + bytes - 1) >> 9) - (start >> 9);
     uint64_t entry = QCOW2_COMPRESSED | sectors_minus_one << shift | start;
     uint32_t id;
-    /* The data is written already: committable at the next flush. */
-    return repoint(vd, off >> s->cluster_bits, entry, ++vd->alloc_seq, &id);
+    /* The data is written already: committable at the next flush.  Until the entry
+     * names it, nothing does: a failure here gives its clusters back too. */
+    if ((rc = repoint(vd, off >> s->cluster_bits, entry, ++vd->alloc_seq, &id)) != RT_OK)
+        goto fail;
+    free(packed);
+    s->compressed_cursor = start + bytes; /* the next one packs in after it */
+    return RT_OK;
 
 fail:
     /* Nothing names what this write took: its references go back (the clusters stay
