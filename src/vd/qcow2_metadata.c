@@ -36,6 +36,7 @@ enum { ROLE_FIXED, ROLE_L2 };
 #define BITMAP_FIXED 24u
 #define BITMAP_TYPE_DIRTY 1u
 #define BITMAP_RESERVED_FLAGS 0xfffffffcu
+#define BITMAP_FLAG_IN_USE 1u /* a program had it loaded and did not store it back */
 #define BITMAP_MIN_GRANULARITY 9u
 #define BITMAP_MAX_GRANULARITY 31u
 #define BITMAP_MAX_DATA (512ull << 20)
@@ -306,8 +307,13 @@ static int bitmap_fits(const struct qcow2 *s, uint32_t n, const uint8_t *e, uint
                            "2^%u and no reserved flags exist",
                            n, type, flags, granularity_bits, BITMAP_MIN_GRANULARITY,
                            BITMAP_MAX_GRANULARITY);
+    /* An in-use bitmap is inconsistent by definition: a disk resized while it was
+     * loaded leaves it shorter than the disk, and the image is still valid.  Only a
+     * bitmap that claims to be consistent must cover every byte. */
     uint64_t data_bytes = (uint64_t)table_size << s->cluster_bits;
-    if (data_bytes > BITMAP_MAX_DATA || s->size > (data_bytes * 8u) << granularity_bits)
+    bool must_cover = !(flags & BITMAP_FLAG_IN_USE);
+    if (data_bytes > BITMAP_MAX_DATA ||
+        (must_cover && s->size > (data_bytes * 8u) << granularity_bits))
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "QCOW2 bitmap %u: its table of %u clusters %s", n, table_size,
                            data_bytes > BITMAP_MAX_DATA
