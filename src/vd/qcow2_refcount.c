@@ -303,15 +303,26 @@ int rt__qcow2_refcount_drop(rt_vd_t vd, uint64_t cluster, uint64_t amount)
 int rt__qcow2_alloc_clusters(rt_vd_t vd, uint32_t count, bool metadata, uint64_t *host_off)
 {
     struct qcow2 *s = qcow2_of(vd);
-    uint64_t host;
+    uint64_t host = 0;
     int rc = claim_run(vd, s, count, &host);
     if (rc == RT_OK && metadata)
         rc = rt__qcow2_note_metadata(s, host, count);
-    for (uint32_t i = 0; rc == RT_OK && i < count; i++)
-        rc = rt__qcow2_refcount_add(vd, (host >> s->cluster_bits) + i, 1);
-    if (rc == RT_OK)
-        *host_off = host;
-    return rc;
+    if (rc != RT_OK)
+        return rc;
+    uint64_t first = host >> s->cluster_bits;
+    for (uint32_t i = 0; i < count; i++) {
+        if ((rc = rt__qcow2_refcount_add(vd, first + i, 1)) == RT_OK)
+            continue;
+        /* Counting cluster i failed (no refcount block could be made for it): the
+         * caller gets nothing, so nothing may stay counted for it.  The blocks of the
+         * clusters before it are loaded, so dropping them cannot fail; a metadata note
+         * stays, which only keeps the allocator off those clusters. */
+        while (i-- > 0)
+            (void)rt__qcow2_refcount_add(vd, first + i, -1);
+        return rc;
+    }
+    *host_off = host;
+    return RT_OK;
 }
 
 int rt__qcow2_header_write(rt_vd_t vd)
