@@ -217,6 +217,25 @@ check "vrt-img convert -p: qemu-img's progress lines, on stdout" \
     bash -c "'$img' convert -p -f raw -O raw '$work/source.raw' '$work/progress.raw' 2>'$work/progress.err' |
              tr '\r' '\n' | grep -q '^    (100.00/100%)\$' && ! grep -q '100%' '$work/progress.err'"
 
+# convert's qemu-img options: cache modes, requests in flight, -W and -U.
+qemu-img create -q -f qcow2 "$work/conv-opts.qcow2" 64M
+qemu-io -f qcow2 -c 'write -P 7 1M 10M' -c 'write -P 9 40M 3M' "$work/conv-opts.qcow2" >/dev/null
+cache=none
+dd if=/dev/zero of="$work/direct-probe" bs=4096 count=1 oflag=direct status=none 2>/dev/null ||
+    cache=writeback # no O_DIRECT here: the uncached run becomes a cached one
+rm -f "$work/direct-probe"
+check "vrt-img convert -t $cache -T $cache -m 4 -W -U: identical to the source" \
+    bash -c "'$img' convert -t $cache -T $cache -m 4 -W -U -f qcow2 -O qcow2 '$work/conv-opts.qcow2' '$work/conv-opts-1.qcow2' &&
+             qemu-img compare '$work/conv-opts.qcow2' '$work/conv-opts-1.qcow2'"
+check "vrt-img convert -t unsafe -m 1: identical to the source" \
+    bash -c "'$img' convert -t unsafe -m 1 -f qcow2 -O raw '$work/conv-opts.qcow2' '$work/conv-opts-2.raw' &&
+             qemu-img compare '$work/conv-opts.qcow2' '$work/conv-opts-2.raw'"
+for bad in '-t bogus' '-T nocache' '-m 0' '-m 17'; do
+    check "vrt-img convert $bad: refused, nothing written" \
+        bash -c "! '$img' convert $bad -f qcow2 '$work/conv-opts.qcow2' '$work/conv-opts-bad.raw' 2>/dev/null &&
+                 test ! -e '$work/conv-opts-bad.raw'"
+done
+
 # --- exit codes a script can rely on ----------------------------------------------
 qemu-img create -q -f vdi "$work/leaky.vdi" 8M
 qemu-io -f vdi -c 'write -P 1 0 3M' "$work/leaky.vdi" >/dev/null

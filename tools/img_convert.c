@@ -64,7 +64,8 @@
 #define RUN_SLICE_MS   200u
 
 static const char usage_text[] =
-    "Usage: " PROG " convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-q] [-S SIZE] SRC DST\n"
+    "Usage: " PROG " convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-q] [-S SIZE]\n"
+    "                        [-t CACHE] [-T CACHE] [-m N] [-W] [-U] SRC DST\n"
     "Copy the guest contents of image SRC into a new image DST.\n"
     "\n"
     "  -f FMT      SRC's format; default: probe it (a SRC with a backing file needs -f)\n"
@@ -74,6 +75,13 @@ static const char usage_text[] =
     "  -c          compress DST's clusters (formats with compression: qcow2)\n"
     "  -p          show progress (the default when stdout is a terminal)\n"
     "  -q          quiet: no progress\n"
+    "  -t CACHE    DST's cache mode: none or directsync bypass the host page cache;\n"
+    "              writeback (default), writethrough, unsafe use it (DST is flushed\n"
+    "              before it is published, whatever the mode)\n"
+    "  -T CACHE    SRC's cache mode, the same names\n"
+    "  -m N        requests in flight at once, 1 to 16 (default 16)\n"
+    "  -W          accepted: writes already complete in any order\n"
+    "  -U, --force-share  accepted: SRC is read without taking a lock\n"
     "  -S SIZE     sparse detection granularity: runs of SIZE zero bytes, aligned to\n"
     "              SIZE, are not written (default 4k; a multiple of 512 up to 16M);\n"
     "              -S 0 writes everything, so DST comes out fully allocated; with -c\n"
@@ -119,6 +127,8 @@ struct copy {
     bool ext_valid;
 
     struct slot slots[SLOT_COUNT];
+    unsigned slot_count; /* in use: -m, at most SLOT_COUNT */
+    uint32_t src_flags, dst_flags; /* -T, -t: RT_VD_OPEN_NO_CACHE or 0 */
     void *buffers;
     size_t buffers_size;
     unsigned busy; /* slots not FREE */
@@ -222,7 +232,7 @@ static bool next_piece(struct copy *c, uint64_t *off, size_t *len)
 
 static void start_reads(struct copy *c)
 {
-    for (unsigned i = 0; i < SLOT_COUNT && RT_SUCCESS(c->status); i++) {
+    for (unsigned i = 0; i < c->slot_count && RT_SUCCESS(c->status); i++) {
         struct slot *s = &c->slots[i];
         rt_iovec_t iov;
         int rc;
@@ -320,7 +330,7 @@ static void write_piece(struct copy *c, struct slot *s)
 
 static void handle_reads(struct copy *c)
 {
-    for (unsigned i = 0; i < SLOT_COUNT; i++) {
+    for (unsigned i = 0; i < c->slot_count; i++) {
         struct slot *s = &c->slots[i];
 
         if (s->state != SLOT_READ_DONE)
@@ -372,13 +382,13 @@ static int setup(struct copy *c)
         img_report("creating an I/O queue", rc, NULL);
         return rc;
     }
-    c->buffers_size = (size_t)SLOT_COUNT * c->chunk;
+    c->buffers_size = (size_t)c->slot_count * c->chunk;
     c->buffers = rt_mem_page_alloc(c->buffers_size);
     if (!c->buffers) {
         img_report("allocating copy buffers", RT_ERR_NO_MEMORY, NULL);
         return RT_ERR_NO_MEMORY;
     }
-    for (unsigned i = 0; i < SLOT_COUNT; i++) {
+    for (unsigned i = 0; i < c->slot_count; i++) {
         c->slots[i].copy = c;
         c->slots[i].buf = (unsigned char *)c->buffers + (size_t)i * c->chunk;
     }
@@ -410,7 +420,7 @@ static int create_destination(struct copy *c, const char *format, rt_vd_create_o
         img_report(what, rc, &err);
         return rc;
     }
-    rc = img_open(&c->dst, c->tmp_path, format, 0, NULL);
+    rc = img_open(&c->dst, c->tmp_path, format, c->dst_flags, NULL);
     if (RT_FAILURE(rc))
         unlink(c->tmp_path);
     return rc;
@@ -445,7 +455,8 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
     bool idle = true;
     int rc;
 
-    rc = img_open_info(&c->src, c->src_path, src_format, RT_VD_OPEN_READ_ONLY, &info);
+    rc = img_open_info(&c->src, c->src_path, src_format, RT_VD_OPEN_READ_ONLY | c->src_flags,
+                       &info);
     if (RT_FAILURE(rc))
         return IMG_EXIT_ERROR;
     c->size = info.virtual_size;
@@ -507,8 +518,30 @@ out:
 
 static const struct option long_options[] = {
     {"help", no_argument, NULL, 'h'},
+    {"force-share", no_argument, NULL, 'U'},
     {NULL, 0, NULL, 0},
 };
+
+/* qemu-img's cache modes: "none" and "directsync" bypass the host page cache (the
+ * copy is flushed before it is published either way); the others use it. */
+static bool parse_cache_mode(const char *cmd, int option, const char *mode, uint32_t *flags)
+{
+    static const char *const cached[] = {"writeback", "writethrough", "unsafe"};
+    if (!strcmp(mode, "none") || !strcmp(mode, "directsync")) {
+        *flags = RT_VD_OPEN_NO_CACHE;
+        return true;
+    }
+    for (size_t i = 0; i < sizeof cached / sizeof cached[0]; i++) {
+        if (!strcmp(mode, cached[i])) {
+            *flags = 0;
+            return true;
+        }
+    }
+    img_usage_error(cmd, "-%c: '%s' is not a cache mode (none, directsync, writeback, "
+                         "writethrough, unsafe)",
+                    option, mode);
+    return false;
+}
 
 /* Everything but freeing the names in @a opts; returns the exit status. */
 static int parse_and_convert(int argc, char **argv, rt_vd_create_opts_t *opts)
@@ -520,9 +553,27 @@ static int parse_and_convert(int argc, char **argv, rt_vd_create_opts_t *opts)
 
     copy.sparse = SPARSE_DEFAULT;
     copy.unit = 1;
+    copy.slot_count = SLOT_COUNT;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:O:o:cpqS:h", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqS:t:T:m:WUh", long_options, NULL)) != -1) {
         switch (c) {
+        case 't':
+        case 'T':
+            if (!parse_cache_mode(cmd, c, optarg, c == 't' ? &copy.dst_flags : &copy.src_flags))
+                return IMG_EXIT_ERROR;
+            break;
+        case 'm': {
+            uint64_t n;
+            if (!cli_parse_u64(optarg, &n) || n < 1 || n > SLOT_COUNT) {
+                img_usage_error(cmd, "-m: '%s' is not a number of requests from 1 to %u",
+                                optarg, SLOT_COUNT);
+                return IMG_EXIT_ERROR;
+            }
+            copy.slot_count = (unsigned)n;
+            break;
+        }
+        case 'W': break; /* writes already complete in any order */
+        case 'U': break; /* the source is read without taking a lock */
         case 'c': copy.compress = true; break;
         case 'f': src_format = optarg; break;
         case 'O': dst_format = optarg; break;
