@@ -207,6 +207,44 @@ int rt_vd_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
 int rt_vd_readv(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
 int rt_vd_writev(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
 
+/* rt_vd_write_zeroes() flags */
+/** The range may be deallocated instead of written (its space freed, a hole punched):
+ *  it reads as zeros either way.  Without it, what was allocated stays allocated. */
+#define RT_VD_ZERO_MAY_UNMAP 0x1u
+
+/**
+ * Makes guest bytes [@a off, @a off + @a len) read as zeros, waiting for the result.
+ * Where the format can record zeros in its metadata (QCOW2 v3 zero clusters; a QCOW2
+ * without a backing file, or raw, by deallocating with RT_VD_ZERO_MAY_UNMAP; raw by
+ * FALLOC_FL_ZERO_RANGE) whole units are done that way without writing data; the rest
+ * (parts of units, VDI blocks that hold data, QCOW2 v2 with a backing file) is
+ * written with zeros, and what already reads as zeros is left alone.  Ordered against
+ * the image's other requests as a write is; durable at the next flush, as a write is.
+ * A failure may leave part of the range zeroed (the rest as it was).
+ *
+ * @param flags  0 or RT_VD_ZERO_MAY_UNMAP.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_PARAMETER (an unknown flag)
+ * @retval RT_ERR_OUT_OF_RANGE, RT_ERR_VD_READ_ONLY, RT_ERR_BUSY, RT_ERR_ACCESS_DENIED
+ *         as for rt_vd_write(); a poisoned image's status.
+ * @retval RT_ERR_IO, RT_ERR_DISK_FULL (zeros that had to be written), RT_ERR_NO_MEMORY,
+ *         RT_ERR_VD_CORRUPT.
+ */
+int rt_vd_write_zeroes(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t flags);
+
+/**
+ * Tells the image that guest bytes [@a off, @a off + @a len) are no longer needed (a
+ * guest's TRIM or UNMAP), waiting for the result.  Advisory: whole units the format
+ * can drop are deallocated (QCOW2 clusters, their space freed at the next flush and
+ * punched out of the file; raw ranges punched) and then read as zeros; partial units,
+ * VDI blocks and QCOW2 v2 with a backing file keep what they held.  Never writes
+ * data, so it needs no free space.  Ordered and made durable as a write is.
+ *
+ * @retval the statuses of rt_vd_write_zeroes(), except RT_ERR_INVALID_PARAMETER and
+ *         RT_ERR_DISK_FULL.
+ */
+int rt_vd_discard(rt_vd_t vd, uint64_t off, uint64_t len);
+
 /**
  * Makes every completed write durable, together with the metadata that points at it.
  *
@@ -408,6 +446,14 @@ int rt_vd_queue_read(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iov
                      unsigned iovcnt, rt_vd_done_t *done, void *user);
 int rt_vd_queue_write(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
                       unsigned iovcnt, rt_vd_done_t *done, void *user);
+/** Queued forms of rt_vd_write_zeroes() and rt_vd_discard(): accepted or refused as
+ *  rt_vd_queue_write() is (RT_ERR_INVALID_PARAMETER for an unknown flag), completed
+ *  with the statuses of the synchronous calls.  Ordered against the image's other
+ *  requests on the queue as a write over the same range is. */
+int rt_vd_queue_write_zeroes(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, uint64_t len,
+                             uint32_t flags, rt_vd_done_t *done, void *user);
+int rt_vd_queue_discard(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, uint64_t len,
+                        rt_vd_done_t *done, void *user);
 /** A flush covers every write whose callback ran before the flush was started; the
  *  poisoning rule of rt_vd_flush() applies (a poisoned image refuses writes and flushes
  *  here at once, with its status). */

@@ -774,4 +774,5 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .check = rt__qcow2_check,
     .info = qcow2_info,
     .write_compressed = rt__qcow2_write_compressed,
+    .zero = rt__qcow2_zero,
 };

@@ -330,5 +330,8 @@ int rt__qcow2_commit(rt_vd_t vd, uint64_t upto);
 int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
 int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
 int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf);
+/* The driver's zero(): zero clusters, dropped clusters (see rt_vd_write_zeroes()). */
+int rt__qcow2_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64_t seq,
+                   struct vd_zero *z);
 
 #endif /* RT_VD_QCOW2_H */

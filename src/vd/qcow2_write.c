@@ -154,8 +154,12 @@ static int repoint(rt_vd_t vd, uint64_t cluster, uint64_t new_entry, uint64_t se
     *id = ++s->next_id;
     if (*id == 0)
         *id = ++s->next_id;
+    /* A cluster zeroed in place (its entry gains ZERO, the same host cluster) keeps the
+     * reference; every other change drops what the old entry referenced. */
+    bool same_cluster = !((old | new_entry) & QCOW2_COMPRESSED) && (old & QCOW2_OFFSET_MASK) != 0 &&
+                        (old & QCOW2_OFFSET_MASK) == (new_entry & QCOW2_OFFSET_MASK);
     struct ref_ctx ctx = {vd, *id};
-    if ((rc = for_each_referenced(s, old, drop_later, &ctx)) != RT_OK)
+    if (!same_cluster && (rc = for_each_referenced(s, old, drop_later, &ctx)) != RT_OK)
         return rc;
     rc = push_pending(s, (struct qcow2_pending){*id, l1_index, l2_index, old, new_entry, seq});
     if (rc != RT_OK)
@@ -185,6 +189,80 @@ int rt__qcow2_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc)
     /* The allocator hands out clusters upwards from the file's rounded-up end at open
      * and never twice: what has not been written there reads as zeros. */
     alloc->fresh = host >= s->file_size_at_open;
+    return RT_OK;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Zeros and discards. */
+
+/* What the L2 entry @a old becomes when its cluster is zeroed or discarded (@a how);
+ * false when this image cannot record it (QCOW2 v2 has no zero flag: only dropping the
+ * cluster reads as zeros, and only without a backing file). */
+static bool zeroed_entry(const struct qcow2 *s, bool backing, uint32_t how, uint64_t old,
+                         uint64_t *out)
+{
+    bool unmap = (how & (VD_ZERO_DISCARD | RT_VD_ZERO_MAY_UNMAP)) != 0;
+    if (!backing && unmap) {
+        *out = 0; /* unallocated: zeros, as there is nothing under it */
+        return true;
+    }
+    if (s->version < 3)
+        return false;
+    uint64_t host = old & QCOW2_OFFSET_MASK;
+    if (!unmap && !(old & QCOW2_COMPRESSED) && host != 0 && (old & QCOW2_COPIED)) {
+        *out = host | QCOW2_COPIED | QCOW2_ZERO; /* stays allocated, as asked */
+        return true;
+    }
+    /* A compressed or shared cluster cannot be kept for this entry alone: dropped. */
+    *out = QCOW2_ZERO;
+    return true;
+}
+
+int rt__qcow2_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64_t seq,
+                   struct vd_zero *z)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    uint64_t in_cluster = off & (s->cluster_size - 1);
+    z->done = false;
+    if (in_cluster != 0) {
+        z->length = len < s->cluster_size - in_cluster ? len : s->cluster_size - in_cluster;
+        return RT_OK; /* part of a cluster: the engine's */
+    }
+    /* Whole clusters, the disk's last one included when the range runs to the end. */
+    uint64_t whole = len >> s->cluster_bits;
+    if (off + len == vd->size && (len & (s->cluster_size - 1)) != 0)
+        whole++;
+    if (whole == 0) {
+        z->length = len;
+        return RT_OK;
+    }
+    uint64_t cluster = off >> s->cluster_bits;
+    uint32_t l1_index = (uint32_t)(cluster >> s->l2_bits);
+    uint32_t l2_index = (uint32_t)(cluster & (s->l2_entries - 1));
+    uint64_t n = whole < s->l2_entries - l2_index ? whole : s->l2_entries - l2_index;
+    z->length = n << s->cluster_bits < len ? n << s->cluster_bits : len;
+    bool backing = vd->backing_name != NULL;
+    uint64_t entry;
+    if (!zeroed_entry(s, backing, how, 0, &entry))
+        return RT_OK; /* nothing here can: the engine writes zeros */
+    int rc;
+    struct qcow2_l2 *t = rt__qcow2_l2_get(vd, l1_index, &rc);
+    if (rc != RT_OK)
+        return rc;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t old = t != NULL ? t->entries[l2_index + i] : 0;
+        zeroed_entry(s, backing, how, old, &entry);
+        /* Nothing to change: the same entry, or no data either way and nothing beneath. */
+        bool no_data = (old & QCOW2_OFFSET_MASK) == 0 && !(old & QCOW2_COMPRESSED) &&
+                       (entry & QCOW2_OFFSET_MASK) == 0;
+        if (entry == old || (!backing && no_data))
+            continue;
+        uint32_t id;
+        if ((rc = repoint(vd, cluster + i, entry, seq, &id)) != RT_OK)
+            return rc;
+        t = s->l2[l1_index]; /* the writable table (a copy, if it was shared) */
+    }
+    z->done = true;
     return RT_OK;
 }
 
@@ -295,10 +373,35 @@ static int write_l1(rt_vd_t vd, struct qcow2 *s)
     return rc;
 }
 
+static int by_cluster(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Gives the file system back the space of clusters nothing references any more (a
+ * discard's, a zeroed cluster's, a replaced table's), in runs.  Only space: a failure
+ * changes nothing, and the allocator never hands these clusters out again while open. */
+static void punch_freed(rt_vd_t vd, struct qcow2 *s, uint64_t *freed, size_t n)
+{
+    qsort(freed, n, sizeof(*freed), by_cluster);
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && freed[j] == freed[j - 1] + 1)
+            j++;
+        if (rt__vd_punch(vd, freed[i] << s->cluster_bits,
+                         (uint64_t)(j - i) << s->cluster_bits) == RT_ERR_NOT_SUPPORTED)
+            return;
+        i = j;
+    }
+}
+
 /* Step 4: the decrements whose pointers are now gone from the file. */
 static int apply_decrements(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
 {
     int rc = RT_OK;
+    uint64_t *freed = malloc((s->decrements_len ? s->decrements_len : 1) * sizeof(*freed));
+    size_t nfreed = 0;
     for (size_t i = 0; rc == RT_OK && i < s->decrements_len;) {
         struct qcow2_decrement *d = &s->decrements[i];
         const struct qcow2_pending *p = d->after_id == 0 ? NULL : find_pending(s, d->after_id);
@@ -307,9 +410,16 @@ static int apply_decrements(rt_vd_t vd, struct qcow2 *s, uint64_t upto)
             i++;
             continue;
         }
+        uint64_t left = 1;
         rc = rt__qcow2_refcount_add(vd, d->cluster, -1);
+        if (rc == RT_OK && freed != NULL && rt__qcow2_refcount_get(vd, d->cluster, &left) == RT_OK &&
+            left == 0)
+            freed[nfreed++] = d->cluster;
         *d = s->decrements[--s->decrements_len];
     }
+    if (rc == RT_OK && nfreed > 0)
+        punch_freed(vd, s, freed, nfreed);
+    free(freed);
     return rc;
 }
 

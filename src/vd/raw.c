@@ -62,6 +62,21 @@ static int raw_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map,
     return RT_OK;
 }
 
+/* Zeros and discards go to the file system: a punched hole when the range may be
+ * deallocated (a discard, or zeros with RT_VD_ZERO_MAY_UNMAP), FALLOC_FL_ZERO_RANGE
+ * when it must stay allocated.  Where neither works the engine writes the zeros, and
+ * a discard does nothing. */
+static int raw_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64_t seq,
+                    struct vd_zero *z)
+{
+    (void)seq;
+    bool unmap = (how & (VD_ZERO_DISCARD | RT_VD_ZERO_MAY_UNMAP)) != 0;
+    int rc = unmap ? rt__vd_punch(vd, off, len) : rt__vd_zero_range(vd, off, len);
+    z->length = len;
+    z->done = rc == RT_OK;
+    return rc == RT_ERR_NOT_SUPPORTED ? RT_OK : rc;
+}
+
 static void raw_info(rt_vd_t vd, rt_vd_info_t *info)
 {
 }
@@ -105,6 +120,7 @@ const struct vd_driver rt__vd_raw_driver = {
     .close = raw_close,
     .create = raw_create,
     .map = raw_map,
+    .zero = raw_zero,
     .info = raw_info,
     .block_status = raw_block_status,
 };

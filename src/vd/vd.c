@@ -257,6 +257,24 @@ int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len)
 #endif
 }
 
+int rt__vd_zero_range(rt_vd_t vd, uint64_t off, uint64_t len)
+{
+    if (vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+#if defined(HAVE_FALLOCATE) && HAVE_DECL_FALLOC_FL_ZERO_RANGE
+    int fd = (int)rt_file_to_native(vd->file);
+    if (fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+        return RT_OK;
+    if (errno == EOPNOTSUPP || errno == ENOSYS)
+        return RT_ERR_NOT_SUPPORTED;
+    return rt_err_from_errno(errno);
+#else
+    (void)off;
+    (void)len;
+    return RT_ERR_NOT_SUPPORTED;
+#endif
+}
+
 /* ---------------------------------------------------------------------------------- */
 /* Open, create, close. */
 
@@ -669,6 +687,19 @@ int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *i
     return check_range(vd, off, *total);
 }
 
+int rt__vd_check_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t flags)
+{
+    if (!vd_live(vd))
+        return RT_ERR_INVALID_HANDLE;
+    if ((flags & ~RT_VD_ZERO_MAY_UNMAP) != 0)
+        return RT_ERR_INVALID_PARAMETER;
+    if (vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+    if (vd->backing_unopened)
+        return RT_ERR_ACCESS_DENIED; /* a partial unit's old contents are unknown */
+    return check_range(vd, off, len);
+}
+
 int rt__vd_begin_write(rt_vd_t vd)
 {
     if (vd->write_begun || vd->driver->begin_write == NULL)
@@ -719,6 +750,26 @@ int rt_vd_flush(rt_vd_t vd)
     if (vd->read_only)
         return RT_OK;
     return rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+}
+
+static int sync_zero(rt_vd_t vd, int kind, uint64_t off, uint64_t len, uint32_t flags)
+{
+    int rc = rt__vd_check_zero(vd, off, len, flags);
+    if (rc != RT_OK || len == 0)
+        return rc;
+    if ((rc = rt__vd_begin_write(vd)) != RT_OK)
+        return rc;
+    return rt__vd_sync_zero(vd, kind, off, len, flags);
+}
+
+int rt_vd_write_zeroes(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t flags)
+{
+    return sync_zero(vd, VD_IO_ZERO, off, len, flags);
+}
+
+int rt_vd_discard(rt_vd_t vd, uint64_t off, uint64_t len)
+{
+    return sync_zero(vd, VD_IO_DISCARD, off, len, 0);
 }
 
 int rt_vd_write_compressed(rt_vd_t vd, uint64_t off, const void *buf, size_t len)

@@ -68,6 +68,18 @@ struct vd_load {
 /* map()'s answer when it filled *load instead (only when the caller gave one). */
 #define VD_MAP_NEEDS_LOAD 1
 
+/* What zero() did with the front of the range it was given. */
+struct vd_zero {
+    uint64_t length; /* bytes from the asked offset this answer covers; > 0 */
+    /* They read as zeros now (or, discarding, are dropped), by metadata alone.  False:
+     * the driver cannot do them that way; the engine writes zeros there (discarding,
+     * leaves them), skipping what already reads as zeros. */
+    bool done;
+};
+
+/* zero()'s @a how: RT_VD_ZERO_MAY_UNMAP, and this for a discard. */
+#define VD_ZERO_DISCARD 0x80000000u
+
 /* What a driver can do: the layer calls no operation the driver does not claim, and
  * tst_vd checks that every claimed operation is there. */
 #define VD_CAP_CREATE           0x0001u /* create */
@@ -145,6 +157,13 @@ struct vd_driver {
      * current (dirty bitmaps): not at open, so that a read-only use or a repair of a
      * writable open leaves them valid. */
     int (*begin_write)(rt_vd_t vd);
+    /* Makes the front of guest [off, off + len) read as zeros (or drops it, with
+     * VD_ZERO_DISCARD in @a how) in memory, committed like an allocation with sequence
+     * number @a seq (the engine has written nothing there meanwhile: the range is its
+     * request's alone).  An answer ends at a unit boundary or at off + len.  NULL: the
+     * engine writes zeros everywhere (and a discard does nothing). */
+    int (*zero)(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64_t seq,
+                struct vd_zero *z);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */
@@ -262,6 +281,9 @@ int rt__vd_meta_flush(rt_vd_t vd);
  * without needing free space): a punched hole, the file's size kept.
  * RT_ERR_NOT_SUPPORTED where the host or file system cannot. */
 int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len);
+/* Makes [off, off + len) of the image file read as zeros, its space kept allocated
+ * (FALLOC_FL_ZERO_RANGE).  RT_ERR_NOT_SUPPORTED where the host or file system cannot. */
+int rt__vd_zero_range(rt_vd_t vd, uint64_t off, uint64_t len);
 
 /* Validation shared by the synchronous and asynchronous entries (vd.c). */
 int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov,
@@ -272,9 +294,13 @@ int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ex
 /* The queue engine (vd_queue.c). */
 int rt__vd_queue_ensure_idle(rt_vd_t vd);
 int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
+/* A zero or discard request (VD_IO_ZERO, VD_IO_DISCARD) on the image's private queue. */
+int rt__vd_sync_zero(rt_vd_t vd, int kind, uint64_t off, uint64_t len, uint32_t flags);
+/* Validation of a zero or discard request (vd.c). */
+int rt__vd_check_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t flags);
 void rt__vd_queue_release_sync(rt_vd_t vd);
 
-enum vd_io_kind { VD_IO_READ, VD_IO_WRITE, VD_IO_FLUSH };
+enum vd_io_kind { VD_IO_READ, VD_IO_WRITE, VD_IO_FLUSH, VD_IO_ZERO, VD_IO_DISCARD };
 
 /* Checked arithmetic for values read from an image: every offset + length, count x
  * entry size and table extent a driver computes from a field goes through these, so a

@@ -20,6 +20,10 @@
  *           from the backing image, or inflated; the op's fill phases); adjacent new
  *           units given adjacent space go in one op; the job ends when its last op
  *           does, and only then does the driver learn the outcome (alloc_done)
+ *   zero,   whole units -> the driver's zero(): metadata (QCOW2 zero clusters) or the
+ *   discard file system (raw: fallocate), inline; what it cannot do -> for a zero, the
+ *           write path with zeros for the guest's bytes (the shared zero chunk), except
+ *           what already reads as zeros; for a discard, nothing
  *   flush   wait for the allocation jobs begun before it -> fsync op -> driver commit
  *           -> fsync op
  *
@@ -48,7 +52,8 @@
  * Such a request is "exclusive" over its widened range [lo, hi).  Every image keeps its
  * requests in arrival order; a request starts only when no earlier request overlapping
  * it is exclusive, and an exclusive one only when no earlier overlapping request at all
- * is left.  Plain aligned reads and writes of allocated data never wait.
+ * is left.  Plain aligned reads and writes of allocated data never wait.  A zero or
+ * discard request is exclusive over the units it touches, and counts as allocating.
  *
  * Dependents of an allocation.  The in-memory map points at a unit as soon as alloc()
  * reserved it, before its data is written.  A write admitted meanwhile would see "data"
@@ -160,6 +165,10 @@ struct vd_io {
     rt_iovec_t iov_inline[INLINE_IOV];
     rt_vd_done_t *done;
     void *user;
+    /* VD_IO_ZERO, VD_IO_DISCARD: the caller's flags; and while zeros are being written
+     * where the driver could not record them, where that stretch ends (see zero_step). */
+    uint32_t zero_flags;
+    uint64_t zero_write_end;
 
     /* Ordering. */
     bool exclusive;
@@ -286,6 +295,24 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 static uint64_t max_u64(uint64_t a, uint64_t b)
 {
     return a > b ? a : b;
+}
+
+/* Does the request change guest data (and so take the write path's rules)? */
+static bool changes_data(int kind)
+{
+    return kind == VD_IO_WRITE || kind == VD_IO_ZERO || kind == VD_IO_DISCARD;
+}
+
+static bool zeroing(const struct vd_io *io)
+{
+    return io->kind == VD_IO_ZERO || io->kind == VD_IO_DISCARD;
+}
+
+/* Where the step in progress must stop: the request's end, or for a zero request the
+ * end of the stretch being written with zeros. */
+static uint64_t step_end(const struct vd_io *io)
+{
+    return zeroing(io) ? io->zero_write_end : io->cursor_end;
 }
 
 static uint64_t round_down(uint64_t v, uint64_t unit)
@@ -541,12 +568,31 @@ static void try_start(struct vd_io *io)
     ready_push(io->queue, io);
 }
 
+/* A zero or discard request changes whole units in the driver's metadata and writes
+ * zeros into others, possibly through bounced sectors: it is exclusive over every unit
+ * it touches, and counts as allocating, so that a later write over it maps again once
+ * it is done instead of trusting a mapping it is about to change. */
+static int plan_zero(struct vd_io *io)
+{
+    rt_vd_t vd = io->vd;
+    uint64_t grain = max_u64(vd->align, vd->alloc_unit ? vd->alloc_unit : 1);
+    io->lo = round_down(io->off, grain);
+    io->hi = round_up(io->off + io->len, grain);
+    io->exclusive = true;
+    io->allocates = true;
+    io->bounce = vd->align > 1 &&
+                 (io->off % vd->align != 0 || (io->off + io->len) % vd->align != 0);
+    return RT_OK;
+}
+
 /* Decides how the request moves and what it must not overlap; it is not yet started. */
 static int plan(struct vd_io *io)
 {
     rt_vd_t vd = io->vd;
     if (io->kind == VD_IO_FLUSH)
         return RT_OK;
+    if (zeroing(io))
+        return plan_zero(io);
     uint64_t align = vd->align;
     uint64_t wlo = round_down(io->off, align);
     uint64_t whi = round_up(io->off + io->len, align);
@@ -580,12 +626,13 @@ static void start_stage(struct vd_io *io, enum io_stage stage)
     switch (stage) {
     case STAGE_MAIN:
         /* A write or flush admitted before the image was poisoned fails now. */
-        if (io->kind == VD_IO_WRITE && io->vd->poisoned != RT_OK) {
+        if (changes_data(io->kind) && io->vd->poisoned != RT_OK) {
             io->status = io->vd->poisoned;
             return;
         }
         io->cursor = io->off;
         io->cursor_end = io->off + io->len;
+        io->zero_write_end = io->off;
         break;
     case STAGE_FLUSH_WAIT:
         io->job_mark = io->vd->jobs_created;
@@ -615,7 +662,7 @@ static void finish(struct vd_io *io)
 static bool wants_writeback(const struct vd_io *io)
 {
     rt_vd_t vd = io->vd;
-    return io->kind == VD_IO_WRITE && !vd->writeback_running && vd->poisoned == RT_OK &&
+    return changes_data(io->kind) && !vd->writeback_running && vd->poisoned == RT_OK &&
            vd->driver->needs_writeback != NULL && vd->driver->needs_writeback(vd);
 }
 
@@ -790,6 +837,8 @@ static uint64_t op_add_zeros(struct rt_vd_queue *q, struct vd_op *op, uint64_t l
  * coalesced into one op stay one entry). */
 static uint64_t op_add_guest(struct vd_io *io, struct vd_op *op, uint64_t voff, uint64_t len)
 {
+    if (zeroing(io))
+        return op_add_zeros(io->queue, op, len); /* its "guest bytes" are zeros */
     uint64_t taken = 0;
     if (op->iovcnt > 0) {
         rt_iovec_t *last = &op->iov[op->iovcnt - 1];
@@ -812,6 +861,15 @@ static uint64_t op_add_guest(struct vd_io *io, struct vd_op *op, uint64_t voff, 
     op->iovcnt += n;
     op->len += more;
     return taken + more;
+}
+
+/* Copies the guest's bytes [voff, voff + len) into @a dst (zeros for a zero request). */
+static void guest_to_chunk(const struct vd_io *io, uint64_t voff, uint8_t *dst, uint64_t len)
+{
+    if (zeroing(io))
+        memset(dst, 0, (size_t)len);
+    else
+        iov_copy(io->iov, io->iovcnt, voff - io->off, dst, len, false);
 }
 
 /* The op's iovec can take @a entries more (grown on demand, kept across uses). */
@@ -915,8 +973,8 @@ static int bounced_op(struct vd_io *io, struct vd_op *op, const struct vd_map *m
             op_add(op, op->chunk + (whi - align - wlo), align);
         } else {
             /* Nothing to read first: copy and write. */
-            iov_copy(io->iov, io->iovcnt, op->guest_lo - io->off,
-                     op->chunk + (op->guest_lo - wlo), op->guest_hi - op->guest_lo, false);
+            guest_to_chunk(io, op->guest_lo, op->chunk + (op->guest_lo - wlo),
+                           op->guest_hi - op->guest_lo);
             op->kind = OP_WRITE;
             op_add(op, op->chunk, op->win_len);
         }
@@ -981,7 +1039,7 @@ static int job_fill(struct vd_io *io, struct vd_job *job, struct vd_op *op)
                 add_fill(op, job, v, op->chunk, glo - v);
             if (ghi < v + n)
                 add_fill(op, job, ghi, op->chunk + (ghi - v), v + n - ghi);
-            iov_copy(io->iov, io->iovcnt, glo - io->off, op->chunk + (glo - v), ghi - glo, false);
+            guest_to_chunk(io, glo, op->chunk + (glo - v), ghi - glo);
             op_add(op, op->chunk, n);
             added = n;
         } else {
@@ -1052,13 +1110,13 @@ static int job_step(struct vd_io *io, struct vd_job *job, struct vd_op *op)
         if (!emitted)
             break;
         if (op->njobs == MAX_OP_JOBS || op->len >= MAX_OP_BYTES || op->iovcnt >= op->iovcap ||
-            io->cursor >= io->cursor_end || io->status != RT_OK)
+            io->cursor >= step_end(io) || io->status != RT_OK)
             break;
         /* The next unit: coalesce only a new one (a plain data write is the next
          * step's, which maps it again). */
         uint64_t pos = io->cursor;
         uint64_t at = io->bounce ? round_down(pos, vd->align) : pos;
-        uint64_t to = io->bounce ? round_up(io->cursor_end, vd->align) : io->cursor_end;
+        uint64_t to = io->bounce ? round_up(step_end(io), vd->align) : step_end(io);
         struct vd_map map = {0};
         struct vd_load load;
         if ((rc = vd->driver->map(vd, at, to - at, &map, &load)) != RT_OK) {
@@ -1253,6 +1311,8 @@ static void load_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
 
 /* Plans one step of @a io at its cursor.  Either does it inline (0), or fills @a op
  * to be submitted (1), or fails the io (< 0). */
+static int zero_step(struct vd_io *io, struct vd_op *op);
+
 static int step(struct vd_io *io, struct vd_op *op)
 {
     rt_vd_t vd = io->vd;
@@ -1264,10 +1324,12 @@ static int step(struct vd_io *io, struct vd_op *op)
     }
     if (io->job != NULL)
         return job_step(io, io->job, op);
-    uint64_t pos = io->cursor;
+    if (zeroing(io) && io->cursor >= io->zero_write_end)
+        return zero_step(io, op);
+    uint64_t pos = io->cursor, end = step_end(io);
     /* A bounced data op works on whole sectors: map from the one pos is in. */
     uint64_t at = io->bounce ? round_down(pos, vd->align) : pos;
-    uint64_t to = io->bounce ? round_up(io->cursor_end, vd->align) : io->cursor_end;
+    uint64_t to = io->bounce ? round_up(end, vd->align) : end;
     struct vd_map map = {0};
     struct vd_load load;
     int rc = vd->driver->map(vd, at, to - at, &map, io->just_loaded ? NULL : &load);
@@ -1276,7 +1338,7 @@ static int step(struct vd_io *io, struct vd_op *op)
         return load_start(io, op, &load);
     if (rc != RT_OK)
         return rc;
-    bool writing = io->kind == VD_IO_WRITE;
+    bool writing = changes_data(io->kind);
     if (map.kind == VD_MAP_DATA && !(writing && map.shared)) {
         if (map.file >= vd->nfiles)
             return RT_ERR_VD_CORRUPT; /* a driver names a file it never added */
@@ -1290,7 +1352,7 @@ static int step(struct vd_io *io, struct vd_op *op)
         op->iovcnt = 0;
         op->len = 0;
         io->cursor = pos + op_add_guest(io, op, pos, min_u64(min_u64(map.length, MAX_OP_BYTES),
-                                                             io->cursor_end - pos));
+                                                             end - pos));
         op->guest_lo = pos;
         op->guest_hi = io->cursor;
         return 1;
@@ -1299,8 +1361,7 @@ static int step(struct vd_io *io, struct vd_op *op)
         /* The answer counts from at (the start of pos's sector when bouncing). */
         if (map.length <= pos - at)
             return RT_ERR_VD_CORRUPT;
-        uint64_t len =
-            min_u64(min_u64(map.length - (pos - at), io->cursor_end - pos), MAX_OP_BYTES);
+        uint64_t len = min_u64(min_u64(map.length - (pos - at), end - pos), MAX_OP_BYTES);
         if ((rc = read_inline(io, &map, pos, len, op)) != RT_OK)
             return rc;
         io->cursor = pos + len;
@@ -1309,6 +1370,48 @@ static int step(struct vd_io *io, struct vd_op *op)
     if ((rc = job_start(io, &map, at, pos)) != RT_OK)
         return rc;
     return job_step(io, io->job, op);
+}
+
+/* Does what @a map describes at @a pos read as zeros, whatever is under it? */
+static bool reads_zero(rt_vd_t vd, const struct vd_map *map, uint64_t pos)
+{
+    if (map->kind == VD_MAP_ZERO)
+        return true;
+    return map->kind == VD_MAP_UNALLOCATED && (vd->backing == NULL || pos >= vd->backing->size);
+}
+
+/* The next stretch of a zero or discard request: the driver records what it can in its
+ * metadata; the engine writes zeros over the rest (a discard leaves it), except where
+ * the image already reads as zeros.  The written stretch then runs as a write would,
+ * with zeros for the guest's bytes, up to zero_write_end. */
+static int zero_step(struct vd_io *io, struct vd_op *op)
+{
+    rt_vd_t vd = io->vd;
+    uint64_t pos = io->cursor, left = io->cursor_end - pos;
+    struct vd_zero z = {left, false};
+    uint32_t how = io->zero_flags | (io->kind == VD_IO_DISCARD ? VD_ZERO_DISCARD : 0);
+    int rc;
+    if (vd->driver->zero != NULL &&
+        (rc = vd->driver->zero(vd, pos, left, how, ++vd->alloc_seq, &z)) != RT_OK)
+        return rc;
+    if (z.length == 0 || z.length > left)
+        return RT_ERR_VD_CORRUPT; /* a driver that answers for nothing, or too much */
+    if (z.done || io->kind == VD_IO_DISCARD) {
+        io->cursor = pos + z.length;
+        return STEP_INLINE;
+    }
+    struct vd_map map = {0};
+    if ((rc = vd->driver->map(vd, pos, z.length, &map, NULL)) != RT_OK)
+        return rc < 0 ? rc : RT_ERR_VD_CORRUPT;
+    if (map.length == 0)
+        return RT_ERR_VD_CORRUPT;
+    uint64_t n = min_u64(map.length, z.length);
+    if (reads_zero(vd, &map, pos)) {
+        io->cursor = pos + n;
+        return STEP_INLINE;
+    }
+    io->zero_write_end = pos + z.length;
+    return step(io, op);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -1373,8 +1476,8 @@ static bool rmw_next(struct rt_vd_queue *q, struct vd_op *op)
         op_add(op, op->chunk + tail, io->vd->align);
         return resubmit(q, op);
     }
-    iov_copy(io->iov, io->iovcnt, op->guest_lo - io->off, op->chunk + (op->guest_lo - op->win_lo),
-             op->guest_hi - op->guest_lo, false);
+    guest_to_chunk(io, op->guest_lo, op->chunk + (op->guest_lo - op->win_lo),
+                   op->guest_hi - op->guest_lo);
     op->kind = OP_WRITE;
     op->phase = PHASE_PLAIN;
     op->host_off = op->host_base;
@@ -1760,15 +1863,16 @@ int rt_vd_queue_destroy(rt_vd_queue_t q)
 /* Makes and admits a request whose arguments are checked; the request is @a parent's
  * (and @a parent_op's) read of a backing image when @a parent is not NULL. */
 static int io_begin(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
-                    const rt_iovec_t *iov, unsigned iovcnt, uint64_t total, rt_vd_done_t *done,
-                    void *user, struct vd_io *parent, struct vd_op *parent_op)
+                    const rt_iovec_t *iov, unsigned iovcnt, uint64_t total, uint32_t zero_flags,
+                    rt_vd_done_t *done, void *user, struct vd_io *parent,
+                    struct vd_op *parent_op)
 {
     int rc;
     if (vd->busy_queue != NULL && vd->busy_queue != q)
         return RT_ERR_BUSY;
     if (kind != VD_IO_READ && !vd->read_only && vd->poisoned != RT_OK)
         return vd->poisoned;
-    if (kind == VD_IO_WRITE && total > 0 && (rc = rt__vd_begin_write(vd)) != RT_OK)
+    if (changes_data(kind) && total > 0 && (rc = rt__vd_begin_write(vd)) != RT_OK)
         return rc;
     struct vd_io *io = io_get(q);
     if (io == NULL)
@@ -1778,6 +1882,7 @@ static int io_begin(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
     io->kind = kind;
     io->off = off;
     io->len = total;
+    io->zero_flags = zero_flags;
     io->done = done;
     io->user = user;
     io->parent = parent;
@@ -1825,7 +1930,7 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
         return rc;
     if (done == NULL)
         return RT_ERR_INVALID_POINTER;
-    return io_begin(q, vd, kind, off, iov, iovcnt, total, done, user, NULL, NULL);
+    return io_begin(q, vd, kind, off, iov, iovcnt, total, 0, done, user, NULL, NULL);
 }
 
 /* Reads [off, off + the iovec's length) of @a parent's backing image into @a iov, as a
@@ -1839,7 +1944,7 @@ static int child_read(struct vd_io *parent, struct vd_op *op, uint64_t off, cons
     for (unsigned i = 0; i < iovcnt; i++)
         total += iov[i].len;
     int rc = io_begin(parent->queue, parent->vd->backing, VD_IO_READ, off, iov, iovcnt, total,
-                      NULL, NULL, parent, op);
+                      0, NULL, NULL, parent, op);
     if (rc == RT_OK && op == NULL)
         parent->pending++;
     return rc;
@@ -1855,6 +1960,31 @@ int rt_vd_queue_write(rt_vd_queue_t q, rt_vd_t vd, uint64_t off, const rt_iovec_
                       unsigned iovcnt, rt_vd_done_t *done, void *user)
 {
     return queue_start(q, vd, VD_IO_WRITE, off, iov, iovcnt, done, user);
+}
+
+static int queue_start_zero(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
+                            uint64_t len, uint32_t flags, rt_vd_done_t *done, void *user)
+{
+    if (!queue_live(q))
+        return RT_ERR_INVALID_HANDLE;
+    int rc = rt__vd_check_zero(vd, off, len, flags);
+    if (rc != RT_OK)
+        return rc;
+    if (done == NULL)
+        return RT_ERR_INVALID_POINTER;
+    return io_begin(q, vd, kind, off, NULL, 0, len, flags, done, user, NULL, NULL);
+}
+
+int rt_vd_queue_write_zeroes(rt_vd_queue_t q, rt_vd_t vd, uint64_t off, uint64_t len,
+                             uint32_t flags, rt_vd_done_t *done, void *user)
+{
+    return queue_start_zero(q, vd, VD_IO_ZERO, off, len, flags, done, user);
+}
+
+int rt_vd_queue_discard(rt_vd_queue_t q, rt_vd_t vd, uint64_t off, uint64_t len,
+                        rt_vd_done_t *done, void *user)
+{
+    return queue_start_zero(q, vd, VD_IO_DISCARD, off, len, 0, done, user);
 }
 
 int rt_vd_queue_flush(rt_vd_queue_t q, rt_vd_t vd, rt_vd_done_t *done, void *user)
@@ -1949,18 +2079,40 @@ int rt__vd_queue_ensure_idle(rt_vd_t vd)
     return vd->outstanding == 0 ? RT_OK : RT_ERR_BUSY;
 }
 
-int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
+/* The image's private queue for the synchronous calls, made on first use. */
+static int sync_queue(rt_vd_t vd)
 {
     if (vd->outstanding > 0)
         return RT_ERR_BUSY;
-    int rc;
-    if (vd->sync_queue == NULL && (rc = rt_vd_queue_create(&vd->sync_queue, SYNC_DEPTH)) != RT_OK)
-        return rc;
-    struct sync_wait w = {false, RT_OK};
-    rc = queue_start(vd->sync_queue, vd, kind, off, iov, iovcnt, sync_done, &w);
-    while (rc == RT_OK && !w.done)
+    if (vd->sync_queue == NULL)
+        return rt_vd_queue_create(&vd->sync_queue, SYNC_DEPTH);
+    return RT_OK;
+}
+
+/* Runs the private queue until the request started with status @a rc is done. */
+static int sync_run(rt_vd_t vd, int rc, struct sync_wait *w)
+{
+    while (rc == RT_OK && !w->done)
         rc = rt_vd_queue_run(vd->sync_queue, 1, RT_INDEFINITE_WAIT, NULL);
-    return rc != RT_OK ? rc : w.status;
+    return rc != RT_OK ? rc : w->status;
+}
+
+int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
+{
+    struct sync_wait w = {false, RT_OK};
+    int rc = sync_queue(vd);
+    if (rc == RT_OK)
+        rc = queue_start(vd->sync_queue, vd, kind, off, iov, iovcnt, sync_done, &w);
+    return rc == RT_OK ? sync_run(vd, rc, &w) : rc;
+}
+
+int rt__vd_sync_zero(rt_vd_t vd, int kind, uint64_t off, uint64_t len, uint32_t flags)
+{
+    struct sync_wait w = {false, RT_OK};
+    int rc = sync_queue(vd);
+    if (rc == RT_OK)
+        rc = queue_start_zero(vd->sync_queue, vd, kind, off, len, flags, sync_done, &w);
+    return rc == RT_OK ? sync_run(vd, rc, &w) : rc;
 }
 
 void rt__vd_queue_release_sync(rt_vd_t vd)
