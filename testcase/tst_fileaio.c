@@ -27,6 +27,7 @@
 #include <rt/mem.h>
 #include <rt/time.h>
 
+#include "internal/posix_sys.h"
 #include "tst_common.h"
 #include "tst_data.h"
 
@@ -2691,6 +2692,78 @@ static void test_no_signals_no_scribbles(void)
     CU_ASSERT(all_bytes(&zeroed, sizeof zeroed, 0));
 }
 
+/* RT_AIO_REQ_F_DSYNC: a durable write and writev read back right, cached and uncached;
+ * set_flags refuses what it cannot mean; a prepare clears the flag.  On the thread pool
+ * the durability is visible: one fdatasync per flagged write and none for a plain one. */
+static atomic_int fdatasyncs;
+
+static int counting_fdatasync(int fd)
+{
+    atomic_fetch_add(&fdatasyncs, 1);
+    return fdatasync(fd);
+}
+
+static void test_dsync_write(void)
+{
+    enum { LEN = 8192 };
+    const bool threads = strcmp(TST_BACKEND, "threads") == 0;
+    rt_aio_ctx_t ctx = ctx_new(8, 0);
+    rt_aio_req_t req = req_new(), out;
+    uint8_t *buf = rt_mem_page_alloc(2 * LEN), *back = rt_mem_page_alloc(2 * LEN);
+    CU_ASSERT_FATAL(buf != NULL && back != NULL);
+
+    TST_RC(rt_aio_req_set_flags(req, RT_AIO_REQ_F_DSYNC), RT_ERR_INVALID_PARAMETER); /* fresh */
+    TST_RC(rt_aio_req_set_flags(dead_req(), 0), RT_ERR_INVALID_HANDLE);
+    if (threads)
+        rt__posix_sys.fdatasync = counting_fdatasync;
+    for (int uncached = 0; uncached < 2; uncached++) {
+        rt_file_t file;
+        int rc = scratch_open(&file, 2 * LEN, RT_FILE_READWRITE | (uncached ? RT_FILE_NO_CACHE : 0));
+        if (rc != RT_OK) {
+            fprintf(stderr, "\n  (no O_DIRECT on the scratch file system: uncached part left out)");
+            break;
+        }
+        TST_RC(rt_aio_req_prepare_read(req, file, 0, back, LEN, NULL), RT_OK);
+        TST_RC(rt_aio_req_set_flags(req, RT_AIO_REQ_F_DSYNC), RT_ERR_INVALID_PARAMETER);
+        TST_RC(rt_aio_req_prepare_flush(req, file, NULL), RT_OK);
+        TST_RC(rt_aio_req_set_flags(req, RT_AIO_REQ_F_DSYNC), RT_ERR_INVALID_PARAMETER);
+        for (int k = 0; k < 3; k++) {
+            int before = atomic_load(&fdatasyncs);
+            pat_fill(buf, 0, 2 * LEN, (uint8_t)(k + 1 + 3 * uncached));
+            rt_iovec_t iov[2] = {{buf, LEN}, {buf + LEN, LEN}};
+            if (k == 1)
+                TST_RC_FATAL(rt_aio_req_prepare_writev(req, file, 0, iov, 2, NULL), RT_OK);
+            else
+                TST_RC_FATAL(rt_aio_req_prepare_write(req, file, 0, buf, 2 * LEN, NULL), RT_OK);
+            TST_RC(rt_aio_req_set_flags(req, 0x2), RT_ERR_INVALID_PARAMETER);
+            if (k < 2) /* the third is plain: the prepare cleared the flag */
+                TST_RC(rt_aio_req_set_flags(req, RT_AIO_REQ_F_DSYNC), RT_OK);
+            TST_RC_FATAL(rt_aio_ctx_submit(ctx, &req, 1), RT_OK);
+            int busy = rt_aio_req_set_flags(req, 0); /* in flight, or already complete */
+            CU_ASSERT(busy == RT_ERR_AIO_IN_PROGRESS || busy == RT_ERR_INVALID_PARAMETER);
+            CU_ASSERT_EQUAL_FATAL(reap(ctx, &out, 1, LONG_MS), 1);
+            size_t n = 0;
+            TST_RC(rt_aio_req_get_rc(req, &n), RT_OK);
+            CU_ASSERT_EQUAL(n, 2 * LEN);
+            if (threads)
+                CU_ASSERT_EQUAL(atomic_load(&fdatasyncs) - before, k < 2 ? 1 : 0);
+            memset(back, 0xee, 2 * LEN);
+            TST_RC_FATAL(rt_aio_req_prepare_read(req, file, 0, back, 2 * LEN, NULL), RT_OK);
+            TST_RC_FATAL(rt_aio_ctx_submit(ctx, &req, 1), RT_OK);
+            CU_ASSERT_EQUAL_FATAL(reap(ctx, &out, 1, LONG_MS), 1);
+            TST_RC(rt_aio_req_get_rc(req, &n), RT_OK);
+            CU_ASSERT(n == 2 * LEN && memcmp(back, buf, 2 * LEN) == 0);
+        }
+        TST_RC(rt_aio_req_set_flags(req, RT_AIO_REQ_F_DSYNC), RT_ERR_INVALID_PARAMETER); /* done */
+        TST_RC(rt_file_close(file), RT_OK);
+    }
+    rt__posix_sys_reset();
+    TST_RC(rt_aio_req_destroy(req), RT_OK);
+    TST_RC(rt_aio_ctx_destroy(ctx), RT_OK);
+    rt_mem_page_free(buf, 2 * LEN);
+    rt_mem_page_free(back, 2 * LEN);
+}
+
 int main(void)
 {
     CU_pSuite suite;
@@ -2730,6 +2803,7 @@ int main(void)
     TST_ADD(suite, test_wakeup_with_collected);
     TST_ADD(suite, test_second_waiter_busy);
     TST_ADD(suite, test_get_rc_transferred);
+    TST_ADD(suite, test_dsync_write);
     TST_ADD(suite, test_cancel);
     TST_ADD(suite, test_destroy_busy);
     TST_ADD(suite, test_reuse);

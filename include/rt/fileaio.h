@@ -167,6 +167,26 @@ int rt_aio_req_prepare_writev(rt_aio_req_t req, rt_file_t file, uint64_t off, co
  */
 int rt_aio_req_prepare_flush(rt_aio_req_t req, rt_file_t file, void *user);
 
+/* rt_aio_req_set_flags() flags */
+/** The write is durable when it completes with RT_OK: its data and the file metadata
+ *  needed to read it back, as if an fdatasync of the file followed it (a forced unit
+ *  access).  RWF_DSYNC on io_uring and linux-aio; an fdatasync after the transfer on
+ *  the thread pool. */
+#define RT_AIO_REQ_F_DSYNC 0x1u
+
+/**
+ * Sets flags on a prepared request, for its next submission; every prepare clears
+ * them.  Thread-safe for different requests.
+ *
+ * @param flags  RT_AIO_REQ_F_* bits; RT_AIO_REQ_F_DSYNC only on a write or writev.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE     @a req is not a live request.
+ * @retval RT_ERR_AIO_IN_PROGRESS    it is submitted.
+ * @retval RT_ERR_INVALID_PARAMETER  it is not prepared (fresh, or completed), an unknown
+ *                                   flag, or DSYNC on a read or flush.
+ */
+int rt_aio_req_set_flags(rt_aio_req_t req, uint32_t flags);
+
 /**
  * The user value given to the last successful prepare.
  *

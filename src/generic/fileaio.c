@@ -163,6 +163,7 @@ static void prepare_commit(struct rt_aio_req *req, rt_file_t file, enum rt__aio_
                            void *user)
 {
     req->op = (uint8_t)op;
+    req->req_flags = 0;
     req->fd = file->fd;
     req->file = file;
     req->file_generation = file->generation;
@@ -288,6 +289,21 @@ int rt_aio_req_prepare_flush(rt_aio_req_t req, rt_file_t file, void *user)
     req->iov = NULL;
     req->iovcnt = 0;
     prepare_commit(req, file, RT__AIO_OP_FLUSH, 0, user);
+    return RT_OK;
+}
+
+int rt_aio_req_set_flags(rt_aio_req_t req, uint32_t flags)
+{
+    if (!req_is_live(req))
+        return RT_ERR_INVALID_HANDLE;
+    if (in_flight(req))
+        return RT_ERR_AIO_IN_PROGRESS;
+    if (req_state(req) != RT__AIO_PREPARED || (flags & ~RT_AIO_REQ_F_DSYNC) != 0)
+        return RT_ERR_INVALID_PARAMETER;
+    if ((flags & RT_AIO_REQ_F_DSYNC) && req->op != RT__AIO_OP_WRITE &&
+        req->op != RT__AIO_OP_WRITEV)
+        return RT_ERR_INVALID_PARAMETER;
+    req->req_flags = (uint8_t)flags;
     return RT_OK;
 }
 

@@ -69,6 +69,7 @@ struct rt_aio_req {
 
     /* What to do: set by prepare, read by the backend while submitted. */
     uint8_t op;          /* enum rt__aio_op */
+    uint8_t req_flags;   /* RT_AIO_REQ_F_*, cleared by every prepare */
     uint32_t file_flags; /* RT_FILE_* flags of the file */
     int fd;
     /* The open the request was prepared on: submit refuses it once that open is closed

@@ -23,6 +23,7 @@ struct rt__posix_sys {
     ssize_t (*preadv)(int fd, const struct iovec *iov, int iovcnt, off_t off);
     ssize_t (*pwritev)(int fd, const struct iovec *iov, int iovcnt, off_t off);
     int (*fsync)(int fd);
+    int (*fdatasync)(int fd);
     int (*fstat)(int fd, struct stat *st);
     int (*ftruncate)(int fd, off_t size);
     void *(*malloc)(size_t size);

@@ -232,6 +232,8 @@ static void fill_iocb(struct rt_aio_ctx *ctx, struct rt_aio_req *req)
         break;
     default: /* flush: no buffer, no offset */ break;
     }
+    if (req->req_flags & RT_AIO_REQ_F_DSYNC)
+        iocb->aio_rw_flags = LAIO_RWF_DSYNC;
 }
 
 /* Takes up to @a wanted free kernel slots; returns how many it took. */

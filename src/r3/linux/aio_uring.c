@@ -79,6 +79,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include <rt/err.h>
 #include <rt/time.h>
@@ -342,6 +343,8 @@ static void prep(const struct uring *uring, struct io_uring_sqe *sqe, struct rt_
         break;
     default: io_uring_prep_fsync(sqe, req->fd, 0); break;
     }
+    if (req->req_flags & RT_AIO_REQ_F_DSYNC)
+        sqe->rw_flags = RWF_DSYNC; /* each resubmitted remainder too */
     io_uring_sqe_set_data(sqe, req);
 }
 

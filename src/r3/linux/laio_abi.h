@@ -37,6 +37,8 @@ enum laio_opcode {
 
 /* aio_flags: post an eventfd when this iocb completes. */
 #define LAIO_FLAG_RESFD (1u << 0)
+/* aio_rw_flags: the write is durable on completion (RWF_DSYNC, Linux 4.13). */
+#define LAIO_RWF_DSYNC 0x2
 
 struct laio_iocb {
     uint64_t aio_data; /*  0: returned in io_event.data (our request pointer) */

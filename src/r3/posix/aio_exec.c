@@ -87,4 +87,13 @@ void rt__aio_execute(struct rt_aio_req *req)
         }
     }
     req->transferred = done;
+    /* A forced unit access where the call itself cannot take RWF_DSYNC. */
+    if (req->rc == RT_OK && (req->req_flags & RT_AIO_REQ_F_DSYNC)) {
+        while (rt__posix_sys.fdatasync(req->fd) != 0) {
+            if (errno != EINTR) {
+                req->rc = rt_err_from_errno(errno);
+                break;
+            }
+        }
+    }
 }

@@ -14,11 +14,21 @@ static int real_open(const char *path, int flags, mode_t mode)
     return open(path, flags, mode);
 }
 
+/* fsync where there is no fdatasync: more than asked, never less. */
+static int real_fdatasync(int fd)
+{
+#ifdef HAVE_FDATASYNC
+    return fdatasync(fd);
+#else
+    return fsync(fd);
+#endif
+}
+
 #define RT_POSIX_SYS_REAL                                                                          \
     {                                                                                              \
         .open = real_open, .close = close, .pread = pread, .pwrite = pwrite, .preadv = preadv,     \
-        .pwritev = pwritev, .fsync = fsync, .fstat = fstat, .ftruncate = ftruncate,                \
-        .malloc = malloc, .calloc = calloc,                                                        \
+        .pwritev = pwritev, .fsync = fsync, .fdatasync = real_fdatasync, .fstat = fstat,           \
+        .ftruncate = ftruncate, .malloc = malloc, .calloc = calloc,                                \
     }
 
 struct rt__posix_sys rt__posix_sys = RT_POSIX_SYS_REAL;
