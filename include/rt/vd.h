@@ -207,6 +207,20 @@ int rt_vd_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len);
 int rt_vd_readv(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
 int rt_vd_writev(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
 
+/* rt_vd_writev_flags() flags */
+/** Forced unit access: the write is durable when it returns (or its callback runs),
+ *  its data and the metadata that points at it, as if a flush had followed it alone.
+ *  A write into data that is allocated and committed costs one RWF_DSYNC write, not a
+ *  flush of the image; one that allocates, or into a unit whose allocation is not yet
+ *  committed, runs a flush's stages before it completes. */
+#define RT_VD_WRITE_FUA 0x1u
+
+/** rt_vd_writev() with RT_VD_WRITE_* @a flags; RT_ERR_INVALID_PARAMETER for an unknown
+ *  one, else the statuses of rt_vd_write() and, with RT_VD_WRITE_FUA, of rt_vd_flush()
+ *  (a failed commit poisons the image as a failed flush does). */
+int rt_vd_writev_flags(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt,
+                       uint32_t flags);
+
 /* rt_vd_write_zeroes() flags */
 /** The range may be deallocated instead of written (its space freed, a hole punched):
  *  it reads as zeros either way.  Without it, what was allocated stays allocated. */
@@ -446,6 +460,11 @@ int rt_vd_queue_read(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iov
                      unsigned iovcnt, rt_vd_done_t *done, void *user);
 int rt_vd_queue_write(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
                       unsigned iovcnt, rt_vd_done_t *done, void *user);
+/** rt_vd_queue_write() with RT_VD_WRITE_* @a flags (RT_ERR_INVALID_PARAMETER for an
+ *  unknown one); with RT_VD_WRITE_FUA the callback runs once the write is durable, as
+ *  rt_vd_writev_flags() describes. */
+int rt_vd_queue_write_flags(rt_vd_queue_t queue, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
+                            unsigned iovcnt, uint32_t flags, rt_vd_done_t *done, void *user);
 /** Queued forms of rt_vd_write_zeroes() and rt_vd_discard(): accepted or refused as
  *  rt_vd_queue_write() is (RT_ERR_INVALID_PARAMETER for an unknown flag), completed
  *  with the statuses of the synchronous calls.  Ordered against the image's other

@@ -627,7 +627,7 @@ int rt_vd_close(rt_vd_t vd)
     if (rc != RT_OK)
         return RT_ERR_AIO_BUSY;
     if (!vd->read_only)
-        rc = rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+        rc = rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0, 0);
     rt__vd_queue_release_sync(vd);
     vd->driver->close(vd);
     rt_vd_close(vd->backing);
@@ -710,37 +710,48 @@ int rt__vd_begin_write(rt_vd_t vd)
     return rc;
 }
 
-static int sync_rw(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
+static int sync_rw(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt,
+                   uint32_t flags)
 {
     uint64_t total = 0;
     int rc = rt__vd_check_request(vd, kind, off, iov, iovcnt, &total);
-    if (rc != RT_OK || total == 0)
+    if (rc != RT_OK)
         return rc;
+    if ((flags & ~(kind == VD_IO_WRITE ? RT_VD_WRITE_FUA : 0u)) != 0)
+        return RT_ERR_INVALID_PARAMETER;
+    if (total == 0)
+        return RT_OK;
     if (kind == VD_IO_WRITE && (rc = rt__vd_begin_write(vd)) != RT_OK)
         return rc;
-    return rt__vd_sync_io(vd, kind, off, iov, iovcnt);
+    return rt__vd_sync_io(vd, kind, off, iov, iovcnt, flags);
 }
 
 int rt_vd_read(rt_vd_t vd, uint64_t off, void *buf, size_t len)
 {
     rt_iovec_t iov = {buf, len};
-    return sync_rw(vd, VD_IO_READ, off, &iov, 1);
+    return sync_rw(vd, VD_IO_READ, off, &iov, 1, 0);
 }
 
 int rt_vd_write(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
 {
     rt_iovec_t iov = {(void *)buf, len};
-    return sync_rw(vd, VD_IO_WRITE, off, &iov, 1);
+    return sync_rw(vd, VD_IO_WRITE, off, &iov, 1, 0);
 }
 
 int rt_vd_readv(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
 {
-    return sync_rw(vd, VD_IO_READ, off, iov, iovcnt);
+    return sync_rw(vd, VD_IO_READ, off, iov, iovcnt, 0);
 }
 
 int rt_vd_writev(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
 {
-    return sync_rw(vd, VD_IO_WRITE, off, iov, iovcnt);
+    return sync_rw(vd, VD_IO_WRITE, off, iov, iovcnt, 0);
+}
+
+int rt_vd_writev_flags(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt,
+                       uint32_t flags)
+{
+    return sync_rw(vd, VD_IO_WRITE, off, iov, iovcnt, flags);
 }
 
 int rt_vd_flush(rt_vd_t vd)
@@ -749,7 +760,7 @@ int rt_vd_flush(rt_vd_t vd)
         return RT_ERR_INVALID_HANDLE;
     if (vd->read_only)
         return RT_OK;
-    return rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+    return rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0, 0);
 }
 
 static int sync_zero(rt_vd_t vd, int kind, uint64_t off, uint64_t len, uint32_t flags)
@@ -910,7 +921,7 @@ int rt_vd_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
     memset(res, 0, sizeof(*res));
     /* Commit first, so the check sees what the image will look like after a close. */
     if (!vd->read_only) {
-        int rc = rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0);
+        int rc = rt__vd_sync_io(vd, VD_IO_FLUSH, 0, NULL, 0, 0);
         if (rc != RT_OK)
             return rc;
     }

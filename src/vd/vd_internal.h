@@ -218,6 +218,9 @@ struct rt_vd {
     struct vd_io *active_head;   /* accepted requests in arrival order */
     struct vd_io *active_tail;
     uint64_t alloc_seq; /* bumped as each allocation's data is written */
+    /* Every change numbered up to this is durable, metadata included (a flush made it
+     * so): a forced-unit-access write needs no commit while it equals alloc_seq. */
+    uint64_t committed_seq;
     /* Allocation jobs not yet finished, oldest first, and how many were ever begun:
      * a flush waits for those begun before it. */
     struct vd_job *jobs_head, *jobs_tail;
@@ -293,7 +296,8 @@ int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ex
 
 /* The queue engine (vd_queue.c). */
 int rt__vd_queue_ensure_idle(rt_vd_t vd);
-int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt);
+int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt,
+                   uint32_t flags);
 /* A zero or discard request (VD_IO_ZERO, VD_IO_DISCARD) on the image's private queue. */
 int rt__vd_sync_zero(rt_vd_t vd, int kind, uint64_t off, uint64_t len, uint32_t flags);
 /* Validation of a zero or discard request (vd.c). */

@@ -165,10 +165,12 @@ struct vd_io {
     rt_iovec_t iov_inline[INLINE_IOV];
     rt_vd_done_t *done;
     void *user;
-    /* VD_IO_ZERO, VD_IO_DISCARD: the caller's flags; and while zeros are being written
-     * where the driver could not record them, where that stretch ends (see zero_step). */
-    uint32_t zero_flags;
+    /* The caller's flags (RT_VD_ZERO_* for VD_IO_ZERO, RT_VD_WRITE_* for a write); and
+     * while zeros are being written where the driver could not record them, where that
+     * stretch ends (see zero_step). */
+    uint32_t flags;
     uint64_t zero_write_end;
+    bool made_job; /* began an allocation job */
 
     /* Ordering. */
     bool exclusive;
@@ -682,6 +684,24 @@ static bool flush_must_wait(const struct vd_io *io)
     return oldest != NULL && oldest->number <= io->job_mark;
 }
 
+/* Everything numbered up to the flush's mark is durable now: data and metadata. */
+static void mark_committed(struct vd_io *io)
+{
+    if (io->flush_seq > io->vd->committed_seq)
+        io->vd->committed_seq = io->flush_seq;
+}
+
+/* A forced-unit-access write is durable when its callback runs.  Its plain data ops
+ * were (RWF_DSYNC); what points at them is too unless it began an allocation or some
+ * change of the image's metadata is not yet committed (an earlier allocation of the
+ * unit it wrote into, say): then it runs the flush stages before it completes. */
+static bool fua_needs_commit(const struct vd_io *io)
+{
+    if (io->kind != VD_IO_WRITE || !(io->flags & RT_VD_WRITE_FUA) || io->status != RT_OK)
+        return false;
+    return io->made_job || io->vd->alloc_seq != io->vd->committed_seq;
+}
+
 /* The current stage has no work left and nothing in flight: move on.  Returns false
  * when the request is parked (a flush waiting for jobs). */
 static bool next_stage(struct vd_io *io)
@@ -727,10 +747,12 @@ static bool next_stage(struct vd_io *io)
             } else if (rc > 0) {
                 start_stage(io, STAGE_FLUSH2);
             } else {
+                mark_committed(io);
                 finish(io);
             }
             return true;
         }
+        mark_committed(io);
         finish(io);
         return true;
     case STAGE_MAIN:
@@ -742,11 +764,17 @@ static bool next_stage(struct vd_io *io)
             start_stage(io, STAGE_FLUSH_WAIT);
             return true;
         }
+        if (fua_needs_commit(io)) {
+            start_stage(io, STAGE_FLUSH_WAIT);
+            return true;
+        }
         finish(io);
         return true;
     case STAGE_FLUSH2:
         if (vd->poisoned != RT_OK && io->status == RT_OK)
             io->status = vd->poisoned;
+        if (io->status == RT_OK)
+            mark_committed(io);
         finish(io);
         return true;
     case STAGE_DONE:
@@ -803,8 +831,15 @@ static int op_prepare(struct vd_op *op)
     switch (op->kind) {
     case OP_READ:
         return rt_aio_req_prepare_readv(op->req, file, op->host_off, op->iov, op->iovcnt, op);
-    case OP_WRITE:
-        return rt_aio_req_prepare_writev(op->req, file, op->host_off, op->iov, op->iovcnt, op);
+    case OP_WRITE: {
+        int rc = rt_aio_req_prepare_writev(op->req, file, op->host_off, op->iov, op->iovcnt, op);
+        /* A forced-unit-access write into data the map had: durable by itself.  The
+         * writes of new units are made durable by the flush stages that follow. */
+        if (rc == RT_OK && op->io != NULL && (op->io->flags & RT_VD_WRITE_FUA) &&
+            op->io->kind == VD_IO_WRITE && op->njobs == 0)
+            rc = rt_aio_req_set_flags(op->req, RT_AIO_REQ_F_DSYNC);
+        return rc;
+    }
     default:
         return rt_aio_req_prepare_flush(op->req, file, op);
     }
@@ -1201,6 +1236,7 @@ static int job_start(struct vd_io *io, const struct vd_map *map, uint64_t at, ui
         vd->jobs_head = job;
     vd->jobs_tail = job;
     io->job = job;
+    io->made_job = true;
     return RT_OK;
 }
 
@@ -1389,7 +1425,7 @@ static int zero_step(struct vd_io *io, struct vd_op *op)
     rt_vd_t vd = io->vd;
     uint64_t pos = io->cursor, left = io->cursor_end - pos;
     struct vd_zero z = {left, false};
-    uint32_t how = io->zero_flags | (io->kind == VD_IO_DISCARD ? VD_ZERO_DISCARD : 0);
+    uint32_t how = io->flags | (io->kind == VD_IO_DISCARD ? VD_ZERO_DISCARD : 0);
     int rc;
     if (vd->driver->zero != NULL &&
         (rc = vd->driver->zero(vd, pos, left, how, ++vd->alloc_seq, &z)) != RT_OK)
@@ -1863,7 +1899,7 @@ int rt_vd_queue_destroy(rt_vd_queue_t q)
 /* Makes and admits a request whose arguments are checked; the request is @a parent's
  * (and @a parent_op's) read of a backing image when @a parent is not NULL. */
 static int io_begin(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
-                    const rt_iovec_t *iov, unsigned iovcnt, uint64_t total, uint32_t zero_flags,
+                    const rt_iovec_t *iov, unsigned iovcnt, uint64_t total, uint32_t flags,
                     rt_vd_done_t *done, void *user, struct vd_io *parent,
                     struct vd_op *parent_op)
 {
@@ -1882,7 +1918,8 @@ static int io_begin(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
     io->kind = kind;
     io->off = off;
     io->len = total;
-    io->zero_flags = zero_flags;
+    io->flags = flags;
+    io->made_job = false;
     io->done = done;
     io->user = user;
     io->parent = parent;
@@ -1920,7 +1957,8 @@ static int io_begin(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
 }
 
 static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
-                       const rt_iovec_t *iov, unsigned iovcnt, rt_vd_done_t *done, void *user)
+                       const rt_iovec_t *iov, unsigned iovcnt, uint32_t flags,
+                       rt_vd_done_t *done, void *user)
 {
     if (!queue_live(q))
         return RT_ERR_INVALID_HANDLE;
@@ -1928,9 +1966,11 @@ static int queue_start(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off
     int rc = rt__vd_check_request(vd, kind, off, iov, iovcnt, &total);
     if (rc != RT_OK)
         return rc;
+    if ((flags & ~(kind == VD_IO_WRITE ? RT_VD_WRITE_FUA : 0u)) != 0)
+        return RT_ERR_INVALID_PARAMETER;
     if (done == NULL)
         return RT_ERR_INVALID_POINTER;
-    return io_begin(q, vd, kind, off, iov, iovcnt, total, 0, done, user, NULL, NULL);
+    return io_begin(q, vd, kind, off, iov, iovcnt, total, flags, done, user, NULL, NULL);
 }
 
 /* Reads [off, off + the iovec's length) of @a parent's backing image into @a iov, as a
@@ -1953,13 +1993,19 @@ static int child_read(struct vd_io *parent, struct vd_op *op, uint64_t off, cons
 int rt_vd_queue_read(rt_vd_queue_t q, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
                      unsigned iovcnt, rt_vd_done_t *done, void *user)
 {
-    return queue_start(q, vd, VD_IO_READ, off, iov, iovcnt, done, user);
+    return queue_start(q, vd, VD_IO_READ, off, iov, iovcnt, 0, done, user);
 }
 
 int rt_vd_queue_write(rt_vd_queue_t q, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
                       unsigned iovcnt, rt_vd_done_t *done, void *user)
 {
-    return queue_start(q, vd, VD_IO_WRITE, off, iov, iovcnt, done, user);
+    return queue_start(q, vd, VD_IO_WRITE, off, iov, iovcnt, 0, done, user);
+}
+
+int rt_vd_queue_write_flags(rt_vd_queue_t q, rt_vd_t vd, uint64_t off, const rt_iovec_t *iov,
+                            unsigned iovcnt, uint32_t flags, rt_vd_done_t *done, void *user)
+{
+    return queue_start(q, vd, VD_IO_WRITE, off, iov, iovcnt, flags, done, user);
 }
 
 static int queue_start_zero(struct rt_vd_queue *q, rt_vd_t vd, int kind, uint64_t off,
@@ -1991,7 +2037,7 @@ int rt_vd_queue_flush(rt_vd_queue_t q, rt_vd_t vd, rt_vd_done_t *done, void *use
 {
     if (!queue_live(q))
         return RT_ERR_INVALID_HANDLE;
-    return queue_start(q, vd, VD_IO_FLUSH, 0, NULL, 0, done, user);
+    return queue_start(q, vd, VD_IO_FLUSH, 0, NULL, 0, 0, done, user);
 }
 
 int rt_vd_queue_run(rt_vd_queue_t q, uint32_t min, uint32_t timeout_ms, uint32_t *completed)
@@ -2097,12 +2143,13 @@ static int sync_run(rt_vd_t vd, int rc, struct sync_wait *w)
     return rc != RT_OK ? rc : w->status;
 }
 
-int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt)
+int rt__vd_sync_io(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt,
+                   uint32_t flags)
 {
     struct sync_wait w = {false, RT_OK};
     int rc = sync_queue(vd);
     if (rc == RT_OK)
-        rc = queue_start(vd->sync_queue, vd, kind, off, iov, iovcnt, sync_done, &w);
+        rc = queue_start(vd->sync_queue, vd, kind, off, iov, iovcnt, flags, sync_done, &w);
     return rc == RT_OK ? sync_run(vd, rc, &w) : rc;
 }
 
