@@ -261,4 +261,41 @@ check "vrt-img compare: different exits 1 and names the offset" \
 check "vrt-img compare: missing file exits 2" \
     expect_exit 2 "$img" compare "$work/source.raw" "$work/no-such-file"
 
+# --- resize: raw and VDI -----------------------------------------------------------
+qemu-img create -q -f raw "$work/rs.raw" 8M
+qemu-io -f raw -c 'write -P 0x5a 0 6M' "$work/rs.raw" >/dev/null
+cp "$work/rs.raw" "$work/rs-qemu.raw"
+qemu-img resize -q -f raw "$work/rs-qemu.raw" +3M
+check "vrt-img resize raw +3M: identical to qemu-img's" \
+    bash -c "'$img' resize -q -f raw '$work/rs.raw' +3M && cmp '$work/rs.raw' '$work/rs-qemu.raw'"
+qemu-img resize -q -f raw --shrink "$work/rs-qemu.raw" 5M
+check "vrt-img resize raw --shrink: refused past data, then --force matches qemu-img --shrink" \
+    bash -c "! '$img' resize -q -f raw --shrink '$work/rs.raw' 5M 2>/dev/null &&
+             [ \$(stat -c %s '$work/rs.raw') -eq $((11 * 1024 * 1024)) ] &&
+             '$img' resize -q -f raw --shrink --force '$work/rs.raw' 5M &&
+             cmp '$work/rs.raw' '$work/rs-qemu.raw'"
+check "vrt-img resize raw --shrink of a hole past the data: needs no --force" \
+    bash -c "'$img' resize -q -f raw '$work/rs.raw' 9M && '$img' resize -q -f raw --shrink '$work/rs.raw' 6M &&
+             [ \$(stat -c %s '$work/rs.raw') -eq $((6 * 1024 * 1024)) ]"
+# A VDI made by qemu-img: its block map fills one sector (room for 128 blocks).
+qemu-img create -q -f vdi "$work/rs.vdi" 64M
+qemu-io -f vdi -c 'write -P 0x33 63M 1M' "$work/rs.vdi" >/dev/null
+cp "$work/rs.vdi" "$work/rs-before.vdi"
+check "vrt-img resize vdi +36M: qemu-img check clean, contents kept, new range zeros" \
+    bash -c "'$img' resize -f vdi '$work/rs.vdi' +36M | grep -q 'Image resized.' &&
+             qemu-img check -q -f vdi '$work/rs.vdi' && qemu-img compare -q -f vdi -F vdi '$work/rs-before.vdi' '$work/rs.vdi' &&
+             qemu-img info -f vdi '$work/rs.vdi' | grep -q '(104857600 bytes)'"
+check "vrt-img resize vdi past its map's room: refused, says so, image unchanged" \
+    bash -c "cp '$work/rs.vdi' '$work/rs-keep.vdi'; ! '$img' resize -f vdi '$work/rs.vdi' 200M 2>'$work/rs.err' &&
+             grep -q 'room for 128 blocks' '$work/rs.err' && cmp '$work/rs.vdi' '$work/rs-keep.vdi'"
+check "vrt-img resize vdi --shrink: refused (VDI cannot shrink), image unchanged" \
+    bash -c "! '$img' resize -f vdi --shrink --force '$work/rs.vdi' 32M 2>'$work/rs.err' &&
+             grep -q 'cannot shrink' '$work/rs.err' && cmp '$work/rs.vdi' '$work/rs-keep.vdi'"
+"$img" create -q -f vdi -o static=on "$work/rs-static.vdi" 4M
+check "vrt-img resize a static vdi: the new blocks are allocated, qemu-img check clean" \
+    bash -c "'$img' resize -q -f vdi '$work/rs-static.vdi' 10M && qemu-img check -q -f vdi '$work/rs-static.vdi' &&
+             '$img' info -f vdi --output=json '$work/rs-static.vdi' | grep -q '\"virtual-size\": 10485760' &&
+             [ \$(stat -c %s '$work/rs-static.vdi') -ge $((10 * 1024 * 1024)) ] &&
+             qemu-io -f vdi -c 'read -P 0 0 10M' '$work/rs-static.vdi' | grep -q 'read 10485760/10485760'"
+
 summary

@@ -460,4 +460,67 @@ check "vrt-img check: corruption exits 2" \
 check "vrt-img check -r leaks: corruption still exits 2" \
     expect_exit 2 "$img" check -f qcow2 -r leaks "$work/corrupt.qcow2"
 
+# --- resize, both ways -------------------------------------------------------------
+# The same resize by qemu-img and by vrt-img of copies of one image must leave images
+# qemu-img compare calls identical (-s: sizes too), each clean by qemu-img check.
+same_resize() {
+    local size=$1 theirs=$2 ours=$3 a="$work/rs-qemu.qcow2" b="$work/rs-ours.qcow2"
+    cp "$work/rs.qcow2" "$a" && cp "$work/rs.qcow2" "$b" &&
+        qemu-img resize -q -f qcow2 $theirs "$a" "$size" &&
+        "$img" resize -q -f qcow2 $ours "$b" "$size" &&
+        qemu-img check -q -f qcow2 "$b" &&
+        [ "$(qemu-img info -f qcow2 --output=json "$a" | virtual_size_of)" = \
+          "$(qemu-img info -f qcow2 --output=json "$b" | virtual_size_of)" ] &&
+        qemu-img compare -q -s -f qcow2 -F qcow2 "$a" "$b"
+}
+virtual_size_of() {
+    sed -n 's/.*"virtual-size": *\([0-9]*\).*/\1/p'
+}
+rs_size=$((16 * 1024 * 1024))
+for clusters in 512 65536; do
+    qemu-img create -q -f qcow2 -o cluster_size=$clusters "$work/rs.qcow2" "$rs_size"
+    gen_script "$rs_size" 40 7 >"$work/rs-script"
+    qemu-io -f qcow2 "$work/rs.qcow2" <"$work/rs-script" >/dev/null
+    check "resize +1G, $clusters-byte clusters (L1 table moves): same as qemu-img's" \
+        same_resize +1G "" ""
+    check "resize to 16M + 3 sectors, $clusters-byte clusters: same as qemu-img's" \
+        same_resize $((rs_size + 1536)) "" ""
+    check "resize --shrink --force -5M, $clusters-byte clusters: same as qemu-img --shrink" \
+        same_resize -5M --shrink "--shrink --force"
+done
+# qemu-img resize --shrink has no --force; ours refuses to drop data without it.
+cp "$work/rs.qcow2" "$work/rs-keep.qcow2"
+check "vrt-img resize --shrink past data: refused, says why, image unchanged" \
+    bash -c "! '$img' resize -f qcow2 --shrink '$work/rs.qcow2' 8M 2>'$work/rs.err' &&
+             grep -q 'holds data at offset' '$work/rs.err' && grep -q -- --force '$work/rs.err' &&
+             cmp '$work/rs.qcow2' '$work/rs-keep.qcow2'"
+check "vrt-img resize to a smaller size without --shrink: refused, as qemu-img refuses" \
+    bash -c "! '$img' resize -f qcow2 '$work/rs.qcow2' 8M 2>'$work/rs.err' &&
+             grep -q -- '--shrink' '$work/rs.err' && ! qemu-img resize -q -f qcow2 '$work/rs-keep.qcow2' 8M 2>/dev/null &&
+             cmp '$work/rs.qcow2' '$work/rs-keep.qcow2'"
+check "vrt-img resize without -f: refused (a writable open never probes)" \
+    bash -c "! '$img' resize '$work/rs.qcow2' +1M 2>'$work/rs.err' && grep -q -- '-f' '$work/rs.err'"
+# qemu resizes, we read.
+qemu-img resize -q -f qcow2 "$work/rs.qcow2" +7M
+check "qemu-img resize +7M: vrt-img reads what qemu-img reads" \
+    converts_identically qcow2 "$work/rs.qcow2"
+check "qemu-img resize +7M: vrt-img info has the new size" \
+    bash -c "[ \"\$('$img' info -f qcow2 --output=json '$work/rs.qcow2' | sed -n 's/.*\"virtual-size\": *\([0-9]*\).*/\1/p')\" = $((rs_size + 7 * 1024 * 1024)) ]"
+# An overlay grown over a larger backing file reads zeros there, as qemu-img's does.
+qemu-img create -q -f raw "$work/rs-base.raw" 32M
+qemu-io -f raw -c 'write -P 0xbb 0 32M' "$work/rs-base.raw" >/dev/null
+qemu-img create -q -f qcow2 -b "$work/rs-base.raw" -F raw "$work/rs.qcow2" 8M
+qemu-io -f qcow2 -c 'write -P 0x11 1M 1M' "$work/rs.qcow2" >/dev/null
+check "resize an overlay over a larger backing file: same as qemu-img's (zeros, not backing)" \
+    same_resize 24M "" ""
+check "resize an overlay: the grown range reads zeros in qemu-io" \
+    bash -c "qemu-io -f qcow2 -c 'read -P 0 8M 16M' '$work/rs-ours.qcow2' | grep -q 'read 16777216/16777216'"
+# Version 2 with an internal snapshot: qemu-img refuses, and so do we.
+qemu-img create -q -f qcow2 -o compat=0.10 "$work/rs-v2.qcow2" 8M
+qemu-img snapshot -c snap "$work/rs-v2.qcow2"
+check "resize a v2 image with a snapshot: refused, as qemu-img refuses" \
+    bash -c "! qemu-img resize -q -f qcow2 '$work/rs-v2.qcow2' +1M 2>/dev/null &&
+             ! '$img' resize -f qcow2 '$work/rs-v2.qcow2' +1M 2>'$work/rs.err' &&
+             grep -q 'snapshots' '$work/rs.err'"
+
 summary

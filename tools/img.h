@@ -49,6 +49,7 @@ int img_convert_main(int argc, char **argv);
 int img_check_main(int argc, char **argv);
 int img_compare_main(int argc, char **argv);
 int img_map_main(int argc, char **argv);
+int img_resize_main(int argc, char **argv);
 int img_bench_main(int argc, char **argv);
 
 /**

@@ -1,5 +1,5 @@
 /*
- * vrt-img: inspect, create, convert, check, compare, map and benchmark disk images
+ * vrt-img: inspect, create, convert, check, compare, map, resize and benchmark disk images
  * through vrt's virtual-disk API (<rt/vd.h>), with qemu-img's commands, option letters,
  * output shapes and exit statuses where qemu-img has them.
  *
@@ -33,6 +33,7 @@ static const struct command commands[] = {
     {"check", img_check_main, "check [-f FMT] [--output=human|json] [-r leaks] [-q] FILE"},
     {"compare", img_compare_main, "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILE1 FILE2"},
     {"map", img_map_main, "map [-f FMT] [--output=human|json] FILE"},
+    {"resize", img_resize_main, "resize -f FMT [--shrink [--force]] [-q] FILE [+|-]SIZE"},
     {"bench", img_bench_main,
      "bench [-f FMT] [-t CACHE] [-w] [--pattern=rand|seq] [-s SIZE] [-d DEPTH]\n"
      "                [-c COUNT | --runtime SECONDS] [--output=human|json] FILE"},
@@ -45,7 +46,7 @@ static void print_usage(void)
     const char *const *formats = rt_vd_formats();
 
     printf("Usage: %s COMMAND [OPTION]... ARG...\n"
-           "Inspect, create, convert, check, compare, map and benchmark disk images\n"
+           "Inspect, create, convert, check, compare, map, resize and benchmark disk images\n"
            "through vrt's virtual-disk API.\n\nCommands:\n",
            PROG);
     for (size_t i = 0; i < COMMAND_COUNT; i++)

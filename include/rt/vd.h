@@ -274,6 +274,50 @@ int rt_vd_discard(rt_vd_t vd, uint64_t off, uint64_t len);
  */
 int rt_vd_flush(rt_vd_t vd);
 
+/* rt_vd_resize() flags */
+/** Allow a size smaller than the current one.  Without it a shrink fails with
+ *  RT_ERR_INVALID_PARAMETER: a mistyped size must not cut a disk. */
+#define RT_VD_RESIZE_SHRINK 0x1u
+/** With RT_VD_RESIZE_SHRINK: drop whatever the image holds past the new end.  Without
+ *  it, a shrink past data the image itself holds (allocated units; raw: ranges that
+ *  are not holes) fails with RT_ERR_NOT_PERMITTED and changes nothing.  What only the
+ *  backing file holds is never the image's to lose. */
+#define RT_VD_RESIZE_DISCARD_DATA 0x2u
+
+/**
+ * Changes the virtual size, waiting for the result.
+ *
+ * Growing works on every format (VDI: as far as its block map has room, which
+ * rt_vd_create() leaves for 256 GiB or more); the new range reads as zeros, even where
+ * the backing file is larger or a shrink left bytes behind.  Shrinking works on raw and
+ * QCOW2 (VDI cannot: its data blocks would have to move, and VirtualBox does not
+ * either); the whole units past the new end are discarded and their space freed.
+ *
+ * Crash safety: a crash during a shrink leaves the old size (data intact, or past the
+ * new end discarded) or the new one.  A crash during a grow leaves the old size, or the
+ * new one, where in an overlay growing over a larger backing file the new range may
+ * show the backing file's data until the resize is repeated (as with QEMU).
+ *
+ * @param vd     a writable image with nothing outstanding.
+ * @param size   the new virtual size: a multiple of 512 for VDI and QCOW2, any for raw.
+ * @param flags  RT_VD_RESIZE_* bits.
+ * @param err    optional; receives a message naming the problem on failure.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE
+ * @retval RT_ERR_INVALID_PARAMETER  unknown flag; a shrink without RT_VD_RESIZE_SHRINK;
+ *                                   a size the format cannot have (not a multiple of 512).
+ * @retval RT_ERR_NOT_PERMITTED      the shrink would drop data (see
+ *                                   RT_VD_RESIZE_DISCARD_DATA); nothing changed.
+ * @retval RT_ERR_NOT_SUPPORTED      the format cannot do it: a VDI shrink, a VDI whose
+ *                                   block map is full, a QCOW2 version 2 image with
+ *                                   internal snapshots (as QEMU refuses).
+ * @retval RT_ERR_OUT_OF_RANGE       larger than the format can describe.
+ * @retval RT_ERR_VD_READ_ONLY, RT_ERR_BUSY, RT_ERR_ACCESS_DENIED as for rt_vd_write().
+ * @retval RT_ERR_IO, RT_ERR_DISK_FULL, RT_ERR_NO_MEMORY, RT_ERR_VD_CORRUPT, or the
+ *         status of the failure that poisoned the image (see rt_vd_flush()).
+ */
+int rt_vd_resize(rt_vd_t vd, uint64_t size, uint32_t flags, rt_vd_error_t *err);
+
 /** What rt_vd_get_info() reports. */
 typedef struct rt_vd_info {
     /** Driver name ("raw", "vdi"); static storage. */

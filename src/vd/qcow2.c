@@ -775,4 +775,5 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .info = qcow2_info,
     .write_compressed = rt__qcow2_write_compressed,
     .zero = rt__qcow2_zero,
+    .resize = rt__qcow2_resize,
 };

@@ -11,6 +11,7 @@
  *                     clusters), the flush-time commit, compressed writes
  *   qcow2_check.c     rebuilding every refcount from the metadata, leak repair
  *   qcow2_create.c    new images
+ *   qcow2_resize.c    resize: the header's size, a larger L1 table
  *
  * All on-disk integers are big-endian; in memory, tables are kept in host order.
  *
@@ -328,6 +329,7 @@ int rt__qcow2_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc);
 void rt__qcow2_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status, uint64_t seq);
 int rt__qcow2_commit(rt_vd_t vd, uint64_t upto);
 int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
+int rt__qcow2_resize(rt_vd_t vd, uint64_t size, rt_vd_error_t *err);
 int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
 int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf);
 /* The driver's zero(): zero clusters, dropped clusters (see rt_vd_write_zeroes()). */

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "vd/vd_internal.h"
@@ -77,6 +78,25 @@ static int raw_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64
     return rc == RT_ERR_NOT_SUPPORTED ? RT_OK : rc;
 }
 
+/* The file's size is the disk's: a shrink cuts it, a grow extends it sparsely (the
+ * file system returns zeros there).  A block device's size is the device's own. */
+static int raw_resize(rt_vd_t vd, uint64_t size, rt_vd_error_t *err)
+{
+    struct stat st;
+    if (fstat((int)rt_file_to_native(vd->file), &st) != 0)
+        return rt__vd_fail(err, rt_err_from_errno(errno), "cannot inspect the image file");
+    if (!S_ISREG(st.st_mode))
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "the image is a device, whose size only the device sets");
+    if (vd->align > 1 && size % vd->align != 0)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "the new size must be a multiple of %u for uncached I/O", vd->align);
+    int rc = rt_file_set_size(vd->file, size);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "cannot set the file's size");
+    return rt__vd_meta_flush(vd);
+}
+
 static void raw_info(rt_vd_t vd, rt_vd_info_t *info)
 {
 }
@@ -121,6 +141,7 @@ const struct vd_driver rt__vd_raw_driver = {
     .create = raw_create,
     .map = raw_map,
     .zero = raw_zero,
+    .resize = raw_resize,
     .info = raw_info,
     .block_status = raw_block_status,
 };

@@ -131,7 +131,7 @@ int rt__vd_fail(rt_vd_error_t *err, int rc, const char *fmt, ...)
     return rc;
 }
 
-static bool vd_live(rt_vd_t vd)
+bool rt__vd_live(rt_vd_t vd)
 {
     return vd != NULL && vd->magic == RT__MAGIC_VD;
 }
@@ -621,7 +621,7 @@ int rt_vd_close(rt_vd_t vd)
 {
     if (vd == NULL)
         return RT_OK;
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     int rc = rt__vd_queue_ensure_idle(vd);
     if (rc != RT_OK)
@@ -675,7 +675,7 @@ static int check_iov(const rt_iovec_t *iov, unsigned iovcnt, uint64_t *total)
 int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov,
                          unsigned iovcnt, uint64_t *total)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     int rc = check_iov(iov, iovcnt, total);
     if (rc != RT_OK)
@@ -689,7 +689,7 @@ int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *i
 
 int rt__vd_check_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t flags)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     if ((flags & ~RT_VD_ZERO_MAY_UNMAP) != 0)
         return RT_ERR_INVALID_PARAMETER;
@@ -756,7 +756,7 @@ int rt_vd_writev_flags(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned
 
 int rt_vd_flush(rt_vd_t vd)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     if (vd->read_only)
         return RT_OK;
@@ -785,7 +785,7 @@ int rt_vd_discard(rt_vd_t vd, uint64_t off, uint64_t len)
 
 int rt_vd_write_compressed(rt_vd_t vd, uint64_t off, const void *buf, size_t len)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     if (buf == NULL)
         return RT_ERR_INVALID_POINTER;
@@ -820,7 +820,7 @@ int rt_vd_write_compressed(rt_vd_t vd, uint64_t off, const void *buf, size_t len
 
 int rt_vd_get_info(rt_vd_t vd, rt_vd_info_t *info)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     if (info == NULL)
         return RT_ERR_INVALID_POINTER;
@@ -869,7 +869,7 @@ int rt__vd_map_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ex
 
 const char *rt_vd_chain_path(rt_vd_t vd, uint32_t depth)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return NULL;
     for (; depth > 0 && vd != RT_VD_NIL; depth--)
         vd = vd->backing;
@@ -878,7 +878,7 @@ const char *rt_vd_chain_path(rt_vd_t vd, uint32_t depth)
 
 int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *ext)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     if (ext == NULL)
         return RT_ERR_INVALID_POINTER;
@@ -908,7 +908,7 @@ int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *e
 
 int rt_vd_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
 {
-    if (!vd_live(vd))
+    if (!rt__vd_live(vd))
         return RT_ERR_INVALID_HANDLE;
     if (res == NULL)
         return RT_ERR_INVALID_POINTER;

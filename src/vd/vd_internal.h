@@ -164,6 +164,13 @@ struct vd_driver {
      * engine writes zeros everywhere (and a discard does nothing). */
     int (*zero)(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64_t seq,
                 struct vd_zero *z);
+    /* Sets the virtual size to @a size, a multiple of 512 (raw: any).  The layer has
+     * refused what the caller did not allow, discarded the whole units past a smaller
+     * size, and committed and flushed everything before the call.  The driver makes
+     * the change durable before it returns, in an order a crash leaves either size in
+     * (at worst with leaked space); on failure the image keeps its old size.  It does
+     * not set vd->size (the layer does).  NULL: the format cannot be resized. */
+    int (*resize)(rt_vd_t vd, uint64_t size, rt_vd_error_t *err);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */
@@ -287,6 +294,9 @@ int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len);
 /* Makes [off, off + len) of the image file read as zeros, its space kept allocated
  * (FALLOC_FL_ZERO_RANGE).  RT_ERR_NOT_SUPPORTED where the host or file system cannot. */
 int rt__vd_zero_range(rt_vd_t vd, uint64_t off, uint64_t len);
+
+/* True for a handle that is open (vd.c). */
+bool rt__vd_live(rt_vd_t vd);
 
 /* Validation shared by the synchronous and asynchronous entries (vd.c). */
 int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *iov,

@@ -96,6 +96,7 @@ enum {
 #define BLOCK_SIZE_MAX  (64u << 20)
 #define DEFAULT_BLOCK   (1u << 20)
 #define VDI_MAX_BLOCKS  0x3fffffffu
+#define DATA_ALIGN      (1u << 20)
 
 /* An allocation whose map entry is not yet on disk. */
 struct pending {
@@ -367,8 +368,11 @@ static int vdi_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_err
                            (unsigned long long)opts->size, (unsigned long long)blocks);
     bool is_static = opts->flags & RT_VD_CREATE_STATIC;
     uint64_t offset_bmap = VDI_HEADER_LEN;
-    /* Data starts on a page boundary, so uncached I/O works on 4 KiB-sector disks. */
-    uint64_t offset_data = (offset_bmap + blocks * 4u + 4095u) & ~(uint64_t)4095u;
+    /* Data starts on a MiB boundary, as VirtualBox places it: uncached I/O works on
+     * 4 KiB-sector disks, and the map has room to grow (to about 256 GiB of 1 MiB
+     * blocks) without moving data. */
+    uint64_t offset_data =
+        (offset_bmap + blocks * 4u + DATA_ALIGN - 1) & ~(uint64_t)(DATA_ALIGN - 1);
     if (offset_data > UINT32_MAX)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "VDI block map too large");
 
@@ -877,6 +881,87 @@ static void vdi_info(rt_vd_t vd, rt_vd_info_t *info)
              v->type == VDI_STATIC ? "static" : "dynamic");
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* Resize. */
+
+/* Grows only: a shrink would leave entries below the new count pointing at data blocks
+ * at or past it, which no reader accepts, unless blocks moved (VirtualBox does not
+ * shrink either).  The new map entries go into the room between the map and the data
+ * (none moves), and are durable before the header that counts them; a static image gets
+ * its new data blocks at the end of the file first. */
+static int vdi_resize(rt_vd_t vd, uint64_t size, rt_vd_error_t *err)
+{
+    struct vdi *v = vdi_of(vd);
+    if (size < vd->size)
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "VDI images cannot shrink (their data blocks would have to move)");
+    if (size % VDI_SECTOR != 0)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "the new size must be a multiple of %u", VDI_SECTOR);
+    uint64_t blocks = size / v->block_size + (size % v->block_size != 0);
+    if (blocks > VDI_MAX_BLOCKS)
+        return rt__vd_fail(err, RT_ERR_OUT_OF_RANGE,
+                           "%llu bytes needs %llu VDI blocks, more than the format allows",
+                           (unsigned long long)size, (unsigned long long)blocks);
+    uint64_t room = (v->offset_data - v->offset_bmap) / 4u;
+    if (blocks > room)
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED,
+                           "the VDI block map has room for %llu blocks (%llu bytes); growing "
+                           "to %llu bytes would need data blocks moved",
+                           (unsigned long long)room,
+                           (unsigned long long)(room * v->block_size), (unsigned long long)size);
+    uint32_t added = (uint32_t)(blocks - v->blocks);
+    bool is_static = v->type == VDI_STATIC;
+    uint32_t *bmap = realloc(v->bmap, (size_t)blocks * 4u);
+    if (bmap != NULL)
+        v->bmap = bmap;
+    uint32_t *disk = bmap != NULL ? realloc(v->bmap_disk, (size_t)blocks * 4u) : NULL;
+    if (disk != NULL)
+        v->bmap_disk = disk;
+    uint8_t *le = malloc(added ? (size_t)added * 4u : 1);
+    int rc = bmap == NULL || disk == NULL || le == NULL ? RT_ERR_NO_MEMORY : RT_OK;
+    uint32_t first_index = v->next_index;
+    for (uint32_t i = 0; rc == RT_OK && i < added; i++)
+        vd_put_le32(le + 4u * i, is_static ? first_index + i : VDI_FREE);
+    if (rc == RT_OK && is_static && added > 0) {
+        uint64_t file_size = 0, end = block_host_off(v, first_index + added);
+        rc = rt_file_get_size(vd->file, &file_size);
+        if (rc == RT_OK && file_size < end)
+            rc = rt_file_set_size(vd->file, end);
+    }
+    if (rc == RT_OK && added > 0)
+        rc = rt__vd_meta_write(vd, v->offset_bmap + 4u * (uint64_t)v->blocks, le,
+                               (size_t)added * 4u);
+    if (rc == RT_OK)
+        rc = rt__vd_meta_flush(vd);
+    free(le);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "cannot write the new VDI block map entries");
+
+    uint8_t *h = v->header;
+    uint8_t saved[VDI_HEADER_LEN];
+    memcpy(saved, h, sizeof(saved));
+    uint32_t count = is_static ? v->count_on_disk + added : v->count_on_disk;
+    vd_put_le64(h + OFF_DISK_SIZE, size);
+    vd_put_le32(h + OFF_BLOCKS, (uint32_t)blocks);
+    vd_put_le32(h + OFF_ALLOCATED, count);
+    rc = rt__vd_meta_write(vd, 0, h, VDI_HEADER_LEN);
+    if (rc == RT_OK)
+        rc = rt__vd_meta_flush(vd);
+    if (rc != RT_OK) {
+        memcpy(h, saved, sizeof(saved));
+        return rt__vd_fail(err, rc, "cannot write the VDI header");
+    }
+    for (uint32_t i = 0; i < added; i++)
+        v->bmap[v->blocks + i] = v->bmap_disk[v->blocks + i] =
+            is_static ? first_index + i : VDI_FREE;
+    v->blocks = (uint32_t)blocks;
+    v->count_on_disk = count;
+    if (is_static)
+        v->next_index = first_index + added;
+    return RT_OK;
+}
+
 const struct vd_driver rt__vd_vdi_driver = {
     .name = "vdi",
     .caps = VD_CAP_CREATE | VD_CAP_WRITE | VD_CAP_ALLOC | VD_CAP_CHECK,
@@ -889,5 +974,6 @@ const struct vd_driver rt__vd_vdi_driver = {
     .alloc_done = vdi_alloc_done,
     .commit = vdi_commit,
     .check = vdi_check,
+    .resize = vdi_resize,
     .info = vdi_info,
 };
