@@ -19,7 +19,7 @@ static inline int qemu_img_clean_as(const char *path, const char *format)
         return -1;
     char log[600], cmd[1400];
     tst_path(log, sizeof log, "qemu-img-check.log");
-    snprintf(cmd, sizeof cmd, "%s check -f %s '%s' >'%s' 2>&1", QEMU_IMG, format, path, log);
+    snprintf(cmd, sizeof cmd, "%s check -U -f %s '%s' >'%s' 2>&1", QEMU_IMG, format, path, log);
     int status = system(cmd);
     if (status != 0) {
         fprintf(stderr, "\n  qemu-img check %s (status 0x%x) says:\n", path, status);
@@ -37,7 +37,7 @@ static inline int qemu_img_check_status(const char *path, const char *format)
     if (access(QEMU_IMG, X_OK) != 0)
         return -1;
     char cmd[1400];
-    snprintf(cmd, sizeof cmd, "%s check -f %s '%s' >/dev/null 2>&1", QEMU_IMG, format, path);
+    snprintf(cmd, sizeof cmd, "%s check -U -f %s '%s' >/dev/null 2>&1", QEMU_IMG, format, path);
     int status = system(cmd);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
 }

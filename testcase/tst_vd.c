@@ -1023,7 +1023,9 @@ static void test_qcow2_metadata_writeback(void)
         TST_RC(t[i].status, RT_OK);
 
     /* No flush yet.  What a second reader finds is what the commits wrote. */
-    TST_RC_FATAL(rt_vd_open(&reader, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC_FATAL(
+        rt_vd_open(&reader, path, "qcow2", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_FORCE_SHARE, &err),
+        RT_OK);
     int seen = 0;
     uint8_t back[4096];
     for (int i = 0; i < 32; i++) {
@@ -1041,7 +1043,9 @@ static void test_qcow2_metadata_writeback(void)
     TST_RC(rt_vd_queue_destroy(q), RT_OK);
     TST_RC(rt_vd_close(vd), RT_OK);
 
-    TST_RC_FATAL(rt_vd_open(&reader, path, "qcow2", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC_FATAL(
+        rt_vd_open(&reader, path, "qcow2", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_FORCE_SHARE, &err),
+        RT_OK);
     for (int i = 0; i < 32; i++) {
         TST_RC(rt_vd_read(reader, (uint64_t)i * table_span, back, 4096), RT_OK);
         CU_ASSERT(memcmp(back, data[i], 4096) == 0);
@@ -1202,7 +1206,9 @@ static void test_metadata_waits_for_flush(void)
     fill_random(data, sizeof data);
     TST_RC(rt_vd_write(writer, 2 * MIB + 512, data, sizeof data), RT_OK);
 
-    TST_RC_FATAL(rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC_FATAL(
+        rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_FORCE_SHARE, NULL),
+        RT_OK);
     TST_RC(rt_vd_read(reader, 2 * MIB + 512, back, sizeof back), RT_OK);
     CU_ASSERT(back[0] == 0 && back[4095] == 0);
     rt_vd_extent_t ext;
@@ -1211,7 +1217,9 @@ static void test_metadata_waits_for_flush(void)
     TST_RC(rt_vd_close(reader), RT_OK);
 
     TST_RC(rt_vd_flush(writer), RT_OK);
-    TST_RC_FATAL(rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC_FATAL(
+        rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_FORCE_SHARE, NULL),
+        RT_OK);
     TST_RC(rt_vd_read(reader, 2 * MIB + 512, back, sizeof back), RT_OK);
     CU_ASSERT(memcmp(back, data, sizeof data) == 0);
     TST_RC(rt_vd_close(reader), RT_OK);

@@ -89,6 +89,8 @@
 #define KILL_MIN_MS        20u
 #define KILL_MAX_MS        1200u
 #define FIRST_FLUSH_MAX_MS 15000u
+/* How long the killed child's image lock may outlive it (see open_after_the_kill). */
+#define LOCK_RELEASE_MAX_MS 5000u
 
 #define SECTOR_MAGIC 0x31485352435f5456ull /* "VT_CRSH1" */
 
@@ -680,6 +682,25 @@ static void make_ballast(const char *ballast)
 }
 #endif
 
+/* Opens the image the killed child held.  The child's image lock goes when the last
+ * reference to its open file goes, and io_uring drops the references of requests that were
+ * in flight from a kernel worker after the process has been reaped: for a moment the lock
+ * can outlive the child.  So a refusal is retried for a bounded time (and reported), not
+ * taken for a lock that outlives its holder. */
+static int open_after_the_kill(rt_vd_t *vd, const char *path, const char *format,
+                               rt_vd_error_t *err)
+{
+    uint64_t start = rt_time_milli_ts();
+    int rc;
+    while ((rc = rt_vd_open(vd, path, format, 0, err)) == RT_ERR_VD_LOCKED &&
+           rt_time_milli_ts() - start < LOCK_RELEASE_MAX_MS)
+        usleep(2000);
+    uint64_t waited = rt_time_milli_ts() - start;
+    if (rc == RT_OK && waited >= 2)
+        printf("\n    (the lock outlived the child by %llu ms)", (unsigned long long)waited);
+    return rc;
+}
+
 /* One round: child, kill, check, verify, repair, verify again. */
 static void crash_round(const struct series *sr, const char *path, int round, bool fresh,
                         uint32_t block_size, struct round_stats *st)
@@ -783,7 +804,7 @@ static void crash_round(const struct series *sr, const char *path, int round, bo
     /* Check, read all, repair, read all again (exactly what the first read found). */
     rt_vd_t vd = RT_VD_NIL;
     rt_vd_check_result_t res;
-    int rc = rt_vd_open(&vd, path, sr->format, 0, &err);
+    int rc = open_after_the_kill(&vd, path, sr->format, &err);
     if (rc != RT_OK)
         fprintf(stderr, "\n  round %d: the image does not open: %s: %s", round, rt_status_name(rc),
                 err.msg);

@@ -509,7 +509,9 @@ static void test_vdi_failed_allocation_leaves_no_hole(void)
         qemu_img_clean_as(path, "vdi"); /* shows qemu-img's words */
     CU_ASSERT(clean <= 0);
     rt_vd_t reader = RT_VD_NIL;
-    TST_RC_FATAL(rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC_FATAL(
+        rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_FORCE_SHARE, &err),
+        RT_OK);
     rt_vd_check_result_t res;
     TST_RC(rt_vd_check(reader, 0, &res), RT_OK);
     CU_ASSERT_EQUAL(res.corruptions + res.leaks, 0);
@@ -604,7 +606,9 @@ static void test_vdi_flush_defers_later_allocations(void)
         qemu_img_clean_as(path, "vdi");
     CU_ASSERT(q_rc <= 0);
     rt_vd_t reader = RT_VD_NIL;
-    TST_RC_FATAL(rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC_FATAL(
+        rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_FORCE_SHARE, &err),
+        RT_OK);
     rt_vd_check_result_t res;
     TST_RC(rt_vd_check(reader, 0, &res), RT_OK);
     CU_ASSERT_EQUAL(res.corruptions, 0);
@@ -619,7 +623,9 @@ static void test_vdi_flush_defers_later_allocations(void)
     TST_RC(w[1].status, RT_OK);
     TST_RC(rt_vd_queue_destroy(q), RT_OK);
     TST_RC(rt_vd_close(vd), RT_OK);
-    TST_RC_FATAL(rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY, &err), RT_OK);
+    TST_RC_FATAL(
+        rt_vd_open(&reader, path, "vdi", RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_FORCE_SHARE, &err),
+        RT_OK);
     for (int i = 0; i < 3; i++) {
         TST_RC(rt_vd_read(reader, (uint64_t)(3 + 4 * i) * MIB, back, sizeof back), RT_OK);
         CU_ASSERT(memcmp(back, bufs[i], sizeof back) == 0);

@@ -195,7 +195,19 @@ sleep 0.5
 check "vrt-img create: a file open in qemu-io (locked) is not replaced, and says why" \
     bash -c "'$img' create -q -f qcow2 '$old' 1M 2>&1 | grep -q lock; test \${PIPESTATUS[0]} -eq 1 &&
              cmp '$old' '$work/replace.before'"
+check "vrt-img info beside qemu-io's writer: refused, naming the lock and -U" \
+    bash -c "! '$img' info '$old' 2>'$work/lock.err' && grep -q '\"write\" lock' '$work/lock.err' &&
+             grep -q -- -U '$work/lock.err'"
+check "vrt-img -U beside qemu-io's writer: info, check, map, bench and convert read it" \
+    bash -c "'$img' info -U '$old' >/dev/null && '$img' check -U '$old' >/dev/null &&
+             '$img' map -U '$old' >/dev/null && '$img' bench -q -U -c 16 -t writeback '$old' >/dev/null &&
+             '$img' convert -U -O raw '$old' '$work/lock.raw' &&
+             '$img' compare -U -F raw '$old' '$work/lock.raw' >/dev/null"
+check "vrt-img resize beside qemu-io's writer: refused, image unchanged" \
+    bash -c "! '$img' resize -q -f qcow2 '$old' +1M 2>/dev/null && cmp '$old' '$work/replace.before'"
 kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+check "the lock is gone with qemu-io: vrt-img resize works" \
+    "$img" resize -q -f qcow2 "$old" +1M
 
 # --- option lists and messages as qemu-img has them -------------------------------
 for list in '' ',,,' 'cluster_size=64k,' ',compat=1.1'; do

@@ -65,6 +65,9 @@ void img_usage_error(const char *cmd, const char *fmt, ...) __attribute__((forma
  */
 void img_bad_option(const char *cmd, int c, char **argv);
 
+/** -U/--force-share: img_open() adds RT_VD_OPEN_FORCE_SHARE to read-only opens. */
+extern bool img_force_share;
+
 /** Parses --output's value; false (after reporting it) when it is neither. */
 bool img_parse_output(const char *cmd, const char *text, enum img_output *output);
 

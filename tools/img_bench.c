@@ -38,7 +38,8 @@
 
 static const char usage_text[] =
     "Usage: " PROG " bench [-f FMT] [-o OPTIONS] [-t CACHE] [-w] [--pattern=rand|seq] [-s SIZE]\n"
-    "                     [-d DEPTH] [-c COUNT | --runtime SECONDS] [--output=human|json] FILE\n"
+    "                     [-d DEPTH] [-c COUNT | --runtime SECONDS] [--output=human|json] [-U]\n"
+    "                     FILE\n"
     "Run a read (or, with -w, write) workload on an image through the virtual-disk\n"
     "queue API and report IOPS, bandwidth, latency percentiles and CPU time per I/O,\n"
     "as vrt-bench does for plain files.\n"
@@ -56,6 +57,7 @@ static const char usage_text[] =
     "      --runtime=TIME  run for TIME seconds instead (s, m or h suffix allowed)\n"
     "      --output=OFMT   human (default) or json (vrt-bench's JSON shape)\n"
     "  -q                  no notes on stderr\n"
+    "  -U, --force-share   read an image another user holds, without a lock (not with -w)\n"
     "  -h, --help          print this text and exit\n";
 
 struct bench_options {
@@ -345,6 +347,7 @@ static const struct option long_options[] = {
     {"runtime", required_argument, NULL, OPT_RUNTIME},
     {"output", required_argument, NULL, OPT_OUTPUT},
     {"quiet", no_argument, NULL, 'q'},
+    {"force-share", no_argument, NULL, 'U'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -357,7 +360,7 @@ static int parse_options(int argc, char **argv, struct bench_options *opt)
     int c;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:o:t:ws:d:c:qh", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:o:t:ws:d:c:qUh", long_options, NULL)) != -1) {
         switch (c) {
         case 'f': opt->format = optarg; break;
         case 'o':
@@ -414,12 +417,17 @@ static int parse_options(int argc, char **argv, struct bench_options *opt)
                 return IMG_EXIT_ERROR;
             break;
         case 'q': opt->quiet = true; break;
+        case 'U': img_force_share = true; break;
         case 'h': fputs(usage_text, stdout); return IMG_EXIT_OK;
         default: img_bad_option(cmd, c, argv); return IMG_EXIT_ERROR;
         }
     }
     if (have_count && opt->runtime_s > 0) {
         img_usage_error(cmd, "-c and --runtime exclude each other");
+        return IMG_EXIT_ERROR;
+    }
+    if (img_force_share && opt->write) {
+        img_usage_error(cmd, "-U reads without a lock; -w writes, which needs one");
         return IMG_EXIT_ERROR;
     }
     if (!have_count && opt->runtime_s == 0)

@@ -39,6 +39,8 @@ static const char usage_text[] =
     "  -r leaks           reclaim leaked space (needs -f, since it writes); qemu-img's\n"
     "                     '-r all' is refused: corruptions are never repaired\n"
     "  -q                 quiet: no output in human mode, only the exit status\n"
+    "  -U, --force-share  read the image even while another process (a running guest)\n"
+    "                     has it open for writing, without taking its lock\n"
     "  -h, --help         print this text and exit\n"
     "\n"
     "Exit status: 0 no errors, 1 the check could not run, 2 corruptions found (also\n"
@@ -149,9 +151,13 @@ static int run_check(rt_vd_t vd, uint32_t flags, bool human, struct check_report
 }
 
 static const struct option long_options[] = {
-    {"format", required_argument, NULL, 'f'}, {"output", required_argument, NULL, OPT_OUTPUT},
-    {"repair", required_argument, NULL, 'r'}, {"quiet", no_argument, NULL, 'q'},
-    {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    {"format", required_argument, NULL, 'f'},
+    {"output", required_argument, NULL, OPT_OUTPUT},
+    {"repair", required_argument, NULL, 'r'},
+    {"quiet", no_argument, NULL, 'q'},
+    {"force-share", no_argument, NULL, 'U'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
 };
 
 int img_check_main(int argc, char **argv)
@@ -167,7 +173,7 @@ int img_check_main(int argc, char **argv)
     int c, rc;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:r:qh", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:r:qUh", long_options, NULL)) != -1) {
         switch (c) {
         case 'f': format = optarg; break;
         case OPT_OUTPUT:
@@ -187,6 +193,7 @@ int img_check_main(int argc, char **argv)
             repair = RT_VD_CHECK_REPAIR_LEAKS;
             break;
         case 'q': quiet = true; break;
+        case 'U': img_force_share = true; break;
         case 'h': fputs(usage_text, stdout); return IMG_EXIT_OK;
         default: img_bad_option(cmd, c, argv); return IMG_EXIT_ERROR;
         }

@@ -95,6 +95,8 @@ int img_open(rt_vd_t *vd, const char *path, const char *format, uint32_t flags, 
     return img_open_with(vd, path, format, flags, NULL, err);
 }
 
+bool img_force_share;
+
 int img_open_with(rt_vd_t *vd, const char *path, const char *format, uint32_t flags,
                   const char *const *options, rt_vd_error_t *err)
 {
@@ -118,12 +120,17 @@ int img_open_with(rt_vd_t *vd, const char *path, const char *format, uint32_t fl
      * A probed image that names one is refused by the library (RT_ERR_ACCESS_DENIED). */
     if (format && !(flags & RT_VD_OPEN_NO_BACKING))
         flags |= RT_VD_OPEN_ALLOW_BACKING;
+    if (img_force_share && (flags & RT_VD_OPEN_READ_ONLY))
+        flags |= RT_VD_OPEN_FORCE_SHARE;
     rc = rt_vd_open_with(vd, path, format, flags, options, err);
     if (RT_FAILURE(rc)) {
         snprintf(what, sizeof(what), "cannot open '%s'", path);
         img_report(what, rc, err);
         if (rc == RT_ERR_VD_UNKNOWN_FORMAT && !format)
             fprintf(stderr, "  (name the format with -f if the probe cannot tell)\n");
+        if (rc == RT_ERR_VD_LOCKED && (flags & RT_VD_OPEN_READ_ONLY))
+            fprintf(stderr, "  (-U reads it anyway, without a lock: what it reads may be "
+                            "changing)\n");
         if (rc == RT_ERR_ACCESS_DENIED && !format)
             fprintf(stderr, "  (a probed image's backing file is not followed: give -f to "
                             "follow its backing file)\n");
@@ -158,6 +165,7 @@ int img_open_info_with(rt_vd_t *vd, const char *path, const char *format, uint32
 static const struct option inspect_options[] = {
     {"format", required_argument, NULL, 'f'},
     {"output", required_argument, NULL, OPT_OUTPUT},
+    {"force-share", no_argument, NULL, 'U'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -170,9 +178,10 @@ const char *img_parse_inspect_args(int argc, char **argv, const char *usage, con
 
     *status = IMG_EXIT_ERROR;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:h", inspect_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:Uh", inspect_options, NULL)) != -1) {
         switch (c) {
         case 'f': *format = optarg; break;
+        case 'U': img_force_share = true; break;
         case OPT_OUTPUT:
             if (!img_parse_output(cmd, optarg, output))
                 return NULL;

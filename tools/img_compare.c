@@ -38,6 +38,8 @@ static const char usage_text[] =
     "  -F FMT      FILE2's format; default: probe it\n"
     "  -p          show progress (the default when stdout is a terminal)\n"
     "  -q          quiet: print nothing, only the exit status tells\n"
+    "  -U          read both images even while another process (a running guest)\n"
+    "              has them open for writing, without taking their locks\n"
     "  -s          strict: images of different sizes, or whose allocation differs,\n"
     "              are different\n"
     "  -h, --help  print this text and exit\n"
@@ -271,6 +273,7 @@ static int open_side(struct side *s, const char *format)
 }
 
 static const struct option long_options[] = {
+    {"force-share", no_argument, NULL, 'U'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -284,13 +287,14 @@ int img_compare_main(int argc, char **argv)
     int c;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:F:pqsh", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:F:pqsUh", long_options, NULL)) != -1) {
         switch (c) {
         case 'f': format[0] = optarg; break;
         case 'F': format[1] = optarg; break;
         case 'p': progress = true; break;
         case 'q': cmp.quiet = true; break;
         case 's': cmp.strict = true; break;
+        case 'U': img_force_share = true; break;
         case 'h': fputs(usage_text, stdout); return IMG_EXIT_OK;
         default: img_bad_option(cmd, c, argv); return COMPARE_EXIT_ERROR;
         }

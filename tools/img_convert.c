@@ -81,7 +81,8 @@ static const char usage_text[] =
     "  -T CACHE    SRC's cache mode, the same names\n"
     "  -m N        requests in flight at once, 1 to 16 (default 16)\n"
     "  -W          accepted: writes already complete in any order\n"
-    "  -U, --force-share  accepted: SRC is read without taking a lock\n"
+    "  -U, --force-share  read SRC even while another process (a running guest) has it\n"
+    "                     open for writing, without taking its lock\n"
     "  -S SIZE     sparse detection granularity: runs of SIZE zero bytes, aligned to\n"
     "              SIZE, are not written (default 4k; a multiple of 512 up to 16M);\n"
     "              -S 0 writes everything, so DST comes out fully allocated; with -c\n"
@@ -573,7 +574,7 @@ static int parse_and_convert(int argc, char **argv, rt_vd_create_opts_t *opts)
             break;
         }
         case 'W': break; /* writes already complete in any order */
-        case 'U': break; /* the source is read without taking a lock */
+        case 'U': img_force_share = true; break; /* the sources only: they open read-only */
         case 'c': copy.compress = true; break;
         case 'f': src_format = optarg; break;
         case 'O': dst_format = optarg; break;

@@ -30,6 +30,8 @@ static const char usage_text[] =
     "                     virtual-size, actual-size, cluster-size, backing-filename,\n"
     "                     full-backing-filename, backing-filename-format,\n"
     "                     format-specific)\n"
+    "  -U, --force-share  read the image even while another process (a running guest)\n"
+    "                     has it open for writing, without taking its lock\n"
     "  -h, --help         print this text and exit\n";
 
 /* QCOW2's variant is its version; qemu-img calls it compat (0.10 for v2, 1.1 for v3).

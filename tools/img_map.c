@@ -33,6 +33,8 @@ static const char usage_text[] =
     "                     json: every range, in qemu-img map's shape (start, length,\n"
     "                     depth, present, zero, data, compressed, and offset for data\n"
     "                     stored uncompressed)\n"
+    "  -U, --force-share  read the image even while another process (a running guest)\n"
+    "                     has it open for writing, without taking its lock\n"
     "  -h, --help         print this text and exit\n";
 
 struct map_printer {

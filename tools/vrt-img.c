@@ -25,18 +25,18 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"info", img_info_main, "info [-f FMT] [--output=human|json] FILE"},
+    {"info", img_info_main, "info [-f FMT] [-U] [--output=human|json] FILE"},
     {"create", img_create_main,
      "create [-f FMT] [-b BACKING [-F BACKING_FMT]] [-o OPTIONS] [-q] FILE [SIZE]"},
     {"convert", img_convert_main,
      "convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-q] [-S SIZE] SRC DST"},
-    {"check", img_check_main, "check [-f FMT] [--output=human|json] [-r leaks] [-q] FILE"},
-    {"compare", img_compare_main, "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILE1 FILE2"},
-    {"map", img_map_main, "map [-f FMT] [--output=human|json] FILE"},
+    {"check", img_check_main, "check [-f FMT] [-U] [--output=human|json] [-r leaks] [-q] FILE"},
+    {"compare", img_compare_main, "compare [-f FMT] [-F FMT] [-p] [-q] [-s] [-U] FILE1 FILE2"},
+    {"map", img_map_main, "map [-f FMT] [-U] [--output=human|json] FILE"},
     {"resize", img_resize_main, "resize -f FMT [--shrink [--force]] [-q] FILE [+|-]SIZE"},
     {"bench", img_bench_main,
      "bench [-f FMT] [-t CACHE] [-w] [--pattern=rand|seq] [-s SIZE] [-d DEPTH]\n"
-     "                [-c COUNT | --runtime SECONDS] [--output=human|json] FILE"},
+     "                [-c COUNT | --runtime SECONDS] [--output=human|json] [-U] FILE"},
 };
 
 #define COMMAND_COUNT (sizeof(commands) / sizeof(commands[0]))

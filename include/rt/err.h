@@ -55,9 +55,10 @@ extern "C" {
     X(RT_ERR_BAD_FILE, -30, "file descriptor not valid or not open for this direction")            \
     X(RT_ERR_BUSY, -31, "device or resource busy")                                                 \
     X(RT_ERR_NOT_PERMITTED, -32, "operation not permitted")                                        \
-    X(RT_ERR_VD_UNKNOWN_FORMAT, -33, "not a disk image of any format this library knows")         \
+    X(RT_ERR_VD_UNKNOWN_FORMAT, -33, "not a disk image of any format this library knows")          \
     X(RT_ERR_VD_CORRUPT, -34, "disk image is malformed or corrupt")                                \
-    X(RT_ERR_VD_READ_ONLY, -35, "disk image is open read-only")
+    X(RT_ERR_VD_READ_ONLY, -35, "disk image is open read-only")                                    \
+    X(RT_ERR_VD_LOCKED, -36, "disk image is locked by another user of it")
 
 /** The status codes. */
 enum rt_status {

@@ -53,6 +53,18 @@ typedef struct rt_vd_error {
  *  rt_vd_check() work.  On an image without one it changes nothing.  What qemu-img
  *  info does (BDRV_O_NO_BACKING). */
 #define RT_VD_OPEN_NO_BACKING 0x00000008u
+/** Read an image whatever locks others hold on it, taking none (qemu-img's -U,
+ *  force-share): for inspecting the disk of a running guest, whose data may change
+ *  under the reader.  Only with RT_VD_OPEN_READ_ONLY (else RT_ERR_INVALID_PARAMETER);
+ *  applies to the backing files too.
+ *
+ *  Without it every open locks each file of the image and of its backing chain with
+ *  QEMU's OFD lock bytes (see doc/vd.md, "Locks"): a writable open excludes every other
+ *  open of the file, a read-only one excludes writers; QEMU honours the same locks.
+ *  A conflict fails the open with RT_ERR_VD_LOCKED and a message naming the lock.
+ *  Two handles in one process exclude each other too.  File systems without OFD locks
+ *  open unlocked. */
+#define RT_VD_OPEN_FORCE_SHARE 0x00000010u
 
 /**
  * Opens an image.
@@ -73,6 +85,9 @@ typedef struct rt_vd_error {
  * @retval RT_ERR_VD_CORRUPT         a header field, size or table entry is invalid.
  * @retval RT_ERR_NOT_SUPPORTED      a valid image using a feature this library lacks
  *                                   (a VDI differencing image), or NO_CACHE refused.
+ * @retval RT_ERR_VD_LOCKED          another open of the file (this process's or
+ *                                   another's, QEMU's included) holds a conflicting
+ *                                   lock (see RT_VD_OPEN_FORCE_SHARE).
  * @retval RT_ERR_ACCESS_DENIED      the image names another file and
  *                                   RT_VD_OPEN_ALLOW_BACKING is not set; or the OS said so.
  * @retval RT_ERR_IS_A_DIRECTORY     @a path (or a backing file) is a directory.

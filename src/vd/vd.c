@@ -22,8 +22,9 @@
 
 static struct rt__handle_pool vd_pool = RT__HANDLE_POOL_INIT(struct rt_vd, next_free);
 
-#define OPEN_FLAGS                                                                          \
-    (RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_CACHE | RT_VD_OPEN_ALLOW_BACKING | RT_VD_OPEN_NO_BACKING)
+#define OPEN_FLAGS                                                                                 \
+    (RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_CACHE | RT_VD_OPEN_ALLOW_BACKING |                       \
+     RT_VD_OPEN_NO_BACKING | RT_VD_OPEN_FORCE_SHARE)
 #define PROBE_BYTES 4096u
 #define MAX_IOV 1024u
 
@@ -374,6 +375,10 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "an image opened without its backing file (RT_VD_OPEN_NO_BACKING) "
                            "is opened read-only and cannot also follow it");
+    if ((flags & RT_VD_OPEN_FORCE_SHARE) && !read_only)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "force-share (RT_VD_OPEN_FORCE_SHARE) is for read-only opens: a "
+                           "writer must hold the lock");
     if (format == NULL && !read_only)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "%s: the format must be given to open an image for writing "
@@ -405,6 +410,10 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
                            path, kind);
     if (rc != RT_OK)
         return rt__vd_fail(err, rc, "%s: %s", path, rt_strerror(rc));
+    /* Locked before anything is read: a writer's half-written metadata is not ours. */
+    if (!(flags & RT_VD_OPEN_FORCE_SHARE) &&
+        (rc = rt__vd_lock(file, path, !read_only, err)) != RT_OK)
+        goto fail_file;
     if (driver == NULL && (rc = probe(file, path, &driver, err)) != RT_OK)
         goto fail_file;
 
@@ -422,6 +431,7 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
     vd->no_cache = flags & RT_VD_OPEN_NO_CACHE;
     vd->allow_backing = flags & RT_VD_OPEN_ALLOW_BACKING;
     vd->no_backing = flags & RT_VD_OPEN_NO_BACKING;
+    vd->force_share = flags & RT_VD_OPEN_FORCE_SHARE;
     if ((vd->path = strdup(path)) == NULL) {
         rc = RT_ERR_NO_MEMORY;
         vd->magic = RT__MAGIC_DEAD;
@@ -518,7 +528,8 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
     if (full == NULL)
         return RT_ERR_NO_MEMORY;
     uint32_t flags = RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING |
-                     (vd->no_cache ? RT_VD_OPEN_NO_CACHE : 0);
+                     (vd->no_cache ? RT_VD_OPEN_NO_CACHE : 0) |
+                     (vd->force_share ? RT_VD_OPEN_FORCE_SHARE : 0);
     rt_vd_t backing = RT_VD_NIL;
     rt_vd_error_t inner;
     inner.msg[0] = '\0';

@@ -215,6 +215,7 @@ struct rt_vd {
      * set by rt__vd_open_backing() whether or not the file is opened. */
     char *backing_name, *backing_format;
     bool no_backing;       /* RT_VD_OPEN_NO_BACKING */
+    bool force_share;      /* RT_VD_OPEN_FORCE_SHARE: no locks taken */
     bool backing_unopened; /* it names one, and no_backing kept it closed */
     unsigned chain_depth; /* 0 for the image the caller opened */
     char *path;
@@ -294,6 +295,11 @@ int rt__vd_punch(rt_vd_t vd, uint64_t off, uint64_t len);
 /* Makes [off, off + len) of the image file read as zeros, its space kept allocated
  * (FALLOC_FL_ZERO_RANGE).  RT_ERR_NOT_SUPPORTED where the host or file system cannot. */
 int rt__vd_zero_range(rt_vd_t vd, uint64_t off, uint64_t len);
+
+/* Locks the open @a file (named @a path in messages) for a writer or a reader, with
+ * QEMU's lock bytes (vd_lock.c).  RT_ERR_VD_LOCKED with a message on a conflict; RT_OK
+ * where the file system cannot lock. */
+int rt__vd_lock(rt_file_t file, const char *path, bool writer, rt_vd_error_t *err);
 
 /* True for a handle that is open (vd.c). */
 bool rt__vd_live(rt_vd_t vd);
