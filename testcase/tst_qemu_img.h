@@ -1,6 +1,8 @@
 /*
  * qemu-img as a second opinion inside the CUnit programs: its check verdict on an
  * image, with its output shown when it disagrees.  Header-only, like tst_common.h.
+ * It runs with -U: the tests ask it about images a vrt handle may still hold, and
+ * qemu-img honours vrt's image locks as vrt honours its.
  */
 #ifndef TST_QEMU_IMG_H
 #define TST_QEMU_IMG_H
