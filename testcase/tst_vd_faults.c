@@ -414,6 +414,53 @@ static void test_vdi_commit_disk_full_retries(void)
     unlink(path);
 }
 
+/* A forced-unit-access write whose RWF_DSYNC part (fdatasync on the threads backend)
+ * reports a write-back error: the kernel reports it once per file, and it may be an
+ * earlier plain write's, so the image is poisoned as by a failed flush; the next flush
+ * must not claim durability. */
+static atomic_int fdatasync_failures;
+static int failing_fdatasync(int fd)
+{
+    if (atomic_fetch_sub(&fdatasync_failures, 1) > 0) {
+        errno = EIO;
+        return -1;
+    }
+    atomic_fetch_add(&fdatasync_failures, 1);
+    return fdatasync(fd);
+}
+
+static void fua_failure_poisons(const char *format)
+{
+    char path[600];
+    make_image(path, sizeof path, "fua-poison", format, 8 * MIB, 0);
+    rt_vd_t vd = RT_VD_NIL;
+    uint8_t data[4096];
+    memset(data, 0x3c, sizeof data);
+    TST_RC_FATAL(rt_vd_open(&vd, path, format, 0, NULL), RT_OK);
+    TST_RC(rt_vd_write(vd, 0, data, sizeof data), RT_OK);
+    TST_RC(rt_vd_write(vd, MIB, data, sizeof data), RT_OK);
+    TST_RC(rt_vd_flush(vd), RT_OK);
+    TST_RC(rt_vd_write(vd, 0, data, sizeof data), RT_OK); /* its write-back "fails" */
+    faults_off();
+    atomic_store(&fdatasync_failures, 1);
+    rt__posix_sys.fdatasync = failing_fdatasync;
+    rt_iovec_t iov = {data, sizeof data};
+    int rc = rt_vd_writev_flags(vd, MIB, &iov, 1, RT_VD_WRITE_FUA); /* in place: DSYNC */
+    faults_off();
+    TST_RC(rc, RT_ERR_IO);
+    TST_RC(rt_vd_flush(vd), RT_ERR_IO);
+    TST_RC(rt_vd_write(vd, 0, data, sizeof data), RT_ERR_IO);
+    TST_RC(rt_vd_close(vd), RT_ERR_IO);
+    unlink(path);
+}
+
+static void test_fua_failure_poisons(void)
+{
+    fua_failure_poisons("raw");
+    fua_failure_poisons("qcow2");
+    fua_failure_poisons("vdi");
+}
+
 static int slow_after_first_fsync_calls;
 static int failing_then_slow_fsync(int fd)
 {
@@ -1101,6 +1148,7 @@ int main(void)
     TST_ADD(suite, test_enospc_dependents);
     TST_ADD(suite, test_fsync_failure_poisons);
     TST_ADD(suite, test_commit_failure_poisons);
+    TST_ADD(suite, test_fua_failure_poisons);
     TST_ADD(suite, test_vdi_commit_disk_full_retries);
     TST_ADD(suite, test_concurrent_flush_after_failed_fsync);
     TST_ADD(suite, test_vdi_failed_allocation_leaves_no_hole);

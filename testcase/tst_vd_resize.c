@@ -307,6 +307,77 @@ static void test_refusals(void)
     unlink(path);
 }
 
+/* A QCOW2 v2 overlay keeps the clusters a shrink "discarded" (v2 has no zero clusters,
+ * and the backing file would show through a dropped one); a grow must zero them, not
+ * show what the image held there before. */
+static void test_v2_overlay_shrink_then_grow(void)
+{
+    char base[600], top[600];
+    tst_path(base, sizeof base, "v2-base.qcow2");
+    tst_path(top, sizeof top, "v2-top.qcow2");
+    create(&shapes[1], base, MIB);
+    unlink(top);
+    rt_vd_create_opts_t opts = {
+        .size = 10 * MIB, .version = 2, .backing_file = base, .backing_format = "qcow2"};
+    TST_RC_FATAL(rt_vd_create(top, "qcow2", &opts, NULL), RT_OK);
+    rt_vd_t vd = RT_VD_NIL;
+    TST_RC_FATAL(rt_vd_open(&vd, top, "qcow2", RT_VD_OPEN_ALLOW_BACKING, NULL), RT_OK);
+    fill(vd, 8 * MIB, 64 * KIB);
+    TST_RC(rt_vd_resize(vd, 2 * MIB, RT_VD_RESIZE_SHRINK | RT_VD_RESIZE_DISCARD_DATA, NULL), RT_OK);
+    TST_RC(rt_vd_resize(vd, 10 * MIB, 0, NULL), RT_OK);
+    reads_as(vd, 8 * MIB, 64 * KIB, true, "v2 overlay, shrunk and grown");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC_FATAL(rt_vd_open(&vd, top, "qcow2", RT_VD_OPEN_ALLOW_BACKING, NULL), RT_OK);
+    reads_as(vd, 2 * MIB, 8 * MIB, true, "v2 overlay, reopened");
+    check_clean(vd, top, "qcow2", "v2 overlay, shrunk and grown");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(top);
+    unlink(base);
+}
+
+/* A VDI header may count more blocks than its size needs (open accepts it): a grow
+ * within them adds no map entries, writes nothing past the map, and shows none of
+ * their data. */
+static void test_vdi_map_larger_than_size(void)
+{
+    char path[600];
+    tst_path(path, sizeof path, "vdi-extra-blocks.vdi");
+    create(&shapes[4], path, MIB);
+    rt_vd_t vd = open_rw(&shapes[4], path, 0);
+    fill(vd, 0, MIB);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    uint8_t le[4];
+    int fd = open(path, O_RDWR);
+    CU_ASSERT_FATAL(fd >= 0);
+    uint8_t hdr[0x200];
+    CU_ASSERT_FATAL(pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr);
+    uint32_t map_at = (uint32_t)hdr[0x154] | (uint32_t)hdr[0x155] << 8 |
+                      (uint32_t)hdr[0x156] << 16 | (uint32_t)hdr[0x157] << 24;
+    le[0] = 4, le[1] = le[2] = le[3] = 0; /* four blocks for a 1 MiB disk */
+    CU_ASSERT_FATAL(pwrite(fd, le, 4, 0x180) == 4);
+    memset(le, 0xff, sizeof le); /* entries 1..3: free */
+    for (int i = 1; i < 4; i++)
+        CU_ASSERT_FATAL(pwrite(fd, le, 4, (off_t)map_at + 4 * i) == 4);
+    close(fd);
+    struct stat before;
+    CU_ASSERT_FATAL(stat(path, &before) == 0);
+
+    vd = open_rw(&shapes[4], path, 0);
+    TST_RC(rt_vd_resize(vd, 3 * MIB, 0, NULL), RT_OK);
+    CU_ASSERT_EQUAL(size_of(vd), 3 * MIB);
+    reads_as(vd, 0, MIB, false, "the old block");
+    reads_as(vd, MIB, 2 * MIB, true, "the blocks the header counted");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    struct stat after;
+    CU_ASSERT_FATAL(stat(path, &after) == 0);
+    CU_ASSERT(after.st_size <= before.st_size + 3 * MIB); /* nothing written past the map */
+    vd = open_rw(&shapes[4], path, RT_VD_OPEN_READ_ONLY);
+    CU_ASSERT_EQUAL(size_of(vd), 3 * MIB);
+    check_clean(vd, path, NULL, "vdi grown within its map");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(path);
+}
+
 int main(void)
 {
     CU_pSuite suite = tst_suite("resize");
@@ -315,5 +386,7 @@ int main(void)
     TST_ADD(suite, test_shrink_raw);
     TST_ADD(suite, test_shrink_qcow2);
     TST_ADD(suite, test_overlay_hides_backing);
+    TST_ADD(suite, test_v2_overlay_shrink_then_grow);
+    TST_ADD(suite, test_vdi_map_larger_than_size);
     return tst_run();
 }

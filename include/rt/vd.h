@@ -231,8 +231,10 @@ int rt_vd_writev(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcn
 #define RT_VD_WRITE_FUA 0x1u
 
 /** rt_vd_writev() with RT_VD_WRITE_* @a flags; RT_ERR_INVALID_PARAMETER for an unknown
- *  one, else the statuses of rt_vd_write() and, with RT_VD_WRITE_FUA, of rt_vd_flush()
- *  (a failed commit poisons the image as a failed flush does). */
+ *  one, else the statuses of rt_vd_write() and, with RT_VD_WRITE_FUA, of rt_vd_flush():
+ *  a failed commit, and a failed RWF_DSYNC write, poison the image as a failed flush
+ *  does (the kernel reports a lost write-back once per file, and may report an earlier
+ *  write's through this one). */
 int rt_vd_writev_flags(rt_vd_t vd, uint64_t off, const rt_iovec_t *iov, unsigned iovcnt,
                        uint32_t flags);
 
@@ -311,7 +313,8 @@ int rt_vd_flush(rt_vd_t vd);
  * Crash safety: a crash during a shrink leaves the old size (data intact, or past the
  * new end discarded) or the new one.  A crash during a grow leaves the old size, or the
  * new one, where in an overlay growing over a larger backing file the new range may
- * show the backing file's data until the resize is repeated (as with QEMU).
+ * show the backing file's data until it is zeroed (rt_vd_write_zeroes() over it; a
+ * repeated resize to the same size does nothing), as with QEMU.
  *
  * @param vd     a writable image with nothing outstanding.
  * @param size   the new virtual size: a multiple of 512 for VDI and QCOW2, any for raw.

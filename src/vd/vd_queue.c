@@ -230,6 +230,10 @@ struct vd_op {
     int kind;
     enum op_phase phase;
     rt_file_t file; /* which of the image's files */
+    /* Written with RT_AIO_REQ_F_DSYNC: its failure may be the report of an earlier
+     * write's lost write-back (the kernel gives it once per file), so it poisons the
+     * image as a failed flush does. */
+    bool dsync;
     uint64_t host_off;
     uint64_t len;
     rt_iovec_t *iov;
@@ -826,6 +830,7 @@ static void op_release(struct rt_vd_queue *q, struct vd_op *op)
 static int op_prepare(struct vd_op *op)
 {
     rt_file_t file = op->file;
+    op->dsync = false;
     if (op->phase == PHASE_FILL)
         return rt_aio_req_prepare_readv(op->req, file, op->host_off, &op->fill_iov, 1, op);
     switch (op->kind) {
@@ -836,8 +841,10 @@ static int op_prepare(struct vd_op *op)
         /* A forced-unit-access write into data the map had: durable by itself.  The
          * writes of new units are made durable by the flush stages that follow. */
         if (rc == RT_OK && op->io != NULL && (op->io->flags & RT_VD_WRITE_FUA) &&
-            op->io->kind == VD_IO_WRITE && op->njobs == 0)
+            op->io->kind == VD_IO_WRITE && op->njobs == 0) {
             rc = rt_aio_req_set_flags(op->req, RT_AIO_REQ_F_DSYNC);
+            op->dsync = rc == RT_OK;
+        }
         return rc;
     }
     default:
@@ -1459,7 +1466,7 @@ static void op_finished(struct rt_vd_queue *q, struct vd_op *op, int rc)
     struct vd_io *io = op->io;
     struct vd_job *jobs[MAX_OP_JOBS];
     unsigned njobs = op->njobs;
-    if (rc != RT_OK && op->kind == OP_FLUSH)
+    if (rc != RT_OK && (op->kind == OP_FLUSH || op->dsync))
         poison(io, rc);
     else if (rc != RT_OK && io->status == RT_OK)
         io->status = rc;

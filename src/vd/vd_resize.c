@@ -6,11 +6,12 @@
  * freed, commits, and only then lets the driver cut the size: a crash at any point
  * leaves the old size with the same guest data, or the new one.
  *
- * A grow must not make anything visible that the guest never wrote.  Two things could
- * show through: the tail of the old last unit past the old size (bytes a shrink left
- * behind), and a backing file larger than the old size.  Both are zeroed, with the
- * ordinary zero request, once the size has grown (as QEMU does; the window of a crash
- * between the two is documented at rt_vd_resize()).
+ * A grow must not make anything visible that the guest never wrote.  What could show
+ * through: the tail of the old last unit past the old size (bytes a shrink left
+ * behind), a backing file larger than the old size, and units the image still holds
+ * past the old size (a discard that could not drop them, a map larger than its size).
+ * All are zeroed, with the ordinary zero request, once the size has grown (as QEMU
+ * does; the window of a crash between the two is documented at rt_vd_resize()).
  */
 #include "config.h"
 
@@ -21,8 +22,8 @@
 #define RESIZE_FLAGS (RT_VD_RESIZE_SHRINK | RT_VD_RESIZE_DISCARD_DATA)
 
 /* The first range at or past @a from that this image (not its backing file) holds data
- * for: RT_OK with *@a found false when there is none. */
-static int data_past(rt_vd_t vd, uint64_t from, bool *found, uint64_t *where)
+ * for, and how long it runs (*@a length): RT_OK with *@a found false when there is none. */
+static int data_past(rt_vd_t vd, uint64_t from, bool *found, uint64_t *where, uint64_t *length)
 {
     *found = false;
     for (uint64_t off = from; off < vd->size;) {
@@ -32,9 +33,12 @@ static int data_past(rt_vd_t vd, uint64_t from, bool *found, uint64_t *where)
                                                   : rt__vd_map_status(vd, off, len, &ext);
         if (rc != RT_OK)
             return rc;
+        if (ext.length == 0)
+            return RT_ERR_VD_CORRUPT;
         if (ext.flags & RT_VD_EXTENT_DATA) {
             *found = true;
             *where = off;
+            *length = ext.length < vd->size - off ? ext.length : vd->size - off;
             return RT_OK;
         }
         off += ext.length;
@@ -56,8 +60,8 @@ static int shrink_prepare(rt_vd_t vd, uint64_t size, uint32_t flags, rt_vd_error
                            size, vd->size);
     if (!(flags & RT_VD_RESIZE_DISCARD_DATA)) {
         bool found = false;
-        uint64_t where = 0;
-        int rc = data_past(vd, size, &found, &where);
+        uint64_t where = 0, length = 0;
+        int rc = data_past(vd, size, &found, &where, &length);
         if (rc != RT_OK)
             return rt__vd_fail(err, rc, "cannot tell what lies past the new end");
         if (found)
@@ -88,6 +92,17 @@ static int grow_finish(rt_vd_t vd, uint64_t old, rt_vd_error_t *err)
     int rc = RT_OK;
     if (end > old)
         rc = rt_vd_write_zeroes(vd, old, end - old, 0);
+    /* And whatever the image itself still holds further on: units a discard could not
+     * drop (QCOW2 v2 over a backing file keeps them), map entries a header counted
+     * past its old size. */
+    for (uint64_t from = end; rc == RT_OK && from < vd->size;) {
+        bool found = false;
+        uint64_t where = 0, length = 0;
+        if ((rc = data_past(vd, from, &found, &where, &length)) != RT_OK || !found)
+            break;
+        rc = rt_vd_write_zeroes(vd, where, length, 0);
+        from = where + length;
+    }
     if (rc == RT_OK)
         rc = rt_vd_flush(vd);
     return rc != RT_OK ? rt__vd_fail(err, rc, "the size grew, but zeroing the new range failed")
@@ -124,6 +139,11 @@ int rt_vd_resize(rt_vd_t vd, uint64_t size, uint32_t flags, rt_vd_error_t *err)
     uint64_t old = vd->size;
     if (size < old && (rc = shrink_prepare(vd, size, flags, err)) != RT_OK)
         return rc;
+    /* A grow too starts from committed metadata: a driver that writes tables anew (a
+     * larger QCOW2 L1) copies what memory holds, which must not name tables that exist
+     * only there when the header switches to it. */
+    if (size > old && (rc = rt_vd_flush(vd)) != RT_OK)
+        return rt__vd_fail(err, rc, "cannot flush the image first");
     if ((rc = vd->driver->resize(vd, size, err)) != RT_OK)
         return rc;
     vd->size = size;

@@ -910,6 +910,10 @@ static int vdi_resize(rt_vd_t vd, uint64_t size, rt_vd_error_t *err)
                            "to %llu bytes would need data blocks moved",
                            (unsigned long long)room,
                            (unsigned long long)(room * v->block_size), (unsigned long long)size);
+    /* A map with more entries than the old size needed (a header may say so) has the
+     * entries already: none are added, and the count of blocks stays. */
+    if (blocks < v->blocks)
+        blocks = v->blocks;
     uint32_t added = (uint32_t)(blocks - v->blocks);
     bool is_static = v->type == VDI_STATIC;
     uint32_t *bmap = realloc(v->bmap, (size_t)blocks * 4u);
