@@ -336,6 +336,136 @@ int rt_vd_flush(rt_vd_t vd);
  */
 int rt_vd_resize(rt_vd_t vd, uint64_t size, uint32_t flags, rt_vd_error_t *err);
 
+/* ------------------------------------------------------------------------------------
+ * Internal snapshots (QCOW2): what `qemu-img snapshot` lists, creates, applies and
+ * deletes.  A snapshot keeps the disk's contents at the moment it was taken, inside the
+ * image; clusters are shared by reference count until either side writes.
+ */
+
+/** The longest ID and name this API passes, in bytes without the NUL.  IDs and names an
+ *  image holds that are longer are listed cut (rt_vd_snapshot_t.truncated). */
+#define RT_VD_SNAPSHOT_ID_MAX   127
+#define RT_VD_SNAPSHOT_NAME_MAX 255
+
+/** One internal snapshot, as rt_vd_snapshot_list() reports it. */
+typedef struct rt_vd_snapshot {
+    /** Its ID (QEMU numbers them "1", "2", ... and never reuses a number in use) and
+     *  its name (not unique: two snapshots may share one). */
+    char id[RT_VD_SNAPSHOT_ID_MAX + 1];
+    char name[RT_VD_SNAPSHOT_NAME_MAX + 1];
+    /** True when the image's ID or name is longer than the fields and is cut here. */
+    int truncated;
+    /** When it was taken (seconds and nanoseconds since 1970, UTC). */
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    /** The guest clock at that moment, and the size of the saved VM state (0 for a disk
+     *  snapshot; QEMU's savevm stores one). */
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    /** The virtual size it was taken at; 0 when the image does not record it (version 2
+     *  images written by old tools). */
+    uint64_t disk_size;
+    /** QEMU's instruction count for record/replay; 0 when not recorded. */
+    uint64_t icount;
+} rt_vd_snapshot_t;
+
+/**
+ * Lists the image's internal snapshots in the order the image keeps them.
+ *
+ * @param vd        an open image, read-only or writable, with nothing outstanding.
+ * @param out       receives the first min(@a capacity, *@a count) snapshots; may be NULL
+ *                  when @a capacity is 0 (to ask how many there are).
+ * @param capacity  entries @a out has room for.
+ * @param count     receives how many snapshots the image has (at most 65536).
+ * @param err       optional; receives a message naming the problem on failure.
+ * @retval RT_OK             (also when @a capacity was too small: compare *@a count).
+ * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a count, or @a out with a
+ *         capacity), RT_ERR_BUSY (asynchronous requests outstanding).
+ * @retval RT_ERR_NOT_SUPPORTED  the format has no internal snapshots (raw, VDI).
+ * @retval RT_ERR_VD_CORRUPT     the snapshot table is malformed; RT_ERR_IO, RT_ERR_NO_MEMORY.
+ * Call it from the thread that uses @a vd (as every rt_vd_* call but rt_vd_chain_path()).
+ */
+int rt_vd_snapshot_list(rt_vd_t vd, rt_vd_snapshot_t *out, uint32_t capacity, uint32_t *count,
+                        rt_vd_error_t *err);
+
+/**
+ * Takes a snapshot of the disk as it is now, waiting for the result: every completed
+ * write is in it.  The new snapshot gets the next free ID, the current time, the
+ * current virtual size and no VM state; later writes to the disk leave it unchanged.
+ *
+ * Before anything changes, the image's reference counts are checked against its
+ * metadata (as rt_vd_check() does); an image with corruptions is refused, since sharing
+ * clusters whose counts are wrong would spread the damage to the snapshot.  Leaked
+ * space is harmless and allowed.
+ *
+ * Crash safety: the new counts, the snapshot's L1 table, the cleared COPIED flags and
+ * the new snapshot table are durable before one header write makes the snapshot part
+ * of the image; a crash before that write leaves the image without it (with leaked
+ * space at worst), after it with it.
+ *
+ * @param vd       a writable image with nothing outstanding.
+ * @param name     1 to RT_VD_SNAPSHOT_NAME_MAX bytes; another snapshot may have it too
+ *                 (as qemu-img allows).
+ * @param created  optional; receives the new snapshot's description.
+ * @param err      optional; receives a message naming the problem on failure.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE, RT_ERR_INVALID_POINTER (@a name)
+ * @retval RT_ERR_INVALID_PARAMETER  @a name empty or longer than RT_VD_SNAPSHOT_NAME_MAX.
+ * @retval RT_ERR_NOT_SUPPORTED      the format has no internal snapshots.
+ * @retval RT_ERR_OUT_OF_RANGE       the image already has 65536 snapshots, or its
+ *                                   refcount width cannot count one more reference.
+ * @retval RT_ERR_VD_CORRUPT         the image's metadata is inconsistent (the message
+ *                                   gives the first problem; nothing changed).
+ * @retval RT_ERR_VD_READ_ONLY, RT_ERR_BUSY, RT_ERR_IO, RT_ERR_DISK_FULL, RT_ERR_NO_MEMORY,
+ *         or the status that poisoned the image (see rt_vd_flush()).  A failure after
+ *         the counts were raised in the file leaves leaked space, never a damaged image.
+ */
+int rt_vd_snapshot_create(rt_vd_t vd, const char *name, rt_vd_snapshot_t *created,
+                          rt_vd_error_t *err);
+
+/**
+ * Reverts the disk to a snapshot, waiting for the result: the disk then reads as it did
+ * when the snapshot was taken, and its virtual size becomes the snapshot's.  The
+ * snapshot stays (apply it again to go back to the same point), and what the disk held
+ * before is dropped.  Persistent dirty bitmaps become invalid, as after any write.
+ *
+ * @a which is matched against IDs first, then names (as `qemu-img snapshot -a` does);
+ * with several snapshots of that name, the first in the table.  The same consistency
+ * check as rt_vd_snapshot_create() comes first.
+ *
+ * Crash safety: the references the snapshot adds are counted in the file, and the new
+ * active L1 table written to new clusters, before one header write switches the disk
+ * to it; a crash leaves either the old contents or the snapshot's, never a mix.  The
+ * old contents' references are dropped after that write (a crash between leaks space).
+ *
+ * If re-reading the image's metadata after the switch fails, the handle is poisoned
+ * (writes and flushes fail) and must be closed; the image in the file is consistent.
+ *
+ * @param vd     a writable image with nothing outstanding.
+ * @param which  the snapshot's ID or name.
+ * @retval RT_OK
+ * @retval RT_ERR_FILE_NOT_FOUND  no snapshot has that ID or name.
+ * @retval the other statuses of rt_vd_snapshot_create(), except RT_ERR_INVALID_PARAMETER.
+ */
+int rt_vd_snapshot_apply(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+
+/**
+ * Deletes a snapshot, waiting for the result; the clusters only it referenced are
+ * freed (their space punched out of the file where the file system can).
+ *
+ * @a which is matched against names first, then IDs: `qemu-img snapshot -d` of QEMU 7.2
+ * takes only names, so a script's `-d 2` meaning the snapshot named "2" deletes that
+ * one, never the snapshot with ID 2.  With several of that name, the first in the table.
+ *
+ * Crash safety: the snapshot table without it is written to new clusters and one
+ * header write makes it current; the snapshot's references are dropped after that (a
+ * crash between leaks space), and COPIED flags that a count fallen to 1 allows are set
+ * last.
+ *
+ * @retval the statuses of rt_vd_snapshot_apply().
+ */
+int rt_vd_snapshot_delete(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+
 /** What rt_vd_get_info() reports. */
 typedef struct rt_vd_info {
     /** Driver name ("raw", "vdi"); static storage. */

@@ -355,13 +355,10 @@ static const rt_vd_option_t create_options[] = {
     {NULL, NULL, NULL},
 };
 
-static int qcow2_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err)
+/* Reads the image's state from the file as it is now: header, L1 and refcount tables,
+ * the metadata index.  Opens nothing (the backing file is the caller's). */
+static int load_state(rt_vd_t vd, uint64_t cache, struct qcow2 **out, rt_vd_error_t *err)
 {
-    uint64_t cache = L2_CACHE_BYTES;
-    const char *cache_text = rt__vd_option(options, "l2-cache-size");
-    if (cache_text != NULL && !rt__vd_parse_size(cache_text, &cache))
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "l2-cache-size: '%s' is not a size",
-                           cache_text);
     uint64_t file_size = 0;
     int rc = rt_file_get_size(vd->file, &file_size);
     if (rc != RT_OK)
@@ -398,7 +395,30 @@ static int qcow2_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err
     else if ((rc = parse_header(vd, s, file_size, err)) == RT_OK &&
              (rc = load_tables(vd, s, file_size, err)) == RT_OK)
         rc = rt__qcow2_index_metadata(vd, s, file_size, err);
-    if (rc == RT_OK && !vd->read_only) {
+    if (rc != RT_OK) {
+        free_state(s);
+        return rc;
+    }
+    s->file_size_at_open = file_size;
+    s->l2_cache_bytes = cache;
+    s->next_free = (file_size + s->cluster_size - 1) & ~(uint64_t)(s->cluster_size - 1);
+    s->file_grown = file_size;
+    *out = s;
+    return RT_OK;
+}
+
+static int qcow2_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err)
+{
+    uint64_t cache = L2_CACHE_BYTES;
+    const char *cache_text = rt__vd_option(options, "l2-cache-size");
+    if (cache_text != NULL && !rt__vd_parse_size(cache_text, &cache))
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "l2-cache-size: '%s' is not a size",
+                           cache_text);
+    struct qcow2 *s = NULL;
+    int rc = load_state(vd, cache, &s, err);
+    if (rc != RT_OK)
+        return rc;
+    if (!vd->read_only) {
         if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
             rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                              "QCOW2 image is marked corrupt; it opens read-only only");
@@ -414,15 +434,29 @@ static int qcow2_open(rt_vd_t vd, const char *const *options, rt_vd_error_t *err
         free_state(s);
         return rc;
     }
-    s->file_size_at_open = file_size;
-    s->l2_cache_bytes = cache;
-    s->next_free = (file_size + s->cluster_size - 1) & ~(uint64_t)(s->cluster_size - 1);
-    s->file_grown = file_size;
     vd->priv = s;
     vd->size = s->size;
     vd->alloc_unit = s->cluster_size;
     uint64_t bits_align = (uint64_t)s->cluster_size | 4096u;
     vd->data_align = (uint32_t)(bits_align & -bits_align);
+    return RT_OK;
+}
+
+int rt__qcow2_reload(rt_vd_t vd, rt_vd_error_t *err)
+{
+    struct qcow2 *old = qcow2_of(vd);
+    rt__qcow2_trim_file(vd);
+    struct qcow2 *s = NULL;
+    int rc = load_state(vd, old->l2_cache_bytes, &s, err);
+    if (rc != RT_OK) {
+        /* What memory holds no longer matches the file: nothing may be written from it. */
+        if (vd->poisoned == RT_OK)
+            vd->poisoned = rc;
+        return rc;
+    }
+    free_state(old);
+    vd->priv = s;
+    vd->size = s->size;
     return RT_OK;
 }
 
@@ -776,4 +810,8 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .write_compressed = rt__qcow2_write_compressed,
     .zero = rt__qcow2_zero,
     .resize = rt__qcow2_resize,
+    .snapshot_list = rt__qcow2_snapshot_list,
+    .snapshot_create = rt__qcow2_snapshot_create,
+    .snapshot_apply = rt__qcow2_snapshot_apply,
+    .snapshot_delete = rt__qcow2_snapshot_delete,
 };

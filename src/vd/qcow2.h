@@ -330,6 +330,27 @@ void rt__qcow2_alloc_done(rt_vd_t vd, const struct vd_alloc *alloc, int status, 
 int rt__qcow2_commit(rt_vd_t vd, uint64_t upto);
 int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
 int rt__qcow2_resize(rt_vd_t vd, uint64_t size, rt_vd_error_t *err);
+/* Internal snapshots (qcow2_snapshot.c). */
+int rt__qcow2_snapshot_list(rt_vd_t vd, rt_vd_snapshot_t *out, uint32_t capacity, uint32_t *count,
+                            rt_vd_error_t *err);
+int rt__qcow2_snapshot_create(rt_vd_t vd, const char *name, rt_vd_snapshot_t *created,
+                              rt_vd_error_t *err);
+int rt__qcow2_snapshot_apply(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+int rt__qcow2_snapshot_delete(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+/* Replaces the in-memory state with what a fresh open reads from the file now (after
+ * a change made directly in the file); nothing may be pending.  On failure the handle
+ * is poisoned. */
+int rt__qcow2_reload(rt_vd_t vd, rt_vd_error_t *err);
+/* Fails with RT_ERR_VD_CORRUPT and the first problem when a check finds corruptions
+ * (leaks are fine): what must hold before clusters are shared or freed by count. */
+int rt__qcow2_require_consistent(rt_vd_t vd, rt_vd_error_t *err);
+/* Sets COPIED on the active L1 and L2 entries whose cluster's count is 1 (after counts
+ * fell) and commits the tables it changed. */
+int rt__qcow2_set_copied(rt_vd_t vd);
+/* Calls @a fn for every host cluster an L2 entry references (a compressed entry's
+ * bytes may span two or more). */
+int rt__qcow2_for_each_referenced(const struct qcow2 *s, uint64_t entry,
+                                  int (*fn)(void *ctx, uint64_t cluster), void *ctx);
 int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
 int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf);
 /* The driver's zero(): zero clusters, dropped clusters (see rt_vd_write_zeroes()). */

@@ -237,10 +237,22 @@ static int count_bitmaps(struct census *c, uint64_t file_size)
     return rc;
 }
 
-/* COPIED must be set exactly where the refcount is 1 (active tables only).  With
- * @a fix (after a leak repair, which can bring a count down to 1) a missing COPIED on an
- * entry whose only reference it is gets set; *@a fixed counts them.  Each L2 table is
- * walked once, however many L1 entries name it. */
+/* COPIED means "written in place": wrong, and a corruption, only where the cluster has
+ * more than one reference (a write in place would change what another table sees).
+ * Judged by the references found, not the stored count: a flag set where the count is
+ * too high but the references are 1 is a leak (what a crash leaves between raising the
+ * counts for a new snapshot and clearing the flags), and a flag missing only costs a
+ * copy on the next write (what a crash leaves the other way round).  qemu-img check
+ * calls both errors; its repair, like ours, leaves them right. */
+static bool copied_wrongly(const struct census *c, uint64_t entry, uint64_t cluster)
+{
+    return (entry & QCOW2_COPIED) && cluster < c->clusters && c->refs[cluster] != 1;
+}
+
+/* Active tables only.  With @a fix (after a leak repair, which can bring a count down
+ * to 1) a missing COPIED on an entry whose only reference it is gets set, by the stored
+ * count; *@a fixed counts them.  Each L2 table is walked once, however many L1 entries
+ * name it. */
 static int walk_copied(struct census *c, bool fix, uint64_t *fixed)
 {
     struct qcow2 *s = c->s;
@@ -263,9 +275,9 @@ static int walk_copied(struct census *c, bool fix, uint64_t *fixed)
                 s->l1[i] |= QCOW2_COPIED;
                 s->l1_dirty = true;
                 (*fixed)++;
-            } else if (!fix && (refcount == 1) != !!(s->l1[i] & QCOW2_COPIED)) {
-                problem(c, "L1 entry %llu: COPIED flag disagrees with refcount %llu",
-                        (unsigned long long)i, (unsigned long long)refcount);
+            } else if (!fix && copied_wrongly(c, s->l1[i], l2 >> s->cluster_bits)) {
+                problem(c, "L1 entry %llu: COPIED flag set on an L2 table with %u references",
+                        (unsigned long long)i, c->refs[l2 >> s->cluster_bits]);
             }
         }
         struct qcow2_l2 *t = rt__qcow2_l2_get(c->vd, refs[a].index, &rc);
@@ -290,9 +302,11 @@ static int walk_copied(struct census *c, bool fix, uint64_t *fixed)
                 t->entries[j] = e | QCOW2_COPIED;
                 t->dirty = true;
                 (*fixed)++;
-            } else if (!fix && (refcount == 1) != !!(e & QCOW2_COPIED)) {
-                problem(c, "L2 entry for data at 0x%llx: COPIED flag disagrees with refcount %llu",
-                        (unsigned long long)host, (unsigned long long)refcount);
+            } else if (!fix && copied_wrongly(c, e, host >> s->cluster_bits)) {
+                problem(c,
+                        "L2 entry for data at 0x%llx: COPIED flag set on a cluster with %u "
+                        "references",
+                        (unsigned long long)host, c->refs[host >> s->cluster_bits]);
             }
         }
     }
@@ -407,5 +421,39 @@ int rt__qcow2_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
             res->leaks -= res->leaks_fixed;
     }
     free(c.refs);
+    return rc;
+}
+
+int rt__qcow2_require_consistent(rt_vd_t vd, rt_vd_error_t *err)
+{
+    rt_vd_check_result_t res;
+    memset(&res, 0, sizeof(res));
+    int rc = rt__qcow2_check(vd, 0, &res);
+    if (rc != RT_OK)
+        return rt__vd_fail(err, rc, "cannot check the image's reference counts first");
+    if (res.corruptions > 0)
+        return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                           "the image's metadata is inconsistent (%llu problems; the first: %s)",
+                           (unsigned long long)res.corruptions, res.first_problem);
+    return RT_OK;
+}
+
+int rt__qcow2_set_copied(rt_vd_t vd)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    uint64_t file_size = 0;
+    int rc = rt_file_get_size(vd->file, &file_size);
+    if (rc != RT_OK)
+        return rc;
+    rt_vd_check_result_t res;
+    memset(&res, 0, sizeof(res));
+    struct census c = {vd, s, NULL, (file_size + s->cluster_size - 1) >> s->cluster_bits, &res};
+    uint64_t fixed = 0;
+    rc = walk_copied(&c, true, &fixed);
+    if (rc == RT_OK && fixed > 0) {
+        int committed = rt__qcow2_commit(vd, vd->alloc_seq);
+        if (committed < 0)
+            rc = committed;
+    }
     return rc;
 }

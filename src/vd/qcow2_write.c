@@ -59,9 +59,8 @@ static int push_pending(struct qcow2 *s, struct qcow2_pending p)
     return RT_OK;
 }
 
-/* Calls @a fn for every host cluster an L2 entry references. */
-static int for_each_referenced(struct qcow2 *s, uint64_t entry,
-                               int (*fn)(void *ctx, uint64_t cluster), void *ctx)
+int rt__qcow2_for_each_referenced(const struct qcow2 *s, uint64_t entry,
+                                  int (*fn)(void *ctx, uint64_t cluster), void *ctx)
 {
     if (entry & QCOW2_COMPRESSED) {
         uint64_t host, bytes;
@@ -159,7 +158,7 @@ static int repoint(rt_vd_t vd, uint64_t cluster, uint64_t new_entry, uint64_t se
     bool same_cluster = !((old | new_entry) & QCOW2_COMPRESSED) && (old & QCOW2_OFFSET_MASK) != 0 &&
                         (old & QCOW2_OFFSET_MASK) == (new_entry & QCOW2_OFFSET_MASK);
     struct ref_ctx ctx = {vd, *id};
-    if (!same_cluster && (rc = for_each_referenced(s, old, drop_later, &ctx)) != RT_OK)
+    if (!same_cluster && (rc = rt__qcow2_for_each_referenced(s, old, drop_later, &ctx)) != RT_OK)
         return rc;
     rc = push_pending(s, (struct qcow2_pending){*id, l1_index, l2_index, old, new_entry, seq});
     if (rc != RT_OK)

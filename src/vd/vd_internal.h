@@ -171,6 +171,17 @@ struct vd_driver {
      * (at worst with leaked space); on failure the image keeps its old size.  It does
      * not set vd->size (the layer does).  NULL: the format cannot be resized. */
     int (*resize)(rt_vd_t vd, uint64_t size, rt_vd_error_t *err);
+    /* Internal snapshots (NULL: the format has none).  The layer has checked the
+     * arguments and, for the three that change the image, that it is writable and idle,
+     * and has committed and flushed everything.  Each makes its change durable before it
+     * returns and leaves the driver's state as a fresh open would read the file; apply
+     * sets vd->size to the snapshot's size. */
+    int (*snapshot_list)(rt_vd_t vd, rt_vd_snapshot_t *out, uint32_t capacity, uint32_t *count,
+                         rt_vd_error_t *err);
+    int (*snapshot_create)(rt_vd_t vd, const char *name, rt_vd_snapshot_t *created,
+                           rt_vd_error_t *err);
+    int (*snapshot_apply)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+    int (*snapshot_delete)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */
