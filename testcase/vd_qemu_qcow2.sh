@@ -11,6 +11,8 @@
 #     queued) to an image holding data, compressed and zero clusters -- also with an
 #     internal snapshot (whose contents must survive our writes; also uncached) and
 #     over a backing file;
+#   - internal snapshots made, listed, applied and deleted by vrt-img and by qemu-img,
+#     each verified by the other (contents at each snapshot saved as raw);
 #   - the same writes on images with every refcount width (1 to 64 bits);
 #   - vrt-img check finds hand-made leaks (exit 3, repaired by -r leaks) and
 #     corruptions (exit 2).
@@ -522,5 +524,102 @@ check "resize a v2 image with a snapshot: refused, as qemu-img refuses" \
     bash -c "! qemu-img resize -q -f qcow2 '$work/rs-v2.qcow2' +1M 2>/dev/null &&
              ! '$img' resize -f qcow2 '$work/rs-v2.qcow2' +1M 2>'$work/rs.err' &&
              grep -q 'snapshots' '$work/rs.err'"
+
+# --- internal snapshots, both ways ---------------------------------------------------
+# The disk at each snapshot is saved as raw; a snapshot applied by either tool must
+# read back exactly that, and each tool must list what the other made as it would.
+sn_at() { qemu-img convert -f qcow2 -O raw "$1" "$work/$2.raw"; }
+same_as_raw() { qemu-img compare -q -f qcow2 -F raw "$1" "$work/$2.raw"; }
+for clusters in 512 65536; do
+    sn="$work/sn-$clusters.qcow2"
+    qemu-img create -q -f qcow2 -o cluster_size=$clusters "$sn" 8M
+    qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -c -P 0x22 2M 64k' \
+        -c 'write -z 3M 64k' "$sn" >/dev/null
+    sn_at "$sn" sn-one
+    "$img" snapshot -q -f qcow2 -c one "$sn"
+    qemu-io -f qcow2 -c 'write -P 0x33 4k 8k' -c 'discard 512k 64k' -c 'write -P 0x44 6M 1M' \
+        "$sn" >/dev/null
+    sn_at "$sn" sn-two
+    "$img" snapshot -q -f qcow2 -c two "$sn"
+    qemu-io -f qcow2 -c 'write -P 0x55 0 4M' "$sn" >/dev/null
+    sn_at "$sn" sn-now
+    check "snapshot -c twice, $clusters-byte clusters: qemu-img check clean" \
+        qemu-img check -q -f qcow2 "$sn"
+    check "snapshot -l, $clusters-byte clusters: the same list as qemu-img snapshot -l" \
+        bash -c "diff <('$img' snapshot -l '$sn') <(qemu-img snapshot -l '$sn')"
+    for which in one two; do
+        cp "$sn" "$work/sn-theirs.qcow2"
+        check "our snapshot '$which', $clusters-byte clusters: qemu-img snapshot -a restores it" \
+            bash -c "qemu-img snapshot -a $which '$work/sn-theirs.qcow2' &&
+                     qemu-img compare -q -f qcow2 -F raw '$work/sn-theirs.qcow2' '$work/sn-$which.raw'"
+        cp "$sn" "$work/sn-ours.qcow2"
+        check "vrt-img snapshot -a '$which', $clusters-byte clusters: the saved disk, check clean" \
+            bash -c "'$img' snapshot -f qcow2 -a $which '$work/sn-ours.qcow2' &&
+                     qemu-img compare -q -f qcow2 -F raw '$work/sn-ours.qcow2' '$work/sn-$which.raw' &&
+                     qemu-img check -q -f qcow2 '$work/sn-ours.qcow2'"
+        check "vrt-img and qemu-img apply '$which' alike: the images compare identical" \
+            qemu-img compare -q -f qcow2 -F qcow2 "$work/sn-ours.qcow2" "$work/sn-theirs.qcow2"
+    done
+    # qemu's snapshots, our delete and apply.
+    cp "$sn" "$work/sn-q.qcow2"
+    qemu-img snapshot -c three "$work/sn-q.qcow2"
+    check "vrt-img snapshot -d one (qemu-img's list then): two and three left, check clean" \
+        bash -c "'$img' snapshot -f qcow2 -d one '$work/sn-q.qcow2' &&
+                 qemu-img check -q -f qcow2 '$work/sn-q.qcow2' &&
+                 qemu-img snapshot -l '$work/sn-q.qcow2' | awk 'NR > 2 { print \$2 }' | tr '\n' ' ' |
+                     grep -qx 'two three '"
+    check "after our delete: qemu-img applies the others as they were" \
+        bash -c "qemu-img snapshot -a three '$work/sn-q.qcow2' &&
+                 qemu-img compare -q -f qcow2 -F raw '$work/sn-q.qcow2' '$work/sn-now.raw' &&
+                 qemu-img snapshot -a two '$work/sn-q.qcow2' &&
+                 qemu-img compare -q -f qcow2 -F raw '$work/sn-q.qcow2' '$work/sn-two.raw'"
+    check "vrt-img applies qemu-img's snapshot 'three'" \
+        bash -c "'$img' snapshot -f qcow2 -a three '$work/sn-q.qcow2' &&
+                 qemu-img compare -q -f qcow2 -F raw '$work/sn-q.qcow2' '$work/sn-now.raw' &&
+                 qemu-img check -q -f qcow2 '$work/sn-q.qcow2'"
+    check "vrt-img snapshot -d of every snapshot: no leaks, qemu-img lists none" \
+        bash -c "for s in two three; do '$img' snapshot -f qcow2 -d \$s '$work/sn-q.qcow2' || exit 1; done &&
+                 qemu-img check -q -f qcow2 '$work/sn-q.qcow2' &&
+                 [ -z \"\$(qemu-img snapshot -l '$work/sn-q.qcow2')\" ] &&
+                 qemu-img compare -q -f qcow2 -F raw '$work/sn-q.qcow2' '$work/sn-now.raw'"
+done
+# A snapshot taken at one size and applied after a resize gives the disk that size
+# again, as qemu-img's does.
+qemu-img create -q -f qcow2 "$work/sn-size.qcow2" 4M
+qemu-io -f qcow2 -c 'write -P 0x66 0 4M' "$work/sn-size.qcow2" >/dev/null
+"$img" snapshot -q -f qcow2 -c small "$work/sn-size.qcow2"
+"$img" resize -q -f qcow2 "$work/sn-size.qcow2" 12M
+cp "$work/sn-size.qcow2" "$work/sn-size-q.qcow2"
+check "apply a snapshot of a smaller disk: the size it had, as qemu-img's apply" \
+    bash -c "'$img' snapshot -f qcow2 -a small '$work/sn-size.qcow2' &&
+             qemu-img snapshot -a small '$work/sn-size-q.qcow2' &&
+             qemu-img info --output=json '$work/sn-size.qcow2' | grep -q 'virtual-size.: 4194304,' &&
+             qemu-img compare -q -f qcow2 -F qcow2 '$work/sn-size.qcow2' '$work/sn-size-q.qcow2'"
+check "snapshot -l --output=json: qemu-img info's snapshot keys" \
+    bash -c "'$img' snapshot -l --output=json '$work/sn-size.qcow2' > '$work/sn.json' &&
+             for k in id name vm-state-size date-sec date-nsec vm-clock-sec vm-clock-nsec icount; do
+                 grep -q \"\\\"\$k\\\": \" '$work/sn.json' || exit 1; done &&
+             grep -q '\"name\": \"small\"' '$work/sn.json'"
+check "vrt-img snapshot --help: exit 0, every action described" \
+    bash -c "'$img' snapshot --help > '$work/sn.help' &&
+             for o in -l -c -a -d -U; do grep -q -- \"^  \$o\" '$work/sn.help' || exit 1; done"
+# Refusals.
+qemu-img create -q -f raw "$work/sn.raw" 1M
+check "vrt-img snapshot -c on raw: exit 1, no internal snapshots" \
+    bash -c "'$img' snapshot -f raw -c x '$work/sn.raw' 2>'$work/sn.err'; [ \$? = 1 ] &&
+             grep -q 'no internal snapshots' '$work/sn.err'"
+check "vrt-img snapshot -c without -f: refused (a writable open never probes)" \
+    bash -c "! '$img' snapshot -c x '$work/sn-size.qcow2' 2>'$work/sn.err' && grep -q -- '-f' '$work/sn.err'"
+check "vrt-img snapshot -c and -a together: refused, as qemu-img refuses" \
+    bash -c "! '$img' snapshot -f qcow2 -c x -a y '$work/sn-size.qcow2' 2>/dev/null &&
+             ! qemu-img snapshot -c x -a y '$work/sn-size.qcow2' 2>/dev/null"
+check "vrt-img snapshot -a of an unknown snapshot: exit 1, names it, image unchanged" \
+    bash -c "cp '$work/sn-size.qcow2' '$work/sn-keep.qcow2' &&
+             ! '$img' snapshot -f qcow2 -a nope '$work/sn-size.qcow2' 2>'$work/sn.err' &&
+             grep -q nope '$work/sn.err' && cmp '$work/sn-size.qcow2' '$work/sn-keep.qcow2'"
+check "vrt-img snapshot -c beside a running writer (qemu-io holds it): refused by its lock" \
+    bash -c "( sleep 3 | qemu-io -f qcow2 '$work/sn-size.qcow2' >/dev/null 2>&1 & ) ; sleep 1;
+             ! '$img' snapshot -f qcow2 -c x '$work/sn-size.qcow2' 2>'$work/sn.err';
+             rc=\$?; sleep 3; [ \$rc = 0 ] && grep -qi lock '$work/sn.err'"
 
 summary

@@ -50,6 +50,7 @@ int img_check_main(int argc, char **argv);
 int img_compare_main(int argc, char **argv);
 int img_map_main(int argc, char **argv);
 int img_resize_main(int argc, char **argv);
+int img_snapshot_main(int argc, char **argv);
 int img_bench_main(int argc, char **argv);
 
 /**
@@ -181,6 +182,17 @@ char *img_temp_beside(const char *path);
  * @return 0, or an errno value (EEXIST: @a path exists and @a replace is false).
  */
 int img_publish(const char *tmp, const char *path, bool replace);
+
+/**
+ * The internal snapshots of @a vd (img_snapshot.c) into a malloc'ed *@a out (NULL with
+ * *@a count 0 when there are none, or the format has none).  Reports a failure.
+ */
+int img_list_snapshots(rt_vd_t vd, const char *path, rt_vd_snapshot_t **out, uint32_t *count);
+/** qemu-img's "Snapshot list:" table (nothing when @a count is 0). */
+void img_print_snapshots_human(const rt_vd_snapshot_t *sn, uint32_t count);
+/** A JSON array of qemu-img info's snapshot objects, its lines indented by @a indent
+ *  spaces after the first (no newline at the end). */
+void img_print_snapshots_json(const rt_vd_snapshot_t *sn, uint32_t count, int indent);
 
 /** True when @a buf (of @a len bytes) holds only zero bytes. */
 bool img_is_zero(const void *buf, size_t len);

@@ -20,8 +20,9 @@
 static const char usage_text[] =
     "Usage: " PROG " info [-f FMT] [--output=human|json] FILE\n"
     "Show an image's format, virtual size, space used on the host, allocation unit,\n"
-    "allocated blocks, backing file (as named, and where it resolves) and a QCOW2\n"
-    "image's compat level.  The backing file is not opened, as qemu-img info does not\n"
+    "allocated blocks, backing file (as named, and where it resolves), internal\n"
+    "snapshots and a QCOW2 image's compat level.  The backing file is not opened, as qemu-img info "
+    "does not\n"
     "open it: it need not exist, and a probed image is described as safely as one\n"
     "named with -f.\n"
     "\n"
@@ -29,7 +30,7 @@ static const char usage_text[] =
     "      --output=OFMT  human (default) or json (qemu-img info's keys: filename, format,\n"
     "                     virtual-size, actual-size, cluster-size, backing-filename,\n"
     "                     full-backing-filename, backing-filename-format,\n"
-    "                     format-specific)\n"
+    "                     snapshots, format-specific)\n"
     "  -U, --force-share  read the image even while another process (a running guest)\n"
     "                     has it open for writing, without taking its lock\n"
     "  -h, --help         print this text and exit\n";
@@ -53,7 +54,8 @@ static char *full_backing_name(const char *path, const rt_vd_info_t *info)
     return info->backing_file != NULL ? img_path_beside(path, info->backing_file) : NULL;
 }
 
-static void print_human(const char *path, const rt_vd_info_t *info)
+static void print_human(const char *path, const rt_vd_info_t *info, const rt_vd_snapshot_t *sn,
+                        uint32_t snapshots)
 {
     const char *compat = qcow2_compat(info);
     char size[32];
@@ -75,6 +77,7 @@ static void print_human(const char *path, const rt_vd_info_t *info)
     if (info->backing_format)
         printf("backing file format: %s\n", info->backing_format);
     free(full);
+    img_print_snapshots_human(sn, snapshots);
     if (info->variant[0] || info->blocks_total) {
         printf("Format specific information:\n");
         if (compat)
@@ -86,11 +89,18 @@ static void print_human(const char *path, const rt_vd_info_t *info)
     }
 }
 
-static void print_json(const char *path, const rt_vd_info_t *info)
+static void print_json(const char *path, const rt_vd_info_t *info, const rt_vd_snapshot_t *sn,
+                       uint32_t snapshots)
 {
     const char *compat = qcow2_compat(info);
 
-    printf("{\n    \"virtual-size\": %" PRIu64 ",\n    \"filename\": ", info->virtual_size);
+    printf("{\n");
+    if (snapshots > 0) {
+        printf("    \"snapshots\": ");
+        img_print_snapshots_json(sn, snapshots, 4);
+        printf(",\n");
+    }
+    printf("    \"virtual-size\": %" PRIu64 ",\n    \"filename\": ", info->virtual_size);
     cli_json_string(path);
     if (info->block_size)
         printf(",\n    \"cluster-size\": %" PRIu32, info->block_size);
@@ -135,10 +145,16 @@ int img_info_main(int argc, char **argv)
     if (RT_FAILURE(img_open_info(&vd, path, format, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_BACKING,
                                  &info)))
         return IMG_EXIT_ERROR;
-    if (output == OUTPUT_JSON)
-        print_json(path, &info);
-    else
-        print_human(path, &info);
+    rt_vd_snapshot_t *sn = NULL;
+    uint32_t snapshots = 0;
+    int rc = img_list_snapshots(vd, path, &sn, &snapshots);
+    if (RT_SUCCESS(rc)) {
+        if (output == OUTPUT_JSON)
+            print_json(path, &info, sn, snapshots);
+        else
+            print_human(path, &info, sn, snapshots);
+    }
+    free(sn);
     rt_vd_close(vd);
-    return IMG_EXIT_OK;
+    return RT_SUCCESS(rc) ? IMG_EXIT_OK : IMG_EXIT_ERROR;
 }
