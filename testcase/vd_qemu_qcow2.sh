@@ -622,4 +622,30 @@ check "vrt-img snapshot -c beside a running writer (qemu-io holds it): refused b
              ! '$img' snapshot -f qcow2 -c x '$work/sn-size.qcow2' 2>'$work/sn.err';
              rc=\$?; sleep 3; [ \$rc = 0 ] && grep -qi lock '$work/sn.err'"
 
+# --- info: the format's options and state flags, as qemu-img info reports them ----------
+info_keys() {
+    grep -E '"(compat|compression-type|lazy-refcounts|refcount-bits|corrupt|extended-l2|dirty-flag)"' |
+        tr -d ' ,'
+}
+same_info_keys() {
+    diff <("$img" info -f qcow2 --output=json "$1" | info_keys) \
+        <(qemu-img info -f qcow2 --output=json "$1" | info_keys)
+}
+qemu-img create -q -f qcow2 -o compat=0.10 "$work/in-v2.qcow2" 1M
+qemu-img create -q -f qcow2 -o refcount_bits=4 "$work/in-v3.qcow2" 1M
+qemu-img create -q -f qcow2 -o lazy_refcounts=on "$work/in-lazy.qcow2" 1M
+cp "$work/in-lazy.qcow2" "$work/in-dirty.qcow2"
+printf '\001' | dd of="$work/in-dirty.qcow2" bs=1 seek=79 conv=notrunc status=none
+cp "$work/in-v3.qcow2" "$work/in-corrupt.qcow2"
+printf '\002' | dd of="$work/in-corrupt.qcow2" bs=1 seek=79 conv=notrunc status=none
+for kind in v2 v3 lazy dirty corrupt; do
+    check "info --output=json of a $kind image: qemu-img's compat, compression, refcount, flag keys" \
+        same_info_keys "$work/in-$kind.qcow2"
+done
+check "info of a dirty image: dirty-flag true (qemu-img says so too)" \
+    bash -c "'$img' info -f qcow2 --output=json '$work/in-dirty.qcow2' | grep -q '\"dirty-flag\": true'"
+check "info (text) of a v3 image: qemu-img's format-specific lines" \
+    bash -c "diff <('$img' info '$work/in-lazy.qcow2' | sed -n '/^Format specific/,\$p' | grep -v 'blocks:') \
+                  <(qemu-img info '$work/in-lazy.qcow2' | sed -n '/^Format specific/,\$p')"
+
 summary

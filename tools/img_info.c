@@ -48,6 +48,12 @@ static const char *qcow2_compat(const rt_vd_info_t *info)
     return NULL;
 }
 
+/* A flag as qemu-img prints one, in text and in JSON alike. */
+static const char *yes_no(uint32_t set)
+{
+    return set ? "true" : "false";
+}
+
 /* The backing file's name as a reader resolves it; NULL without one. */
 static char *full_backing_name(const char *path, const rt_vd_info_t *info)
 {
@@ -84,6 +90,18 @@ static void print_human(const char *path, const rt_vd_info_t *info, const rt_vd_
             printf("    compat: %s\n", compat);
         else if (info->variant[0])
             printf("    variant: %s\n", info->variant);
+        if (compat) {
+            /* qemu-img's lines, in its order (v3 only: lazy refcounts, corrupt, extended
+             * L2, which this library refuses to open). */
+            bool v3 = !strcmp(compat, "1.1");
+            printf("    compression type: %s\n", info->compression);
+            if (v3)
+                printf("    lazy refcounts: %s\n", yes_no(info->flags & RT_VD_INFO_LAZY_REFCOUNTS));
+            printf("    refcount bits: %" PRIu32 "\n", info->refcount_bits);
+            if (v3)
+                printf("    corrupt: %s\n    extended l2: false\n",
+                       yes_no(info->flags & RT_VD_INFO_CORRUPT));
+        }
         printf("    allocated blocks: %" PRIu64 "\n", info->blocks_allocated);
         printf("    total blocks: %" PRIu64 "\n", info->blocks_total);
     }
@@ -112,6 +130,18 @@ static void print_json(const char *path, const rt_vd_info_t *info, const rt_vd_s
         cli_json_string(info->format);
         printf(",\n        \"data\": {\n            \"%s\": ", compat ? "compat" : "variant");
         cli_json_string(compat ? compat : info->variant);
+        if (compat) {
+            bool v3 = !strcmp(compat, "1.1");
+            printf(",\n            \"compression-type\": ");
+            cli_json_string(info->compression);
+            if (v3)
+                printf(",\n            \"lazy-refcounts\": %s",
+                       yes_no(info->flags & RT_VD_INFO_LAZY_REFCOUNTS));
+            printf(",\n            \"refcount-bits\": %" PRIu32, info->refcount_bits);
+            if (v3)
+                printf(",\n            \"corrupt\": %s,\n            \"extended-l2\": false",
+                       yes_no(info->flags & RT_VD_INFO_CORRUPT));
+        }
         printf(",\n            \"allocated-blocks\": %" PRIu64
                ",\n            \"total-blocks\": %" PRIu64 "\n        }\n    }",
                info->blocks_allocated, info->blocks_total);
@@ -128,7 +158,7 @@ static void print_json(const char *path, const rt_vd_info_t *info, const rt_vd_s
         printf(",\n    \"backing-filename-format\": ");
         cli_json_string(info->backing_format);
     }
-    printf(",\n    \"dirty-flag\": false\n}\n");
+    printf(",\n    \"dirty-flag\": %s\n}\n", yes_no(info->flags & RT_VD_INFO_DIRTY));
 }
 
 int img_info_main(int argc, char **argv)

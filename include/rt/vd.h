@@ -487,7 +487,22 @@ typedef struct rt_vd_info {
     const char *backing_file, *backing_format;
     /** True when the backing file was not opened (RT_VD_OPEN_NO_BACKING). */
     int backing_unopened;
+    /** RT_VD_INFO_* bits: the state and features the image's header records. */
+    uint32_t flags;
+    /** QCOW2: the width of a reference count in bits; 0 for other formats. */
+    uint32_t refcount_bits;
+    /** QCOW2: how compressed clusters are stored ("zlib"); "" for other formats. */
+    char compression[8];
 } rt_vd_info_t;
+
+/* rt_vd_info_t.flags */
+/** The image is marked dirty: its metadata may not all be written (QCOW2 with lazy
+ *  refcounts after a crash; such an image opens read-only only). */
+#define RT_VD_INFO_DIRTY 0x1u
+/** The image is marked corrupt (QCOW2: a writer found an inconsistency). */
+#define RT_VD_INFO_CORRUPT 0x2u
+/** QCOW2: lazy refcounts are on (compatible feature bit 0). */
+#define RT_VD_INFO_LAZY_REFCOUNTS 0x4u
 
 /**
  * Describes an open image.

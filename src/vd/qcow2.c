@@ -767,6 +767,14 @@ static void qcow2_info(rt_vd_t vd, rt_vd_info_t *info)
     info->block_size = s->cluster_size;
     info->blocks_total = blocks;
     snprintf(info->variant, sizeof(info->variant), "%s", s->version == 2 ? "v2" : "v3");
+    info->refcount_bits = s->refcount_bits;
+    snprintf(info->compression, sizeof(info->compression), "zlib"); /* the only one opened */
+    if (s->incompatible & QCOW2_INCOMPAT_DIRTY)
+        info->flags |= RT_VD_INFO_DIRTY;
+    if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
+        info->flags |= RT_VD_INFO_CORRUPT;
+    if (s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS)
+        info->flags |= RT_VD_INFO_LAZY_REFCOUNTS;
     /* Only the L1 entries the virtual size needs are the disk's, and each table is read
      * once however many of them name it: the work is bounded by the disk, not by what
      * a hostile L1 table repeats. */
