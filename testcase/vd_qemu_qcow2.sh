@@ -648,4 +648,51 @@ check "info (text) of a v3 image: qemu-img's format-specific lines" \
     bash -c "diff <('$img' info '$work/in-lazy.qcow2' | sed -n '/^Format specific/,\$p' | grep -v 'blocks:') \
                   <(qemu-img info '$work/in-lazy.qcow2' | sed -n '/^Format specific/,\$p')"
 
+# --- rebase, both ways ---------------------------------------------------------------
+# The same rebase by qemu-img and by vrt-img of copies of one overlay: the two results
+# compare identical, read as the overlay read before (safe mode), and name the same file.
+backing_line() { qemu-img info -U "$1" | grep '^backing file' | tr '\n' ' '; }
+same_rebase() {
+    cp "$work/rb-top.qcow2" "$work/rb-ours.qcow2"
+    cp "$work/rb-top.qcow2" "$work/rb-theirs.qcow2"
+    "$img" rebase -f qcow2 "$@" "$work/rb-ours.qcow2" &&
+        qemu-img rebase -f qcow2 "$@" "$work/rb-theirs.qcow2" &&
+        qemu-img compare -q "$work/rb-ours.qcow2" "$work/rb-theirs.qcow2" &&
+        [ "$(backing_line "$work/rb-ours.qcow2")" = "$(backing_line "$work/rb-theirs.qcow2")" ] &&
+        qemu-img check -q "$work/rb-ours.qcow2"
+}
+for clusters in 512 65536; do
+    qemu-img create -q -f qcow2 "$work/rb-a.qcow2" 8M
+    qemu-io -f qcow2 -c 'write -P 0x11 0 5M' "$work/rb-a.qcow2" >/dev/null
+    qemu-img create -q -f raw "$work/rb-b.raw" 6M
+    qemu-io -f raw -c 'write -P 0x22 1M 4M' "$work/rb-b.raw" >/dev/null
+    qemu-img create -q -f qcow2 -o cluster_size=$clusters -b rb-a.qcow2 -F qcow2 "$work/rb-top.qcow2" 8M
+    qemu-io -f qcow2 -c 'write -P 0x33 100k 300k' -c 'write -z 2M 64k' -c 'write -P 0x44 7M 4k' \
+        "$work/rb-top.qcow2" >/dev/null
+    qemu-img convert -f qcow2 -O raw "$work/rb-top.qcow2" "$work/rb-before.raw"
+    check "rebase onto a smaller raw file, $clusters-byte clusters: same as qemu-img's, same disk" \
+        bash -c "$(declare -f backing_line same_rebase); img='$img' work='$work'
+                 same_rebase -b rb-b.raw -F raw &&
+                 qemu-img compare -q -F raw '$work/rb-ours.qcow2' '$work/rb-before.raw'"
+    check "rebase -b '' (standalone), $clusters-byte clusters: same as qemu-img's, same disk" \
+        bash -c "$(declare -f backing_line same_rebase); img='$img' work='$work'
+                 same_rebase -b '' &&
+                 ! qemu-img info '$work/rb-ours.qcow2' | grep -q '^backing file' &&
+                 qemu-img compare -q -F raw '$work/rb-ours.qcow2' '$work/rb-before.raw'"
+    check "rebase -u, $clusters-byte clusters: only the name, as qemu-img rebase -u" \
+        bash -c "$(declare -f backing_line same_rebase); img='$img' work='$work'
+                 same_rebase -u -b rb-b.raw -F raw"
+done
+mv "$work/rb-a.qcow2" "$work/rb-moved.qcow2"
+check "rebase -u of an overlay whose backing file moved: named again, reads as before" \
+    bash -c "cp '$work/rb-top.qcow2' '$work/rb-m.qcow2' &&
+             '$img' rebase -f qcow2 -u -b rb-moved.qcow2 -F qcow2 '$work/rb-m.qcow2' &&
+             qemu-img compare -q -F raw '$work/rb-m.qcow2' '$work/rb-before.raw'"
+check "safe rebase of an overlay whose backing file is gone: refused, image unchanged" \
+    bash -c "cp '$work/rb-top.qcow2' '$work/rb-keep.qcow2' &&
+             ! '$img' rebase -f qcow2 -b rb-b.raw -F raw '$work/rb-top.qcow2' 2>/dev/null &&
+             cmp '$work/rb-top.qcow2' '$work/rb-keep.qcow2'"
+check "rebase without -b: refused (qemu-img needs it too)" \
+    bash -c "! '$img' rebase -f qcow2 '$work/rb-top.qcow2' 2>'$work/rb.err' && grep -q -- '-b' '$work/rb.err'"
+
 summary

@@ -46,12 +46,14 @@ typedef struct rt_vd_error {
  *  loop) fails with RT_ERR_VD_CORRUPT. */
 #define RT_VD_OPEN_ALLOW_BACKING 0x00000004u
 /** Open the image alone, for its metadata: a backing file it names is not opened (nor
- *  looked for), and rt_vd_get_info() reports its name.  Only with RT_VD_OPEN_READ_ONLY
- *  and without RT_VD_OPEN_ALLOW_BACKING (else RT_ERR_INVALID_PARAMETER).  On an image
- *  that has a backing file, reads and rt_vd_block_status() fail with
- *  RT_ERR_ACCESS_DENIED (what the backing file holds is unknown); rt_vd_get_info() and
- *  rt_vd_check() work.  On an image without one it changes nothing.  What qemu-img
- *  info does (BDRV_O_NO_BACKING). */
+ *  looked for), and rt_vd_get_info() reports its name.  Not together with
+ *  RT_VD_OPEN_ALLOW_BACKING (else RT_ERR_INVALID_PARAMETER).  On an image that has a
+ *  backing file, reads, writes, zeroes, discards, rt_vd_block_status() and
+ *  rt_vd_resize() fail with RT_ERR_ACCESS_DENIED (what the backing file holds is
+ *  unknown); rt_vd_get_info(), rt_vd_check() (and its repair), the snapshot calls and
+ *  an unsafe rt_vd_rebase() work: that is how a backing file that moved or is gone is
+ *  named again (qemu-img rebase -u).  On an image without one it changes nothing.
+ *  Read-only, it is what qemu-img info does (BDRV_O_NO_BACKING). */
 #define RT_VD_OPEN_NO_BACKING 0x00000008u
 /** Read an image whatever locks others hold on it, taking none (qemu-img's -U,
  *  force-share): for inspecting the disk of a running guest, whose data may change
@@ -335,6 +337,61 @@ int rt_vd_flush(rt_vd_t vd);
  *         status of the failure that poisoned the image (see rt_vd_flush()).
  */
 int rt_vd_resize(rt_vd_t vd, uint64_t size, uint32_t flags, rt_vd_error_t *err);
+
+/* rt_vd_rebase() flags */
+/** Change only the name (qemu-img rebase -u): for a backing file that was moved or
+ *  renamed, whose contents are the old one's.  What the guest reads changes if they
+ *  are not. */
+#define RT_VD_REBASE_UNSAFE 0x1u
+
+/**
+ * Makes the image name another backing file, or none, waiting for the result.
+ *
+ * Safe (the default): what the guest reads stays the same.  Wherever the image itself
+ * holds nothing, what the old backing chain shows is compared with what the new backing
+ * file would show, and the sectors that differ are written into the image; the data is
+ * flushed before the name changes.  With @a backing NULL or "", everything the old
+ * chain shows moves into the image (it becomes standalone).  The new backing file is
+ * opened as the image's backing file would be (a relative name is relative to the
+ * image's folder), read-only: the caller names it, which is the permission to follow
+ * it.  Its format, when not given, is probed and then recorded.
+ *
+ * With RT_VD_REBASE_UNSAFE only the name changes; the new file need not exist (the
+ * handle then reads nothing more until it is reopened: reads fail with
+ * RT_ERR_ACCESS_DENIED).  This also works on a writable image opened with
+ * RT_VD_OPEN_NO_BACKING, whose old backing file is gone.
+ *
+ * Crash safety: the copied data is durable before the name changes, and the name
+ * changes with the first sector of the header written last: a crash leaves the old
+ * name (with extra copies of data it already showed) or the new one.
+ *
+ * On success the handle follows the new chain (after a safe rebase, or an unsafe one
+ * whose file could be opened).
+ *
+ * @param vd              a writable image with nothing outstanding (QCOW2).
+ * @param backing         the new backing file's name as the image will store it; NULL or
+ *                        "" for none.
+ * @param backing_format  its format, recorded in the image; NULL to probe it (safe), or
+ *                        to record none (unsafe).
+ * @param flags           0 or RT_VD_REBASE_UNSAFE.
+ * @param err             optional; receives a message naming the problem on failure.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE
+ * @retval RT_ERR_INVALID_PARAMETER  an unknown flag or format; a format without a name; a
+ *                                   name longer than the format stores (QCOW2: 1023).
+ * @retval RT_ERR_NOT_SUPPORTED      the format has no backing files (raw, VDI).
+ * @retval RT_ERR_OUT_OF_RANGE       the header's extensions and the name do not fit in
+ *                                   the header cluster.
+ * @retval RT_ERR_ACCESS_DENIED      a safe rebase of an image opened without its
+ *                                   backing file.
+ * @retval RT_ERR_FILE_NOT_FOUND, RT_ERR_VD_LOCKED (the new backing file is open for
+ *         writing, e.g. the image itself), RT_ERR_VD_UNKNOWN_FORMAT, ...: a safe rebase
+ *         could not open the new backing file (nothing changed).
+ * @retval RT_ERR_VD_READ_ONLY, RT_ERR_BUSY, RT_ERR_IO, RT_ERR_DISK_FULL, RT_ERR_NO_MEMORY,
+ *         RT_ERR_VD_CORRUPT, or the status that poisoned the image.
+ */
+int rt_vd_rebase(rt_vd_t vd, const char *backing, const char *backing_format, uint32_t flags,
+                 rt_vd_error_t *err);
 
 /* ------------------------------------------------------------------------------------
  * Internal snapshots (QCOW2): what `qemu-img snapshot` lists, creates, applies and

@@ -822,4 +822,5 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .snapshot_create = rt__qcow2_snapshot_create,
     .snapshot_apply = rt__qcow2_snapshot_apply,
     .snapshot_delete = rt__qcow2_snapshot_delete,
+    .set_backing = rt__qcow2_set_backing,
 };

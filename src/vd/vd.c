@@ -370,11 +370,10 @@ static int rt_vd_open_at_depth(rt_vd_t *vd_out, const char *path, const char *fo
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown open flag 0x%x",
                            flags & ~OPEN_FLAGS);
     bool read_only = flags & RT_VD_OPEN_READ_ONLY;
-    if ((flags & RT_VD_OPEN_NO_BACKING) &&
-        (!read_only || (flags & RT_VD_OPEN_ALLOW_BACKING)))
+    if ((flags & RT_VD_OPEN_NO_BACKING) && (flags & RT_VD_OPEN_ALLOW_BACKING))
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "an image opened without its backing file (RT_VD_OPEN_NO_BACKING) "
-                           "is opened read-only and cannot also follow it");
+                           "cannot also follow it");
     if ((flags & RT_VD_OPEN_FORCE_SHARE) && !read_only)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "force-share (RT_VD_OPEN_FORCE_SHARE) is for read-only opens: a "
@@ -502,23 +501,10 @@ void *rt__vd_grow(void *items, size_t *cap, size_t len, size_t item_size, size_t
     return grown;
 }
 
-int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err)
+int rt__vd_open_reference(rt_vd_t vd, const char *name, const char *format, rt_vd_t *out,
+                          rt_vd_error_t *err)
 {
-    free(vd->backing_name);
-    free(vd->backing_format);
-    vd->backing_name = strdup(name);
-    vd->backing_format = format != NULL ? strdup(format) : NULL;
-    if (vd->backing_name == NULL || (format != NULL && vd->backing_format == NULL))
-        return RT_ERR_NO_MEMORY;
-    if (vd->no_backing) {
-        vd->backing_unopened = true;
-        return RT_OK;
-    }
-    if (!vd->allow_backing)
-        return rt__vd_fail(err, RT_ERR_ACCESS_DENIED,
-                           "the image refers to backing file '%s', and following file "
-                           "references was not allowed",
-                           name);
+    *out = RT_VD_NIL;
     if (vd->chain_depth + 1 >= MAX_CHAIN)
         return rt__vd_fail(err, RT_ERR_VD_CORRUPT,
                            "backing chain deeper than %d images (a loop?) at '%s'", MAX_CHAIN,
@@ -530,18 +516,48 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
     uint32_t flags = RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING |
                      (vd->no_cache ? RT_VD_OPEN_NO_CACHE : 0) |
                      (vd->force_share ? RT_VD_OPEN_FORCE_SHARE : 0);
-    rt_vd_t backing = RT_VD_NIL;
     rt_vd_error_t inner;
     inner.msg[0] = '\0';
-    int rc = rt_vd_open_at_depth(&backing, full, format, flags, NULL, vd->chain_depth + 1, &inner);
+    int rc = rt_vd_open_at_depth(out, full, format, flags, NULL, vd->chain_depth + 1, &inner);
     if (rc != RT_OK && strncmp(inner.msg, "backing ", 8) == 0)
         rt__vd_fail(err, rc, "%s", inner.msg); /* deeper in the chain: already named */
     else if (rc != RT_OK)
         rt__vd_fail(err, rc, "backing file %.100s: %.140s", full, inner.msg);
-    else
-        vd->backing = backing;
     free(full);
     return rc;
+}
+
+int rt__vd_set_backing_names(rt_vd_t vd, const char *name, const char *format)
+{
+    char *n = name != NULL ? strdup(name) : NULL;
+    char *f = format != NULL ? strdup(format) : NULL;
+    if ((name != NULL && n == NULL) || (format != NULL && f == NULL)) {
+        free(n);
+        free(f);
+        return RT_ERR_NO_MEMORY;
+    }
+    free(vd->backing_name);
+    free(vd->backing_format);
+    vd->backing_name = n;
+    vd->backing_format = f;
+    return RT_OK;
+}
+
+int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err)
+{
+    int rc = rt__vd_set_backing_names(vd, name, format);
+    if (rc != RT_OK)
+        return rc;
+    if (vd->no_backing) {
+        vd->backing_unopened = true;
+        return RT_OK;
+    }
+    if (!vd->allow_backing)
+        return rt__vd_fail(err, RT_ERR_ACCESS_DENIED,
+                           "the image refers to backing file '%s', and following file "
+                           "references was not allowed",
+                           name);
+    return rt__vd_open_reference(vd, name, format, &vd->backing, err);
 }
 
 /* The size of the backing file a new image names, which it takes by default. */
@@ -693,8 +709,9 @@ int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *i
         return rc;
     if (kind == VD_IO_WRITE && vd->read_only)
         return RT_ERR_VD_READ_ONLY;
-    if (vd->backing_unopened)
-        return RT_ERR_ACCESS_DENIED; /* what the backing file holds is unknown */
+    /* What the backing file holds is unknown (a flush needs none of it). */
+    if (vd->backing_unopened && kind != VD_IO_FLUSH)
+        return RT_ERR_ACCESS_DENIED;
     return check_range(vd, off, *total);
 }
 

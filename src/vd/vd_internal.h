@@ -182,6 +182,11 @@ struct vd_driver {
                            rt_vd_error_t *err);
     int (*snapshot_apply)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
     int (*snapshot_delete)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+    /* Makes the image name @a name (NULL: no backing file) with @a format (NULL: not
+     * recorded) as its backing file, durably, in an order a crash leaves the old name
+     * or the new one in; nothing else changes (NULL: the format has no backing files).
+     * The layer has checked the names and made the data durable first. */
+    int (*set_backing)(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */
@@ -279,8 +284,15 @@ int rt__vd_fail(rt_vd_error_t *err, int rc, const char *fmt, ...)
 /* Opens the backing file @a name of @a vd (relative names are relative to the
  * directory of @a vd), read-only, with @a format or probing when NULL.  Refused with
  * RT_ERR_ACCESS_DENIED unless the caller allowed file references, and with
- * RT_ERR_VD_CORRUPT beyond 16 levels (a loop). */
+ * RT_ERR_VD_CORRUPT beyond the chain limit (a loop). */
 int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err);
+/* The open of rt__vd_open_backing() alone: the image @a name names as @a vd's backing
+ * file would be opened, into *@a out, without making it @a vd's (rebase checks a new
+ * one with it; the caller has the permission to follow it). */
+int rt__vd_open_reference(rt_vd_t vd, const char *name, const char *format, rt_vd_t *out,
+                          rt_vd_error_t *err);
+/* Replaces the names rt_vd_get_info() reports (NULL: none). */
+int rt__vd_set_backing_names(rt_vd_t vd, const char *name, const char *format);
 
 /* Metadata I/O for drivers: positioned and synchronous, any offset and length, through
  * an aligned bounce buffer when the image is open with O_DIRECT. */

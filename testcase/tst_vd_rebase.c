@@ -1,0 +1,341 @@
+/*
+ * rt_vd_rebase():
+ *
+ *   - safe: an overlay moved from one backing file to another (QCOW2 and raw, larger
+ *     and smaller than the overlay) reads exactly as before, through the same handle
+ *     and after a reopen; both checkers find nothing; the new name and format are what
+ *     info reports and what qemu-img reads; a probed format is recorded;
+ *   - onto none: the overlay becomes standalone with the same contents;
+ *   - unsafe: only the name changes (the disk then shows the new file beneath), also
+ *     on an image opened writable without its backing file, which is gone;
+ *   - the header's other extensions survive, byte for byte, and 512-byte clusters
+ *     refuse a name that does not fit;
+ *   - refusals that change nothing: flags, formats, names, raw and VDI, read-only,
+ *     busy, a safe rebase without the old file open, a new backing file that is missing
+ *     or is the image itself (locked).
+ */
+#include "tst_common.h"
+#include "tst_files.h"
+#include "tst_qcow2.h"
+#include "tst_qemu_img.h"
+
+#include <rt/vd.h>
+
+#include <stdbool.h>
+
+#define DISK (4u * MIB)
+
+static uint8_t before[DISK], after[DISK], buf[DISK];
+
+static void create(const char *path, const char *format, uint64_t size, const char *backing,
+                   const char *backing_format, uint32_t cluster)
+{
+    unlink(path);
+    rt_vd_create_opts_t opts = {.size = size,
+                                .block_size = cluster,
+                                .backing_file = backing,
+                                .backing_format = backing_format};
+    rt_vd_error_t err;
+    int rc = rt_vd_create(path, format, &opts, &err);
+    if (rc != RT_OK)
+        fprintf(stderr, "\n  create %s: %s", path, err.msg);
+    TST_RC_FATAL(rc, RT_OK);
+}
+
+static void fill(const char *path, const char *format, uint64_t off, uint64_t len, uint8_t seed)
+{
+    rt_vd_t vd = RT_VD_NIL;
+    TST_RC_FATAL(rt_vd_open(&vd, path, format, RT_VD_OPEN_ALLOW_BACKING, NULL), RT_OK);
+    for (uint64_t i = 0; i < len; i++)
+        buf[i] = (uint8_t)((((off + i) * 13u) >> 9) + seed) | 1u;
+    TST_RC(rt_vd_write(vd, off, buf, len), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+static rt_vd_t open_overlay(const char *path, uint32_t flags)
+{
+    rt_vd_t vd = RT_VD_NIL;
+    rt_vd_error_t err;
+    int rc = rt_vd_open(&vd, path, "qcow2", flags, &err);
+    if (rc != RT_OK)
+        fprintf(stderr, "\n  open %s: %s", path, err.msg);
+    TST_RC_FATAL(rc, RT_OK);
+    return vd;
+}
+
+static void read_all(rt_vd_t vd, uint8_t *out)
+{
+    TST_RC(rt_vd_read(vd, 0, out, DISK), RT_OK);
+}
+
+static void same(const uint8_t *a, const uint8_t *b, const char *what)
+{
+    for (size_t i = 0; i < DISK; i++)
+        if (a[i] != b[i]) {
+            fprintf(stderr, "\n  %s: byte 0x%zx is 0x%02x, expected 0x%02x", what, i, a[i], b[i]);
+            CU_FAIL("contents changed");
+            return;
+        }
+}
+
+static void clean(rt_vd_t vd, const char *path, const char *what)
+{
+    rt_vd_check_result_t res;
+    TST_RC(rt_vd_check(vd, 0, &res), RT_OK);
+    if (res.corruptions || res.leaks)
+        fprintf(stderr, "\n  %s: %s", what, res.first_problem);
+    CU_ASSERT_EQUAL(res.corruptions, 0);
+    CU_ASSERT_EQUAL(res.leaks, 0);
+    CU_ASSERT_NOT_EQUAL(qemu_img_clean_as(path, "qcow2"), 0);
+}
+
+static void names(rt_vd_t vd, const char *backing, const char *format)
+{
+    rt_vd_info_t info;
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    if (backing == NULL) {
+        CU_ASSERT_PTR_NULL(info.backing_file);
+    } else {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(info.backing_file);
+        CU_ASSERT_STRING_EQUAL(info.backing_file, backing);
+    }
+    if (format == NULL) {
+        CU_ASSERT_PTR_NULL(info.backing_format);
+    } else {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(info.backing_format);
+        CU_ASSERT_STRING_EQUAL(info.backing_format, format);
+    }
+}
+
+struct files {
+    char a[600], b[600], small[600], top[600];
+};
+
+/* A (qcow2, the disk's size), B (raw, different data), small (qcow2, 1 MiB), and an
+ * overlay of A holding data of its own. */
+static void make_files(struct files *f, uint32_t cluster)
+{
+    tst_path(f->a, sizeof f->a, "rebase-a.qcow2");
+    tst_path(f->b, sizeof f->b, "rebase-b.raw");
+    tst_path(f->small, sizeof f->small, "rebase-small.qcow2");
+    tst_path(f->top, sizeof f->top, "rebase-top.qcow2");
+    create(f->a, "qcow2", DISK, NULL, NULL, 0);
+    fill(f->a, "qcow2", 0, 3 * MIB, 1);
+    create(f->b, "raw", DISK, NULL, NULL, 0);
+    fill(f->b, "raw", 512 * KIB, 3 * MIB, 2);
+    create(f->small, "qcow2", MIB, NULL, NULL, 0);
+    fill(f->small, "qcow2", 0, MIB, 3);
+    create(f->top, "qcow2", DISK, "rebase-a.qcow2", "qcow2", cluster);
+    fill(f->top, "qcow2", 100 * KIB, 300 * KIB, 4);
+    fill(f->top, "qcow2", 3 * MIB + 7 * 512, 4096, 5); /* unaligned, past A's data */
+}
+
+static void remove_files(const struct files *f)
+{
+    unlink(f->a);
+    unlink(f->b);
+    unlink(f->small);
+    unlink(f->top);
+}
+
+static void safe_rebases(uint32_t cluster)
+{
+    struct files f;
+    make_files(&f, cluster);
+    rt_vd_t vd = open_overlay(f.top, RT_VD_OPEN_ALLOW_BACKING);
+    read_all(vd, before);
+
+    rt_vd_error_t err;
+    TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "raw", 0, &err), RT_OK);
+    names(vd, "rebase-b.raw", "raw");
+    read_all(vd, after);
+    same(after, before, "onto B, the same handle");
+    clean(vd, f.top, "onto B");
+    /* The probed format is recorded. */
+    TST_RC(rt_vd_rebase(vd, "rebase-small.qcow2", NULL, 0, &err), RT_OK);
+    names(vd, "rebase-small.qcow2", "qcow2");
+    read_all(vd, after);
+    same(after, before, "onto a smaller backing file");
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    vd = open_overlay(f.top, RT_VD_OPEN_ALLOW_BACKING);
+    names(vd, "rebase-small.qcow2", "qcow2");
+    read_all(vd, after);
+    same(after, before, "reopened");
+    clean(vd, f.top, "onto the small one");
+    /* Onto none: standalone. */
+    TST_RC(rt_vd_rebase(vd, "", NULL, 0, &err), RT_OK);
+    names(vd, NULL, NULL);
+    read_all(vd, after);
+    same(after, before, "standalone");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(f.small);
+    unlink(f.a);
+    vd = open_overlay(f.top, 0); /* nothing to follow any more */
+    read_all(vd, after);
+    same(after, before, "standalone, reopened without its old files");
+    clean(vd, f.top, "standalone");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    remove_files(&f);
+}
+
+static void test_safe(void)
+{
+    safe_rebases(64 * KIB);
+    safe_rebases(512);
+}
+
+static void test_unsafe(void)
+{
+    struct files f;
+    make_files(&f, 0);
+    char moved[600];
+    tst_path(moved, sizeof moved, "rebase-moved.qcow2");
+    rt_vd_t vd = open_overlay(f.top, RT_VD_OPEN_ALLOW_BACKING);
+    read_all(vd, before);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    CU_ASSERT_FATAL(rename(f.a, moved) == 0);
+
+    /* The old backing file is gone: opened alone, writable, named again. */
+    vd = open_overlay(f.top, RT_VD_OPEN_NO_BACKING);
+    TST_RC(rt_vd_read(vd, 0, buf, 512), RT_ERR_ACCESS_DENIED);
+    TST_RC(rt_vd_write(vd, 0, buf, 512), RT_ERR_ACCESS_DENIED);
+    TST_RC(rt_vd_resize(vd, 2 * DISK, 0, NULL), RT_ERR_ACCESS_DENIED);
+    rt_vd_error_t err;
+    TST_RC(rt_vd_rebase(vd, "rebase-moved.qcow2", "qcow2", 0, &err), RT_ERR_ACCESS_DENIED);
+    TST_RC(rt_vd_rebase(vd, "rebase-moved.qcow2", "qcow2", RT_VD_REBASE_UNSAFE, &err), RT_OK);
+    names(vd, "rebase-moved.qcow2", "qcow2");
+    TST_RC(rt_vd_flush(vd), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    vd = open_overlay(f.top, RT_VD_OPEN_ALLOW_BACKING);
+    read_all(vd, after);
+    same(after, before, "after naming the moved file");
+    clean(vd, f.top, "unsafe, moved");
+
+    /* Unsafe onto different data: the disk shows the new file where it holds nothing. */
+    TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "raw", RT_VD_REBASE_UNSAFE, &err), RT_OK);
+    read_all(vd, after);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    rt_vd_t b = RT_VD_NIL;
+    TST_RC_FATAL(rt_vd_open(&b, f.b, "raw", RT_VD_OPEN_READ_ONLY, NULL), RT_OK);
+    TST_RC(rt_vd_read(b, 0, buf, DISK), RT_OK);
+    TST_RC(rt_vd_close(b), RT_OK);
+    CU_ASSERT(memcmp(after, buf, 64 * KIB) == 0);                             /* B shows through */
+    CU_ASSERT(memcmp(after + 100 * KIB, before + 100 * KIB, 300 * KIB) == 0); /* ours stays */
+    unlink(moved);
+    remove_files(&f);
+}
+
+/* The feature-name table (and any other extension) is rewritten as it was. */
+static void test_extensions_kept(void)
+{
+    struct files f;
+    make_files(&f, 0);
+    uint64_t size0 = 0;
+    uint8_t *old = slurp(f.top, &size0);
+    rt_vd_t vd = open_overlay(f.top, RT_VD_OPEN_ALLOW_BACKING);
+    TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "raw", 0, NULL), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    uint64_t size1 = 0;
+    uint8_t *now = slurp(f.top, &size1);
+    /* Every extension but the backing format's, at the same place: the first ones are
+     * the backing format (changed) and then the feature names. */
+    uint32_t at = 112;
+    uint32_t type = get_be32(old + at);
+    CU_ASSERT_EQUAL(type, EXT_BACKING_FMT);
+    uint32_t old_next = at + 8 + ((get_be32(old + at + 4) + 7) & ~7u);
+    uint32_t new_next = at + 8 + ((get_be32(now + at + 4) + 7) & ~7u);
+    CU_ASSERT_EQUAL(get_be32(old + old_next), EXT_FEATURE_NAME);
+    CU_ASSERT_EQUAL(get_be32(now + new_next), EXT_FEATURE_NAME);
+    uint32_t names_len = get_be32(old + old_next + 4);
+    CU_ASSERT(names_len > 0 && memcmp(old + old_next, now + new_next, 8 + names_len) == 0);
+    free(old);
+    free(now);
+    CU_ASSERT_NOT_EQUAL(qemu_img_clean_as(f.top, "qcow2"), 0);
+    remove_files(&f);
+
+    /* 512-byte clusters: a name that does not fit beside the extensions. */
+    make_files(&f, 512);
+    vd = open_overlay(f.top, RT_VD_OPEN_ALLOW_BACKING);
+    char name[400];
+    memset(name, 'n', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    rt_vd_error_t err;
+    TST_RC(rt_vd_rebase(vd, name, "raw", RT_VD_REBASE_UNSAFE, &err), RT_ERR_OUT_OF_RANGE);
+    CU_ASSERT(mentions(err.msg, "cluster 0"));
+    names(vd, "rebase-a.qcow2", "qcow2");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    remove_files(&f);
+}
+
+static void noop_done(void *user, int status)
+{
+    *(int *)user = status;
+}
+
+static void test_refusals(void)
+{
+    struct files f;
+    make_files(&f, 0);
+    TST_RC(rt_vd_rebase(RT_VD_NIL, "x", NULL, 0, NULL), RT_ERR_INVALID_HANDLE);
+    uint64_t size0 = 0, size1 = 0;
+    uint8_t *old = slurp(f.top, &size0);
+    rt_vd_t vd = open_overlay(f.top, RT_VD_OPEN_ALLOW_BACKING);
+    rt_vd_error_t err;
+    TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "raw", 0x8, &err), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "nope", 0, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT(mentions(err.msg, "nope"));
+    TST_RC(rt_vd_rebase(vd, NULL, "raw", 0, &err), RT_ERR_INVALID_PARAMETER);
+    char long_name[1100];
+    memset(long_name, 'l', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    TST_RC(rt_vd_rebase(vd, long_name, "raw", RT_VD_REBASE_UNSAFE, &err), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_rebase(vd, "rebase-missing.qcow2", "qcow2", 0, &err), RT_ERR_FILE_NOT_FOUND);
+    TST_RC(rt_vd_rebase(vd, "rebase-top.qcow2", "qcow2", 0, &err), RT_ERR_VD_LOCKED);
+    /* Busy. */
+    rt_vd_queue_t q;
+    TST_RC_FATAL(rt_vd_queue_create(&q, 4), RT_OK);
+    static uint8_t one[512];
+    rt_iovec_t iov = {one, sizeof one};
+    int status = 1;
+    TST_RC(rt_vd_queue_read(q, vd, 0, &iov, 1, noop_done, &status), RT_OK);
+    TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "raw", 0, &err), RT_ERR_BUSY);
+    while (status == 1)
+        TST_RC(rt_vd_queue_run(q, 1, 1000, NULL), RT_OK);
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    names(vd, "rebase-a.qcow2", "qcow2");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    uint8_t *now = slurp(f.top, &size1);
+    CU_ASSERT(size0 == size1 && memcmp(old, now, (size_t)size0) == 0); /* nothing changed */
+    free(old);
+    free(now);
+
+    vd = open_overlay(f.top, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING);
+    TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "raw", 0, &err), RT_ERR_VD_READ_ONLY);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    /* Formats without backing files. */
+    rt_vd_t other = RT_VD_NIL;
+    TST_RC_FATAL(rt_vd_open(&other, f.b, "raw", 0, NULL), RT_OK);
+    TST_RC(rt_vd_rebase(other, "rebase-a.qcow2", "qcow2", 0, &err), RT_ERR_NOT_SUPPORTED);
+    CU_ASSERT(mentions(err.msg, "raw"));
+    TST_RC(rt_vd_close(other), RT_OK);
+    char vdi[600];
+    tst_path(vdi, sizeof vdi, "rebase.vdi");
+    create(vdi, "vdi", MIB, NULL, NULL, 0);
+    rt_vd_t v = RT_VD_NIL;
+    TST_RC_FATAL(rt_vd_open(&v, vdi, "vdi", 0, NULL), RT_OK);
+    TST_RC(rt_vd_rebase(v, "rebase-a.qcow2", "qcow2", 0, &err), RT_ERR_NOT_SUPPORTED);
+    TST_RC(rt_vd_close(v), RT_OK);
+    unlink(vdi);
+    remove_files(&f);
+}
+
+int main(void)
+{
+    CU_pSuite suite = tst_suite("rebase");
+    TST_ADD(suite, test_refusals);
+    TST_ADD(suite, test_safe);
+    TST_ADD(suite, test_unsafe);
+    TST_ADD(suite, test_extensions_kept);
+    return tst_run();
+}
