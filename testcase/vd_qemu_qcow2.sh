@@ -13,6 +13,8 @@
 #     over a backing file;
 #   - internal snapshots made, listed, applied and deleted by vrt-img and by qemu-img,
 #     each verified by the other (contents at each snapshot saved as raw);
+#   - rebase (safe, standalone, unsafe) and commit (emptying and -d) by both tools on
+#     copies of one chain, compared with each other;
 #   - the same writes on images with every refcount width (1 to 64 bits);
 #   - vrt-img check finds hand-made leaks (exit 3, repaired by -r leaks) and
 #     corruptions (exit 2).
@@ -694,5 +696,44 @@ check "safe rebase of an overlay whose backing file is gone: refused, image unch
              cmp '$work/rb-top.qcow2' '$work/rb-keep.qcow2'"
 check "rebase without -b: refused (qemu-img needs it too)" \
     bash -c "! '$img' rebase -f qcow2 '$work/rb-top.qcow2' 2>'$work/rb.err' && grep -q -- '-b' '$work/rb.err'"
+
+# --- commit, both ways ---------------------------------------------------------------
+# The same commit by qemu-img and by vrt-img of copies of one chain: the backing files
+# and the overlays compare identical afterwards, and the overlay reads as before.
+for keep in "" -d; do
+    qemu-img create -q -f qcow2 "$work/cm-base.qcow2" 4M
+    qemu-io -f qcow2 -c 'write -P 0x11 0 4M' "$work/cm-base.qcow2" >/dev/null
+    qemu-img create -q -f qcow2 -b cm-base.qcow2 -F qcow2 "$work/cm-top.qcow2" 8M
+    qemu-io -f qcow2 -c 'write -P 0x22 1M 100k' -c 'write -z 2M 64k' -c 'write -P 0x33 6M 64k' \
+        "$work/cm-top.qcow2" >/dev/null
+    qemu-img convert -f qcow2 -O raw "$work/cm-top.qcow2" "$work/cm-before.raw"
+    for side in ours theirs; do
+        cp "$work/cm-base.qcow2" "$work/cm-base-$side.qcow2"
+        cp "$work/cm-top.qcow2" "$work/cm-top-$side.qcow2"
+        qemu-img rebase -q -u -b "cm-base-$side.qcow2" -F qcow2 "$work/cm-top-$side.qcow2"
+    done
+    # shellcheck disable=SC2086
+    check "commit ${keep:-(emptying)}: vrt-img's base and overlay as qemu-img commit's" \
+        bash -c "'$img' commit -q -f qcow2 $keep '$work/cm-top-ours.qcow2' &&
+                 qemu-img commit -q $keep '$work/cm-top-theirs.qcow2' &&
+                 qemu-img compare -q '$work/cm-base-ours.qcow2' '$work/cm-base-theirs.qcow2' &&
+                 qemu-img compare -q -F raw '$work/cm-base-ours.qcow2' '$work/cm-before.raw' &&
+                 qemu-img compare -q -F raw '$work/cm-top-ours.qcow2' '$work/cm-before.raw' &&
+                 qemu-img check -q '$work/cm-base-ours.qcow2' && qemu-img check -q '$work/cm-top-ours.qcow2' &&
+                 [ \"\$(qemu-img map --output=json '$work/cm-top-ours.qcow2' | grep -c '\"depth\": 0')\" = \
+                   \"\$(qemu-img map --output=json '$work/cm-top-theirs.qcow2' | grep -c '\"depth\": 0')\" ]"
+done
+check "commit prints 'Image committed.' as qemu-img does" \
+    bash -c "cp '$work/cm-top.qcow2' '$work/cm-t.qcow2' && cp '$work/cm-base.qcow2' '$work/cm-b.qcow2' &&
+             qemu-img rebase -q -u -b cm-b.qcow2 -F qcow2 '$work/cm-t.qcow2' &&
+             [ \"\$('$img' commit -f qcow2 '$work/cm-t.qcow2')\" = 'Image committed.' ]"
+check "commit of an image without a backing file: refused, as qemu-img refuses" \
+    bash -c "! '$img' commit -f qcow2 '$work/cm-base.qcow2' 2>'$work/cm.err' &&
+             grep -q 'no backing file' '$work/cm.err' && ! qemu-img commit -q '$work/cm-base.qcow2' 2>/dev/null"
+check "commit beside another user of the backing file (qemu-io holds it): refused by its lock" \
+    bash -c "( sleep 3 | qemu-io -f qcow2 '$work/cm-base.qcow2' >/dev/null 2>&1 & ) ; sleep 1;
+             ! '$img' commit -f qcow2 '$work/cm-top.qcow2' 2>'$work/cm.err'; rc=\$?; sleep 3;
+             [ \$rc = 0 ] && grep -qi lock '$work/cm.err' &&
+             qemu-img compare -q -F raw '$work/cm-top.qcow2' '$work/cm-before.raw'"
 
 summary

@@ -52,6 +52,7 @@ int img_map_main(int argc, char **argv);
 int img_resize_main(int argc, char **argv);
 int img_snapshot_main(int argc, char **argv);
 int img_rebase_main(int argc, char **argv);
+int img_commit_main(int argc, char **argv);
 int img_bench_main(int argc, char **argv);
 
 /**

@@ -393,6 +393,47 @@ int rt_vd_resize(rt_vd_t vd, uint64_t size, uint32_t flags, rt_vd_error_t *err);
 int rt_vd_rebase(rt_vd_t vd, const char *backing, const char *backing_format, uint32_t flags,
                  rt_vd_error_t *err);
 
+/* rt_vd_commit() flags */
+/** Keep the image's data after the copy (qemu-img commit -d); by default the image is
+ *  emptied, so that the backing file shows everywhere. */
+#define RT_VD_COMMIT_KEEP 0x1u
+
+/**
+ * Writes everything the image holds itself into its backing file, then empties the
+ * image (unless RT_VD_COMMIT_KEEP), waiting for the result: what the image reads is the
+ * same before and after; what the backing file reads becomes what the image read.  A
+ * backing file smaller than the image is grown to its size first.
+ *
+ * The backing file is reopened writable for the copy, with the format the image
+ * records for it (a writable open never probes); another user of it (another overlay
+ * open on it, a running guest) holds its lock and the commit is refused.  Its own
+ * backing chain is followed, so a partial unit it has to fill comes from there.
+ *
+ * Crash safety: the copy is flushed before the image is emptied, and the emptying is a
+ * single header write switching to an empty L1 table (QCOW2); a crash leaves the image
+ * reading the same in every case.  Other images on the same backing file see it change
+ * as the copy proceeds: that is what a commit is.
+ *
+ * @param vd     a writable image with nothing outstanding, opened with its backing
+ *               file (RT_VD_OPEN_ALLOW_BACKING).
+ * @param flags  0 or RT_VD_COMMIT_KEEP.
+ * @param err    optional; receives a message naming the problem on failure.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_HANDLE
+ * @retval RT_ERR_INVALID_PARAMETER  an unknown flag; the image has no backing file, or
+ *                                   does not record its format.
+ * @retval RT_ERR_ACCESS_DENIED      the image was opened without its backing file.
+ * @retval RT_ERR_NOT_SUPPORTED      the image's format cannot be emptied.
+ * @retval RT_ERR_VD_LOCKED          another user holds the backing file.
+ * @retval RT_ERR_VD_CORRUPT         the image's refcounts are inconsistent (emptying frees
+ *                                   by count; the data is committed by then).
+ * @retval RT_ERR_VD_READ_ONLY, RT_ERR_BUSY, RT_ERR_IO, RT_ERR_DISK_FULL, RT_ERR_NO_MEMORY,
+ *         or the status that poisoned the image.  If the backing file cannot be reopened
+ *         read-only afterwards, the call fails and the handle refuses reads until it is
+ *         reopened.
+ */
+int rt_vd_commit(rt_vd_t vd, uint32_t flags, rt_vd_error_t *err);
+
 /* ------------------------------------------------------------------------------------
  * Internal snapshots (QCOW2): what `qemu-img snapshot` lists, creates, applies and
  * deletes.  A snapshot keeps the disk's contents at the moment it was taken, inside the

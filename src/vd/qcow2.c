@@ -823,4 +823,5 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .snapshot_apply = rt__qcow2_snapshot_apply,
     .snapshot_delete = rt__qcow2_snapshot_delete,
     .set_backing = rt__qcow2_set_backing,
+    .make_empty = rt__qcow2_make_empty,
 };

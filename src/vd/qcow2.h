@@ -337,6 +337,8 @@ int rt__qcow2_snapshot_create(rt_vd_t vd, const char *name, rt_vd_snapshot_t *cr
                               rt_vd_error_t *err);
 int rt__qcow2_snapshot_apply(rt_vd_t vd, const char *which, rt_vd_error_t *err);
 int rt__qcow2_snapshot_delete(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+/* The driver's make_empty() (qcow2_snapshot.c). */
+int rt__qcow2_make_empty(rt_vd_t vd, rt_vd_error_t *err);
 /* The driver's set_backing() (qcow2_backing.c). */
 int rt__qcow2_set_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err);
 /* Replaces the in-memory state with what a fresh open reads from the file now (after

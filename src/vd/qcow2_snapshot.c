@@ -1,5 +1,6 @@
 /*
- * QCOW2 internal snapshots: list, create, apply, delete.
+ * QCOW2 internal snapshots: list, create, apply, delete; and emptying the disk (what a
+ * commit does to the image it committed), which is an apply of an empty table.
  *
  * A snapshot is an entry of the snapshot table naming a copy of an L1 table; the L2
  * tables and data clusters under it are shared with the disk by reference count.  A
@@ -734,5 +735,43 @@ out:
     free(gone_raw);
     free(l1);
     table_free(&t);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Emptying the disk (after a commit): the same switch as an apply, to an empty table. */
+
+int rt__qcow2_make_empty(rt_vd_t vd, rt_vd_error_t *err)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    int rc = rt__qcow2_require_consistent(vd, err);
+    if (rc != RT_OK)
+        return rc;
+    uint64_t *empty = calloc(s->l1_size ? s->l1_size : 1, sizeof(*empty));
+    if (empty == NULL)
+        return RT_ERR_NO_MEMORY;
+    uint64_t *old_l1 = s->l1;
+    uint32_t old_size = s->l1_size;
+    uint64_t old_offset = s->l1_offset, new_l1 = 0;
+    struct header_switch to = header_now(s);
+    if ((rc = write_l1_copy(vd, empty, old_size, &new_l1)) != RT_OK ||
+        (rc = make_durable(vd)) != RT_OK) {
+        rt__vd_fail(err, rc, "cannot write an empty L1 table");
+        goto changed;
+    }
+    to.l1_offset = new_l1;
+    if ((rc = header_switch(vd, &to)) != RT_OK) {
+        rt__vd_fail(err, rc, "cannot write the QCOW2 header");
+        goto changed;
+    }
+    /* The old tables are unreferenced now (a snapshot's stay, by their counts). */
+    if ((rc = lower_reach(vd, old_l1, old_size)) == RT_OK &&
+        (rc = lower_range(vd, old_offset, (uint64_t)old_size * 8u)) == RT_OK)
+        rc = make_durable(vd);
+    if (rc != RT_OK)
+        rt__vd_fail(err, rc, "the image was emptied, but freeing its clusters failed");
+changed:
+    rc = finish(vd, rc, err);
+    free(empty);
     return rc;
 }

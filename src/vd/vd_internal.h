@@ -187,6 +187,9 @@ struct vd_driver {
      * or the new one in; nothing else changes (NULL: the format has no backing files).
      * The layer has checked the names and made the data durable first. */
     int (*set_backing)(rt_vd_t vd, const char *name, const char *format, rt_vd_error_t *err);
+    /* Drops every unit the image holds, durably and crash-safely, so that the backing
+     * file shows everywhere (after a commit copied them into it).  NULL: not possible. */
+    int (*make_empty)(rt_vd_t vd, rt_vd_error_t *err);
     /* Consistency check (NULL: nothing to check). */
     int (*check)(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res);
     /* Fills the format-specific fields of @a info (block size, counts, variant). */

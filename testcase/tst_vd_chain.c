@@ -1,6 +1,7 @@
 /*
- * rt_vd_rebase():
+ * Backing chains changed: rt_vd_rebase() and rt_vd_commit().
  *
+ * rt_vd_rebase():
  *   - safe: an overlay moved from one backing file to another (QCOW2 and raw, larger
  *     and smaller than the overlay) reads exactly as before, through the same handle
  *     and after a reopen; both checkers find nothing; the new name and format are what
@@ -13,6 +14,16 @@
  *   - refusals that change nothing: flags, formats, names, raw and VDI, read-only,
  *     busy, a safe rebase without the old file open, a new backing file that is missing
  *     or is the image itself (locked).
+ *
+ * rt_vd_commit():
+ *   - the overlay's data (plain and zero ranges) lands in the backing file, which grows
+ *     to the overlay's size; the overlay reads the same and is empty after (or keeps
+ *     its data with RT_VD_COMMIT_KEEP); both checkers on both files; a three-deep chain
+ *     commits into the middle only; an overlay's internal snapshot survives the
+ *     emptying;
+ *   - refusals: no backing file, none recorded format, read-only, busy, opened without
+ *     its backing file, a backing file another handle holds (the handle still reads
+ *     after).
  */
 #include "tst_common.h"
 #include "tst_files.h"
@@ -330,6 +341,198 @@ static void test_refusals(void)
     remove_files(&f);
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* Commit. */
+
+static rt_vd_t open_rw(const char *path, const char *format)
+{
+    rt_vd_t vd = RT_VD_NIL;
+    TST_RC_FATAL(rt_vd_open(&vd, path, format, RT_VD_OPEN_ALLOW_BACKING, NULL), RT_OK);
+    return vd;
+}
+
+static void read_file_image(const char *path, const char *format, uint8_t *out, uint64_t len)
+{
+    rt_vd_t vd = RT_VD_NIL;
+    TST_RC_FATAL(
+        rt_vd_open(&vd, path, format, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING, NULL),
+        RT_OK);
+    TST_RC(rt_vd_read(vd, 0, out, len), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+}
+
+static uint64_t size_of_image(rt_vd_t vd)
+{
+    rt_vd_info_t info;
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    return info.virtual_size;
+}
+
+static uint64_t allocated(rt_vd_t vd)
+{
+    rt_vd_info_t info;
+    TST_RC(rt_vd_get_info(vd, &info), RT_OK);
+    return info.blocks_allocated;
+}
+
+static void commit_run(bool keep)
+{
+    char base[600], top[600];
+    tst_path(base, sizeof base, "commit-base.qcow2");
+    tst_path(top, sizeof top, "commit-top.qcow2");
+    create(base, "qcow2", 2 * MIB, NULL, NULL, 0); /* smaller: grown by the commit */
+    fill(base, "qcow2", 0, 2 * MIB, 1);
+    create(top, "qcow2", DISK, "commit-base.qcow2", "qcow2", 0);
+    fill(top, "qcow2", 512 * KIB + 512, 100 * KIB, 2);
+    fill(top, "qcow2", 3 * MIB, 64 * KIB, 3);
+    rt_vd_t vd = open_rw(top, "qcow2");
+    TST_RC(rt_vd_write_zeroes(vd, MIB, 128 * KIB, 0), RT_OK);
+    read_all(vd, before);
+    TST_RC(rt_vd_commit(vd, keep ? RT_VD_COMMIT_KEEP : 0, NULL), RT_OK);
+    read_all(vd, after);
+    same(after, before, "the overlay after its commit");
+    if (keep) {
+        CU_ASSERT(allocated(vd) > 0);
+    } else {
+        CU_ASSERT_EQUAL(allocated(vd), 0);
+    }
+    clean(vd, top, "the committed overlay");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    read_file_image(base, "qcow2", after, DISK);
+    same(after, before, "the backing file after the commit");
+    vd = open_rw(base, "qcow2");
+    CU_ASSERT_EQUAL(size_of_image(vd), DISK); /* grown */
+    clean(vd, base, "the backing file");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    read_file_image(top, "qcow2", after, DISK);
+    same(after, before, "the overlay, reopened");
+    unlink(top);
+    unlink(base);
+}
+
+static void test_commit(void)
+{
+    commit_run(false);
+    commit_run(true);
+}
+
+/* base0 <- mid <- top: the commit of top goes into mid only. */
+static void test_commit_three_deep(void)
+{
+    char base0[600], mid[600], top[600];
+    tst_path(base0, sizeof base0, "deep-0.qcow2");
+    tst_path(mid, sizeof mid, "deep-1.qcow2");
+    tst_path(top, sizeof top, "deep-2.qcow2");
+    create(base0, "qcow2", DISK, NULL, NULL, 0);
+    fill(base0, "qcow2", 0, DISK, 1);
+    create(mid, "qcow2", DISK, "deep-0.qcow2", "qcow2", 0);
+    fill(mid, "qcow2", MIB, MIB, 2);
+    create(top, "qcow2", DISK, "deep-1.qcow2", "qcow2", 512);
+    fill(top, "qcow2", 1536 * KIB + 1024, 4096, 3); /* partial units of mid: filled from 0 */
+    static uint8_t base_before[DISK];
+    read_file_image(base0, "qcow2", base_before, DISK);
+    rt_vd_t vd = open_rw(top, "qcow2");
+    read_all(vd, before);
+    TST_RC(rt_vd_commit(vd, 0, NULL), RT_OK);
+    read_all(vd, after);
+    same(after, before, "top after committing into mid");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    read_file_image(mid, "qcow2", after, DISK);
+    same(after, before, "mid after the commit");
+    read_file_image(base0, "qcow2", after, DISK);
+    same(after, base_before, "base0, untouched");
+    unlink(top);
+    unlink(mid);
+    unlink(base0);
+}
+
+/* An internal snapshot of the overlay keeps its data when the disk is emptied. */
+static void test_commit_keeps_snapshot(void)
+{
+    char base[600], top[600];
+    tst_path(base, sizeof base, "csnap-base.qcow2");
+    tst_path(top, sizeof top, "csnap-top.qcow2");
+    create(base, "qcow2", DISK, NULL, NULL, 0);
+    create(top, "qcow2", DISK, "csnap-base.qcow2", "qcow2", 0);
+    fill(top, "qcow2", 0, MIB, 4);
+    rt_vd_t vd = open_rw(top, "qcow2");
+    read_all(vd, before);
+    TST_RC(rt_vd_snapshot_create(vd, "s", NULL, NULL), RT_OK);
+    TST_RC(rt_vd_commit(vd, 0, NULL), RT_OK);
+    CU_ASSERT_EQUAL(allocated(vd), 0);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    fill(base, "qcow2", 0, MIB, 5); /* the base changes under the emptied overlay */
+    vd = open_rw(top, "qcow2");
+    TST_RC(rt_vd_snapshot_apply(vd, "s", NULL), RT_OK);
+    read_all(vd, after);
+    same(after, before, "the overlay's snapshot after the commit");
+    clean(vd, top, "overlay with a snapshot, committed");
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(top);
+    unlink(base);
+}
+
+static void test_commit_refusals(void)
+{
+    char base[600], top[600], plain[600], other[600];
+    tst_path(base, sizeof base, "cref-base.qcow2");
+    tst_path(top, sizeof top, "cref-top.qcow2");
+    tst_path(plain, sizeof plain, "cref-plain.qcow2");
+    tst_path(other, sizeof other, "cref-other.qcow2");
+    rt_vd_error_t err;
+    TST_RC(rt_vd_commit(RT_VD_NIL, 0, NULL), RT_ERR_INVALID_HANDLE);
+    create(plain, "qcow2", MIB, NULL, NULL, 0);
+    rt_vd_t vd = open_rw(plain, "qcow2");
+    TST_RC(rt_vd_commit(vd, 0, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT(mentions(err.msg, "no backing file"));
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    create(base, "qcow2", MIB, NULL, NULL, 0);
+    create(top, "qcow2", MIB, "cref-base.qcow2", NULL, 0); /* no format recorded */
+    vd = open_rw(top, "qcow2");
+    TST_RC(rt_vd_commit(vd, 0x4, &err), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_commit(vd, 0, &err), RT_ERR_INVALID_PARAMETER);
+    CU_ASSERT(mentions(err.msg, "format"));
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    create(top, "qcow2", MIB, "cref-base.qcow2", "qcow2", 0);
+    fill(top, "qcow2", 0, 4096, 6);
+    vd = open_overlay(top, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING);
+    TST_RC(rt_vd_commit(vd, 0, &err), RT_ERR_VD_READ_ONLY);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    vd = open_overlay(top, RT_VD_OPEN_NO_BACKING);
+    TST_RC(rt_vd_commit(vd, 0, &err), RT_ERR_ACCESS_DENIED);
+    TST_RC(rt_vd_close(vd), RT_OK);
+
+    /* Another overlay of the same base is open: its shared lock refuses the writer. */
+    create(other, "qcow2", MIB, "cref-base.qcow2", "qcow2", 0);
+    rt_vd_t holder = open_overlay(other, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_ALLOW_BACKING);
+    vd = open_rw(top, "qcow2");
+    TST_RC(rt_vd_read(vd, 0, buf, 4096), RT_OK);
+    memcpy(before, buf, 4096);
+    TST_RC(rt_vd_commit(vd, 0, &err), RT_ERR_VD_LOCKED);
+    TST_RC(rt_vd_read(vd, 0, buf, 4096), RT_OK); /* the backing file is back */
+    CU_ASSERT(memcmp(buf, before, 4096) == 0);
+    CU_ASSERT(allocated(vd) > 0); /* not emptied */
+    /* Busy. */
+    rt_vd_queue_t q;
+    TST_RC_FATAL(rt_vd_queue_create(&q, 4), RT_OK);
+    static uint8_t one[512];
+    rt_iovec_t iov = {one, sizeof one};
+    int status = 1;
+    TST_RC(rt_vd_queue_read(q, vd, 0, &iov, 1, noop_done, &status), RT_OK);
+    TST_RC(rt_vd_commit(vd, 0, &err), RT_ERR_BUSY);
+    while (status == 1)
+        TST_RC(rt_vd_queue_run(q, 1, 1000, NULL), RT_OK);
+    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    TST_RC(rt_vd_close(holder), RT_OK);
+    unlink(other);
+    unlink(top);
+    unlink(base);
+    unlink(plain);
+}
+
 int main(void)
 {
     CU_pSuite suite = tst_suite("rebase");
@@ -337,5 +540,10 @@ int main(void)
     TST_ADD(suite, test_safe);
     TST_ADD(suite, test_unsafe);
     TST_ADD(suite, test_extensions_kept);
+    CU_pSuite commit = tst_suite("commit");
+    TST_ADD(commit, test_commit_refusals);
+    TST_ADD(commit, test_commit);
+    TST_ADD(commit, test_commit_three_deep);
+    TST_ADD(commit, test_commit_keeps_snapshot);
     return tst_run();
 }
