@@ -736,4 +736,18 @@ check "commit beside another user of the backing file (qemu-io holds it): refuse
              [ \$rc = 0 ] && grep -qi lock '$work/cm.err' &&
              qemu-img compare -q -F raw '$work/cm-top.qcow2' '$work/cm-before.raw'"
 
+# --- info --backing-chain --------------------------------------------------------------
+qemu-img create -q -f raw "$work/ch-0.raw" 4M
+qemu-img create -q -f qcow2 -b ch-0.raw -F raw "$work/ch-1.qcow2" 4M
+qemu-io -f qcow2 -c 'write -P 0x11 0 1M' "$work/ch-1.qcow2" >/dev/null
+qemu-img create -q -f qcow2 -b ch-1.qcow2 -F qcow2 "$work/ch-2.qcow2" 6M
+check "info --backing-chain: qemu-img's text for every image of a 3-deep chain" \
+    bash -c "diff <('$img' info -f qcow2 --backing-chain '$work/ch-2.qcow2' | grep -v 'blocks:') \
+                  <(qemu-img info --backing-chain '$work/ch-2.qcow2')"
+check "info --backing-chain --output=json: an array of the 3 images" \
+    bash -c "'$img' info -f qcow2 --backing-chain --output=json '$work/ch-2.qcow2' > '$work/ch.json' &&
+             [ \"\$(grep -c '\"filename\"' '$work/ch.json')\" = 3 ] && head -c1 '$work/ch.json' | grep -q '\\['"
+check "info --backing-chain without -f: refused (following the chain needs -f)" \
+    bash -c "! '$img' info --backing-chain '$work/ch-2.qcow2' 2>'$work/ch.err' && grep -q -- '-f' '$work/ch.err'"
+
 summary

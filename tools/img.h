@@ -28,6 +28,9 @@
 /* Room for a message naming a file ("cannot open 'PATH'"). */
 #define IMG_WHAT_MAX (PATH_MAX + 64)
 
+/* The deepest backing chain a command walks (the library's limit). */
+#define IMG_MAX_CHAIN 256u
+
 /* Sector size the VD layer and every format count in. */
 #define IMG_SECTOR 512u
 
@@ -36,6 +39,7 @@ enum img_long_option {
     OPT_OUTPUT = 256,
     OPT_PATTERN,
     OPT_RUNTIME,
+    OPT_BACKING_CHAIN,
     OPT_HELP,
 };
 
@@ -127,13 +131,14 @@ void img_free_options(char **options);
 
 /**
  * Parses the arguments of the commands that only inspect one image (info, map):
- * -f FMT, --output=human|json, -h/--help (prints @a usage), and FILE.
+ * -f FMT, --output=human|json, -U, --backing-chain (only where @a backing_chain is not
+ * NULL), -h/--help (prints @a usage), and FILE.
  *
  * @return FILE, or NULL when the command is done: *status is then 0 (help printed)
  *         or 1 (a usage error, reported).
  */
 const char *img_parse_inspect_args(int argc, char **argv, const char *usage, const char **format,
-                                   enum img_output *output, int *status);
+                                   enum img_output *output, bool *backing_chain, int *status);
 
 /** Closes @a vd, reporting a failed final flush; returns the status. */
 int img_close(rt_vd_t vd, const char *path);
@@ -195,6 +200,10 @@ void img_print_snapshots_human(const rt_vd_snapshot_t *sn, uint32_t count);
 /** A JSON array of qemu-img info's snapshot objects, its lines indented by @a indent
  *  spaces after the first (no newline at the end). */
 void img_print_snapshots_json(const rt_vd_snapshot_t *sn, uint32_t count, int indent);
+
+/** A size as qemu-img writes one: three significant digits and a binary unit ("0 B",
+ *  "4.25 MiB", "1 GiB"). */
+const char *img_format_size(char *buf, size_t room, uint64_t bytes);
 
 /** True when @a buf (of @a len bytes) holds only zero bytes. */
 bool img_is_zero(const void *buf, size_t len);

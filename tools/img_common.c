@@ -166,12 +166,13 @@ static const struct option inspect_options[] = {
     {"format", required_argument, NULL, 'f'},
     {"output", required_argument, NULL, OPT_OUTPUT},
     {"force-share", no_argument, NULL, 'U'},
+    {"backing-chain", no_argument, NULL, OPT_BACKING_CHAIN},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
 
 const char *img_parse_inspect_args(int argc, char **argv, const char *usage, const char **format,
-                                   enum img_output *output, int *status)
+                                   enum img_output *output, bool *backing_chain, int *status)
 {
     const char *cmd = argv[0];
     int c;
@@ -185,6 +186,13 @@ const char *img_parse_inspect_args(int argc, char **argv, const char *usage, con
         case OPT_OUTPUT:
             if (!img_parse_output(cmd, optarg, output))
                 return NULL;
+            break;
+        case OPT_BACKING_CHAIN:
+            if (backing_chain == NULL) {
+                img_usage_error(cmd, "--backing-chain is an option of info only");
+                return NULL;
+            }
+            *backing_chain = true;
             break;
         case 'h':
             fputs(usage, stdout);
@@ -580,4 +588,17 @@ static int publish_new(const char *tmp, const char *path)
         unlink(tmp);
     }
     return 0;
+}
+
+const char *img_format_size(char *buf, size_t room, uint64_t bytes)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    unsigned unit = 0;
+    double scaled = (double)bytes;
+    while (scaled >= 1000.0 && unit + 1 < sizeof(units) / sizeof(units[0])) {
+        scaled /= 1024.0;
+        unit++;
+    }
+    snprintf(buf, room, "%0.3g %s", scaled, units[unit]);
+    return buf;
 }

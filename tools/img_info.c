@@ -18,7 +18,7 @@
 #include "img.h"
 
 static const char usage_text[] =
-    "Usage: " PROG " info [-f FMT] [--output=human|json] FILE\n"
+    "Usage: " PROG " info [-f FMT] [-U] [--backing-chain] [--output=human|json] FILE\n"
     "Show an image's format, virtual size, space used on the host, allocation unit,\n"
     "allocated blocks, backing file (as named, and where it resolves), internal\n"
     "snapshots and a QCOW2 image's compat level.  The backing file is not opened, as qemu-img info "
@@ -33,6 +33,8 @@ static const char usage_text[] =
     "                     snapshots, format-specific)\n"
     "  -U, --force-share  read the image even while another process (a running guest)\n"
     "                     has it open for writing, without taking its lock\n"
+    "      --backing-chain  describe every image of the chain, the image first (each\n"
+    "                     opened alone, with the format the one above records; needs -f)\n"
     "  -h, --help         print this text and exit\n";
 
 /* QCOW2's variant is its version; qemu-img calls it compat (0.10 for v2, 1.1 for v3).
@@ -70,8 +72,8 @@ static void print_human(const char *path, const rt_vd_info_t *info, const rt_vd_
     printf("image: %s\n", path);
     printf("file format: %s\n", info->format);
     printf("virtual size: %s (%" PRIu64 " bytes)\n",
-           cli_format_size(size, sizeof(size), info->virtual_size), info->virtual_size);
-    printf("disk size: %s\n", cli_format_size(size, sizeof(size), info->file_allocated));
+           img_format_size(size, sizeof(size), info->virtual_size), info->virtual_size);
+    printf("disk size: %s\n", img_format_size(size, sizeof(size), info->file_allocated));
     if (info->block_size)
         printf("cluster_size: %" PRIu32 "\n", info->block_size);
     if (info->backing_file) {
@@ -108,7 +110,7 @@ static void print_human(const char *path, const rt_vd_info_t *info, const rt_vd_
 }
 
 static void print_json(const char *path, const rt_vd_info_t *info, const rt_vd_snapshot_t *sn,
-                       uint32_t snapshots)
+                       uint32_t snapshots, const char *end)
 {
     const char *compat = qcow2_compat(info);
 
@@ -158,33 +160,94 @@ static void print_json(const char *path, const rt_vd_info_t *info, const rt_vd_s
         printf(",\n    \"backing-filename-format\": ");
         cli_json_string(info->backing_format);
     }
-    printf(",\n    \"dirty-flag\": %s\n}\n", yes_no(info->flags & RT_VD_INFO_DIRTY));
+    printf(",\n    \"dirty-flag\": %s\n}%s", yes_no(info->flags & RT_VD_INFO_DIRTY), end);
+}
+
+/* Describes the image at @a path (@a format, NULL to probe), opened alone; *@a next
+ * receives where its backing file resolves (NULL: none) and *@a next_format the format
+ * it records for it (NULL: none; to be freed). */
+static int describe(const char *path, const char *format, enum img_output output,
+                    const char *json_end, char **next, char **next_format)
+{
+    rt_vd_t vd;
+    rt_vd_info_t info;
+    *next = *next_format = NULL;
+    if (RT_FAILURE(img_open_info(&vd, path, format, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_BACKING,
+                                 &info)))
+        return RT_ERR_GENERAL_FAILURE;
+    rt_vd_snapshot_t *sn = NULL;
+    uint32_t snapshots = 0;
+    int rc = img_list_snapshots(vd, path, &sn, &snapshots);
+    if (RT_SUCCESS(rc)) {
+        if (output == OUTPUT_JSON)
+            print_json(path, &info, sn, snapshots, json_end);
+        else
+            print_human(path, &info, sn, snapshots);
+        *next = full_backing_name(path, &info);
+        if (info.backing_format != NULL)
+            *next_format = strdup(info.backing_format);
+    }
+    free(sn);
+    rt_vd_close(vd);
+    return rc;
+}
+
+/* The image at @a path and every image under it, as qemu-img info --backing-chain. */
+static int describe_chain(const char *path, const char *format, enum img_output output)
+{
+    char *current = strdup(path), *current_format = format ? strdup(format) : NULL;
+    int rc = current != NULL ? RT_OK : RT_ERR_NO_MEMORY;
+    if (output == OUTPUT_JSON)
+        printf("[\n");
+    for (unsigned depth = 0; RT_SUCCESS(rc) && current != NULL; depth++) {
+        if (depth == IMG_MAX_CHAIN) {
+            fprintf(stderr, "%s: %s: the backing chain is deeper than %u images (a loop?)\n", PROG,
+                    path, IMG_MAX_CHAIN);
+            rc = RT_ERR_VD_CORRUPT;
+            break;
+        }
+        char *next = NULL, *next_format = NULL;
+        if (depth > 0 && output == OUTPUT_HUMAN)
+            printf("\n");
+        rc = describe(current, current_format, output, "", &next, &next_format);
+        if (RT_SUCCESS(rc) && output == OUTPUT_JSON)
+            printf(next != NULL ? ",\n" : "\n");
+        free(current);
+        free(current_format);
+        current = next;
+        current_format = next_format;
+    }
+    if (output == OUTPUT_JSON && RT_SUCCESS(rc))
+        printf("]\n");
+    free(current);
+    free(current_format);
+    return rc;
 }
 
 int img_info_main(int argc, char **argv)
 {
     const char *format = NULL, *path;
     enum img_output output = OUTPUT_HUMAN;
-    rt_vd_t vd;
-    rt_vd_info_t info;
+    bool backing_chain = false;
     int status;
 
-    path = img_parse_inspect_args(argc, argv, usage_text, &format, &output, &status);
+    path =
+        img_parse_inspect_args(argc, argv, usage_text, &format, &output, &backing_chain, &status);
     if (!path)
         return status;
-    if (RT_FAILURE(img_open_info(&vd, path, format, RT_VD_OPEN_READ_ONLY | RT_VD_OPEN_NO_BACKING,
-                                 &info)))
+    if (backing_chain && format == NULL) {
+        /* Each image under this one is a file it names: following them is the caller's
+         * to allow, as for map, compare and convert. */
+        fprintf(stderr,
+                "%s: %s: --backing-chain opens the files the image names; give its "
+                "format with -f to allow that\n",
+                PROG, path);
         return IMG_EXIT_ERROR;
-    rt_vd_snapshot_t *sn = NULL;
-    uint32_t snapshots = 0;
-    int rc = img_list_snapshots(vd, path, &sn, &snapshots);
-    if (RT_SUCCESS(rc)) {
-        if (output == OUTPUT_JSON)
-            print_json(path, &info, sn, snapshots);
-        else
-            print_human(path, &info, sn, snapshots);
     }
-    free(sn);
-    rt_vd_close(vd);
+    char *next = NULL, *next_format = NULL;
+    int rc = backing_chain ? describe_chain(path, format, output)
+                           : describe(path, format, output, "\n", &next, &next_format);
+    free(next);
+    free(next_format);
     return RT_SUCCESS(rc) ? IMG_EXIT_OK : IMG_EXIT_ERROR;
 }

@@ -139,7 +139,7 @@ int img_map_main(int argc, char **argv)
     int status, rc;
 
     printer.path =
-        img_parse_inspect_args(argc, argv, usage_text, &format, &printer.output, &status);
+        img_parse_inspect_args(argc, argv, usage_text, &format, &printer.output, NULL, &status);
     if (!printer.path)
         return status;
     if (RT_FAILURE(img_open_info(&vd, printer.path, format, RT_VD_OPEN_READ_ONLY, &info)))

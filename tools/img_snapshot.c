@@ -60,20 +60,6 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-/* qemu-img's way of writing a VM state size: three significant digits and a binary
- * unit ("0 B", "1.5 MiB"). */
-static void format_vm_size(char *buf, size_t room, uint64_t bytes)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-    unsigned unit = 0;
-    double scaled = (double)bytes;
-    while (scaled >= 1000.0 && unit + 1 < sizeof(units) / sizeof(units[0])) {
-        scaled /= 1024.0;
-        unit++;
-    }
-    snprintf(buf, room, "%0.3g %s", scaled, units[unit]);
-}
-
 void img_print_snapshots_human(const rt_vd_snapshot_t *sn, uint32_t count)
 {
     if (count == 0)
@@ -82,7 +68,7 @@ void img_print_snapshots_human(const rt_vd_snapshot_t *sn, uint32_t count)
     printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
     for (uint32_t i = 0; i < count; i++) {
         char size[32], date[32] = "", clock[48];
-        format_vm_size(size, sizeof(size), sn[i].vm_state_size);
+        img_format_size(size, sizeof(size), sn[i].vm_state_size);
         time_t when = (time_t)sn[i].date_sec;
         struct tm tm;
         if (localtime_r(&when, &tm) != NULL)
