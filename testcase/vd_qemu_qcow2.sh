@@ -750,4 +750,31 @@ check "info --backing-chain --output=json: an array of the 3 images" \
 check "info --backing-chain without -f: refused (following the chain needs -f)" \
     bash -c "! '$img' info --backing-chain '$work/ch-2.qcow2' 2>'$work/ch.err' && grep -q -- '-f' '$work/ch.err'"
 
+# --- convert -n: into an existing image --------------------------------------------------
+qemu-img create -q -f qcow2 "$work/cn-src.qcow2" 8M
+qemu-io -f qcow2 -c 'write -P 0x17 1M 2M' -c 'write -P 0x18 6M 64k' "$work/cn-src.qcow2" >/dev/null
+for fmt in qcow2 raw; do
+    qemu-img create -q -f $fmt "$work/cn-dst.$fmt" 8M
+    qemu-io -f $fmt -c 'write -P 0x33 0 8M' "$work/cn-dst.$fmt" >/dev/null
+    cp "$work/cn-dst.$fmt" "$work/cn-theirs.$fmt"
+    check "convert -n into an existing $fmt image full of data: as qemu-img convert -n" \
+        bash -c "'$img' convert -q -n -f qcow2 -O $fmt '$work/cn-src.qcow2' '$work/cn-dst.$fmt' &&
+                 qemu-img convert -n -f qcow2 -O $fmt '$work/cn-src.qcow2' '$work/cn-theirs.$fmt' &&
+                 qemu-img compare -q -f qcow2 -F $fmt '$work/cn-src.qcow2' '$work/cn-dst.$fmt' &&
+                 qemu-img compare -q -f $fmt -F $fmt '$work/cn-dst.$fmt' '$work/cn-theirs.$fmt'"
+done
+qemu-img create -q -f qcow2 "$work/cn-zero.qcow2" 8M
+check "convert -n --target-is-zero into a new image: the same copy" \
+    bash -c "'$img' convert -q -n --target-is-zero -f qcow2 -O qcow2 '$work/cn-src.qcow2' '$work/cn-zero.qcow2' &&
+             qemu-img compare -q '$work/cn-src.qcow2' '$work/cn-zero.qcow2' && qemu-img check -q '$work/cn-zero.qcow2'"
+qemu-img create -q -f qcow2 "$work/cn-small.qcow2" 4M
+check "convert -n into a smaller image: refused, image unchanged" \
+    bash -c "cp '$work/cn-small.qcow2' '$work/cn-keep.qcow2' &&
+             ! '$img' convert -q -n -O qcow2 '$work/cn-src.qcow2' '$work/cn-small.qcow2' 2>'$work/cn.err' &&
+             grep -q smaller '$work/cn.err' && cmp '$work/cn-small.qcow2' '$work/cn-keep.qcow2'"
+check "convert --target-is-zero without -n: refused, as qemu-img refuses" \
+    bash -c "! '$img' convert -q --target-is-zero -O qcow2 '$work/cn-src.qcow2' '$work/cn-x.qcow2' 2>/dev/null &&
+             ! qemu-img convert -q --target-is-zero -O qcow2 '$work/cn-src.qcow2' '$work/cn-x.qcow2' 2>/dev/null &&
+             [ ! -e '$work/cn-x.qcow2' ]"
+
 summary

@@ -30,8 +30,12 @@
  * Reads still overlap through the queue; the writes go in whatever order pieces
  * finish, which a format that appends compressed clusters does not mind.
  *
- * The copy is made under a temporary name beside DST (".DST.vrt-XXXXXX") and renamed
- * to DST only after its final flush, without replacing a file that appeared there
+ * With -n the destination exists: it is opened, zeroed (unless --target-is-zero: then
+ * the caller says it reads as zeros already) so that zero runs can be skipped as for a
+ * new one, and written in place; nothing is renamed and an interrupted copy stays.
+ *
+ * Otherwise the copy is made under a temporary name beside DST (".DST.vrt-XXXXXX") and
+ * renamed to DST only after its final flush, without replacing a file that appeared there
  * meanwhile: DST never holds a partial copy that looks finished, whatever stops the
  * convert (a partial copy that looks like a good image is worse than none).  On any
  * failure, or SIGINT/SIGTERM, no new piece starts, everything in flight is drained,
@@ -65,8 +69,10 @@
 
 static const char usage_text[] =
     "Usage: " PROG " convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-q] [-S SIZE]\n"
-    "                        [-t CACHE] [-T CACHE] [-m N] [-W] [-U] SRC DST\n"
-    "Copy the guest contents of image SRC into a new image DST.\n"
+    "                        [-t CACHE] [-T CACHE] [-m N] [-W] [-U]\n"
+    "                        [-n [--target-is-zero]] SRC DST\n"
+    "Copy the guest contents of image SRC into a new image DST (or, with -n, into the\n"
+    "existing image DST).\n"
     "\n"
     "  -f FMT      SRC's format; default: probe it (a SRC with a backing file needs -f)\n"
     "  -O FMT      DST's format, raw (default), vdi or qcow2\n"
@@ -87,11 +93,15 @@ static const char usage_text[] =
     "              SIZE, are not written (default 4k; a multiple of 512 up to 16M);\n"
     "              -S 0 writes everything, so DST comes out fully allocated; with -c\n"
     "              zeros are skipped in whole clusters of DST, whatever SIZE (unless 0)\n"
+    "  -n          DST exists (its format is -O's): it is made to read as zeros, then\n"
+    "              written in place; it must be at least as large as SRC\n"
+    "      --target-is-zero  with -n: DST already reads as zeros; it is not zeroed first\n"
     "  -h, --help  print this text and exit\n"
     "\n"
-    "DST must not exist.  The copy is made under a temporary name beside DST\n"
+    "Without -n, DST must not exist.  The copy is made under a temporary name beside DST\n"
     "(.DST.vrt-XXXXXX) and renamed to DST only when complete and flushed; if it fails\n"
-    "or is interrupted the temporary file is removed and DST never appears.\n";
+    "or is interrupted the temporary file is removed and DST never appears.  With -n\n"
+    "the copy is made in place: an interrupted one leaves DST partly written.\n";
 
 enum slot_state { SLOT_FREE, SLOT_READING, SLOT_READ_DONE, SLOT_WRITING };
 
@@ -121,6 +131,8 @@ struct copy {
     uint64_t sparse;   /* -S; 0: write everything */
     size_t chunk;
     bool compress; /* -c */
+    bool existing; /* -n: DST exists and is written in place */
+    bool target_is_zero; /* --target-is-zero: with -n, DST already reads as zeros */
     uint64_t unit; /* pieces start and end on this grid: a cluster with -c, else 1 */
 
     uint64_t cursor; /* the first byte no piece covers yet */
@@ -427,6 +439,34 @@ static int create_destination(struct copy *c, const char *format, rt_vd_create_o
     return rc;
 }
 
+/* -n: opens the existing destination, which must be at least as large as the source,
+ * and (unless --target-is-zero) makes it read as zeros first, as a new one would, so
+ * that the copy can skip what the source reads as zeros. */
+static int open_existing(struct copy *c, const char *format)
+{
+    rt_vd_info_t info;
+    int rc = img_open_info(&c->dst, c->dst_path, format, c->dst_flags, &info);
+    if (RT_FAILURE(rc))
+        return rc;
+    c->dst_size = info.virtual_size;
+    if (info.virtual_size < c->size) {
+        fprintf(stderr, "%s: '%s' (%" PRIu64 " bytes) is smaller than '%s' (%" PRIu64 " bytes)\n",
+                PROG, c->dst_path, info.virtual_size, c->src_path, c->size);
+        rc = RT_ERR_OUT_OF_RANGE;
+    } else if (!c->target_is_zero &&
+               RT_FAILURE(
+                   rc = rt_vd_write_zeroes(c->dst, 0, info.virtual_size, RT_VD_ZERO_MAY_UNMAP))) {
+        char what[IMG_WHAT_MAX];
+        snprintf(what, sizeof(what), "zeroing '%s' before the copy", c->dst_path);
+        img_report(what, rc, NULL);
+    }
+    if (RT_FAILURE(rc)) {
+        rt_vd_close(c->dst);
+        c->dst = RT_VD_NIL;
+    }
+    return rc;
+}
+
 /* -c: pieces follow the destination's clusters; the chunk holds whole clusters. */
 static int use_clusters(struct copy *c, const char *format)
 {
@@ -461,7 +501,7 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
     if (RT_FAILURE(rc))
         return IMG_EXIT_ERROR;
     c->size = info.virtual_size;
-    rc = create_destination(c, dst_format, opts);
+    rc = c->existing ? open_existing(c, dst_format) : create_destination(c, dst_format, opts);
     if (RT_FAILURE(rc))
         goto out;
     if (c->compress)
@@ -470,7 +510,8 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
         rc = setup(c);
     if (RT_FAILURE(rc)) {
         rt_vd_close(c->dst);
-        unlink(c->tmp_path);
+        if (c->tmp_path != NULL)
+            unlink(c->tmp_path);
         goto out;
     }
 
@@ -490,7 +531,7 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
         if (RT_FAILURE(rc) && RT_SUCCESS(c->status))
             c->status = rc;
     }
-    if (RT_SUCCESS(c->status) && idle) {
+    if (RT_SUCCESS(c->status) && idle && c->tmp_path != NULL) {
         int error = img_publish(c->tmp_path, c->dst_path, false);
         if (error != 0) {
             char what[IMG_WHAT_MAX];
@@ -501,9 +542,9 @@ static int convert(struct copy *c, const char *src_format, const char *dst_forma
             img_report(what, c->status, NULL);
         }
     }
-    if (RT_FAILURE(c->status))
+    if (RT_FAILURE(c->status) && c->tmp_path != NULL)
         unlink(c->tmp_path);
-    else
+    else if (RT_SUCCESS(c->status))
         cli_progress_end(&c->progress, true);
     rc = c->status;
 out:
@@ -517,9 +558,12 @@ out:
     return RT_FAILURE(rc) ? IMG_EXIT_ERROR : IMG_EXIT_OK;
 }
 
+enum { OPT_TARGET_IS_ZERO = OPT_HELP + 1 };
+
 static const struct option long_options[] = {
     {"help", no_argument, NULL, 'h'},
     {"force-share", no_argument, NULL, 'U'},
+    {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
     {NULL, 0, NULL, 0},
 };
 
@@ -556,8 +600,11 @@ static int parse_and_convert(int argc, char **argv, rt_vd_create_opts_t *opts)
     copy.unit = 1;
     copy.slot_count = SLOT_COUNT;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":f:O:o:cpqS:t:T:m:WUh", long_options, NULL)) != -1) {
+    bool have_options = false;
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqS:t:T:m:WUnh", long_options, NULL)) != -1) {
         switch (c) {
+        case 'n': copy.existing = true; break;
+        case OPT_TARGET_IS_ZERO: copy.target_is_zero = true; break;
         case 't':
         case 'T':
             if (!parse_cache_mode(cmd, c, optarg, c == 't' ? &copy.dst_flags : &copy.src_flags))
@@ -581,6 +628,7 @@ static int parse_and_convert(int argc, char **argv, rt_vd_create_opts_t *opts)
         case 'o':
             if (!img_parse_create_options(cmd, optarg, opts, &help))
                 return IMG_EXIT_ERROR;
+            have_options = true;
             break;
         case 'p': progress = true; break;
         case 'q': quiet = true; break;
@@ -604,6 +652,14 @@ static int parse_and_convert(int argc, char **argv, rt_vd_create_opts_t *opts)
     if (opts->backing_file || opts->backing_format) {
         img_usage_error(cmd, "-o backing_file/backing_fmt: convert makes a complete copy, "
                              "without a backing file");
+        return IMG_EXIT_ERROR;
+    }
+    if (copy.target_is_zero && !copy.existing) {
+        img_usage_error(cmd, "--target-is-zero applies to an existing destination (-n)");
+        return IMG_EXIT_ERROR;
+    }
+    if (copy.existing && have_options) {
+        img_usage_error(cmd, "-o: with -n the destination exists; its options are set");
         return IMG_EXIT_ERROR;
     }
     /* The formats whose drivers implement rt_vd_write_compressed. */
