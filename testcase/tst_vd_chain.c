@@ -15,6 +15,9 @@
  *     busy, a safe rebase without the old file open, a new backing file that is missing
  *     or is the image itself (locked).
  *
+ * rt_vd_measure(): qemu-img's numbers for a size, a source's data counted in the new
+ * image's clusters (64 KiB and 512 bytes), raw, and the refusals.
+ *
  * rt_vd_commit():
  *   - the overlay's data (plain and zero ranges) lands in the backing file, which grows
  *     to the overlay's size; the overlay reads the same and is empty after (or keeps
@@ -533,6 +536,65 @@ static void test_commit_refusals(void)
     unlink(plain);
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* Measure (the same numbers as qemu-img measure; img_compat.sh compares more). */
+
+static void test_measure(void)
+{
+    rt_vd_measure_t m;
+    rt_vd_error_t err;
+    rt_vd_create_opts_t opts = {.size = 1ull << 30};
+    TST_RC(rt_vd_measure("qcow2", &opts, RT_VD_NIL, &m, &err), RT_OK);
+    CU_ASSERT_EQUAL(m.required, 393216); /* qemu-img measure --size 1G -O qcow2 */
+    CU_ASSERT_EQUAL(m.fully_allocated, 1074135040);
+    static const char *const narrow[] = {"refcount_bits=1", NULL};
+    rt_vd_create_opts_t big = {.size = 100ull << 30, .block_size = 2u << 20, .options = narrow};
+    TST_RC(rt_vd_measure("qcow2", &big, RT_VD_NIL, &m, &err), RT_OK);
+    CU_ASSERT_EQUAL(m.required, 10485760); /* qemu-img's, for 2 MiB clusters */
+    CU_ASSERT_EQUAL(m.fully_allocated, 107384668160ull);
+    TST_RC(rt_vd_measure("raw", &opts, RT_VD_NIL, &m, &err), RT_OK);
+    CU_ASSERT_EQUAL(m.required, 1ull << 30);
+    CU_ASSERT_EQUAL(m.fully_allocated, 1ull << 30);
+
+    /* A source: its data in the new image's clusters. */
+    char path[600];
+    tst_path(path, sizeof path, "measure.qcow2");
+    create(path, "qcow2", DISK, NULL, NULL, 0);
+    fill(path, "qcow2", 100, 1000, 1); /* one 64 KiB cluster */
+    rt_vd_t vd = open_overlay(path, RT_VD_OPEN_READ_ONLY);
+    rt_vd_create_opts_t copy = {0};
+    TST_RC(rt_vd_measure("qcow2", &copy, vd, &m, &err), RT_OK);
+    rt_vd_measure_t empty;
+    rt_vd_create_opts_t same_size = {.size = DISK};
+    TST_RC(rt_vd_measure("qcow2", &same_size, RT_VD_NIL, &empty, &err), RT_OK);
+    CU_ASSERT_EQUAL(m.required, empty.required + 64 * KIB);
+    CU_ASSERT_EQUAL(m.fully_allocated, empty.fully_allocated);
+    rt_vd_create_opts_t small = {.block_size = 512};
+    TST_RC(rt_vd_measure("qcow2", &small, vd, &m, &err), RT_OK);
+    same_size.block_size = 512;
+    TST_RC(rt_vd_measure("qcow2", &same_size, RT_VD_NIL, &empty, &err), RT_OK);
+    /* The source reports its whole 64 KiB cluster as data: 128 small clusters. */
+    CU_ASSERT_EQUAL(m.required, empty.required + 64 * KIB);
+
+    /* Refusals. */
+    TST_RC(rt_vd_measure(NULL, &opts, RT_VD_NIL, &m, &err), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_measure("qcow2", NULL, RT_VD_NIL, &m, &err), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_measure("qcow2", &opts, RT_VD_NIL, NULL, &err), RT_ERR_INVALID_POINTER);
+    TST_RC(rt_vd_measure("nope", &opts, RT_VD_NIL, &m, &err), RT_ERR_VD_UNKNOWN_FORMAT);
+    TST_RC(rt_vd_measure("vdi", &opts, RT_VD_NIL, &m, &err), RT_ERR_NOT_SUPPORTED);
+    rt_vd_create_opts_t odd = {.size = 1000};
+    TST_RC(rt_vd_measure("qcow2", &odd, RT_VD_NIL, &m, &err), RT_ERR_INVALID_PARAMETER);
+    rt_vd_create_opts_t backed = {.size = MIB, .backing_file = "x.qcow2"};
+    TST_RC(rt_vd_measure("qcow2", &backed, RT_VD_NIL, &m, &err), RT_ERR_INVALID_PARAMETER);
+    rt_vd_create_opts_t cluster = {.size = MIB, .block_size = 3000};
+    TST_RC(rt_vd_measure("qcow2", &cluster, RT_VD_NIL, &m, &err), RT_ERR_INVALID_PARAMETER);
+    static const char *const bad[] = {"refcount_bits=3", NULL};
+    rt_vd_create_opts_t width = {.size = MIB, .options = bad};
+    TST_RC(rt_vd_measure("qcow2", &width, RT_VD_NIL, &m, &err), RT_ERR_INVALID_PARAMETER);
+    TST_RC(rt_vd_close(vd), RT_OK);
+    unlink(path);
+}
+
 int main(void)
 {
     CU_pSuite suite = tst_suite("rebase");
@@ -545,5 +607,7 @@ int main(void)
     TST_ADD(commit, test_commit);
     TST_ADD(commit, test_commit_three_deep);
     TST_ADD(commit, test_commit_keeps_snapshot);
+    CU_pSuite sizes = tst_suite("measure");
+    TST_ADD(sizes, test_measure);
     return tst_run();
 }

@@ -605,6 +605,19 @@ check "snapshot -l --output=json: qemu-img info's snapshot keys" \
 check "vrt-img snapshot --help: exit 0, every action described" \
     bash -c "'$img' snapshot --help > '$work/sn.help' &&
              for o in -l -c -a -d -U; do grep -q -- \"^  \$o\" '$work/sn.help' || exit 1; done"
+# Long names (and UTF-8) in qemu-img's columns.
+qemu-img create -q -f qcow2 "$work/sn-names.qcow2" 1M
+qemu-img snapshot -c "a-name-longer-than-sixteen-bytes" "$work/sn-names.qcow2"
+"$img" snapshot -q -f qcow2 -c "ünïcödé name" "$work/sn-names.qcow2"
+check "snapshot -l with long and UTF-8 names: the same list as qemu-img snapshot -l" \
+    bash -c "diff <('$img' snapshot -l '$work/sn-names.qcow2') <(qemu-img snapshot -l '$work/sn-names.qcow2')"
+# A refused apply changes nothing: a dirty bitmap stays valid.
+qemu-img create -q -f qcow2 "$work/sn-bitmap.qcow2" 4M
+qemu-img bitmap --add "$work/sn-bitmap.qcow2" b0
+check "snapshot -a of an unknown snapshot on an image with a bitmap: refused, bitmap still valid" \
+    bash -c "! '$img' snapshot -f qcow2 -a nosuch '$work/sn-bitmap.qcow2' 2>/dev/null &&
+             qemu-img check -q '$work/sn-bitmap.qcow2' &&
+             ! qemu-img info '$work/sn-bitmap.qcow2' 2>&1 | grep -qi 'lacking bitmap support'"
 # Refusals.
 qemu-img create -q -f raw "$work/sn.raw" 1M
 check "vrt-img snapshot -c on raw: exit 1, no internal snapshots" \

@@ -57,6 +57,7 @@ int img_resize_main(int argc, char **argv);
 int img_snapshot_main(int argc, char **argv);
 int img_rebase_main(int argc, char **argv);
 int img_commit_main(int argc, char **argv);
+int img_measure_main(int argc, char **argv);
 int img_bench_main(int argc, char **argv);
 
 /**

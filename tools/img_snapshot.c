@@ -76,8 +76,11 @@ void img_print_snapshots_human(const rt_vd_snapshot_t *sn, uint32_t count)
         uint64_t ms = sn[i].vm_clock_nsec / 1000000u;
         snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
                  ms / 3600000u, ms / 60000u % 60u, ms / 1000u % 60u, ms % 1000u);
-        printf("%-10s%-17s%8s%20s%13s%11" PRIu64 "\n", sn[i].id, sn[i].name, size, date, clock,
-               sn[i].icount);
+        char icount[24] = ""; /* empty when not recorded, as qemu-img prints it */
+        if (sn[i].icount != UINT64_MAX)
+            snprintf(icount, sizeof(icount), "%" PRIu64, sn[i].icount);
+        /* qemu-img's row: a space after the ID and the tag even when they are long. */
+        printf("%-9s %-16s %8s%20s%13s%11s\n", sn[i].id, sn[i].name, size, date, clock, icount);
     }
 }
 
@@ -87,7 +90,8 @@ void img_print_snapshots_json(const rt_vd_snapshot_t *sn, uint32_t count, int in
     for (uint32_t i = 0; i < count; i++) {
         int in = indent + 8;
         printf("%s\n%*s{\n", i ? "," : "", indent + 4, "");
-        printf("%*s\"icount\": %" PRIu64 ",\n", in, "", sn[i].icount);
+        if (sn[i].icount != UINT64_MAX) /* left out when not recorded, as qemu-img does */
+            printf("%*s\"icount\": %" PRIu64 ",\n", in, "", sn[i].icount);
         printf("%*s\"vm-clock-nsec\": %" PRIu64 ",\n", in, "", sn[i].vm_clock_nsec % 1000000000u);
         printf("%*s\"name\": ", in, "");
         cli_json_string(sn[i].name);

@@ -1,8 +1,8 @@
 /*
  * vrt-img: inspect, create, convert, check, compare, map, resize, rebase, commit,
- * snapshot and benchmark disk images through vrt's virtual-disk API (<rt/vd.h>), with
- * qemu-img's commands, option letters, output shapes and exit statuses where qemu-img
- * has them.
+ * measure, snapshot and benchmark disk images through vrt's virtual-disk API
+ * (<rt/vd.h>), with qemu-img's commands, option letters, output shapes and exit
+ * statuses where qemu-img has them.
  *
  * This file only dispatches: each command lives in img_<command>.c and parses its own
  * options; what they share is in img_common.c.  doc/vrt-img.md is the reference.
@@ -36,6 +36,8 @@ static const struct command commands[] = {
     {"map", img_map_main, "map [-f FMT] [-U] [--output=human|json] FILE"},
     {"resize", img_resize_main, "resize -f FMT [--shrink [--force]] [-q] FILE [+|-]SIZE"},
     {"commit", img_commit_main, "commit -f FMT [-d] [-q] FILE"},
+    {"measure", img_measure_main,
+     "measure [--output=human|json] [-O FMT] [-o OPTIONS] (--size SIZE | [-f FMT] FILE)"},
     {"rebase", img_rebase_main, "rebase -f FMT [-u] [-q] -b BACKING [-F BACKING_FMT] FILE"},
     {"snapshot", img_snapshot_main,
      "snapshot [-f FMT] [-U] [-q] [-l | -c NAME | -a SNAPSHOT | -d SNAPSHOT] FILE"},
@@ -51,8 +53,8 @@ static void print_usage(void)
     const char *const *formats = rt_vd_formats();
 
     printf("Usage: %s COMMAND [OPTION]... ARG...\n"
-           "Inspect, create, convert, check, compare, map, resize, rebase, commit, snapshot\n"
-           "and benchmark disk images through vrt's virtual-disk API.\n\nCommands:\n",
+           "Inspect, create, convert, check, compare, map, resize, rebase, commit, measure,\n"
+           "snapshot and benchmark disk images through vrt's virtual-disk API.\n\nCommands:\n",
            PROG);
     for (size_t i = 0; i < COMMAND_COUNT; i++)
         printf("  %s\n", commands[i].synopsis);

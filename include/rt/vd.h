@@ -142,6 +142,36 @@ typedef struct rt_vd_create_opts {
     const char *const *options;
 } rt_vd_create_opts_t;
 
+/** What rt_vd_measure() reports: bytes of host file a new image needs. */
+typedef struct rt_vd_measure {
+    /** Holding what the source holds (its data, rounded up to whole units, and all the
+     *  metadata a fully allocated image would have: an overestimate, as qemu-img's). */
+    uint64_t required;
+    /** With every unit of the virtual size allocated. */
+    uint64_t fully_allocated;
+} rt_vd_measure_t;
+
+/**
+ * How large a new image of @a format would be, as `qemu-img measure` computes it:
+ * for an image of @a opts->size bytes (@a source NIL), or for a copy of @a source (its
+ * size rounded up to 512 bytes, and every range its chain reads as data, rounded out
+ * to the new image's units; zero ranges need no space).
+ *
+ * @param format  "raw" or "qcow2" (others: RT_ERR_NOT_SUPPORTED, as qemu-img).
+ * @param opts    the create options the new image would get (size, block_size,
+ *                version, options such as refcount_bits; RT_VD_CREATE_STATIC counts
+ *                every unit as required).  No backing file.
+ * @param source  an open image, or RT_VD_NIL; read with rt_vd_block_status() only.
+ * @param out     receives the sizes.
+ * @retval RT_OK
+ * @retval RT_ERR_INVALID_POINTER, RT_ERR_VD_UNKNOWN_FORMAT, RT_ERR_NOT_SUPPORTED
+ * @retval RT_ERR_INVALID_PARAMETER  an option rt_vd_create() would refuse, a backing
+ *                                   file, or a size that is not a multiple of 512.
+ * @retval the statuses of rt_vd_block_status() (source).
+ */
+int rt_vd_measure(const char *format, const rt_vd_create_opts_t *opts, rt_vd_t source,
+                  rt_vd_measure_t *out, rt_vd_error_t *err);
+
 /** One option a format takes, as rt_vd_format_options() lists them. */
 typedef struct rt_vd_option {
     const char *name;  /**< "refcount_bits" */
@@ -463,7 +493,8 @@ typedef struct rt_vd_snapshot {
     /** The virtual size it was taken at; 0 when the image does not record it (version 2
      *  images written by old tools). */
     uint64_t disk_size;
-    /** QEMU's instruction count for record/replay; 0 when not recorded. */
+    /** QEMU's instruction count for record/replay; UINT64_MAX when not recorded (as
+     *  QEMU writes it without record/replay, or an older entry without it). */
     uint64_t icount;
 } rt_vd_snapshot_t;
 
@@ -536,8 +567,9 @@ int rt_vd_snapshot_create(rt_vd_t vd, const char *name, rt_vd_snapshot_t *create
  * to it; a crash leaves either the old contents or the snapshot's, never a mix.  The
  * old contents' references are dropped after that write (a crash between leaks space).
  *
- * If re-reading the image's metadata after the switch fails, the handle is poisoned
- * (writes and flushes fail) and must be closed; the image in the file is consistent.
+ * If re-reading the image's metadata after the switch fails, every later request on
+ * the handle (reads and block status too) fails with that status, and it must be
+ * closed; the image in the file is consistent.
  *
  * @param vd     a writable image with nothing outstanding.
  * @param which  the snapshot's ID or name.

@@ -449,9 +449,12 @@ int rt__qcow2_reload(rt_vd_t vd, rt_vd_error_t *err)
     struct qcow2 *s = NULL;
     int rc = load_state(vd, old->l2_cache_bytes, &s, err);
     if (rc != RT_OK) {
-        /* What memory holds no longer matches the file: nothing may be written from it. */
+        /* What memory holds no longer matches the file: nothing may be read or written
+         * through it, and close must not trim the file by it. */
         if (vd->poisoned == RT_OK)
             vd->poisoned = rc;
+        vd->lost_state = rc;
+        old->file_grown = old->file_size_at_open;
         return rc;
     }
     free_state(old);
@@ -824,4 +827,6 @@ const struct vd_driver rt__vd_qcow2_driver = {
     .snapshot_delete = rt__qcow2_snapshot_delete,
     .set_backing = rt__qcow2_set_backing,
     .make_empty = rt__qcow2_make_empty,
+    .measure = rt__qcow2_measure,
+    .unit_of = rt__qcow2_unit_of,
 };

@@ -356,6 +356,9 @@ int rt__qcow2_set_copied(rt_vd_t vd);
 int rt__qcow2_for_each_referenced(const struct qcow2 *s, uint64_t entry,
                                   int (*fn)(void *ctx, uint64_t cluster), void *ctx);
 int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
+int rt__qcow2_measure(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
+                      rt_vd_measure_t *out, rt_vd_error_t *err);
+uint64_t rt__qcow2_unit_of(const rt_vd_create_opts_t *opts);
 int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf);
 /* The driver's zero(): zero clusters, dropped clusters (see rt_vd_write_zeroes()). */
 int rt__qcow2_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64_t seq,

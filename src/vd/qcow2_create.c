@@ -44,26 +44,24 @@ static const struct {
     {2, 0, "bitmaps"},            {2, 1, "raw external data"},
 };
 
-int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err)
+/* The shape create and measure share: cluster size, version, refcount order. */
+struct shape {
+    uint32_t cluster, version, order;
+};
+
+static int parse_shape(const rt_vd_create_opts_t *opts, struct shape *sh, rt_vd_error_t *err)
 {
-    uint32_t cluster = opts->block_size ? opts->block_size : DEFAULT_CLUSTER;
-    if ((cluster & (cluster - 1)) != 0 || cluster < 512 || cluster > (2u << 20))
+    sh->cluster = opts->block_size ? opts->block_size : DEFAULT_CLUSTER;
+    if ((sh->cluster & (sh->cluster - 1)) != 0 || sh->cluster < 512 || sh->cluster > (2u << 20))
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "QCOW2 cluster size %u is not a power of two in 512..2097152",
-                           cluster);
-    uint32_t version = opts->version ? opts->version : 3;
-    if (version != 2 && version != 3)
+                           sh->cluster);
+    sh->version = opts->version ? opts->version : 3;
+    if (sh->version != 2 && sh->version != 3)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "QCOW2 version %u does not exist (2 is compat=0.10, 3 is compat=1.1)",
-                           version);
-    if (opts->flags & RT_VD_CREATE_STATIC)
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
-                           "preallocated QCOW2 images are not supported");
-    size_t backing_len = opts->backing_file ? strlen(opts->backing_file) : 0;
-    if (backing_len > QCOW2_MAX_BACKING_NAME)
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
-                           "backing file name longer than %u bytes", QCOW2_MAX_BACKING_NAME);
-    uint32_t order = 4; /* 16-bit refcounts */
+                           sh->version);
+    sh->order = 4; /* 16-bit refcounts */
     const char *width = rt__vd_option(opts->options, "refcount_bits");
     if (width != NULL) {
         uint64_t value = 0;
@@ -71,12 +69,72 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
             (value & (value - 1)) != 0)
             return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                                "refcount_bits: '%s' is not 1, 2, 4, 8, 16, 32 or 64", width);
-        for (order = 0; (1u << order) < value; order++)
+        for (sh->order = 0; (1u << sh->order) < value; sh->order++)
             ;
-        if (version == 2 && order != 4)
+        if (sh->version == 2 && sh->order != 4)
             return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                                "refcount_bits other than 16 needs compat=1.1 (version 3)");
     }
+    return RT_OK;
+}
+
+uint64_t rt__qcow2_unit_of(const rt_vd_create_opts_t *opts)
+{
+    return opts->block_size ? opts->block_size : DEFAULT_CLUSTER;
+}
+
+/* Refcount table and blocks for @a clusters clusters and themselves. */
+static uint64_t refcount_metadata(uint64_t clusters, const struct shape *sh)
+{
+    uint64_t per_table_cluster = sh->cluster / 8u;
+    uint64_t per_block = (uint64_t)sh->cluster * 8u >> sh->order;
+    uint64_t table = 0, blocks = 0, total = 0, last;
+    do {
+        last = total;
+        blocks = div_up(clusters + table + blocks, per_block);
+        table = div_up(blocks, per_table_cluster);
+        total = clusters + blocks + table;
+    } while (total != last);
+    return (blocks + table) * sh->cluster;
+}
+
+int rt__qcow2_measure(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
+                      rt_vd_measure_t *out, rt_vd_error_t *err)
+{
+    struct shape sh;
+    int rc = parse_shape(opts, &sh, err);
+    if (rc != RT_OK)
+        return rc;
+    (void)source;
+    uint64_t aligned = div_up(opts->size, sh.cluster) * sh.cluster;
+    /* As a fully allocated image lays out: header, L2 tables for every cluster, the L1
+     * table naming them, and the refcounts of all of it (whole clusters each). */
+    uint64_t per_table = sh.cluster / 8u;
+    uint64_t l2_entries = div_up(aligned / sh.cluster, per_table) * per_table;
+    uint64_t l1_entries = div_up(l2_entries * 8u / sh.cluster, per_table) * per_table;
+    uint64_t meta = sh.cluster + l2_entries * 8u + l1_entries * 8u;
+    meta += refcount_metadata((meta + aligned) / sh.cluster, &sh);
+    out->fully_allocated = meta + aligned;
+    /* The metadata of a full image is counted either way (an overestimate, as
+     * qemu-img's); only the data is what the source holds. */
+    out->required = (opts->flags & RT_VD_CREATE_STATIC) ? out->fully_allocated : meta + data;
+    return RT_OK;
+}
+
+int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err)
+{
+    struct shape sh;
+    int rc = parse_shape(opts, &sh, err);
+    if (rc != RT_OK)
+        return rc;
+    uint32_t cluster = sh.cluster, version = sh.version, order = sh.order;
+    if (opts->flags & RT_VD_CREATE_STATIC)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
+                           "preallocated QCOW2 images are not supported");
+    size_t backing_len = opts->backing_file ? strlen(opts->backing_file) : 0;
+    if (backing_len > QCOW2_MAX_BACKING_NAME)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "backing file name longer than %u bytes",
+                           QCOW2_MAX_BACKING_NAME);
     uint32_t bits = 0;
     while ((1u << bits) < cluster)
         bits++;
@@ -130,7 +188,7 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
     uint32_t at = header_length;
     /* Cluster 0 holds the header, the extensions, their end marker and the backing
      * name; the extensions get what the others leave. */
-    int rc = RT_OK;
+    rc = RT_OK;
     uint32_t room = 0;
     if ((uint64_t)header_length + 8u + backing_len > cluster)
         rc = rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,

@@ -179,7 +179,7 @@ static void describe(const struct sn_entry *e, rt_vd_snapshot_t *out)
     out->vm_clock_nsec = vd_be64(e->raw + 24);
     out->vm_state_size = entry_extra64(e, 0, vd_be32(e->raw + 32));
     out->disk_size = entry_extra64(e, 8, 0);
-    out->icount = entry_extra64(e, 16, 0);
+    out->icount = entry_extra64(e, 16, UINT64_MAX);
 }
 
 static bool text_is(const uint8_t *text, uint16_t len, const char *want)
@@ -636,6 +636,12 @@ int rt__qcow2_snapshot_apply(rt_vd_t vd, const char *which, rt_vd_error_t *err)
     }
     if ((rc = read_snapshot_l1(vd, e, (uint32_t)entries, &l1)) != RT_OK) {
         rt__vd_fail(err, rc, "cannot read the snapshot's L1 table");
+        goto out;
+    }
+    /* The disk's contents are about to change: bitmaps stop being valid now, not
+     * before the snapshot was found and the image checked. */
+    if ((rc = rt__vd_begin_write(vd)) != RT_OK) {
+        rt__vd_fail(err, rc, "cannot prepare the image for writing");
         goto out;
     }
     if ((rc = raise_reach(vd, l1, (uint32_t)entries, err)) != RT_OK)

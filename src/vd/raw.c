@@ -132,6 +132,22 @@ static int raw_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent
     return RT_OK;
 }
 
+/* A raw image is its data: the file is the virtual size either way (qemu-img says so
+ * too, although a sparse file takes less). */
+static int raw_measure(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
+                       rt_vd_measure_t *out, rt_vd_error_t *err)
+{
+    (void)data, (void)source, (void)err;
+    out->required = out->fully_allocated = opts->size;
+    return RT_OK;
+}
+
+static uint64_t raw_unit_of(const rt_vd_create_opts_t *opts)
+{
+    (void)opts;
+    return 512;
+}
+
 const struct vd_driver rt__vd_raw_driver = {
     .name = "raw",
     .caps = VD_CAP_CREATE | VD_CAP_WRITE,
@@ -144,4 +160,6 @@ const struct vd_driver rt__vd_raw_driver = {
     .resize = raw_resize,
     .info = raw_info,
     .block_status = raw_block_status,
+    .measure = raw_measure,
+    .unit_of = raw_unit_of,
 };

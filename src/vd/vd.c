@@ -581,6 +581,31 @@ static int backing_size(const char *path, rt_vd_create_opts_t *shape, rt_vd_erro
     return rc;
 }
 
+int rt__vd_check_create(const struct vd_driver *driver, const rt_vd_create_opts_t *shape,
+                        rt_vd_error_t *err)
+{
+    if (shape->flags & ~RT_VD_CREATE_STATIC)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown create flag 0x%x",
+                           shape->flags & ~RT_VD_CREATE_STATIC);
+    if (!(driver->caps & VD_CAP_CREATE))
+        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED, "%s images cannot be created here",
+                           driver->name);
+    if ((shape->backing_file != NULL || shape->backing_format != NULL) &&
+        !(driver->caps & VD_CAP_BACKING))
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "%s images have no backing file",
+                           driver->name);
+    if (shape->version != 0 && !(driver->caps & VD_CAP_VERSION))
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "%s images have no version",
+                           driver->name);
+    int rc = check_options(driver, driver->create_options, shape->options, err);
+    if (rc != RT_OK)
+        return rc;
+    if (shape->backing_format != NULL && rt__vd_driver_find(shape->backing_format) == NULL)
+        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown backing file format '%.64s'",
+                           shape->backing_format);
+    return RT_OK;
+}
+
 int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t *opts,
                  rt_vd_error_t *err)
 {
@@ -596,26 +621,9 @@ int rt_vd_create(const char *path, const char *format, const rt_vd_create_opts_t
                                                                               : sizeof(shape);
     memcpy(&shape, opts, known);
     shape.struct_size = sizeof(shape);
-    if (shape.flags & ~RT_VD_CREATE_STATIC)
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown create flag 0x%x",
-                           shape.flags & ~RT_VD_CREATE_STATIC);
-    if (!(driver->caps & VD_CAP_CREATE))
-        return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED, "%s images cannot be created here",
-                           driver->name);
-    if ((shape.backing_file != NULL || shape.backing_format != NULL) &&
-        !(driver->caps & VD_CAP_BACKING))
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "%s images have no backing file",
-                           driver->name);
-    if (shape.version != 0 && !(driver->caps & VD_CAP_VERSION))
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "%s images have no version",
-                           driver->name);
-    int orc = check_options(driver, driver->create_options, shape.options, err);
+    int orc = rt__vd_check_create(driver, &shape, err);
     if (orc != RT_OK)
         return orc;
-    if (shape.backing_format != NULL && rt__vd_driver_find(shape.backing_format) == NULL)
-        return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
-                           "unknown backing file format '%.64s'",
-                           shape.backing_format);
     if (shape.size == 0 && shape.backing_file != NULL) {
         int rc = backing_size(path, &shape, err);
         if (rc != RT_OK)
@@ -707,6 +715,8 @@ int rt__vd_check_request(rt_vd_t vd, int kind, uint64_t off, const rt_iovec_t *i
     int rc = check_iov(iov, iovcnt, total);
     if (rc != RT_OK)
         return rc;
+    if (vd->lost_state != RT_OK)
+        return vd->lost_state;
     if (kind == VD_IO_WRITE && vd->read_only)
         return RT_ERR_VD_READ_ONLY;
     /* What the backing file holds is unknown (a flush needs none of it). */
@@ -723,6 +733,8 @@ int rt__vd_check_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t flags)
         return RT_ERR_INVALID_PARAMETER;
     if (vd->read_only)
         return RT_ERR_VD_READ_ONLY;
+    if (vd->lost_state != RT_OK)
+        return vd->lost_state;
     if (vd->backing_unopened)
         return RT_ERR_ACCESS_DENIED; /* a partial unit's old contents are unknown */
     return check_range(vd, off, len);
@@ -910,6 +922,8 @@ int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *e
         return RT_ERR_INVALID_HANDLE;
     if (ext == NULL)
         return RT_ERR_INVALID_POINTER;
+    if (vd->lost_state != RT_OK)
+        return vd->lost_state;
     if (vd->backing_unopened)
         return RT_ERR_ACCESS_DENIED;
     if (off >= vd->size || len == 0)

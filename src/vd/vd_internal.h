@@ -175,13 +175,21 @@ struct vd_driver {
      * arguments and, for the three that change the image, that it is writable and idle,
      * and has committed and flushed everything.  Each makes its change durable before it
      * returns and leaves the driver's state as a fresh open would read the file; apply
-     * sets vd->size to the snapshot's size. */
+     * sets vd->size to the snapshot's size, and calls rt__vd_begin_write() itself once
+     * it has found the snapshot (a refused apply must leave dirty bitmaps valid). */
     int (*snapshot_list)(rt_vd_t vd, rt_vd_snapshot_t *out, uint32_t capacity, uint32_t *count,
                          rt_vd_error_t *err);
     int (*snapshot_create)(rt_vd_t vd, const char *name, rt_vd_snapshot_t *created,
                            rt_vd_error_t *err);
     int (*snapshot_apply)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
     int (*snapshot_delete)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
+    /* The sizes a new image of @a opts would need, holding @a data bytes (the source's
+     * data ranges rounded out to @a unit, which the driver gives through unit_of()), or
+     * none when @a source is false (NULL: the format cannot be measured). */
+    int (*measure)(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
+                   rt_vd_measure_t *out, rt_vd_error_t *err);
+    /* The allocation unit a new image of @a opts would have (measure counts in it). */
+    uint64_t (*unit_of)(const rt_vd_create_opts_t *opts);
     /* Makes the image name @a name (NULL: no backing file) with @a format (NULL: not
      * recorded) as its backing file, durably, in an order a crash leaves the old name
      * or the new one in; nothing else changes (NULL: the format has no backing files).
@@ -258,6 +266,9 @@ struct rt_vd {
     /* RT_OK, or the status of the fsync or commit that failed: every later write and
      * flush fails with it until the image is reopened. */
     int poisoned;
+    /* RT_OK, or why the driver's state no longer describes the file (a reload after a
+     * change made in the file failed): every request fails with it, reads too. */
+    int lost_state;
     bool writeback_running; /* a write is committing for the metadata budget */
     struct rt_vd_queue *sync_queue;
 };
@@ -276,6 +287,10 @@ void *rt__vd_grow(void *items, size_t *cap, size_t len, size_t item_size, size_t
 
 /* The value of option @a name in a checked "name=value" list (NULL: not given). */
 const char *rt__vd_option(const char *const *options, const char *name);
+/* What rt_vd_create() checks of @a shape before anything is created (flags, what the
+ * format takes, its own options, a backing format's name). */
+int rt__vd_check_create(const struct vd_driver *driver, const rt_vd_create_opts_t *shape,
+                        rt_vd_error_t *err);
 
 /* Parses a size option value ("64k", "1M", "4096"); false when it is not one. */
 bool rt__vd_parse_size(const char *text, uint64_t *value);

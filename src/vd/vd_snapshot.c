@@ -73,14 +73,11 @@ int rt_vd_snapshot_create(rt_vd_t vd, const char *name, rt_vd_snapshot_t *create
 
 int rt_vd_snapshot_apply(rt_vd_t vd, const char *which, rt_vd_error_t *err)
 {
+    /* The guest's data changes: the driver makes what the format keeps beside it (dirty
+     * bitmaps) invalid (rt__vd_begin_write) once the snapshot is found and the image
+     * checked, so that a refused apply leaves them valid. */
     int rc = prepare_change(vd, which, err);
-    if (rc != RT_OK)
-        return rc;
-    /* The guest's data changes: what the format keeps beside it (dirty bitmaps) stops
-     * being valid first, as for a write. */
-    if ((rc = rt__vd_begin_write(vd)) != RT_OK)
-        return rt__vd_fail(err, rc, "cannot prepare the image for writing");
-    return vd->driver->snapshot_apply(vd, which, err);
+    return rc != RT_OK ? rc : vd->driver->snapshot_apply(vd, which, err);
 }
 
 int rt_vd_snapshot_delete(rt_vd_t vd, const char *which, rt_vd_error_t *err)
