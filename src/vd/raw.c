@@ -67,6 +67,10 @@ static int raw_map(rt_vd_t vd, uint64_t off, uint64_t len, struct vd_map *map,
  * deallocated (a discard, or zeros with RT_VD_ZERO_MAY_UNMAP), FALLOC_FL_ZERO_RANGE
  * when it must stay allocated.  Where neither works the engine writes the zeros, and
  * a discard does nothing. */
+/* Block devices take fallocate() only in whole logical blocks (EINVAL otherwise); this
+ * covers every logical block size Linux has. */
+#define DEVICE_GRAIN 4096u
+
 static int raw_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64_t seq,
                     struct vd_zero *z)
 {
@@ -74,6 +78,18 @@ static int raw_zero(rt_vd_t vd, uint64_t off, uint64_t len, uint32_t how, uint64
     bool unmap = (how & (VD_ZERO_DISCARD | RT_VD_ZERO_MAY_UNMAP)) != 0;
     int rc = unmap ? rt__vd_punch(vd, off, len) : rt__vd_zero_range(vd, off, len);
     z->length = len;
+    if (rc == RT_ERR_INVALID_PARAMETER && (off % DEVICE_GRAIN != 0 || len % DEVICE_GRAIN != 0)) {
+        /* A block device: a partial block at either end goes back to the engine, which
+         * writes zeros there (a discard leaves it); the whole blocks are done here. */
+        uint64_t head = off % DEVICE_GRAIN ? DEVICE_GRAIN - off % DEVICE_GRAIN : 0;
+        if (head > 0 || len < DEVICE_GRAIN) {
+            z->length = head > 0 && head < len ? head : len;
+            z->done = false;
+            return RT_OK;
+        }
+        z->length = len - len % DEVICE_GRAIN;
+        rc = unmap ? rt__vd_punch(vd, off, z->length) : rt__vd_zero_range(vd, off, z->length);
+    }
     z->done = rc == RT_OK;
     return rc == RT_ERR_NOT_SUPPORTED ? RT_OK : rc;
 }

@@ -308,6 +308,15 @@ int rt_file_get_size(rt_file_t file, uint64_t *size)
         return RT_ERR_INVALID_POINTER;
     if (rt__posix_sys.fstat(file->fd, &st) != 0)
         return rt_err_from_errno(errno);
+    if (S_ISBLK(st.st_mode)) {
+        /* A block device's st_size is 0; its end is where it ends.  Reads and writes
+         * are positioned, so moving the offset disturbs nothing. */
+        off_t end = lseek(file->fd, 0, SEEK_END);
+        if (end < 0)
+            return rt_err_from_errno(errno);
+        *size = (uint64_t)end;
+        return RT_OK;
+    }
     *size = (uint64_t)st.st_size;
     return RT_OK;
 }
