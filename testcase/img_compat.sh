@@ -148,6 +148,7 @@ check "resize smaller without --shrink (refused)" same resize -q -f qcow2 new.qc
 # qemu-img snapshot has no -f; vrt-img's writing actions need it.
 check "snapshot -c" same_write snapshot -q -c s1 other.qcow2 -- snapshot -q -f qcow2 -c s1 other.qcow2
 check "snapshot -l (text)" same_list snapshot -l other.qcow2
+check "snapshot -l of a raw image: none, exit 0" same_text snapshot -l r.raw
 check "snapshot -a s1" same_write snapshot -q -a s1 other.qcow2 -- snapshot -q -f qcow2 -a s1 other.qcow2
 check "snapshot -a of an unknown snapshot (refused)" \
     same_write snapshot -q -a nope other.qcow2 -- snapshot -q -f qcow2 -a nope other.qcow2
