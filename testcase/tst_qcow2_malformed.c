@@ -1049,6 +1049,8 @@ static void test_snapshot_image(void)
         BAD("snap extra data past eof", QEMU_SNAP_LAST, CORRUPT, "snapshot",
             AT32(SNAPSHOTS, 36, 0xffffffff)),
         BAD("snap name past eof", QEMU_SNAP_LAST, CORRUPT, "snapshot", AT16(SNAPSHOTS, 14, 0xffff)),
+        /* More extra data than QEMU opens (its limit, 1024 bytes, and one past). */
+        BAD("snap extra data 1025", QEMU_SNAP, CORRUPT, "extra data", AT32(SNAPSHOTS, 36, 1025)),
         /* The snapshot's L2 table named with the end of the file inside it. */
         BAD("snap l2 cut by eof", QEMU_SNAP, CORRUPT, "snapshot",
             AT64(SNAPSHOT_L1, 0, EOF_CLUSTER, -4096ull)),

@@ -30,8 +30,9 @@
 /* Metadata roles, kept in the low bits of each index entry. */
 enum { ROLE_FIXED, ROLE_L2 };
 
-/* Snapshot table entries: the fixed part. */
-#define SNAPSHOT_FIXED 40u
+/* Snapshot table entries: the fixed part, and the most extra data QEMU opens. */
+#define SNAPSHOT_FIXED     40u
+#define SNAPSHOT_MAX_EXTRA 1024u
 /* Bitmap directory entries: the fixed part, and what QEMU allows in it. */
 #define BITMAP_FIXED 24u
 #define BITMAP_TYPE_DIRTY 1u
@@ -211,6 +212,13 @@ int rt__qcow2_walk_snapshots(rt_vd_t vd, struct qcow2 *s, uint64_t file_size,
         }
         if ((rc = window_get(&w, at, fixed, sizeof(fixed))) != RT_OK)
             goto out;
+        if (vd_be32(fixed + 36) > SNAPSHOT_MAX_EXTRA) {
+            rc = rt__vd_fail(err, RT_ERR_VD_CORRUPT,
+                             "QCOW2 snapshot table entry %u has %u bytes of extra data (QEMU "
+                             "allows %u)",
+                             n, vd_be32(fixed + 36), SNAPSHOT_MAX_EXTRA);
+            goto out;
+        }
         uint64_t entry_len =
             sizeof(fixed) + (uint64_t)vd_be32(fixed + 36) + vd_be16(fixed + 12) + vd_be16(fixed + 14);
         if (!vd_inside(at, entry_len, file_size)) {
