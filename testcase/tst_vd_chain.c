@@ -32,6 +32,7 @@
 #include "tst_files.h"
 #include "tst_qcow2.h"
 #include "tst_qemu_img.h"
+#include "tst_vd_helpers.h"
 
 #include <rt/vd.h>
 
@@ -68,13 +69,7 @@ static void fill(const char *path, const char *format, uint64_t off, uint64_t le
 
 static rt_vd_t open_overlay(const char *path, uint32_t flags)
 {
-    rt_vd_t vd = RT_VD_NIL;
-    rt_vd_error_t err;
-    int rc = rt_vd_open(&vd, path, "qcow2", flags, &err);
-    if (rc != RT_OK)
-        fprintf(stderr, "\n  open %s: %s", path, err.msg);
-    TST_RC_FATAL(rc, RT_OK);
-    return vd;
+    return tst_vd_open(path, "qcow2", flags);
 }
 
 static void read_all(rt_vd_t vd, uint8_t *out)
@@ -282,11 +277,6 @@ static void test_extensions_kept(void)
     remove_files(&f);
 }
 
-static void noop_done(void *user, int status)
-{
-    *(int *)user = status;
-}
-
 static void test_refusals(void)
 {
     struct files f;
@@ -307,16 +297,10 @@ static void test_refusals(void)
     TST_RC(rt_vd_rebase(vd, "rebase-missing.qcow2", "qcow2", 0, &err), RT_ERR_FILE_NOT_FOUND);
     TST_RC(rt_vd_rebase(vd, "rebase-top.qcow2", "qcow2", 0, &err), RT_ERR_VD_LOCKED);
     /* Busy. */
-    rt_vd_queue_t q;
-    TST_RC_FATAL(rt_vd_queue_create(&q, 4), RT_OK);
-    static uint8_t one[512];
-    rt_iovec_t iov = {one, sizeof one};
-    int status = 1;
-    TST_RC(rt_vd_queue_read(q, vd, 0, &iov, 1, noop_done, &status), RT_OK);
+    struct tst_busy busy;
+    tst_busy_begin(&busy, vd);
     TST_RC(rt_vd_rebase(vd, "rebase-b.raw", "raw", 0, &err), RT_ERR_BUSY);
-    while (status == 1)
-        TST_RC(rt_vd_queue_run(q, 1, 1000, NULL), RT_OK);
-    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    tst_busy_end(&busy);
     names(vd, "rebase-a.qcow2", "qcow2");
     TST_RC(rt_vd_close(vd), RT_OK);
     uint8_t *now = slurp(f.top, &size1);
@@ -518,16 +502,10 @@ static void test_commit_refusals(void)
     CU_ASSERT(memcmp(buf, before, 4096) == 0);
     CU_ASSERT(allocated(vd) > 0); /* not emptied */
     /* Busy. */
-    rt_vd_queue_t q;
-    TST_RC_FATAL(rt_vd_queue_create(&q, 4), RT_OK);
-    static uint8_t one[512];
-    rt_iovec_t iov = {one, sizeof one};
-    int status = 1;
-    TST_RC(rt_vd_queue_read(q, vd, 0, &iov, 1, noop_done, &status), RT_OK);
+    struct tst_busy busy;
+    tst_busy_begin(&busy, vd);
     TST_RC(rt_vd_commit(vd, 0, &err), RT_ERR_BUSY);
-    while (status == 1)
-        TST_RC(rt_vd_queue_run(q, 1, 1000, NULL), RT_OK);
-    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    tst_busy_end(&busy);
     TST_RC(rt_vd_close(vd), RT_OK);
     TST_RC(rt_vd_close(holder), RT_OK);
     unlink(other);

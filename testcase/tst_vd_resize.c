@@ -15,6 +15,7 @@
 #include "tst_common.h"
 #include "tst_files.h"
 #include "tst_qemu_img.h"
+#include "tst_vd_helpers.h"
 
 #include <rt/vd.h>
 
@@ -254,11 +255,6 @@ static void test_overlay_hides_backing(void)
     unlink(base);
 }
 
-static void noop_done(void *user, int status)
-{
-    *(int *)user = status;
-}
-
 static void test_refusals(void)
 {
     char path[600];
@@ -273,16 +269,10 @@ static void test_refusals(void)
     TST_RC(rt_vd_resize(vd, 1ull << 62, 0, &err), RT_ERR_OUT_OF_RANGE);
     TST_RC(rt_vd_resize(vd, DISK, 0, &err), RT_OK); /* the same size: nothing to do */
     /* Busy: a queued request outstanding. */
-    rt_vd_queue_t q;
-    TST_RC_FATAL(rt_vd_queue_create(&q, 4), RT_OK);
-    static uint8_t one[512];
-    rt_iovec_t iov = {one, sizeof one};
-    int status = 1;
-    TST_RC(rt_vd_queue_read(q, vd, 0, &iov, 1, noop_done, &status), RT_OK);
+    struct tst_busy busy;
+    tst_busy_begin(&busy, vd);
     TST_RC(rt_vd_resize(vd, 2 * DISK, 0, &err), RT_ERR_BUSY);
-    while (status == 1)
-        TST_RC(rt_vd_queue_run(q, 1, 1000, NULL), RT_OK);
-    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    tst_busy_end(&busy);
     CU_ASSERT_EQUAL(size_of(vd), DISK);
     TST_RC(rt_vd_close(vd), RT_OK);
     vd = open_rw(&shapes[1], path, RT_VD_OPEN_READ_ONLY);

@@ -21,6 +21,7 @@
 #include "tst_files.h"
 #include "tst_qcow2.h"
 #include "tst_qemu_img.h"
+#include "tst_vd_helpers.h"
 
 #include <rt/vd.h>
 
@@ -62,13 +63,7 @@ static void create_image(const char *path, const struct shape *sh, uint64_t size
 
 static rt_vd_t open_image(const char *path, uint32_t flags)
 {
-    rt_vd_t vd = RT_VD_NIL;
-    rt_vd_error_t err;
-    int rc = rt_vd_open(&vd, path, "qcow2", flags, &err);
-    if (rc != RT_OK)
-        fprintf(stderr, "\n  open %s: %s", path, err.msg);
-    TST_RC_FATAL(rc, RT_OK);
-    return vd;
+    return tst_vd_open(path, "qcow2", flags);
 }
 
 static void fill(rt_vd_t vd, uint64_t off, uint64_t len, uint8_t seed)
@@ -356,11 +351,6 @@ static void test_ids_and_names(void)
     unlink(path);
 }
 
-static void noop_done(void *user, int status)
-{
-    *(int *)user = status;
-}
-
 /* The L2 entry of guest offset 0 and the refcount entry of the cluster it names: the
  * refcount is set to @a value by hand (a corrupt image when it is too low). */
 static void set_refcount_of_first_cluster(const char *path, uint64_t value)
@@ -417,17 +407,11 @@ static void test_refusals(void)
     TST_RC(rt_vd_snapshot_delete(vd, "nope", &err), RT_ERR_FILE_NOT_FOUND);
 
     /* Busy: a queued request outstanding. */
-    rt_vd_queue_t q;
-    TST_RC_FATAL(rt_vd_queue_create(&q, 4), RT_OK);
-    static uint8_t one[512];
-    rt_iovec_t iov = {one, sizeof one};
-    int status = 1;
-    TST_RC(rt_vd_queue_read(q, vd, 0, &iov, 1, noop_done, &status), RT_OK);
+    struct tst_busy busy;
+    tst_busy_begin(&busy, vd);
     TST_RC(rt_vd_snapshot_create(vd, "busy", NULL, &err), RT_ERR_BUSY);
     TST_RC(rt_vd_snapshot_list(vd, NULL, 0, &count, &err), RT_ERR_BUSY);
-    while (status == 1)
-        TST_RC(rt_vd_queue_run(q, 1, 1000, NULL), RT_OK);
-    TST_RC(rt_vd_queue_destroy(q), RT_OK);
+    tst_busy_end(&busy);
     TST_RC(rt_vd_close(vd), RT_OK);
 
     /* Read-only: listed, not changed. */

@@ -93,20 +93,38 @@ bool cli_parse_seconds(const char *text, double *seconds)
     return *seconds <= 366.0 * 24 * 3600;
 }
 
+static const char *const binary_units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+
+/* @a bytes in the largest binary unit that keeps it below @a limit (1024, or 1000 for
+ * at most three digits before the point); *@a unit receives the unit's name. */
+static double scale_binary(uint64_t bytes, double limit, const char **unit)
+{
+    unsigned u = 0;
+    double scaled = (double)bytes;
+    while (scaled >= limit && u + 1 < sizeof(binary_units) / sizeof(binary_units[0])) {
+        scaled /= 1024.0;
+        u++;
+    }
+    *unit = binary_units[u];
+    return scaled;
+}
+
 const char *cli_format_size(char *buf, size_t room, uint64_t bytes)
 {
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-    unsigned unit = 0;
-    double scaled = (double)bytes;
-
-    while (scaled >= 1024.0 && unit + 1 < sizeof(units) / sizeof(units[0])) {
-        scaled /= 1024.0;
-        unit++;
-    }
+    const char *unit;
+    double scaled = scale_binary(bytes, 1024.0, &unit);
     if (scaled == floor(scaled))
-        snprintf(buf, room, "%.0f %s", scaled, units[unit]);
+        snprintf(buf, room, "%.0f %s", scaled, unit);
     else
-        snprintf(buf, room, "%.1f %s", scaled, units[unit]);
+        snprintf(buf, room, "%.1f %s", scaled, unit);
+    return buf;
+}
+
+const char *cli_format_size_qemu(char *buf, size_t room, uint64_t bytes)
+{
+    const char *unit;
+    double scaled = scale_binary(bytes, 1000.0, &unit);
+    snprintf(buf, room, "%0.3g %s", scaled, unit);
     return buf;
 }
 

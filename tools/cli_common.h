@@ -30,6 +30,9 @@ bool cli_parse_seconds(const char *text, double *seconds);
 /** "4 KiB", "256 MiB", "1.5 GiB", "4097 B": exact when a whole number of units.
  *  Returns @a buf. */
 const char *cli_format_size(char *buf, size_t room, uint64_t bytes);
+/* @a bytes as qemu-img writes a size: three significant digits and a binary unit
+ * ("0 B", "4.25 MiB", "1 GiB"). */
+const char *cli_format_size_qemu(char *buf, size_t room, uint64_t bytes);
 
 /** "123.4k", "1.2M", "980": a rate for a progress line.  Returns @a buf. */
 const char *cli_format_count(char *buf, size_t room, double value);

@@ -202,10 +202,6 @@ void img_print_snapshots_human(const rt_vd_snapshot_t *sn, uint32_t count);
  *  spaces after the first (no newline at the end). */
 void img_print_snapshots_json(const rt_vd_snapshot_t *sn, uint32_t count, int indent);
 
-/** A size as qemu-img writes one: three significant digits and a binary unit ("0 B",
- *  "4.25 MiB", "1 GiB"). */
-const char *img_format_size(char *buf, size_t room, uint64_t bytes);
-
 /** True when @a buf (of @a len bytes) holds only zero bytes. */
 bool img_is_zero(const void *buf, size_t len);
 

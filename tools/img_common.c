@@ -589,16 +589,3 @@ static int publish_new(const char *tmp, const char *path)
     }
     return 0;
 }
-
-const char *img_format_size(char *buf, size_t room, uint64_t bytes)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-    unsigned unit = 0;
-    double scaled = (double)bytes;
-    while (scaled >= 1000.0 && unit + 1 < sizeof(units) / sizeof(units[0])) {
-        scaled /= 1024.0;
-        unit++;
-    }
-    snprintf(buf, room, "%0.3g %s", scaled, units[unit]);
-    return buf;
-}

@@ -72,8 +72,8 @@ static void print_human(const char *path, const rt_vd_info_t *info, const rt_vd_
     printf("image: %s\n", path);
     printf("file format: %s\n", info->format);
     printf("virtual size: %s (%" PRIu64 " bytes)\n",
-           img_format_size(size, sizeof(size), info->virtual_size), info->virtual_size);
-    printf("disk size: %s\n", img_format_size(size, sizeof(size), info->file_allocated));
+           cli_format_size_qemu(size, sizeof(size), info->virtual_size), info->virtual_size);
+    printf("disk size: %s\n", cli_format_size_qemu(size, sizeof(size), info->file_allocated));
     if (info->block_size)
         printf("cluster_size: %" PRIu32 "\n", info->block_size);
     if (info->backing_file) {

@@ -68,7 +68,7 @@ void img_print_snapshots_human(const rt_vd_snapshot_t *sn, uint32_t count)
     printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
     for (uint32_t i = 0; i < count; i++) {
         char size[32], date[32] = "", clock[48];
-        img_format_size(size, sizeof(size), sn[i].vm_state_size);
+        cli_format_size_qemu(size, sizeof(size), sn[i].vm_state_size);
         time_t when = (time_t)sn[i].date_sec;
         struct tm tm;
         if (localtime_r(&when, &tm) != NULL)

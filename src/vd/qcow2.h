@@ -323,6 +323,21 @@ int rt__qcow2_refcount_flush(rt_vd_t vd);
 int rt__qcow2_decrement_after(struct qcow2 *s, uint64_t cluster, uint32_t id);
 /* Writes the header (cluster 0 up to the extensions) with current fields. */
 int rt__qcow2_header_write(rt_vd_t vd);
+/* The header fields that resize and the snapshot operations switch, all in its first
+ * sector: one write makes the switch, crash-safe. */
+struct qcow2_header_switch {
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t size;
+    uint32_t l1_size;
+    uint64_t l1_offset;
+};
+/* The fields as memory has them now. */
+struct qcow2_header_switch rt__qcow2_header_now(const struct qcow2 *s);
+/* Writes the header with @a to's fields and flushes; on failure the header in memory is
+ * as before (the file may have either: a reload reads which).  The fields of struct
+ * qcow2 are the caller's to update once it succeeded. */
+int rt__qcow2_header_switch(rt_vd_t vd, const struct qcow2_header_switch *to);
 
 /* The driver operations of the other files. */
 int rt__qcow2_alloc(rt_vd_t vd, uint64_t off, struct vd_alloc *alloc);
@@ -356,8 +371,12 @@ int rt__qcow2_set_copied(rt_vd_t vd);
 int rt__qcow2_for_each_referenced(const struct qcow2 *s, uint64_t entry,
                                   int (*fn)(void *ctx, uint64_t cluster), void *ctx);
 int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_error_t *err);
-int rt__qcow2_measure(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
-                      rt_vd_measure_t *out, rt_vd_error_t *err);
+/* Appends one header extension (type, length, data padded to 8 bytes) to cluster 0 at
+ * *@a at, ending at or before @a room; false when it does not fit (qcow2_create.c). */
+bool rt__qcow2_put_extension(uint8_t *h, uint32_t room, uint32_t *at, uint32_t type,
+                             const void *data, size_t len);
+int rt__qcow2_measure(const rt_vd_create_opts_t *opts, uint64_t data, rt_vd_measure_t *out,
+                      rt_vd_error_t *err);
 uint64_t rt__qcow2_unit_of(const rt_vd_create_opts_t *opts);
 int rt__qcow2_write_compressed(rt_vd_t vd, uint64_t off, const void *buf);
 /* The driver's zero(): zero clusters, dropped clusters (see rt_vd_write_zeroes()). */

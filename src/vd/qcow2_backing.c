@@ -18,20 +18,6 @@
 
 #define FIRST_SECTOR 512u
 
-/* Appends one extension to @a out at *@a at; false when it does not fit in @a room. */
-static bool put_extension(uint8_t *out, uint32_t room, uint32_t *at, uint32_t type,
-                          const void *data, uint32_t len)
-{
-    uint64_t padded = ((uint64_t)len + 7u) & ~7ull;
-    if (!vd_inside(*at, 8u + padded, room))
-        return false;
-    vd_put_be32(out + *at, type);
-    vd_put_be32(out + *at + 4, len);
-    memcpy(out + *at + 8, data, len);
-    *at += (uint32_t)(8u + padded);
-    return true;
-}
-
 /* Copies the extensions of cluster 0 as read (all but the backing format's) to @a out
  * from *@a at. */
 static bool copy_extensions(const struct qcow2 *s, uint8_t *out, uint32_t *at)
@@ -45,7 +31,7 @@ static bool copy_extensions(const struct qcow2 *s, uint8_t *out, uint32_t *at)
         if (type == QCOW2_EXT_END)
             break;
         if (type != QCOW2_EXT_BACKING_FMT &&
-            !put_extension(out, s->cluster_size, at, type, h + from + 8, len))
+            !rt__qcow2_put_extension(out, s->cluster_size, at, type, h + from + 8, len))
             return false;
         from += 8u + ((len + 7u) & ~7u); /* open checked that it fits */
     }
@@ -68,8 +54,9 @@ int rt__qcow2_set_backing(rt_vd_t vd, const char *name, const char *format, rt_v
     uint32_t at = s->header_bytes;
     uint8_t end_marker[8] = {0};
     /* The backing format first, as QEMU orders them, then the others as they were. */
-    bool fits = (format_len == 0 || put_extension(out, s->cluster_size, &at, QCOW2_EXT_BACKING_FMT,
-                                                  format, (uint32_t)format_len)) &&
+    bool fits = (format_len == 0 ||
+                 rt__qcow2_put_extension(out, s->cluster_size, &at, QCOW2_EXT_BACKING_FMT, format,
+                                         (uint32_t)format_len)) &&
                 copy_extensions(s, out, &at) &&
                 vd_inside(at, sizeof(end_marker) + name_len, s->cluster_size);
     int rc = RT_OK;

@@ -20,10 +20,8 @@ static uint64_t div_up(uint64_t a, uint64_t b)
     return (a + b - 1) / b;
 }
 
-/* Appends one header extension at *at, ending at or before @a room; false when it
- * does not fit. */
-static bool put_extension(uint8_t *h, uint32_t room, uint32_t *at, uint32_t type,
-                          const void *data, size_t len)
+bool rt__qcow2_put_extension(uint8_t *h, uint32_t room, uint32_t *at, uint32_t type,
+                             const void *data, size_t len)
 {
     uint64_t padded = ((uint64_t)len + 7u) & ~7ull;
     if (!vd_inside(*at, 8u + padded, room))
@@ -98,14 +96,13 @@ static uint64_t refcount_metadata(uint64_t clusters, const struct shape *sh)
     return (blocks + table) * sh->cluster;
 }
 
-int rt__qcow2_measure(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
-                      rt_vd_measure_t *out, rt_vd_error_t *err)
+int rt__qcow2_measure(const rt_vd_create_opts_t *opts, uint64_t data, rt_vd_measure_t *out,
+                      rt_vd_error_t *err)
 {
     struct shape sh;
     int rc = parse_shape(opts, &sh, err);
     if (rc != RT_OK)
         return rc;
-    (void)source;
     uint64_t aligned = div_up(opts->size, sh.cluster) * sh.cluster;
     /* As a fully allocated image lays out: header, L2 tables for every cluster, the L1
      * table naming them, and the refcounts of all of it (whole clusters each). */
@@ -198,8 +195,8 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
     else
         room = cluster - 8u - (uint32_t)backing_len;
     if (rc == RT_OK && opts->backing_format != NULL &&
-        !put_extension(h, room, &at, QCOW2_EXT_BACKING_FMT, opts->backing_format,
-                       strlen(opts->backing_format)))
+        !rt__qcow2_put_extension(h, room, &at, QCOW2_EXT_BACKING_FMT, opts->backing_format,
+                                 strlen(opts->backing_format)))
         rc = rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                          "the backing format name does not fit in a %u-byte cluster", cluster);
     if (rc == RT_OK && version == 3) {
@@ -210,7 +207,8 @@ int rt__qcow2_create(rt_file_t file, const rt_vd_create_opts_t *opts, rt_vd_erro
             memcpy(table_data + 48 * i + 2, feature_names[i].name, strlen(feature_names[i].name));
         }
         /* Optional: small clusters may leave no room for it. */
-        put_extension(h, room, &at, QCOW2_EXT_FEATURE_NAME, table_data, sizeof(table_data));
+        rt__qcow2_put_extension(h, room, &at, QCOW2_EXT_FEATURE_NAME, table_data,
+                                sizeof(table_data));
     }
     if (rc == RT_OK && backing_len > 0) {
         at += 8; /* the end marker, already zero */

@@ -341,6 +341,31 @@ int rt__qcow2_header_write(rt_vd_t vd)
     return rc;
 }
 
+struct qcow2_header_switch rt__qcow2_header_now(const struct qcow2 *s)
+{
+    return (struct qcow2_header_switch){s->nb_snapshots, s->snapshots_offset, s->size, s->l1_size,
+                                        s->l1_offset};
+}
+
+int rt__qcow2_header_switch(rt_vd_t vd, const struct qcow2_header_switch *to)
+{
+    struct qcow2 *s = qcow2_of(vd);
+    uint8_t *h = s->header;
+    uint8_t keep[QH_V2_LENGTH];
+    memcpy(keep, h, sizeof(keep));
+    vd_put_be32(h + QH_NB_SNAPSHOTS, to->nb_snapshots);
+    vd_put_be64(h + QH_SNAPSHOTS_OFFSET, to->snapshots_offset);
+    vd_put_be64(h + QH_SIZE, to->size);
+    vd_put_be32(h + QH_L1_SIZE, to->l1_size);
+    vd_put_be64(h + QH_L1_OFFSET, to->l1_offset);
+    int rc = rt__qcow2_header_write(vd);
+    if (rc == RT_OK)
+        rc = rt__vd_meta_flush(vd);
+    if (rc != RT_OK)
+        memcpy(h, keep, sizeof(keep)); /* the file may have either; memory keeps the old */
+    return rc;
+}
+
 int rt__qcow2_refcount_flush(rt_vd_t vd)
 {
     struct qcow2 *s = qcow2_of(vd);

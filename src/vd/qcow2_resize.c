@@ -96,34 +96,23 @@ int rt__qcow2_resize(rt_vd_t vd, uint64_t size, rt_vd_error_t *err)
                            "can describe",
                            size, s->cluster_size);
 
-    uint8_t *h = s->header;
     uint64_t old_l1_offset = s->l1_offset;
     uint32_t old_l1_size = s->l1_size;
-    uint64_t new_l1_offset = s->l1_offset;
+    struct qcow2_header_switch to = rt__qcow2_header_now(s);
+    to.size = size;
     int rc = RT_OK;
     if (needed > s->l1_size) {
         if ((rc = grow_arrays(s, (uint32_t)needed)) != RT_OK ||
-            (rc = write_new_l1(vd, s, (uint32_t)needed, &new_l1_offset)) != RT_OK)
+            (rc = write_new_l1(vd, s, (uint32_t)needed, &to.l1_offset)) != RT_OK)
             return rt__vd_fail(err, rc, "cannot write a larger L1 table");
-        vd_put_be32(h + QH_L1_SIZE, (uint32_t)needed);
-        vd_put_be64(h + QH_L1_OFFSET, new_l1_offset);
+        to.l1_size = (uint32_t)needed;
     }
-    uint64_t old_size = vd_be64(h + QH_SIZE);
-    vd_put_be64(h + QH_SIZE, size);
-    rc = rt__qcow2_header_write(vd);
-    if (rc == RT_OK)
-        rc = rt__vd_meta_flush(vd);
-    if (rc != RT_OK) {
-        /* The header in the file may be either; memory keeps the old one, and the new
-         * table's clusters stay counted (a leak at worst). */
-        vd_put_be64(h + QH_SIZE, old_size);
-        vd_put_be32(h + QH_L1_SIZE, old_l1_size);
-        vd_put_be64(h + QH_L1_OFFSET, old_l1_offset);
+    /* On failure the new table's clusters stay counted: a leak at worst. */
+    if ((rc = rt__qcow2_header_switch(vd, &to)) != RT_OK)
         return rt__vd_fail(err, rc, "cannot write the QCOW2 header");
-    }
     s->size = size;
     if (needed > old_l1_size) {
-        s->l1_offset = new_l1_offset;
+        s->l1_offset = to.l1_offset;
         s->l1_size = (uint32_t)needed;
         /* Out of memory for the note only leaks the old table's space. */
         if (old_l1_size > 0)

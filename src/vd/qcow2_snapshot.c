@@ -393,8 +393,8 @@ static int clear_copied_table(rt_vd_t vd, uint64_t host, uint8_t *raw)
 /* ---------------------------------------------------------------------------------- */
 /* Tables written to new clusters. */
 
-/* Writes @a entries L1 entries (COPIED cleared: every table they name is shared) to new
- * clusters; *@a host receives where (0 for an empty table). */
+/* Writes @a entries L1 entries (COPIED cleared: every table they name is shared; NULL:
+ * all empty) to new clusters; *@a host receives where (0 for a table of no entries). */
 static int write_l1_copy(rt_vd_t vd, const uint64_t *l1, uint32_t entries, uint64_t *host)
 {
     struct qcow2 *s = qcow2_of(vd);
@@ -406,7 +406,7 @@ static int write_l1_copy(rt_vd_t vd, const uint64_t *l1, uint32_t entries, uint6
     uint8_t *raw = calloc(clusters, s->cluster_size);
     if (raw == NULL)
         return RT_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < entries; i++)
+    for (uint32_t i = 0; l1 != NULL && i < entries; i++)
         vd_put_be64(raw + 8u * i, l1[i] & ~QCOW2_COPIED);
     int rc = rt__qcow2_alloc_clusters(vd, clusters, true, host);
     if (rc == RT_OK)
@@ -446,38 +446,39 @@ static int make_durable(rt_vd_t vd)
     return rc == RT_OK ? rt__vd_meta_flush(vd) : rc;
 }
 
-/* Header fields the operations switch, all in the first sector: one write. */
-struct header_switch {
-    uint32_t nb_snapshots;
-    uint64_t snapshots_offset;
-    uint64_t size;
-    uint32_t l1_size;
-    uint64_t l1_offset;
-};
-
-static int header_switch(rt_vd_t vd, const struct header_switch *to)
+/* Makes @a l1 (NULL: @a entries empty entries) the disk's L1 table and @a size its
+ * size: the table written to new clusters and made durable, COPIED flags left over in
+ * the tables it names cleared, one header write switching to it, then the references
+ * of the table it replaces dropped (a failure from there on leaks; @a done says what
+ * happened in that message).  The counts of what @a l1 reaches are the caller's. */
+static int switch_active(rt_vd_t vd, const uint64_t *l1, uint32_t entries, uint64_t size,
+                         const char *done, rt_vd_error_t *err)
 {
     struct qcow2 *s = qcow2_of(vd);
-    uint8_t *h = s->header;
-    uint8_t keep[QH_V2_LENGTH];
-    memcpy(keep, h, sizeof(keep));
-    vd_put_be32(h + QH_NB_SNAPSHOTS, to->nb_snapshots);
-    vd_put_be64(h + QH_SNAPSHOTS_OFFSET, to->snapshots_offset);
-    vd_put_be64(h + QH_SIZE, to->size);
-    vd_put_be32(h + QH_L1_SIZE, to->l1_size);
-    vd_put_be64(h + QH_L1_OFFSET, to->l1_offset);
-    int rc = rt__qcow2_header_write(vd);
-    if (rc == RT_OK)
-        rc = rt__vd_meta_flush(vd);
-    if (rc != RT_OK)
-        memcpy(h, keep, sizeof(keep)); /* the file may have either; a reload reads which */
-    return rc;
-}
-
-static struct header_switch header_now(const struct qcow2 *s)
-{
-    return (struct header_switch){s->nb_snapshots, s->snapshots_offset, s->size, s->l1_size,
-                                  s->l1_offset};
+    const uint64_t *old_l1 = s->l1;
+    uint32_t old_size = s->l1_size;
+    uint64_t old_offset = s->l1_offset;
+    struct qcow2_header_switch to = rt__qcow2_header_now(s);
+    int rc;
+    if ((rc = write_l1_copy(vd, l1, entries, &to.l1_offset)) != RT_OK ||
+        (rc = make_durable(vd)) != RT_OK)
+        return rt__vd_fail(err, rc, "cannot write the new L1 table");
+    /* Tables a snapshot shares normally have their COPIED flags clear already; any
+     * left over goes before the switch. */
+    if (l1 != NULL && ((rc = walk_l1(vd, l1, entries, NULL, clear_copied_table)) != RT_OK ||
+                       (rc = rt__vd_meta_flush(vd)) != RT_OK))
+        return rt__vd_fail(err, rc, "cannot clear the COPIED flags of the new tables");
+    to.size = size;
+    to.l1_size = entries;
+    if ((rc = rt__qcow2_header_switch(vd, &to)) != RT_OK)
+        return rt__vd_fail(err, rc, "cannot write the QCOW2 header");
+    /* What the disk held before is unreferenced now (what a snapshot shares stays, by
+     * its counts). */
+    if ((rc = lower_reach(vd, old_l1, old_size)) == RT_OK &&
+        (rc = lower_range(vd, old_offset, (uint64_t)old_size * 8u)) == RT_OK)
+        rc = make_durable(vd);
+    return rc != RT_OK ? rt__vd_fail(err, rc, "%s, but freeing what the disk held failed", done)
+                       : RT_OK;
 }
 
 /* Ends an operation that changed the file: the state read back from it.  The
@@ -546,7 +547,7 @@ int rt__qcow2_snapshot_create(rt_vd_t vd, const char *name, rt_vd_snapshot_t *cr
 
     uint64_t l1_copy = 0, table = 0;
     uint64_t old_table = s->snapshots_offset, old_bytes = t.bytes;
-    struct header_switch to = header_now(s);
+    struct qcow2_header_switch to = rt__qcow2_header_now(s);
     if ((rc = write_l1_copy(vd, s->l1, s->l1_size, &l1_copy)) != RT_OK ||
         (rc = entry_make(s, id, name, l1_copy, &t.entries[t.count], created)) != RT_OK) {
         rt__vd_fail(err, rc, "cannot write the snapshot's L1 table");
@@ -570,7 +571,7 @@ int rt__qcow2_snapshot_create(rt_vd_t vd, const char *name, rt_vd_snapshot_t *cr
     }
     to.nb_snapshots = t.count;
     to.snapshots_offset = table;
-    if ((rc = header_switch(vd, &to)) != RT_OK) {
+    if ((rc = rt__qcow2_header_switch(vd, &to)) != RT_OK) {
         rt__vd_fail(err, rc, "cannot write the QCOW2 header");
         goto changed;
     }
@@ -647,37 +648,7 @@ int rt__qcow2_snapshot_apply(rt_vd_t vd, const char *which, rt_vd_error_t *err)
     if ((rc = raise_reach(vd, l1, (uint32_t)entries, err)) != RT_OK)
         goto out;
 
-    uint64_t new_l1 = 0;
-    uint64_t *old_l1 = s->l1;
-    uint32_t old_size = s->l1_size;
-    uint64_t old_offset = s->l1_offset;
-    struct header_switch to = header_now(s);
-    if ((rc = write_l1_copy(vd, l1, (uint32_t)entries, &new_l1)) != RT_OK ||
-        (rc = make_durable(vd)) != RT_OK) {
-        rt__vd_fail(err, rc, "cannot write the new L1 table");
-        goto changed;
-    }
-    /* Tables a snapshot shares normally have their COPIED flags clear already; any
-     * left over goes before the switch. */
-    if ((rc = walk_l1(vd, l1, (uint32_t)entries, NULL, clear_copied_table)) != RT_OK ||
-        (rc = rt__vd_meta_flush(vd)) != RT_OK) {
-        rt__vd_fail(err, rc, "cannot clear the COPIED flags of the snapshot's tables");
-        goto changed;
-    }
-    to.size = size;
-    to.l1_size = (uint32_t)entries;
-    to.l1_offset = new_l1;
-    if ((rc = header_switch(vd, &to)) != RT_OK) {
-        rt__vd_fail(err, rc, "cannot write the QCOW2 header");
-        goto changed;
-    }
-    /* What the disk held before is unreferenced now: a failure from here leaks. */
-    if ((rc = lower_reach(vd, old_l1, old_size)) == RT_OK &&
-        (rc = lower_range(vd, old_offset, (uint64_t)old_size * 8u)) == RT_OK)
-        rc = make_durable(vd);
-    if (rc != RT_OK)
-        rt__vd_fail(err, rc, "the snapshot was applied, but freeing what the disk held failed");
-changed:
+    rc = switch_active(vd, l1, (uint32_t)entries, size, "the snapshot was applied", err);
     rc = finish(vd, rc, err);
 out:
     free(l1);
@@ -714,14 +685,14 @@ int rt__qcow2_snapshot_delete(rt_vd_t vd, const char *which, rt_vd_error_t *err)
     memmove(&t.entries[k], &t.entries[k + 1], (t.count - (uint32_t)k - 1) * sizeof(*t.entries));
     t.count--;
     uint64_t table = 0;
-    struct header_switch to = header_now(s);
+    struct qcow2_header_switch to = rt__qcow2_header_now(s);
     if ((rc = write_table(vd, &t, &table)) != RT_OK || (rc = make_durable(vd)) != RT_OK) {
         rt__vd_fail(err, rc, "cannot write the new snapshot table");
         goto changed;
     }
     to.nb_snapshots = t.count;
     to.snapshots_offset = table;
-    if ((rc = header_switch(vd, &to)) != RT_OK) {
+    if ((rc = rt__qcow2_header_switch(vd, &to)) != RT_OK) {
         rt__vd_fail(err, rc, "cannot write the QCOW2 header");
         goto changed;
     }
@@ -753,31 +724,6 @@ int rt__qcow2_make_empty(rt_vd_t vd, rt_vd_error_t *err)
     int rc = rt__qcow2_require_consistent(vd, err);
     if (rc != RT_OK)
         return rc;
-    uint64_t *empty = calloc(s->l1_size ? s->l1_size : 1, sizeof(*empty));
-    if (empty == NULL)
-        return RT_ERR_NO_MEMORY;
-    uint64_t *old_l1 = s->l1;
-    uint32_t old_size = s->l1_size;
-    uint64_t old_offset = s->l1_offset, new_l1 = 0;
-    struct header_switch to = header_now(s);
-    if ((rc = write_l1_copy(vd, empty, old_size, &new_l1)) != RT_OK ||
-        (rc = make_durable(vd)) != RT_OK) {
-        rt__vd_fail(err, rc, "cannot write an empty L1 table");
-        goto changed;
-    }
-    to.l1_offset = new_l1;
-    if ((rc = header_switch(vd, &to)) != RT_OK) {
-        rt__vd_fail(err, rc, "cannot write the QCOW2 header");
-        goto changed;
-    }
-    /* The old tables are unreferenced now (a snapshot's stay, by their counts). */
-    if ((rc = lower_reach(vd, old_l1, old_size)) == RT_OK &&
-        (rc = lower_range(vd, old_offset, (uint64_t)old_size * 8u)) == RT_OK)
-        rc = make_durable(vd);
-    if (rc != RT_OK)
-        rt__vd_fail(err, rc, "the image was emptied, but freeing its clusters failed");
-changed:
-    rc = finish(vd, rc, err);
-    free(empty);
-    return rc;
+    rc = switch_active(vd, NULL, s->l1_size, s->size, "the image was emptied", err);
+    return finish(vd, rc, err);
 }

@@ -150,10 +150,10 @@ static int raw_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent
 
 /* A raw image is its data: the file is the virtual size either way (qemu-img says so
  * too, although a sparse file takes less). */
-static int raw_measure(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
-                       rt_vd_measure_t *out, rt_vd_error_t *err)
+static int raw_measure(const rt_vd_create_opts_t *opts, uint64_t data, rt_vd_measure_t *out,
+                       rt_vd_error_t *err)
 {
-    (void)data, (void)source, (void)err;
+    (void)data, (void)err;
     out->required = out->fully_allocated = opts->size;
     return RT_OK;
 }

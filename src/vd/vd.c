@@ -948,6 +948,25 @@ int rt_vd_block_status(rt_vd_t vd, uint64_t off, uint64_t len, rt_vd_extent_t *e
     return rc;
 }
 
+int rt__vd_ready_to_change(rt_vd_t vd, rt_vd_error_t *err)
+{
+    if (vd->read_only)
+        return RT_ERR_VD_READ_ONLY;
+    if (rt__vd_queue_ensure_idle(vd) != RT_OK)
+        return RT_ERR_BUSY;
+    if (vd->poisoned != RT_OK)
+        return rt__vd_fail(err, vd->poisoned, "an earlier flush of the image failed");
+    return RT_OK;
+}
+
+int rt__vd_extent_at(rt_vd_t vd, uint64_t off, rt_vd_extent_t *ext)
+{
+    int rc = rt_vd_block_status(vd, off, vd->size - off, ext);
+    if (rc == RT_OK && ext->length == 0)
+        rc = RT_ERR_VD_CORRUPT; /* a walk over the disk would never end */
+    return rc;
+}
+
 int rt_vd_check(rt_vd_t vd, uint32_t flags, rt_vd_check_result_t *res)
 {
     if (!rt__vd_live(vd))

@@ -30,12 +30,8 @@ static int copy_own_data(rt_vd_t vd, rt_vd_t base)
     int rc = RT_OK;
     for (uint64_t off = 0; rc == RT_OK && off < vd->size;) {
         rt_vd_extent_t ext;
-        if ((rc = rt_vd_block_status(vd, off, vd->size - off, &ext)) != RT_OK)
+        if ((rc = rt__vd_extent_at(vd, off, &ext)) != RT_OK)
             break;
-        if (ext.length == 0) {
-            rc = RT_ERR_VD_CORRUPT;
-            break;
-        }
         if (ext.depth != 0 || !(ext.flags & RT_VD_EXTENT_ALLOCATED)) {
             off += ext.length;
             continue;
@@ -60,8 +56,6 @@ int rt_vd_commit(rt_vd_t vd, uint32_t flags, rt_vd_error_t *err)
     if ((flags & ~COMMIT_FLAGS) != 0)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "unknown commit flag 0x%x",
                            flags & ~COMMIT_FLAGS);
-    if (vd->read_only)
-        return RT_ERR_VD_READ_ONLY;
     if (vd->backing_name == NULL)
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER, "the image has no backing file");
     if (vd->backing_unopened || vd->backing == RT_VD_NIL)
@@ -74,12 +68,10 @@ int rt_vd_commit(rt_vd_t vd, uint32_t flags, rt_vd_error_t *err)
     if (!(flags & RT_VD_COMMIT_KEEP) && vd->driver->make_empty == NULL)
         return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED, "%s images cannot be emptied",
                            vd->driver->name);
-    if (rt__vd_queue_ensure_idle(vd) != RT_OK)
-        return RT_ERR_BUSY;
-    if (vd->poisoned != RT_OK)
-        return rt__vd_fail(err, vd->poisoned, "an earlier flush of the image failed");
-    int rc = rt_vd_flush(vd);
+    int rc = rt__vd_ready_to_change(vd, err);
     if (rc != RT_OK)
+        return rc;
+    if ((rc = rt_vd_flush(vd)) != RT_OK)
         return rt__vd_fail(err, rc, "cannot flush the image first");
     char *path = strdup(rt_vd_chain_path(vd, 1));
     if (path == NULL)

@@ -184,10 +184,10 @@ struct vd_driver {
     int (*snapshot_apply)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
     int (*snapshot_delete)(rt_vd_t vd, const char *which, rt_vd_error_t *err);
     /* The sizes a new image of @a opts would need, holding @a data bytes (the source's
-     * data ranges rounded out to @a unit, which the driver gives through unit_of()), or
-     * none when @a source is false (NULL: the format cannot be measured). */
-    int (*measure)(const rt_vd_create_opts_t *opts, uint64_t data, bool source,
-                   rt_vd_measure_t *out, rt_vd_error_t *err);
+     * data ranges rounded out to the unit unit_of() gives; 0 without a source).  NULL:
+     * the format cannot be measured. */
+    int (*measure)(const rt_vd_create_opts_t *opts, uint64_t data, rt_vd_measure_t *out,
+                   rt_vd_error_t *err);
     /* The allocation unit a new image of @a opts would have (measure counts in it). */
     uint64_t (*unit_of)(const rt_vd_create_opts_t *opts);
     /* Makes the image name @a name (NULL: no backing file) with @a format (NULL: not
@@ -309,6 +309,13 @@ int rt__vd_open_backing(rt_vd_t vd, const char *name, const char *format, rt_vd_
  * one with it; the caller has the permission to follow it). */
 int rt__vd_open_reference(rt_vd_t vd, const char *name, const char *format, rt_vd_t *out,
                           rt_vd_error_t *err);
+/* What the calls that change an image's metadata outside the queue (snapshots, rebase,
+ * commit) need: writable (RT_ERR_VD_READ_ONLY), idle (RT_ERR_BUSY), not poisoned. */
+int rt__vd_ready_to_change(rt_vd_t vd, rt_vd_error_t *err);
+/* The extent at @a off (< vd->size) to the end of the disk, for the walks over a whole
+ * disk (rebase, commit, measure): rt_vd_block_status(), with an empty answer refused
+ * as RT_ERR_VD_CORRUPT. */
+int rt__vd_extent_at(rt_vd_t vd, uint64_t off, rt_vd_extent_t *ext);
 /* Replaces the names rt_vd_get_info() reports (NULL: none). */
 int rt__vd_set_backing_names(rt_vd_t vd, const char *name, const char *format);
 

@@ -17,11 +17,9 @@ static int data_in_units(rt_vd_t source, uint64_t unit, uint64_t *data)
     *data = 0;
     for (uint64_t off = 0; off < source->size;) {
         rt_vd_extent_t ext;
-        int rc = rt_vd_block_status(source, off, source->size - off, &ext);
+        int rc = rt__vd_extent_at(source, off, &ext);
         if (rc != RT_OK)
             return rc;
-        if (ext.length == 0)
-            return RT_ERR_VD_CORRUPT;
         if ((ext.flags & RT_VD_EXTENT_ZERO) || !(ext.flags & RT_VD_EXTENT_DATA)) {
             off += ext.length;
             continue;
@@ -69,5 +67,5 @@ int rt_vd_measure(const char *format, const rt_vd_create_opts_t *opts, rt_vd_t s
         return rt__vd_fail(err, RT_ERR_INVALID_PARAMETER,
                            "size %llu is not a multiple of 512 below 2^63",
                            (unsigned long long)shape.size);
-    return driver->measure(&shape, data, source != RT_VD_NIL, out, err);
+    return driver->measure(&shape, data, out, err);
 }

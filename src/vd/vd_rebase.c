@@ -64,12 +64,8 @@ static int keep_contents(rt_vd_t vd, rt_vd_t target, rt_vd_error_t *err)
     int rc = now != NULL && then != NULL ? RT_OK : RT_ERR_NO_MEMORY;
     for (uint64_t off = 0; rc == RT_OK && off < vd->size;) {
         rt_vd_extent_t ext;
-        if ((rc = rt_vd_block_status(vd, off, vd->size - off, &ext)) != RT_OK)
+        if ((rc = rt__vd_extent_at(vd, off, &ext)) != RT_OK)
             break;
-        if (ext.length == 0) {
-            rc = RT_ERR_VD_CORRUPT;
-            break;
-        }
         if (ext.depth == 0 && (ext.flags & RT_VD_EXTENT_ALLOCATED)) {
             off += ext.length; /* the image's own: the backing file never shows there */
             continue;
@@ -107,12 +103,9 @@ int rt_vd_rebase(rt_vd_t vd, const char *backing, const char *backing_format, ui
     if (vd->driver->set_backing == NULL)
         return rt__vd_fail(err, RT_ERR_NOT_SUPPORTED, "%s images have no backing file",
                            vd->driver->name);
-    if (vd->read_only)
-        return RT_ERR_VD_READ_ONLY;
-    if (rt__vd_queue_ensure_idle(vd) != RT_OK)
-        return RT_ERR_BUSY;
-    if (vd->poisoned != RT_OK)
-        return rt__vd_fail(err, vd->poisoned, "an earlier flush of the image failed");
+    int rc = rt__vd_ready_to_change(vd, err);
+    if (rc != RT_OK)
+        return rc;
     bool safe = !(flags & RT_VD_REBASE_UNSAFE);
     if (safe && vd->backing_unopened)
         return rt__vd_fail(err, RT_ERR_ACCESS_DENIED,
@@ -120,7 +113,6 @@ int rt_vd_rebase(rt_vd_t vd, const char *backing, const char *backing_format, ui
                            "(RT_VD_REBASE_UNSAFE changes only the name)");
 
     rt_vd_t target = RT_VD_NIL;
-    int rc = RT_OK;
     if (backing != NULL && (safe || vd->allow_backing)) {
         rc = rt__vd_open_reference(vd, backing, backing_format, &target, err);
         if (rc != RT_OK && safe)

@@ -47,13 +47,10 @@ static int prepare_change(rt_vd_t vd, const char *arg, rt_vd_error_t *err)
         return RT_ERR_INVALID_POINTER;
     if (vd->driver->snapshot_create == NULL)
         return unsupported(vd, err);
-    if (vd->read_only)
-        return RT_ERR_VD_READ_ONLY;
-    if (rt__vd_queue_ensure_idle(vd) != RT_OK)
-        return RT_ERR_BUSY;
-    if (vd->poisoned != RT_OK)
-        return rt__vd_fail(err, vd->poisoned, "an earlier flush of the image failed");
-    int rc = rt_vd_flush(vd);
+    int rc = rt__vd_ready_to_change(vd, err);
+    if (rc != RT_OK)
+        return rc;
+    rc = rt_vd_flush(vd);
     return rc != RT_OK ? rt__vd_fail(err, rc, "cannot flush the image first") : RT_OK;
 }
 
